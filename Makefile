@@ -1,0 +1,27 @@
+# make demo: train the toy class-conditional model on the embedded dataset, sample a grid.
+# make test: the whole CPU test suite.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+CONSTRAINTS := -c requirements/constraints-cpu.txt
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo clean
+
+$(STAMP): pyproject.toml requirements/constraints-cpu.txt requirements/extras-nodeps.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install $(CONSTRAINTS) torch==2.13.0 torchvision==0.28.0
+	$(PIP) install $(CONSTRAINTS) -e ".[test]"
+	$(PIP) install --no-deps -r requirements/extras-nodeps.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -ra tests
+
+demo: $(STAMP)
+	$(PY) scripts/demo/toy_demo.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

@@ -1,0 +1,210 @@
+"""Reading checkpoint files and loading them into models, strictly by default."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import zipfile
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+logger = logging.getLogger(__name__)
+
+SAFETENSORS_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+# Older releases (SD 2.x) store the text encoder as ``cond_stage_model.*``; models
+# built here keep every embedder under ``conditioner.embedders.N``.
+LEGACY_PREFIXES = (("cond_stage_model.", "conditioner.embedders.0."),)
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a ``.safetensors`` or ``.ckpt``/``.pt`` file into a flat state dict.
+
+    Pickled files are read with ``torch.load(weights_only=True)``; a Lightning
+    checkpoint is unwrapped from its ``state_dict`` entry.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix in SAFETENSORS_SUFFIXES:
+        return _load_safetensors(path)
+    if suffix in PICKLE_SUFFIXES:
+        return _unwrap(_load_pickle(path), path)
+    raise CheckpointError(
+        f"{path}: unsupported checkpoint format {suffix!r}; expected one of "
+        f"{', '.join(SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES)}"
+    )
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file (truncated or corrupt?): {error}"
+        ) from None
+
+
+def _load_pickle(path: Path) -> object:
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights_only" in str(error) or "Weights only load failed" in str(error):
+            raise CheckpointError(
+                f"{path}: refused to load: the file holds Python objects beyond "
+                "tensors and plain containers, and loading them would run arbitrary "
+                "code. Convert it to .safetensors, or re-save only its state_dict."
+            ) from None
+        raise CheckpointError(f"{path}: corrupt checkpoint: {error}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (truncated or corrupt?): {error}"
+        ) from None
+
+
+def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: expected a state dict, found {type(obj).__name__}")
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(
+            f"{path}: expected a state dict of tensors; {len(bad)} entries are not "
+            f"tensors (e.g. {bad[0]!r})"
+        )
+    return dict(obj)
+
+
+def _group(keys: Iterable[str], depth: int = 2) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for key in keys:
+        parts = key.split(".")
+        prefix = ".".join(parts[:depth]) + ".*" if len(parts) > depth else key
+        counts[prefix] += 1
+    return dict(sorted(counts.items()))
+
+
+@dataclass
+class LoadReport:
+    """What did not match when a state dict was loaded into a model."""
+
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    wrong_shape: list[tuple[str, tuple, tuple]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.wrong_shape)
+
+    def summary(self, max_lines: int = 20) -> str:
+        """One line per key prefix: ``first_stage_model.decoder.*: 12 missing``."""
+        lines = []
+        for what, keys in (
+            ("missing", self.missing),
+            ("unexpected", self.unexpected),
+            ("wrong shape", [k for k, _, _ in self.wrong_shape]),
+        ):
+            lines += [f"{prefix}: {n} {what}" for prefix, n in _group(keys).items()]
+        for key, expected, found in self.wrong_shape[:5]:
+            lines.append(f"  {key}: model {list(expected)}, checkpoint {list(found)}")
+        if len(lines) > max_lines:
+            lines = lines[:max_lines] + [f"... and {len(lines) - max_lines} more lines"]
+        return "\n".join(lines)
+
+
+def remap_legacy_keys(
+    state_dict: Mapping[str, torch.Tensor], expected: Iterable[str]
+) -> dict[str, torch.Tensor]:
+    """Rename keys of older layouts when the model expects the newer one."""
+    expected = set(expected)
+    out = dict(state_dict)
+    for old, new in LEGACY_PREFIXES:
+        if any(k.startswith(old) for k in out) and any(k.startswith(new) for k in expected):
+            if not any(k.startswith(old) for k in expected):
+                out = {(new + k[len(old):] if k.startswith(old) else k): v for k, v in out.items()}
+    return out
+
+
+def compare_state_dict(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor]
+) -> LoadReport:
+    """Missing, unexpected and wrong-shape keys of ``state_dict`` against ``model``."""
+    own = model.state_dict()
+    report = LoadReport(
+        missing=[k for k in own if k not in state_dict],
+        unexpected=[k for k in state_dict if k not in own],
+    )
+    for key, value in state_dict.items():
+        if key in own and tuple(own[key].shape) != tuple(value.shape):
+            report.wrong_shape.append((key, tuple(own[key].shape), tuple(value.shape)))
+    return report
+
+
+def load_state_dict_into(
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    strict: bool = True,
+    ignore_unexpected: Iterable[str] = (),
+    source: str = "state dict",
+) -> LoadReport:
+    """Load ``state_dict`` into ``model``.
+
+    Strict (default): any missing, unexpected or wrong-shape key raises
+    ``CheckpointError`` listing them by prefix and nothing is loaded. Not strict:
+    the matching keys are loaded and the report lists the rest. Unexpected keys
+    starting with a prefix in ``ignore_unexpected`` are dropped first.
+    """
+    prefixes = tuple(ignore_unexpected)
+    state_dict = remap_legacy_keys(state_dict, model.state_dict().keys())
+    if prefixes:
+        own = model.state_dict().keys()
+        state_dict = {
+            k: v for k, v in state_dict.items() if k in own or not k.startswith(prefixes)
+        }
+    report = compare_state_dict(model, state_dict)
+    if not report.ok and strict:
+        raise CheckpointError(
+            f"{source} does not match {type(model).__name__}:\n{report.summary()}"
+        )
+    bad_shape = {k for k, _, _ in report.wrong_shape}
+    loadable = {k: v for k, v in state_dict.items() if k not in bad_shape}
+    model.load_state_dict(loadable, strict=False)
+    if not report.ok:
+        logger.warning("Partial load from %s:\n%s", source, report.summary())
+    return report
+
+
+def load_checkpoint_into(
+    model: nn.Module,
+    path: str | os.PathLike,
+    strict: bool = True,
+    ignore_unexpected: Iterable[str] = (),
+) -> LoadReport:
+    """Read ``path`` and load it into ``model`` (see ``load_state_dict_into``)."""
+    return load_state_dict_into(
+        model,
+        load_state_dict(path),
+        strict=strict,
+        ignore_unexpected=ignore_unexpected,
+        source=str(path),
+    )
