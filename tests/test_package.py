@@ -41,3 +41,15 @@ def test_wheel_contains_configs(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert any(n.startswith("sgm/configs/") for n in names)
     assert "sgm/util.py" in names
+
+
+def test_library_has_no_hard_coded_cuda_device():
+    import re
+
+    pattern = re.compile(r"""["']cuda(:\d+)?["']|\.cuda\(""")
+    offenders = []
+    for path in (ROOT / "sgm").rglob("*.py"):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if pattern.search(line.split("#", 1)[0]):
+                offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not offenders, "devices must come from the caller:\n" + "\n".join(offenders)
