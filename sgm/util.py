@@ -154,31 +154,41 @@ def get_nested_attribute(
     return (current, ".".join(parts)) if return_key else current
 
 
-def resolve_device(device: str | None = "auto") -> str:
-    """``"auto"``/None picks cuda, then mps, then cpu; anything else is returned."""
-    if device not in (None, "auto"):
-        return str(device)
+def accelerator_type() -> str | None:
+    """Device type of the available accelerator (e.g. CUDA, MPS), or None on CPU only."""
     import torch
 
+    if hasattr(torch, "accelerator"):
+        if torch.accelerator.is_available():
+            return torch.accelerator.current_accelerator().type
+        return None
     if torch.cuda.is_available():
-        return "cuda"
+        return torch.device(torch.cuda.current_device()).type
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return "mps"
-    return "cpu"
+    return None
+
+
+def resolve_device(device: str | None = "auto") -> str:
+    """``"auto"``/None picks the accelerator (CUDA, then MPS) if any, else cpu."""
+    if device not in (None, "auto"):
+        return str(device)
+    return accelerator_type() or "cpu"
 
 
 def autocast(f: Callable, enabled: bool = True) -> Callable:
-    """Decorator running ``f`` under autocast on the current accelerator, if any."""
+    """Decorator running ``f`` under autocast on the accelerator, if there is one."""
 
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
         import torch
 
-        if not enabled or not torch.cuda.is_available():
+        device_type = accelerator_type()
+        if not enabled or device_type is None:
             return f(*args, **kwargs)
         with torch.autocast(
-            "cuda",
-            dtype=torch.get_autocast_dtype("cuda"),
+            device_type,
+            dtype=torch.get_autocast_dtype(device_type),
             cache_enabled=torch.is_autocast_cache_enabled(),
         ):
             return f(*args, **kwargs)
