@@ -395,3 +395,29 @@ def load_model_from_config(
         for param in model.parameters():
             param.requires_grad_(False)
     return model.eval()
+
+
+def log_txt_as_img(wh: tuple[int, int], xc: Sequence[str], size: int = 10) -> torch.Tensor:
+    """Render each caption of ``xc`` black on white into a ``(B, 3, H, W)`` tensor in [-1, 1].
+
+    ``wh`` is the image size as (width, height); text wraps to the image width.
+    """
+    import textwrap
+
+    import numpy as np
+    import torch
+    from PIL import Image, ImageDraw, ImageFont
+
+    width, height = int(wh[0]), int(wh[1])
+    font = ImageFont.load_default(size=max(int(size), 4))
+    chars_per_line = max(int(40 * (width / 256)), 1)
+    images = []
+    for caption in xc:
+        canvas = Image.new("RGB", (width, height), color="white")
+        text = "\n".join(textwrap.wrap(str(caption), chars_per_line)) or " "
+        ImageDraw.Draw(canvas).multiline_text((0, 0), text, fill="black", font=font)
+        array = np.asarray(canvas, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1.0
+        images.append(torch.from_numpy(array.copy()))
+    if not images:
+        return torch.zeros(0, 3, height, width)
+    return torch.stack(images)
