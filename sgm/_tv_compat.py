@@ -57,11 +57,18 @@ class _RetryingLoader(importlib.abc.Loader):
 
 
 class _TorchvisionFinder(importlib.abc.MetaPathFinder):
+    # Stays on sys.meta_path: availability probes (``importlib.util.find_spec``, as
+    # transformers does) call find_spec without importing, so it must not be one-shot.
+    _searching = False
+
     def find_spec(self, fullname, path, target=None):
-        if fullname != "torchvision":
+        if fullname != "torchvision" or self._searching:
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(fullname)
+        self._searching = True
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._searching = False
         if spec is not None and spec.loader is not None:
             spec.loader = _RetryingLoader(spec.loader)
         return spec
