@@ -1,0 +1,104 @@
+"""Noise-level schedules (discretizations of sigma) used by samplers and denoisers."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+
+from ...util import append_zero
+from .util import make_beta_schedule
+
+
+
+def generate_roughly_equally_spaced_steps(num_substeps: int, max_step: int) -> np.ndarray:
+    """``num_substeps`` integer timesteps in ``[0, max_step)``, ascending, ending at ``max_step - 1``."""
+    return np.linspace(max_step - 1, 0, num_substeps, endpoint=False).astype(int)[::-1]
+
+
+def edm_sigmas(
+    n: int,
+    sigma_min: float,
+    sigma_max: float,
+    rho: float,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Karras et al. (2022), eq. 5: ``n`` sigmas from ``sigma_max`` down to ``sigma_min``."""
+    ramp = torch.linspace(0, 1, n, device=device)
+    min_inv_rho = sigma_min ** (1 / rho)
+    max_inv_rho = sigma_max ** (1 / rho)
+    return (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
+
+
+def ddpm_sigmas(
+    alphas_cumprod: np.ndarray, n: int, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """``sqrt((1 - abar) / abar)`` at ``n`` roughly equally spaced DDPM steps, descending."""
+    num_timesteps = len(alphas_cumprod)
+    if n > num_timesteps:
+        raise ValueError(
+            f"cannot take n={n} sigmas from a schedule of {num_timesteps} timesteps"
+        )
+    if n < num_timesteps:
+        alphas_cumprod = alphas_cumprod[
+            generate_roughly_equally_spaced_steps(n, num_timesteps)
+        ]
+    # The ratio is formed in float64 and rounded to float32 before the square root.
+    ratio = torch.tensor(
+        (1 - alphas_cumprod) / alphas_cumprod, dtype=torch.float32, device=device
+    )
+    return torch.flip(ratio**0.5, (0,))
+
+
+class Discretization(ABC):
+    """A noise schedule; calling it gives descending sigmas (with a final 0 by default)."""
+
+    def __call__(
+        self,
+        n: int,
+        do_append_zero: bool = True,
+        device: torch.device | str | None = "cpu",
+        flip: bool = False,
+    ) -> torch.Tensor:
+        """``n`` sigmas, descending, plus a trailing 0 if ``do_append_zero``; ascending if ``flip``."""
+        sigmas = self.get_sigmas(n, device=device)
+        sigmas = append_zero(sigmas) if do_append_zero else sigmas
+        return torch.flip(sigmas, (0,)) if flip else sigmas
+
+    @abstractmethod
+    def get_sigmas(self, n: int, device: torch.device | str | None = "cpu") -> torch.Tensor:
+        """``n`` descending sigmas."""
+
+
+class EDMDiscretization(Discretization):
+    """The Karras et al. (2022) schedule ``(max^(1/rho) + i/(n-1) (min^(1/rho) - max^(1/rho)))^rho``."""
+
+    def __init__(
+        self, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0
+    ) -> None:
+        self.sigma_min = sigma_min
+        self.sigma_max = sigma_max
+        self.rho = rho
+
+    def get_sigmas(self, n: int, device: torch.device | str | None = "cpu") -> torch.Tensor:
+        return edm_sigmas(n, self.sigma_min, self.sigma_max, self.rho, device=device)
+
+
+class LegacyDDPMDiscretization(Discretization):
+    """The discrete DDPM schedule of Stable Diffusion (linear in sqrt(beta)), as sigmas."""
+
+    def __init__(
+        self,
+        linear_start: float = 0.00085,
+        linear_end: float = 0.0120,
+        num_timesteps: int = 1000,
+    ) -> None:
+        self.num_timesteps = num_timesteps
+        betas = make_beta_schedule(
+            "linear", num_timesteps, linear_start=linear_start, linear_end=linear_end
+        )
+        self.alphas_cumprod = np.cumprod(1.0 - betas, axis=0)
+
+    def get_sigmas(self, n: int, device: torch.device | str | None = "cpu") -> torch.Tensor:
+        return ddpm_sigmas(self.alphas_cumprod, n, device=device)
