@@ -1,0 +1,366 @@
+"""Multi-view and motion attention for SV4D / SV4D 2.0 (Xie et al., 2024; Yao et al., 2025).
+
+Tokens of a ``(B*T*V, C, H, W)`` feature map (``T`` frames of ``V`` views) go through
+a spatial block, a view-attention block over ``V`` and a motion-attention block over
+``T``; each temporal output is blended back with the spatial path.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .attention import SpatialTransformer
+from .diffusionmodules._video_mixing import legacy_blend, register_mix_factor
+from .diffusionmodules.util import AlphaBlender, linear
+from .video_attention import (
+    TimeMixSequential,
+    VideoTransformerBlock,
+    broadcast_context,
+    frame_index_embedding,
+)
+
+__all__ = [
+    "BasicTransformerTimeMixBlock",
+    "PostHocSpatialTransformerWithTimeMixing",
+    "PostHocSpatialTransformerWithTimeMixingAndMotion",
+    "TimeMixSequential",
+]
+
+
+class BasicTransformerTimeMixBlock(VideoTransformerBlock):
+    """Transformer block over a temporal (or view) axis; same layout as VideoTransformerBlock."""
+
+
+def _mlp(dim_in: int, channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        linear(dim_in, 4 * channels), nn.SiLU(), linear(4 * channels, channels)
+    )
+
+
+class _PostHocBase(SpatialTransformer):
+    """Shared constructor pieces: spatial transformer plus a merge rule."""
+
+    def _init_merge(self, merge_strategy, merge_factor, apply_sigmoid_to_merge, legacy):
+        self.time_mix_legacy = legacy
+        self.merge_strategy = merge_strategy
+        self.apply_sigmoid_to_merge = apply_sigmoid_to_merge
+        if legacy:
+            register_mix_factor(self, merge_strategy, merge_factor)
+        else:
+            self.time_mixer = AlphaBlender(alpha=merge_factor, merge_strategy=merge_strategy)
+
+    def _blend(self, x, x_mix, image_only_indicator, mixer=None):
+        if self.time_mix_legacy:
+            return legacy_blend(self, x, x_mix, image_only_indicator, is_attn=True)
+        mixer = mixer or self.time_mixer
+        return mixer(x_spatial=x, x_temporal=x_mix, image_only_indicator=image_only_indicator)
+
+    def _tokens_in(self, x):
+        x = self.norm(x)
+        if not self.use_linear:
+            x = self.proj_in(x)
+        x = rearrange(x, "b c h w -> b (h w) c")
+        return self.proj_in(x) if self.use_linear else x
+
+    def _tokens_out(self, x, h, w):
+        if self.use_linear:
+            x = self.proj_out(x)
+        x = rearrange(x, "b (h w) c -> b c h w", h=h, w=w)
+        return x if self.use_linear else self.proj_out(x)
+
+    def _time_block(self, **kw):
+        return BasicTransformerTimeMixBlock(
+            self._inner_dim,
+            self._n_heads,
+            self._d_head,
+            dropout=kw["dropout"],
+            context_dim=kw["context_dim"],
+            timesteps=kw["timesteps"],
+            checkpoint=kw["checkpoint"],
+            ff_in=kw["ff_in"],
+            inner_dim=self._inner_dim,
+            attn_mode=kw["attn_mode"],
+            disable_self_attn=kw["disable_self_attn"],
+            disable_temporal_crossattention=kw["disable_temporal_crossattention"],
+        )
+
+
+class PostHocSpatialTransformerWithTimeMixing(_PostHocBase):
+    """Spatial transformer followed, block by block, by attention over frames."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        n_heads: int,
+        d_head: int,
+        depth: int = 1,
+        dropout: float = 0.0,
+        use_linear: bool = False,
+        context_dim: int | None = None,
+        use_spatial_context: bool = False,
+        timesteps: int | None = None,
+        merge_strategy: str = "fixed",
+        merge_factor: float = 0.5,
+        apply_sigmoid_to_merge: bool = True,
+        time_context_dim: int | None = None,
+        ff_in: bool = False,
+        checkpoint: bool = False,
+        time_depth: int = 1,
+        attn_mode: str = "softmax",
+        disable_self_attn: bool = False,
+        disable_temporal_crossattention: bool = False,
+        time_mix_legacy: bool = True,
+        max_time_embed_period: int = 10000,
+    ):
+        super().__init__(
+            in_channels,
+            n_heads,
+            d_head,
+            depth=depth,
+            dropout=dropout,
+            attn_type=attn_mode,
+            use_checkpoint=checkpoint,
+            context_dim=context_dim,
+            use_linear=use_linear,
+            disable_self_attn=disable_self_attn,
+        )
+        self.time_depth, self.depth = time_depth, depth
+        self.max_time_embed_period = max_time_embed_period
+        self._inner_dim, self._n_heads, self._d_head = n_heads * d_head, n_heads, d_head
+        if use_spatial_context:
+            time_context_dim = context_dim
+        block_kw = dict(
+            dropout=dropout, context_dim=time_context_dim, timesteps=timesteps,
+            checkpoint=checkpoint, ff_in=ff_in, attn_mode=attn_mode,
+            disable_self_attn=disable_self_attn,
+            disable_temporal_crossattention=disable_temporal_crossattention,
+        )  # fmt: skip
+        self.time_mix_blocks = nn.ModuleList(self._time_block(**block_kw) for _ in range(depth))
+        self.use_spatial_context = use_spatial_context
+        self.in_channels = in_channels
+        self.time_mix_time_embed = _mlp(in_channels, in_channels)
+        self._init_merge(merge_strategy, merge_factor, apply_sigmoid_to_merge, time_mix_legacy)
+
+    def forward_with_context(
+        self, x: torch.Tensor, emb: torch.Tensor, context=None, **kwargs
+    ) -> torch.Tensor:
+        """Call from a ``TimestepEmbedSequential``."""
+        return self(
+            x,
+            context,
+            time_context=kwargs.get("time_context"),
+            timesteps=kwargs.get("num_video_frames"),
+            image_only_indicator=kwargs.get("image_only_indicator"),
+        )
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        time_context: torch.Tensor | None = None,
+        timesteps: int | None = None,
+        image_only_indicator: torch.Tensor | None = None,
+        cond_view: torch.Tensor | None = None,
+        cond_motion: torch.Tensor | None = None,
+        time_step: int | None = None,
+        name: str | None = None,
+    ) -> torch.Tensor:
+        """(B*T, C, H, W), context (B*T, M, D) -> (B*T, C, H, W)."""
+        if not timesteps:
+            raise ValueError("the number of frames (timesteps) is required")
+        _, _, h, w = x.shape
+        x_in = x
+        if self.use_spatial_context:
+            time_context = broadcast_context(context[::timesteps], h * w)
+        elif time_context is not None:
+            time_context = broadcast_context(time_context, h * w)
+            if time_context.ndim == 2:
+                time_context = time_context[:, None, :]
+        x = self._tokens_in(x)
+        frame_emb = frame_index_embedding(
+            self.time_mix_time_embed, timesteps, x.shape[0] // timesteps,
+            self.in_channels, self.max_time_embed_period, x,
+        )  # fmt: skip
+        for block, mix_block in zip(self.transformer_blocks, self.time_mix_blocks):
+            x = block(x, context=context)
+            x_mix = mix_block(x + frame_emb, context=time_context, timesteps=timesteps)
+            x = self._blend(x, x_mix, image_only_indicator)
+        return self._tokens_out(x, h, w) + x_in
+
+
+class PostHocSpatialTransformerWithTimeMixingAndMotion(_PostHocBase):
+    """Spatial, view (camera) and motion attention over ``(B*T*V)`` frames (SV4D).
+
+    Args:
+        use_camera_emb: view embeddings come from the UNet embedding (``cam``) of the
+            first frame of each view instead of view indices (input ``adm_in_channels``).
+        use_3d_attention: view attention runs over all ``V*H*W`` tokens of a frame
+            instead of over ``V`` per pixel.
+        separate_motion_merge_factor: motion blending has its own ``time_mixer_motion``
+            (initialised to ``merge_factor_motion``).
+        motion_context_dim: channels of the ``cond_view`` latents (default 4).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        n_heads: int,
+        d_head: int,
+        depth: int = 1,
+        dropout: float = 0.0,
+        use_linear: bool = False,
+        context_dim: int | None = None,
+        use_spatial_context: bool = False,
+        use_camera_emb: bool = False,
+        use_3d_attention: bool = False,
+        separate_motion_merge_factor: bool = False,
+        adm_in_channels: int | None = None,
+        timesteps: int | None = None,
+        merge_strategy: str = "fixed",
+        merge_factor: float = 0.5,
+        merge_factor_motion: float = 0.5,
+        apply_sigmoid_to_merge: bool = True,
+        time_context_dim: int | None = None,
+        motion_context_dim: int | None = None,
+        ff_in: bool = False,
+        checkpoint: bool = False,
+        time_depth: int = 1,
+        attn_mode: str = "softmax",
+        disable_self_attn: bool = False,
+        disable_temporal_crossattention: bool = False,
+        time_mix_legacy: bool = True,
+        max_time_embed_period: int = 10000,
+    ):
+        super().__init__(
+            in_channels,
+            n_heads,
+            d_head,
+            depth=depth,
+            dropout=dropout,
+            attn_type=attn_mode,
+            use_checkpoint=checkpoint,
+            context_dim=context_dim,
+            use_linear=use_linear,
+            disable_self_attn=disable_self_attn,
+        )
+        self.time_depth, self.depth = time_depth, depth
+        self.max_time_embed_period = max_time_embed_period
+        self._inner_dim, self._n_heads, self._d_head = n_heads * d_head, n_heads, d_head
+        if use_spatial_context:
+            time_context_dim = context_dim
+        if use_camera_emb and adm_in_channels is None:
+            raise ValueError("use_camera_emb needs adm_in_channels")
+        motion_context_dim = 4 if motion_context_dim is None else motion_context_dim
+        block_kw = dict(
+            dropout=dropout, timesteps=timesteps, checkpoint=checkpoint, ff_in=ff_in,
+            attn_mode=attn_mode, disable_self_attn=disable_self_attn,
+            disable_temporal_crossattention=disable_temporal_crossattention,
+        )  # fmt: skip
+        self.time_mix_blocks = nn.ModuleList(
+            self._time_block(context_dim=time_context_dim, **block_kw) for _ in range(depth)
+        )
+        self.motion_blocks = nn.ModuleList(
+            self._time_block(context_dim=motion_context_dim, **block_kw) for _ in range(depth)
+        )
+        self.use_spatial_context = use_spatial_context
+        self.use_camera_emb = use_camera_emb
+        self.use_3d_attention = use_3d_attention
+        self.separate_motion_merge_factor = separate_motion_merge_factor
+        self.in_channels = in_channels
+        view_in = adm_in_channels if use_camera_emb else in_channels
+        self.time_mix_time_embed = _mlp(view_in, in_channels)
+        self.time_mix_motion_embed = _mlp(in_channels, in_channels)
+        self._init_merge(merge_strategy, merge_factor, apply_sigmoid_to_merge, time_mix_legacy)
+        if separate_motion_merge_factor and not time_mix_legacy:
+            self.time_mixer_motion = AlphaBlender(
+                alpha=merge_factor_motion, merge_strategy=merge_strategy
+            )
+
+    def forward_with_context(
+        self, x: torch.Tensor, emb: torch.Tensor, context=None, **kwargs
+    ) -> torch.Tensor:
+        """Call from a ``TimestepEmbedSequential``: the UNet embedding is ``cam``."""
+        return self(
+            x,
+            context,
+            cam=emb,
+            time_context=kwargs.get("time_context"),
+            timesteps=kwargs.get("num_video_frames"),
+            image_only_indicator=kwargs.get("image_only_indicator"),
+            cond_view=kwargs.get("cond_view"),
+            cond_motion=kwargs.get("cond_motion"),
+        )
+
+    def _view_embedding(self, cam, b, t, v, like):
+        if self.use_camera_emb:
+            if cam is None:
+                raise ValueError("use_camera_emb needs the camera embedding `cam`")
+            first_frame = cam.reshape(b, t, v, -1)[:, 0].reshape(b * v, -1)
+            return self.time_mix_time_embed(first_frame.to(like.dtype))[:, None, :]
+        return frame_index_embedding(
+            self.time_mix_time_embed, v, b, self.in_channels, self.max_time_embed_period, like
+        )
+
+    def _view_attention(self, block, x, emb_view, context, b, t, v, hw):
+        # x: (b, t, v, hw, c) -> view-mixed tokens laid out (b*v, t*hw, c).
+        c = x.shape[-1]
+        x_views = x.permute(0, 2, 1, 3, 4).reshape(b * v, t * hw, c)
+        if not self.use_3d_attention:
+            camera_context = broadcast_context(context.reshape(b * t, 1, -1), hw)
+            return x_views, block(x_views + emb_view, context=camera_context, timesteps=v)
+        # One sequence of v*hw tokens per frame: pass (b*t*v*hw, 1, c) "frames".
+        tokens = x + emb_view.reshape(b, 1, v, 1, c)
+        mixed = block(tokens.reshape(-1, 1, c), context=context.reshape(b * t, 1, -1),
+                      timesteps=v * hw)  # fmt: skip
+        mixed = mixed.reshape(b, t, v, hw, c).permute(0, 2, 1, 3, 4).reshape(b * v, t * hw, c)
+        return x_views, mixed
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        cam: torch.Tensor | None = None,
+        time_context: torch.Tensor | None = None,
+        timesteps: int | None = None,
+        image_only_indicator: torch.Tensor | None = None,
+        cond_view: torch.Tensor | None = None,
+        cond_motion: torch.Tensor | None = None,
+        time_step: int | None = None,
+        name: str | None = None,
+    ) -> torch.Tensor:
+        """(B*T*V, C, H, W), context (B, T, D), cond_view (B*V, D2, h, w) -> same as x."""
+        if context is None or context.ndim != 3 or cond_view is None:
+            raise ValueError("needs context (B, T, D) and cond_view (B*V, C, h, w)")
+        _, _, h, w = x.shape
+        hw = h * w
+        x_in = x
+        b, t, d1 = context.shape
+        v, d2 = cond_view.shape[0] // b, cond_view.shape[1]
+        if x.shape[0] != b * t * v:
+            raise ValueError(f"x has {x.shape[0]} frames, expected B*T*V = {b * t * v}")
+        cond_view = F.interpolate(cond_view, size=(h, w), mode="bilinear")
+        spatial_context = broadcast_context(context.reshape(b * t, 1, d1), v)
+        motion_context = cond_view.permute(0, 2, 3, 1).reshape(-1, 1, d2)
+        iio = image_only_indicator
+        x = self._tokens_in(x)
+        c = x.shape[-1]
+        emb_time = frame_index_embedding(
+            self.time_mix_motion_embed, t, b, self.in_channels, self.max_time_embed_period, x
+        )
+        emb_view = self._view_embedding(cam, b, t, v, x)
+        motion_mixer = getattr(self, "time_mixer_motion", None)
+        blocks = zip(self.transformer_blocks, self.time_mix_blocks, self.motion_blocks)
+        for block, view_block, motion_block in blocks:
+            x = block(x, context=spatial_context)
+            x, x_mix = self._view_attention(
+                view_block, x.reshape(b, t, v, hw, c), emb_view, context, b, t, v, hw
+            )
+            x = self._blend(x, x_mix, None if iio is None else iio[:, :v])
+            x = x.reshape(b, v, t, hw, c).transpose(1, 2).reshape(b * t, v * hw, c)
+            x_mix = motion_block(x + emb_time, context=motion_context, timesteps=t)
+            x = self._blend(x, x_mix, None if iio is None else iio[:, :t], motion_mixer)
+            x = x.reshape(b * t * v, hw, c)
+        return self._tokens_out(x, h, w) + x_in

@@ -1,0 +1,305 @@
+"""Temporal transformer blocks for video UNets (Blattmann et al., 2023, SVD).
+
+:class:`VideoTransformerBlock` attends along the frame axis of a ``(B*T, S, C)``
+token tensor; :class:`SpatialVideoTransformer` interleaves it with the spatial
+blocks of a :class:`~sgm.modules.attention.SpatialTransformer` and blends the two
+paths with an :class:`~sgm.modules.diffusionmodules.util.AlphaBlender`.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from .attention import FeedForward, SpatialTransformer, attention_class
+from .diffusionmodules.util import (
+    AlphaBlender,
+    checkpoint,
+    linear,
+    timestep_embedding,
+)
+
+
+class TimeMixSequential(nn.Sequential):
+    """A sequence of time-mixing blocks, each called as ``block(x, context, timesteps)``."""
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        timesteps: int | None = None,
+    ) -> torch.Tensor:
+        for layer in self:
+            x = layer(x, context, timesteps)
+        return x
+
+
+class VideoTransformerBlock(nn.Module):
+    """Transformer block over the time axis: ``(B*T, S, C)`` tokens attend across ``T``.
+
+    Args:
+        timesteps: fixed number of frames (else given per call).
+        ff_in / inner_dim: an extra input MLP (``norm_in``, ``ff_in``) to ``inner_dim``.
+        disable_self_attn: ``attn1`` attends to ``context`` instead of itself.
+        disable_temporal_crossattention: no ``attn2``/``norm2``.
+        switch_temporal_ca_to_sa: ``attn2`` is a second self-attention.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        n_heads: int,
+        d_head: int,
+        dropout: float = 0.0,
+        context_dim: int | None = None,
+        gated_ff: bool = True,
+        checkpoint: bool = True,
+        timesteps: int | None = None,
+        ff_in: bool = False,
+        inner_dim: int | None = None,
+        attn_mode: str = "softmax",
+        disable_self_attn: bool = False,
+        disable_temporal_crossattention: bool = False,
+        switch_temporal_ca_to_sa: bool = False,
+    ):
+        super().__init__()
+        attn_cls = attention_class(attn_mode)
+        use_ff_in = ff_in or inner_dim is not None
+        inner_dim = dim if inner_dim is None else inner_dim
+        if n_heads * d_head != inner_dim:
+            raise ValueError(
+                f"n_heads * d_head = {n_heads * d_head} must equal inner_dim {inner_dim}"
+            )
+        if disable_temporal_crossattention and switch_temporal_ca_to_sa:
+            raise ValueError(
+                "switch_temporal_ca_to_sa needs attn2; it cannot be combined with "
+                "disable_temporal_crossattention"
+            )
+        self.is_res = inner_dim == dim
+        self.ff_in = None
+        if use_ff_in:
+            self.norm_in = nn.LayerNorm(dim)
+            self.ff_in = FeedForward(dim, dim_out=inner_dim, dropout=dropout, glu=gated_ff)
+        self.timesteps = timesteps
+        self.disable_self_attn = disable_self_attn
+        self.attn1 = attn_cls(
+            query_dim=inner_dim,
+            heads=n_heads,
+            dim_head=d_head,
+            dropout=dropout,
+            context_dim=context_dim if disable_self_attn else None,
+        )
+        self.ff = FeedForward(inner_dim, dim_out=dim, dropout=dropout, glu=gated_ff)
+        self.attn2 = None
+        if not disable_temporal_crossattention:
+            self.norm2 = nn.LayerNorm(inner_dim)
+            self.attn2 = attn_cls(
+                query_dim=inner_dim,
+                context_dim=None if switch_temporal_ca_to_sa else context_dim,
+                heads=n_heads,
+                dim_head=d_head,
+                dropout=dropout,
+            )
+        self.norm1 = nn.LayerNorm(inner_dim)
+        self.norm3 = nn.LayerNorm(inner_dim)
+        self.switch_temporal_ca_to_sa = switch_temporal_ca_to_sa
+        self.checkpoint = checkpoint
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        timesteps: int | None = None,
+    ) -> torch.Tensor:
+        """(B*T, S, C), context (B*S, M, D) -> (B*T, S, C)."""
+        return checkpoint(
+            self._forward, (x, context, timesteps), self.parameters(), self.checkpoint
+        )
+
+    def _num_frames(self, timesteps: int | None) -> int:
+        if self.timesteps and timesteps and self.timesteps != timesteps:
+            raise ValueError(
+                f"block built for {self.timesteps} frames, called with {timesteps}"
+            )
+        frames = self.timesteps or timesteps
+        if not frames:
+            raise ValueError("the number of frames (timesteps) is required")
+        return frames
+
+    def _forward(self, x, context=None, timesteps=None):
+        t = self._num_frames(timesteps)
+        s = x.shape[1]
+        x = rearrange(x, "(b t) s c -> (b s) t c", t=t)
+        if self.ff_in is not None:
+            h = self.ff_in(self.norm_in(x))
+            x = h + x if self.is_res else h
+        attn1_context = context if self.disable_self_attn else None
+        x = self.attn1(self.norm1(x), context=attn1_context) + x
+        if self.attn2 is not None:
+            attn2_context = None if self.switch_temporal_ca_to_sa else context
+            x = self.attn2(self.norm2(x), context=attn2_context) + x
+        h = self.ff(self.norm3(x))
+        x = h + x if self.is_res else h
+        return rearrange(x, "(b s) t c -> (b t) s c", s=s, t=t)
+
+    def get_last_layer(self) -> torch.Tensor:
+        return self.ff.net[-1].weight
+
+
+def frame_index_embedding(
+    embed: nn.Module, frames: int, batch: int, dim: int, max_period: int, like: torch.Tensor
+) -> torch.Tensor:
+    """``embed`` of the sinusoidal embedding of frame indices, tiled to ``(batch*frames, 1, C)``."""
+    index = torch.arange(frames, device=like.device)
+    emb = embed(timestep_embedding(index, dim, max_period=max_period).to(like.dtype))
+    return emb.repeat(batch, 1)[:, None, :]
+
+
+def broadcast_context(context: torch.Tensor, n: int) -> torch.Tensor:
+    """Repeat each row ``n`` times, row-major: ``(B, ...) -> (B*n, ...)``."""
+    return context.repeat_interleave(n, dim=0)
+
+
+class SpatialVideoTransformer(SpatialTransformer):
+    """Spatial transformer with a temporal block after each spatial block (SVD).
+
+    Each spatial block's output is blended with its time-mixed version by
+    ``time_mixer``; frame positions enter through ``time_pos_embed``.
+    With ``use_spatial_context`` the temporal cross-attention context is the first
+    frame's spatial ``context``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        n_heads: int,
+        d_head: int,
+        depth: int = 1,
+        dropout: float = 0.0,
+        use_linear: bool = False,
+        context_dim: int | None = None,
+        use_spatial_context: bool = False,
+        timesteps: int | None = None,
+        merge_strategy: str = "fixed",
+        merge_factor: float = 0.5,
+        time_context_dim: int | None = None,
+        ff_in: bool = False,
+        checkpoint: bool = False,
+        time_depth: int = 1,
+        attn_mode: str = "softmax",
+        disable_self_attn: bool = False,
+        disable_temporal_crossattention: bool = False,
+        max_time_embed_period: int = 10000,
+    ):
+        super().__init__(
+            in_channels,
+            n_heads,
+            d_head,
+            depth=depth,
+            dropout=dropout,
+            attn_type=attn_mode,
+            use_checkpoint=checkpoint,
+            context_dim=context_dim,
+            use_linear=use_linear,
+            disable_self_attn=disable_self_attn,
+        )
+        self.time_depth = time_depth
+        self.depth = depth
+        self.max_time_embed_period = max_time_embed_period
+        inner_dim = n_heads * d_head
+        if use_spatial_context:
+            time_context_dim = context_dim
+        self.time_stack = nn.ModuleList(
+            VideoTransformerBlock(
+                inner_dim,
+                n_heads,
+                d_head,
+                dropout=dropout,
+                context_dim=time_context_dim,
+                timesteps=timesteps,
+                checkpoint=checkpoint,
+                ff_in=ff_in,
+                inner_dim=inner_dim,
+                attn_mode=attn_mode,
+                disable_self_attn=disable_self_attn,
+                disable_temporal_crossattention=disable_temporal_crossattention,
+            )
+            for _ in range(depth)
+        )
+        self.use_spatial_context = use_spatial_context
+        self.in_channels = in_channels
+        self.time_pos_embed = nn.Sequential(
+            linear(in_channels, 4 * in_channels),
+            nn.SiLU(),
+            linear(4 * in_channels, in_channels),
+        )
+        self.time_mixer = AlphaBlender(alpha=merge_factor, merge_strategy=merge_strategy)
+
+    def forward_with_context(
+        self, x: torch.Tensor, emb: torch.Tensor, context=None, **kwargs
+    ) -> torch.Tensor:
+        """Call from a ``TimestepEmbedSequential``."""
+        return self(
+            x,
+            context,
+            kwargs.get("time_context"),
+            kwargs.get("num_video_frames"),
+            kwargs.get("image_only_indicator"),
+        )
+
+    def _time_context(self, context, time_context, timesteps, hw):
+        if self.use_spatial_context:
+            if context is None or context.ndim != 3:
+                raise ValueError(
+                    "use_spatial_context needs a (B*T, M, D) context, got "
+                    f"{None if context is None else tuple(context.shape)}"
+                )
+            return broadcast_context(context[::timesteps], hw)
+        if time_context is None:
+            return None
+        time_context = broadcast_context(time_context, hw)
+        if time_context.ndim == 2:
+            time_context = time_context[:, None, :]
+        return time_context
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        time_context: torch.Tensor | None = None,
+        timesteps: int | None = None,
+        image_only_indicator: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B*T, C, H, W), context (B*T, M, D) -> (B*T, C, H, W)."""
+        if not timesteps:
+            raise ValueError("SpatialVideoTransformer needs the number of frames")
+        _, _, h, w = x.shape
+        x_in = x
+        time_context = self._time_context(context, time_context, timesteps, h * w)
+        x = self.norm(x)
+        if not self.use_linear:
+            x = self.proj_in(x)
+        x = rearrange(x, "b c h w -> b (h w) c")
+        if self.use_linear:
+            x = self.proj_in(x)
+        frame_emb = frame_index_embedding(
+            self.time_pos_embed,
+            timesteps,
+            x.shape[0] // timesteps,
+            self.in_channels,
+            self.max_time_embed_period,
+            x,
+        )
+        for block, mix_block in zip(self.transformer_blocks, self.time_stack):
+            x = block(x, context=context)
+            x_mix = mix_block(x + frame_emb, context=time_context, timesteps=timesteps)
+            x = self.time_mixer(
+                x_spatial=x, x_temporal=x_mix, image_only_indicator=image_only_indicator
+            )
+        if self.use_linear:
+            x = self.proj_out(x)
+        x = rearrange(x, "b (h w) c -> b c h w", h=h, w=w)
+        if not self.use_linear:
+            x = self.proj_out(x)
+        return x + x_in
