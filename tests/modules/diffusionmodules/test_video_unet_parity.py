@@ -8,86 +8,19 @@ Loading strictly in both directions proves the map covers every key.
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
 
 from sgm.modules.diffusionmodules.util import timestep_embedding
 from sgm.modules.diffusionmodules.video_model import VideoUNet
 
+from _svd_key_map import make_key_map
+
 pytest.importorskip("diffusers")
 
 MC, MULT, NRB, HEAD_CH, CTX, ADM = 32, (1, 2, 2), 1, 16, 24, 3 * 16
-ATTN_LEVELS = (0, 1)  # levels with attention (ds 1, 2)
 
-RES = {
-    "in_layers.0": "spatial_res_block.norm1",
-    "in_layers.2": "spatial_res_block.conv1",
-    "emb_layers.1": "spatial_res_block.time_emb_proj",
-    "out_layers.0": "spatial_res_block.norm2",
-    "out_layers.3": "spatial_res_block.conv2",
-    "skip_connection": "spatial_res_block.conv_shortcut",
-    "time_stack.in_layers.0": "temporal_res_block.norm1",
-    "time_stack.in_layers.2": "temporal_res_block.conv1",
-    "time_stack.emb_layers.1": "temporal_res_block.time_emb_proj",
-    "time_stack.out_layers.0": "temporal_res_block.norm2",
-    "time_stack.out_layers.3": "temporal_res_block.conv2",
-    "time_mixer": "time_mixer",
-}
-ATTN = {
-    "time_stack": "temporal_transformer_blocks",
-    "time_pos_embed.0": "time_pos_embed.linear_1",
-    "time_pos_embed.2": "time_pos_embed.linear_2",
-}
-
-
-def _sub(rest: str, table: dict) -> str:
-    for old in sorted(table, key=len, reverse=True):
-        if rest == old or rest.startswith(old + "."):
-            return table[old] + rest[len(old) :]
-    return rest
-
-
-def _block(rest: str, prefix: str, attn_index: int | None) -> str:
-    layer, tail = rest.split(".", 1)
-    if layer == "0":
-        return f"{prefix}.resnets.{attn_index}.{_sub(tail, RES)}"
-    return f"{prefix}.attentions.{attn_index}.{_sub(tail, ATTN)}"
-
-
-def sgm_to_diffusers(key: str) -> str:
-    """Map one VideoUNet state-dict key to UNetSpatioTemporalConditionModel."""
-    fixed = {
-        "time_embed.0": "time_embedding.linear_1",
-        "time_embed.2": "time_embedding.linear_2",
-        "label_emb.0.0": "add_embedding.linear_1",
-        "label_emb.0.2": "add_embedding.linear_2",
-        "input_blocks.0.0": "conv_in",
-        "out.0": "conv_norm_out",
-        "out.2": "conv_out",
-    }
-    head, _, param = key.rpartition(".")
-    if head in fixed:
-        return f"{fixed[head]}.{param}"
-    if m := re.match(r"input_blocks\.(\d+)\.(.*)", key):
-        n, rest = int(m[1]) - 1, m[2]
-        level, i = divmod(n, NRB + 1)
-        if i == NRB:
-            return f"down_blocks.{level}.downsamplers.0.conv.{rest.split('.', 2)[2]}"
-        return _block(rest, f"down_blocks.{level}", i)
-    if m := re.match(r"middle_block\.(\d)\.(.*)", key):
-        idx, rest = int(m[1]), m[2]
-        if idx == 1:
-            return f"mid_block.attentions.0.{_sub(rest, ATTN)}"
-        return f"mid_block.resnets.{idx // 2}.{_sub(rest, RES)}"
-    m = re.match(r"output_blocks\.(\d+)\.(\d)\.(.*)", key)
-    level, i = divmod(int(m[1]), NRB + 1)
-    layer, rest = int(m[2]), m[3]
-    up_prefix = f"up_blocks.{level}"
-    if rest.startswith("conv.") and (layer == 2 or len(MULT) - 1 - level not in ATTN_LEVELS):
-        return f"{up_prefix}.upsamplers.0.{rest}"
-    return _block(f"{layer}.{rest}", up_prefix, i)
+sgm_to_diffusers = make_key_map(NRB)
 
 
 def _models():
