@@ -1,0 +1,45 @@
+"""Adapters between the denoiser's ``network(x, c_noise, cond)`` call and the UNets."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+OPENAIUNETWRAPPER = "sgm.modules.diffusionmodules.wrappers.OpenAIWrapper"
+
+
+class IdentityWrapper(nn.Module):
+    """Calls ``diffusion_model`` unchanged; ``compile_model`` compiles it in place.
+
+    In-place compilation (``nn.Module.compile``) keeps the ``diffusion_model.*``
+    state-dict keys of the uncompiled module.
+    """
+
+    def __init__(self, diffusion_model: nn.Module, compile_model: bool = False) -> None:
+        super().__init__()
+        if compile_model:
+            diffusion_model.compile()
+        self.diffusion_model = diffusion_model
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.diffusion_model(*args, **kwargs)
+
+
+class OpenAIWrapper(IdentityWrapper):
+    """Routes conditioning to a UNet: ``concat`` joins the input channels, ``crossattn``
+    becomes ``context``, ``vector`` becomes ``y``; ``cond_view``/``cond_motion`` pass through."""
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, c: Mapping[str, Any], **kwargs: Any
+    ) -> torch.Tensor:
+        if "concat" in c:
+            x = torch.cat((x, c["concat"]), dim=1)
+        if "cond_view" in c:
+            kwargs["cond_view"] = c.get("cond_view")
+            kwargs["cond_motion"] = c.get("cond_motion")
+        return self.diffusion_model(
+            x, timesteps=t, context=c.get("crossattn"), y=c.get("vector"), **kwargs
+        )
