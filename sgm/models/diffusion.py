@@ -1,0 +1,334 @@
+"""``DiffusionEngine``: a latent (or pixel) diffusion model as a LightningModule."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import ListConfig, OmegaConf
+
+from ..checkpoint import LoadReport, load_checkpoint_into
+from ..errors import ConfigError
+from ..modules import UNCONDITIONAL_CONFIG
+from ..modules.ema import LitEma
+from ..util import (
+    default,
+    disabled_train,
+    get_obj_from_str,
+    instantiate_from_config,
+    log_txt_as_img,
+)
+
+logger = logging.getLogger(__name__)
+
+OPENAIUNETWRAPPER = "sgm.modules.diffusionmodules.wrappers.OpenAIWrapper"
+DEFAULT_OPTIMIZER = {"target": "torch.optim.AdamW"}
+
+
+def _plain(config: Any) -> Any:
+    if OmegaConf.is_config(config):
+        return OmegaConf.to_container(config, resolve=True)
+    return config
+
+
+class DiffusionEngine(pl.LightningModule):
+    """Denoising diffusion model: network, denoiser, conditioner, first stage, loss, sampler.
+
+    ``learning_rate`` is the optimizer's base rate; ``main.py`` sets it from
+    ``model.base_learning_rate`` (scaled with ``--scale_lr``), and it may also be given
+    here directly. Released checkpoints that hold ``model_ema.*`` keys load into a model
+    built with ``use_ema=False``: those keys are dropped with a log line.
+    """
+
+    def __init__(
+        self,
+        network_config: Mapping,
+        denoiser_config: Mapping,
+        first_stage_config: Mapping,
+        conditioner_config: Mapping | None = None,
+        sampler_config: Mapping | None = None,
+        optimizer_config: Mapping | None = None,
+        scheduler_config: Mapping | None = None,
+        loss_fn_config: Mapping | None = None,
+        network_wrapper: str | None = None,
+        ckpt_path: str | None = None,
+        use_ema: bool = False,
+        ema_decay_rate: float = 0.9999,
+        scale_factor: float = 1.0,
+        disable_first_stage_autocast: bool = False,
+        input_key: str = "jpg",
+        log_keys: list | None = None,
+        no_cond_log: bool = False,
+        compile_model: bool = False,
+        en_and_decode_n_samples_a_time: int | None = None,
+        learning_rate: float | None = None,
+    ):
+        super().__init__()
+        self.log_keys = list(log_keys) if log_keys is not None else None
+        self.input_key = input_key
+        self.optimizer_config = _plain(default(optimizer_config, DEFAULT_OPTIMIZER))
+        network = instantiate_from_config(network_config)
+        wrapper = get_obj_from_str(default(network_wrapper, OPENAIUNETWRAPPER))
+        self.model = wrapper(network, compile_model=compile_model)
+        self.denoiser = instantiate_from_config(denoiser_config)
+        self.sampler = (
+            instantiate_from_config(sampler_config) if sampler_config is not None else None
+        )
+        self.conditioner = instantiate_from_config(
+            default(conditioner_config, UNCONDITIONAL_CONFIG)
+        )
+        self.scheduler_config = _plain(scheduler_config)
+        self._init_first_stage(first_stage_config)
+        self.loss_fn = (
+            instantiate_from_config(loss_fn_config) if loss_fn_config is not None else None
+        )
+        self.use_ema = bool(use_ema)
+        if self.use_ema:
+            self.model_ema = LitEma(self.model, decay=ema_decay_rate)
+            logger.info("Keeping EMAs of %d parameters.", len(self.model_ema.m_name2s_name))
+        self.scale_factor = scale_factor
+        self.disable_first_stage_autocast = disable_first_stage_autocast
+        self.no_cond_log = no_cond_log
+        self.en_and_decode_n_samples_a_time = en_and_decode_n_samples_a_time
+        if learning_rate is not None:
+            self.learning_rate = float(learning_rate)
+        if ckpt_path is not None:
+            self.init_from_ckpt(ckpt_path)
+
+    def _init_first_stage(self, config: Mapping) -> None:
+        model = instantiate_from_config(config).eval()
+        model.train = disabled_train.__get__(model)
+        for param in model.parameters():
+            param.requires_grad = False
+        self.first_stage_model = model
+
+    def init_from_ckpt(self, path: str, strict: bool = True) -> LoadReport:
+        """Load a ``.ckpt``/``.safetensors`` file strictly (see the class docstring)."""
+        ignore = () if self.use_ema else ("model_ema.",)
+        report = load_checkpoint_into(self, path, strict=strict, ignore_unexpected=ignore)
+        logger.info("Restored from %s%s", path,
+                    "" if report.ok else ":\n" + report.summary())
+        return report
+
+    # ------------------------------------------------------------------ first stage
+
+    def get_input(self, batch: Mapping) -> torch.Tensor:
+        """The images of ``batch`` (``batch[input_key]``, in [-1, 1], channels first)."""
+        if self.input_key not in batch:
+            raise ConfigError(f"batch has no key {self.input_key!r} (model input_key); "
+                              f"it has {sorted(batch)}")
+        return batch[self.input_key]
+
+    def _first_stage_autocast(self, x: torch.Tensor):
+        if self.disable_first_stage_autocast or x.device.type == "cpu":
+            return nullcontext()
+        return torch.autocast(x.device.type)
+
+    def _chunks(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
+        n = default(self.en_and_decode_n_samples_a_time, x.shape[0]) or max(x.shape[0], 1)
+        for i in range(math.ceil(x.shape[0] / n)):
+            yield x[i * n:(i + 1) * n]
+
+    @torch.no_grad()
+    def decode_first_stage(self, z: torch.Tensor) -> torch.Tensor:
+        """Decode latents (divided by ``scale_factor`` first), in chunks."""
+        z = z / self.scale_factor
+        video = _is_video_decoder(getattr(self.first_stage_model, "decoder", None))
+        outs = []
+        with self._first_stage_autocast(z):
+            for chunk in self._chunks(z):
+                kwargs = {"timesteps": len(chunk)} if video else {}
+                outs.append(self.first_stage_model.decode(chunk, **kwargs))
+        return torch.cat(outs, dim=0)
+
+    @torch.no_grad()
+    def encode_first_stage(self, x: torch.Tensor) -> torch.Tensor:
+        """Encode images to latents (multiplied by ``scale_factor``), in chunks."""
+        with self._first_stage_autocast(x):
+            outs = [self.first_stage_model.encode(chunk) for chunk in self._chunks(x)]
+        return self.scale_factor * torch.cat(outs, dim=0)
+
+    # ------------------------------------------------------------------ training
+
+    def forward(self, x: torch.Tensor, batch: Mapping) -> tuple[torch.Tensor, dict]:
+        """Mean diffusion loss on latents ``x`` with conditioning from ``batch``."""
+        loss = self.loss_fn(self.model, self.denoiser, self.conditioner, x, batch)
+        loss_mean = loss.mean()
+        return loss_mean, {"loss": loss_mean}
+
+    def shared_step(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        """Encode the batch's images and compute the loss."""
+        x = self.encode_first_stage(self.get_input(batch))
+        batch["global_step"] = self.global_step
+        return self(x, batch)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, loss_dict = self.shared_step(batch)
+        self.log_dict(loss_dict, prog_bar=True, logger=True, on_step=True, on_epoch=False)
+        self.log("global_step", float(self.global_step), prog_bar=True, logger=True,
+                 on_step=True, on_epoch=False)
+        if self.scheduler_config is not None:
+            lr = self.optimizers().param_groups[0]["lr"]
+            self.log("lr_abs", lr, prog_bar=True, logger=True, on_step=True, on_epoch=False)
+        return loss
+
+    def on_train_start(self, *args: Any, **kwargs: Any) -> None:
+        if self.sampler is None or self.loss_fn is None:
+            raise ConfigError("training needs model.params.sampler_config and "
+                              "model.params.loss_fn_config")
+
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        if self.use_ema:
+            self.model_ema(self.model)
+
+    @contextmanager
+    def ema_scope(self, context: str | None = None) -> Iterator[None]:
+        """Run the block with the EMA weights in ``self.model`` (no-op without EMA)."""
+        if self.use_ema:
+            self.model_ema.store(self.model.parameters())
+            self.model_ema.copy_to(self.model)
+            if context is not None:
+                logger.info("%s: switched to EMA weights", context)
+        try:
+            yield None
+        finally:
+            if self.use_ema:
+                self.model_ema.restore(self.model.parameters())
+                if context is not None:
+                    logger.info("%s: restored training weights", context)
+
+    def instantiate_optimizer_from_config(
+        self, params: Any, lr: float, cfg: Mapping
+    ) -> torch.optim.Optimizer:
+        """``target(params, lr=lr, **params)`` from an optimizer config."""
+        cls = get_obj_from_str(cfg["target"])
+        return cls(params, lr=lr, **(cfg.get("params") or {}))
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """The network's parameters plus those of trainable embedders."""
+        params = list(self.model.parameters())
+        for embedder in getattr(self.conditioner, "embedders", []):
+            if getattr(embedder, "is_trainable", False):
+                params += list(embedder.parameters())
+        return params
+
+    def configure_optimizers(self) -> Any:
+        lr = getattr(self, "learning_rate", None)
+        if lr is None:
+            raise ConfigError("no learning rate: set model.base_learning_rate (main.py) or "
+                              "model.params.learning_rate")
+        opt = self.instantiate_optimizer_from_config(
+            self.trainable_parameters(), lr, self.optimizer_config
+        )
+        if self.scheduler_config is None:
+            return opt
+        scheduler = instantiate_from_config(self.scheduler_config, key="scheduler_config")
+        logger.info("Setting up LambdaLR scheduler (per step).")
+        lambda_lr = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=scheduler.schedule)
+        return [opt], [{"scheduler": lambda_lr, "interval": "step", "frequency": 1}]
+
+    # ------------------------------------------------------------------ sampling
+
+    @torch.no_grad()
+    def sample(
+        self,
+        cond: dict,
+        uc: dict | None = None,
+        batch_size: int = 16,
+        shape: tuple | list | None = None,
+        generator: torch.Generator | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Draw ``batch_size`` latents of ``shape`` with the configured sampler."""
+        if self.sampler is None:
+            raise ConfigError("sampling needs model.params.sampler_config")
+        if shape is None:
+            raise ValueError("sample() needs the latent shape (C, H, W)")
+        randn = torch.randn(batch_size, *shape, generator=generator, device=self.device)
+
+        def denoiser(x: torch.Tensor, sigma: torch.Tensor, c: dict) -> torch.Tensor:
+            return self.denoiser(self.model, x, sigma, c, **kwargs)
+
+        extra = {}
+        if generator is not None and "generator" in inspect.signature(self.sampler).parameters:
+            extra["generator"] = generator
+        return self.sampler(denoiser, randn, cond, uc=uc, **extra)
+
+    @torch.no_grad()
+    def log_conditionings(self, batch: Mapping, n: int) -> dict:
+        """Images showing the conditioning values of the first ``n`` batch entries."""
+        image_h, image_w = batch[self.input_key].shape[-2:]
+        log = {}
+        for embedder in getattr(self.conditioner, "embedders", []):
+            key = embedder.input_key
+            if self.no_cond_log or (self.log_keys is not None and key not in self.log_keys):
+                continue
+            if key is None or key not in batch:
+                continue
+            log[key] = _conditioning_image(batch[key][:n], key, image_h, image_w)
+        return log
+
+    @torch.no_grad()
+    def log_images(
+        self,
+        batch: dict,
+        N: int = 8,
+        sample: bool = True,
+        ucg_keys: list[str] | None = None,
+        **kwargs: Any,
+    ) -> dict:
+        """``inputs``, ``reconstructions``, conditioning images and (EMA) ``samples``."""
+        embedders = list(getattr(self.conditioner, "embedders", []))
+        input_keys = [e.input_key for e in embedders]
+        if ucg_keys:
+            unknown = [k for k in ucg_keys if k not in input_keys]
+            if unknown:
+                raise ConfigError(f"ucg_keys {unknown} are not conditioner input keys "
+                                  f"{input_keys}")
+        else:
+            ucg_keys = input_keys
+        x = self.get_input(batch)
+        c, uc = self.conditioner.get_unconditional_conditioning(
+            batch, force_uc_zero_embeddings=ucg_keys if embedders else []
+        )
+        N = min(x.shape[0], N)
+        x = x.to(self.device)[:N]
+        log = {"inputs": x}
+        z = self.encode_first_stage(x)
+        log["reconstructions"] = self.decode_first_stage(z)
+        log.update(self.log_conditionings(batch, N))
+        for k in c:
+            if isinstance(c[k], torch.Tensor):
+                c[k], uc[k] = (y[k][:N].to(self.device) for y in (c, uc))
+        if sample:
+            with self.ema_scope("Plotting"):
+                samples = self.sample(c, shape=z.shape[1:], uc=uc, batch_size=N)
+            log["samples"] = self.decode_first_stage(samples)
+        return log
+
+
+def _is_video_decoder(decoder: Any) -> bool:
+    module = sys.modules.get("sgm.modules.autoencoding.temporal_ae")
+    cls = getattr(module, "VideoDecoder", None)
+    return cls is not None and isinstance(decoder, cls)
+
+
+def _conditioning_image(x: Any, key: str, image_h: int, image_w: int) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        if x.dim() == 1:
+            text = [str(v.item()) for v in x]
+            return log_txt_as_img((image_w, image_h), text, size=max(image_h // 4, 4))
+        if x.dim() == 2:
+            text = ["x".join(str(v) for v in row.tolist()) for row in x]
+            return log_txt_as_img((image_w, image_h), text, size=max(image_h // 20, 4))
+    elif isinstance(x, (list, tuple, ListConfig)) and x and isinstance(x[0], str):
+        return log_txt_as_img((image_w, image_h), list(x), size=max(image_h // 20, 4))
+    raise ConfigError(f"cannot render conditioning {key!r} of type {type(x).__name__} as an "
+                      "image; add it to model.params.log_keys exclusions or set no_cond_log")

@@ -1,0 +1,1 @@
+"""Training with PyTorch Lightning: the ``main.py`` command line, callbacks, image grids."""

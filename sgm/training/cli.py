@@ -1,0 +1,186 @@
+"""The ``main.py`` command line: configs, run folder, trainer, fit, resume."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import CheckpointError, ConfigError, SgmError
+
+logger = logging.getLogger("sgm.main")
+
+RUN_ENV = "SGM_RUN_NOW"
+
+
+def str2bool(value: Any) -> bool:
+    """Parse yes/no/true/false/1/0 (argparse type)."""
+    if isinstance(value, bool):
+        return value
+    lowered = str(value).lower()
+    if lowered in ("yes", "true", "t", "y", "1"):
+        return True
+    if lowered in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"boolean value expected, got {value!r}")
+
+
+def _flag(parser: argparse.ArgumentParser, *names: str, default: bool, help: str) -> None:
+    parser.add_argument(*names, type=str2bool, nargs="?", const=True, default=default,
+                        help=help)
+
+
+def get_parser() -> argparse.ArgumentParser:
+    """The command-line parser (the original flags, plus one ``--<name>`` per Trainer arg)."""
+    p = argparse.ArgumentParser(
+        description="Train a model from YAML configs; extra key=value arguments override "
+                    "config entries (e.g. model.params.use_ema=true).")
+    p.add_argument("-n", "--name", default="", help="postfix for the run folder name")
+    _flag(p, "--no_date", default=False, help="leave the date out of the run folder name")
+    p.add_argument("-r", "--resume", default="", help="run folder or checkpoint to resume")
+    p.add_argument("-b", "--base", nargs="*", metavar="base_config.yaml", default=[],
+                   help="configs merged left to right, then the key=value overrides")
+    _flag(p, "-t", "--train", default=True, help="train")
+    _flag(p, "--no-test", default=False, help="skip testing after training")
+    p.add_argument("-p", "--project", help="name of a new or path to an existing project")
+    _flag(p, "-d", "--debug", default=False, help="post-mortem debugging, offline wandb")
+    p.add_argument("-s", "--seed", type=int, default=23, help="seed for seed_everything")
+    p.add_argument("-f", "--postfix", default="", help="postfix for the default name")
+    p.add_argument("--projectname", default="stablediffusion", help="wandb project")
+    p.add_argument("-l", "--logdir", default="logs", help="folder of run folders")
+    _flag(p, "--scale_lr", default=False,
+          help="lr = accumulate_grad_batches * devices * num_nodes * batch_size * base lr")
+    _flag(p, "--legacy_naming", default=False, help="name runs after the config file only")
+    _flag(p, "--enable_tf32", default=False, help="allow TF32 matmuls on Ampere+ GPUs")
+    p.add_argument("--startup", type=str, default=None, help="start time (for run naming)")
+    _flag(p, "--wandb", default=False, help="log to Weights & Biases")
+    _flag(p, "--no_base_name", default=False, help="leave the config name out of the run name")
+    p.add_argument("--resume_from_checkpoint", type=str, default=None,
+                   help="checkpoint whose full training state to resume from")
+    _add_trainer_args(p)
+    return p
+
+
+def _yaml_value(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def _add_trainer_args(parser: argparse.ArgumentParser) -> None:
+    import inspect
+
+    import pytorch_lightning as pl
+
+    group = parser.add_argument_group("Trainer", "any pytorch_lightning.Trainer argument")
+    taken = {a.dest for a in parser._actions}
+    for name in inspect.signature(pl.Trainer.__init__).parameters:
+        if name in ("self", "callbacks", "plugins") or name in taken:
+            continue
+        group.add_argument(f"--{name}", dest=f"trainer__{name}", type=_yaml_value,
+                           default=argparse.SUPPRESS, metavar="VALUE")
+
+
+@dataclass
+class RunPaths:
+    """Names and folders of one run."""
+
+    now: str
+    nowname: str
+    logdir: str
+    ckptdir: str
+    cfgdir: str
+    resume_ckpt: str | None
+    base: list[str]
+
+
+def _run_name(opt: argparse.Namespace, now: str) -> str:
+    if opt.name:
+        name = "_" + opt.name
+    elif opt.base:
+        stem = os.path.splitext(os.path.basename(opt.base[0]))[0]
+        parent = os.path.dirname(opt.base[0]).split("configs")[-1].strip(os.sep)
+        parts = [] if opt.no_base_name else [stem]
+        if parent and not opt.legacy_naming and not opt.no_base_name:
+            parts = parent.split(os.sep) + parts
+        name = "_" + "-".join(parts) if parts else ""
+    else:
+        name = ""
+    name += opt.postfix
+    return name.lstrip("_") if opt.no_date else now + name
+
+
+def resolve_paths(opt: argparse.Namespace) -> RunPaths:
+    """Run folder, checkpoint to resume from and configs to merge."""
+    now = os.environ.get(RUN_ENV) or opt.startup or datetime.datetime.now().strftime(
+        "%Y-%m-%dT%H-%M-%S")
+    os.environ[RUN_ENV] = now
+    base = list(opt.base)
+    resume_ckpt = opt.resume_from_checkpoint
+    if opt.name and opt.resume:
+        raise ConfigError("-n/--name and -r/--resume cannot be given together; to rename a "
+                          "resumed run, move its folder")
+    if opt.resume:
+        if os.path.isfile(opt.resume):
+            logdir = os.path.dirname(os.path.dirname(os.path.abspath(opt.resume)))
+            resume_ckpt = opt.resume
+        elif os.path.isdir(opt.resume):
+            logdir = opt.resume.rstrip(os.sep)
+            resume_ckpt = os.path.join(logdir, "checkpoints", "last.ckpt")
+        else:
+            raise CheckpointError(f"cannot resume: {opt.resume} is neither a run folder nor "
+                                  "a checkpoint file")
+        if not os.path.isfile(resume_ckpt):
+            raise CheckpointError(f"cannot resume: no checkpoint at {resume_ckpt}")
+        base = sorted(glob.glob(os.path.join(logdir, "configs", "*.yaml"))) + base
+        nowname = os.path.basename(logdir)
+    else:
+        nowname = _run_name(opt, now)
+        logdir = os.path.join(opt.logdir, nowname)
+    if resume_ckpt and not os.path.isfile(resume_ckpt):
+        raise CheckpointError(f"checkpoint not found: {resume_ckpt}")
+    return RunPaths(now, nowname, logdir, os.path.join(logdir, "checkpoints"),
+                    os.path.join(logdir, "configs"), resume_ckpt, base)
+
+
+def _configure_logging(debug: bool) -> None:
+    level = logging.DEBUG if debug else logging.INFO
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("sgm").setLevel(level)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv``, build everything and train; returns the process exit code."""
+    parser = get_parser()
+    opt, unknown = parser.parse_known_args(argv)
+    flags = [u for u in unknown if u.startswith("-")]
+    if flags:
+        parser.error(f"unrecognized arguments: {' '.join(flags)}")
+    _configure_logging(opt.debug)
+    try:
+        from .run import run
+
+        return run(opt, unknown)
+    except SgmError as error:
+        lines = str(error).splitlines() or [type(error).__name__]
+        print(f"error: {lines[0]}", file=sys.stderr)
+        for line in lines[1:]:
+            logger.error("%s", line)
+        return 2
+    except Exception:
+        if opt.debug and sys.stdin.isatty():
+            import pdb
+
+            pdb.post_mortem(sys.exc_info()[2])
+        raise
+
+
+def exit_code_for(signum: int | None) -> int:
+    """Exit code after a signal-requested stop: 128 + the signal number."""
+    return 128 + int(signum) if signum else 0
+
