@@ -1,4 +1,4 @@
-"""Preconditioned denoisers ``D(x, sigma) = c_skip x + c_out F(c_in x, c_noise, cond)``."""
+"""Preconditioned denoisers ``D(x, sigma) = c_skip x + c_out F(c_in x, c_noise)``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from .discretizer import Discretization
 
 
 class Denoiser(nn.Module):
-    """Wraps a network into a denoiser using the scalings built from ``scaling_config``."""
+    """Turns a network into a denoiser with the scalings from ``scaling_config``."""
 
     def __init__(self, scaling_config: Mapping[str, Any]) -> None:
         super().__init__()
@@ -90,7 +90,7 @@ class DiscreteDenoiser(Denoiser):
         return self.idx_to_sigma(self.sigma_to_idx(sigma))
 
     def possibly_quantize_c_noise(self, c_noise: torch.Tensor) -> torch.Tensor:
-        """The integer level index if ``quantize_c_noise``, else ``c_noise`` unchanged."""
+        """The level index if ``quantize_c_noise``, else ``c_noise`` unchanged."""
         if self.quantize_c_noise:
             return self.sigma_to_idx(c_noise)
         return c_noise

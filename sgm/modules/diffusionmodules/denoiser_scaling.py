@@ -1,4 +1,4 @@
-"""Preconditioning of the denoiser network: ``D(x, sigma) = c_skip x + c_out F(c_in x, c_noise)``."""
+"""Denoiser preconditioning: ``D(x, sigma) = c_skip x + c_out F(c_in x, c_noise)``."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ class DenoiserScaling(ABC):
 
 
 class EDMScaling(DenoiserScaling):
-    """Karras et al. (2022), Table 1: EDM preconditioning for data std ``sigma_data``."""
+    """Karras et al. (2022), Table 1: EDM preconditioning, data std ``sigma_data``."""
 
     def __init__(self, sigma_data: float = 0.5) -> None:
         self.sigma_data = sigma_data
@@ -32,7 +32,7 @@ class EDMScaling(DenoiserScaling):
 
 
 class EpsScaling(DenoiserScaling):
-    """Epsilon prediction (DDPM) in the variance-exploding parametrisation; c_noise = sigma."""
+    """Epsilon prediction (DDPM) in variance-exploding form; c_noise = sigma."""
 
     def __call__(self, sigma: torch.Tensor) -> Scalings:
         c_skip = torch.ones_like(sigma)
@@ -54,7 +54,7 @@ class VScaling(DenoiserScaling):
 
 
 class VScalingWithEDMcNoise(DenoiserScaling):
-    """v-prediction scalings with the EDM noise conditioning ``0.25 ln sigma`` (SVD family)."""
+    """v-prediction scalings with EDM noise conditioning ``0.25 ln sigma`` (SVD)."""
 
     def __call__(self, sigma: torch.Tensor) -> Scalings:
         c_skip = 1.0 / (sigma**2 + 1.0)

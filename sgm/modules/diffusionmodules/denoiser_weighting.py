@@ -1,4 +1,4 @@
-"""Loss weightings under their older module path (same classes as ``loss_weighting``)."""
+"""Loss weightings under their older module path (``loss_weighting`` classes)."""
 
 from __future__ import annotations
 

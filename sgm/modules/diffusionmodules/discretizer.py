@@ -11,9 +11,10 @@ from ...util import append_zero
 from .util import make_beta_schedule
 
 
-
-def generate_roughly_equally_spaced_steps(num_substeps: int, max_step: int) -> np.ndarray:
-    """``num_substeps`` integer timesteps in ``[0, max_step)``, ascending, ending at ``max_step - 1``."""
+def generate_roughly_equally_spaced_steps(
+    num_substeps: int, max_step: int
+) -> np.ndarray:
+    """``num_substeps`` ascending integer timesteps in last ``max_step - 1``."""
     return np.linspace(max_step - 1, 0, num_substeps, endpoint=False).astype(int)[::-1]
 
 
@@ -24,7 +25,7 @@ def edm_sigmas(
     rho: float,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Karras et al. (2022), eq. 5: ``n`` sigmas from ``sigma_max`` down to ``sigma_min``."""
+    """Karras et al. (2022), eq. 5: ``n`` sigmas from ``sigma_max`` to ``sigma_min``."""
     ramp = torch.linspace(0, 1, n, device=device)
     min_inv_rho = sigma_min ** (1 / rho)
     max_inv_rho = sigma_max ** (1 / rho)
@@ -34,7 +35,7 @@ def edm_sigmas(
 def ddpm_sigmas(
     alphas_cumprod: np.ndarray, n: int, device: torch.device | str | None = None
 ) -> torch.Tensor:
-    """``sqrt((1 - abar) / abar)`` at ``n`` roughly equally spaced DDPM steps, descending."""
+    """``sqrt((1 - abar) / abar)`` at ``n`` evenly spread DDPM steps, descending."""
     num_timesteps = len(alphas_cumprod)
     if n > num_timesteps:
         raise ValueError(
@@ -52,7 +53,7 @@ def ddpm_sigmas(
 
 
 class Discretization(ABC):
-    """A noise schedule; calling it gives descending sigmas (with a final 0 by default)."""
+    """A noise schedule; calling it gives descending sigmas (final 0 by default)."""
 
     def __call__(
         self,
@@ -61,18 +62,20 @@ class Discretization(ABC):
         device: torch.device | str | None = "cpu",
         flip: bool = False,
     ) -> torch.Tensor:
-        """``n`` sigmas, descending, plus a trailing 0 if ``do_append_zero``; ascending if ``flip``."""
+        """``n`` descending sigmas (+ 0 if ``do_append_zero``); flipped if ``flip``."""
         sigmas = self.get_sigmas(n, device=device)
         sigmas = append_zero(sigmas) if do_append_zero else sigmas
         return torch.flip(sigmas, (0,)) if flip else sigmas
 
     @abstractmethod
-    def get_sigmas(self, n: int, device: torch.device | str | None = "cpu") -> torch.Tensor:
+    def get_sigmas(
+        self, n: int, device: torch.device | str | None = "cpu"
+    ) -> torch.Tensor:
         """``n`` descending sigmas."""
 
 
 class EDMDiscretization(Discretization):
-    """The Karras et al. (2022) schedule ``(max^(1/rho) + i/(n-1) (min^(1/rho) - max^(1/rho)))^rho``."""
+    """Karras et al. (2022) schedule, evenly spaced in ``sigma^(1/rho)``."""
 
     def __init__(
         self, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0
@@ -81,12 +84,14 @@ class EDMDiscretization(Discretization):
         self.sigma_max = sigma_max
         self.rho = rho
 
-    def get_sigmas(self, n: int, device: torch.device | str | None = "cpu") -> torch.Tensor:
+    def get_sigmas(
+        self, n: int, device: torch.device | str | None = "cpu"
+    ) -> torch.Tensor:
         return edm_sigmas(n, self.sigma_min, self.sigma_max, self.rho, device=device)
 
 
 class LegacyDDPMDiscretization(Discretization):
-    """The discrete DDPM schedule of Stable Diffusion (linear in sqrt(beta)), as sigmas."""
+    """Stable Diffusion's discrete DDPM schedule (linear in sqrt(beta)) as sigmas."""
 
     def __init__(
         self,
@@ -100,5 +105,7 @@ class LegacyDDPMDiscretization(Discretization):
         )
         self.alphas_cumprod = np.cumprod(1.0 - betas, axis=0)
 
-    def get_sigmas(self, n: int, device: torch.device | str | None = "cpu") -> torch.Tensor:
+    def get_sigmas(
+        self, n: int, device: torch.device | str | None = "cpu"
+    ) -> torch.Tensor:
         return ddpm_sigmas(self.alphas_cumprod, n, device=device)

@@ -1,4 +1,4 @@
-"""Classifier-free guidance: batch the conditional and unconditional passes, then mix them."""
+"""Classifier-free guidance: batch conditional and unconditional passes, then mix."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def _same_value(a: Any, b: Any) -> bool:
 
 
 def double_cond(c: Cond, uc: Cond, keys: Sequence[str], strict: bool) -> dict[str, Any]:
-    """``[uc, c]`` concatenated along the batch for ``keys``; other entries taken from ``c``.
+    """``[uc, c]`` concatenated along the batch for ``keys``; other entries from ``c``.
 
     With ``strict``, entries outside ``keys`` must be equal in ``c`` and ``uc``.
     """
@@ -194,7 +194,7 @@ class TrianglePredictionGuider(LinearPredictionGuider):
 
 
 class TrapezoidPredictionGuider(LinearPredictionGuider):
-    """Per-frame scale rising over the first ``edge_perc`` of frames and falling over the last.
+    """Per-frame scale rising over the first ``edge_perc`` of frames, then falling.
 
     The plateau between the edges is 1.0 (not ``max_scale``), as in the released
     configurations.

@@ -16,7 +16,7 @@ LOSS_TYPES = ("l2", "l1", "lpips")
 def offset_noise_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
     """Shape of the offset noise: one value per (sample, channel), shared over space.
 
-    For 5-D video input ``(b, t, c, h, w)`` the offset is shared over the frames as well.
+    For 5-D video input ``(b, t, c, h, w)`` the offset is also shared over the frames.
     """
     if len(input_shape) == 5:
         return (input_shape[0], 1, input_shape[2])
@@ -73,7 +73,7 @@ class StandardDiffusionLoss(nn.Module):
         input: torch.Tensor,
         batch: Mapping[str, Any],
     ) -> torch.Tensor:
-        """Per-sample loss (B,) for clean ``input``; conditioning from ``conditioner(batch)``."""
+        """Per-sample loss (B,) of clean ``input``; cond is ``conditioner(batch)``."""
         cond = conditioner(batch)
         return self._forward(network, denoiser, cond, input, batch)
 

@@ -23,7 +23,7 @@ class UnitWeighting(DiffusionLossWeighting):
 
 
 class EDMWeighting(DiffusionLossWeighting):
-    """Karras et al. (2022), Table 1: ``(sigma^2 + sigma_data^2) / (sigma sigma_data)^2``."""
+    """Karras et al. (2022), Table 1: ``(sigma^2 + sd^2) / (sigma sd)^2``."""
 
     def __init__(self, sigma_data: float = 0.5) -> None:
         self.sigma_data = sigma_data

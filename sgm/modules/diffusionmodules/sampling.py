@@ -63,7 +63,7 @@ class BaseDiffusionSampler:
         self._generator: torch.Generator | None = None
 
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
-        """Standard normal noise shaped like ``x`` from the active generator (or the global one)."""
+        """Standard normal noise like ``x`` from the active generator (else global)."""
         if self._generator is None:
             return torch.randn_like(x)
         return torch.randn(
@@ -72,7 +72,7 @@ class BaseDiffusionSampler:
 
     @contextlib.contextmanager
     def generator_scope(self, generator: torch.Generator | None) -> Iterator[None]:
-        """Draw noise from ``generator`` inside the block; restores the previous source after."""
+        """Draw noise from ``generator`` inside the block, then restore the source."""
         previous = self._generator
         self._generator = generator
         try:
@@ -87,7 +87,7 @@ class BaseDiffusionSampler:
         uc: Cond | None = None,
         num_steps: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, Cond, Cond]:
-        """Sigmas for the run and the scaled start ``x sqrt(1 + sigma_0^2)`` (a new tensor)."""
+        """Sigmas for the run and the start ``x sqrt(1 + sigma_0^2)`` (a new tensor)."""
         num_steps = self.num_steps if num_steps is None else num_steps
         if num_steps is None:
             raise ValueError(
@@ -103,7 +103,12 @@ class BaseDiffusionSampler:
         return x, s_in, sigmas, num_sigmas, cond, uc
 
     def denoise(
-        self, x: torch.Tensor, denoiser: Denoiser, sigma: torch.Tensor, cond: Cond, uc: Cond
+        self,
+        x: torch.Tensor,
+        denoiser: Denoiser,
+        sigma: torch.Tensor,
+        cond: Cond,
+        uc: Cond,
     ) -> torch.Tensor:
         """Guided denoised estimate at ``sigma``."""
         denoised = denoiser(*self.guider.prepare_inputs(x, sigma, cond, uc))
@@ -136,7 +141,9 @@ class SingleStepDiffusionSampler(BaseDiffusionSampler):
         """One step ``sigma -> next_sigma``."""
         raise NotImplementedError
 
-    def euler_step(self, x: torch.Tensor, d: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
+    def euler_step(
+        self, x: torch.Tensor, d: torch.Tensor, dt: torch.Tensor
+    ) -> torch.Tensor:
         """``x + dt d``."""
         return euler_step(x, d, dt)
 
@@ -219,7 +226,7 @@ class EulerEDMSampler(EDMSampler):
 
 
 class HeunEDMSampler(EDMSampler):
-    """Karras et al. (2022), Algorithm 2 with Heun (2nd order) steps; Euler into sigma = 0."""
+    """Karras et al. (2022), Algorithm 2 with Heun steps (Euler into sigma = 0)."""
 
     def possible_correction_step(
         self, euler_step, x, d, dt, next_sigma, denoiser, cond, uc
@@ -235,17 +242,19 @@ class HeunEDMSampler(EDMSampler):
 
 
 class AncestralSampler(SingleStepDiffusionSampler):
-    """Ancestral sampling: a deterministic step to ``sigma_down`` plus fresh noise ``sigma_up``.
+    """Ancestral sampling: a step to ``sigma_down`` plus fresh noise ``sigma_up``.
 
     Args:
         eta: noise amount (0: deterministic, 1: full ancestral step).
         s_noise: std multiplier of the added noise.
 
-    ``noise_sampler(x)`` gives the added noise; it defaults to :meth:`randn_like` and may
-    be replaced by any callable returning noise shaped like ``x``.
+    ``noise_sampler(x)`` gives the added noise; it defaults to :meth:`randn_like`
+    and may be replaced by any callable returning noise shaped like ``x``.
     """
 
-    def __init__(self, eta: float = 1.0, s_noise: float = 1.0, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, eta: float = 1.0, s_noise: float = 1.0, *args: Any, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.eta = eta
         self.s_noise = s_noise
@@ -261,7 +270,7 @@ class AncestralSampler(SingleStepDiffusionSampler):
         """Add ``s_noise * sigma_up`` std noise where ``next_sigma > 0``."""
         if not torch.is_tensor(sigma_up):
             sigma_up = torch.full_like(next_sigma, sigma_up)
-        # Noise is drawn even where it is discarded, so the random stream advances once per step.
+        # Drawn even where discarded: the random stream advances once per step.
         noisy = x + self.noise_sampler(x) * self.s_noise * append_dims(sigma_up, x.ndim)
         return torch.where(append_dims(next_sigma, x.ndim) > 0.0, noisy, x)
 
@@ -300,7 +309,9 @@ class EulerAncestralSampler(AncestralSampler):
 class DPMPP2SAncestralSampler(AncestralSampler):
     """Lu et al. (2022): ancestral DPM-Solver++(2S) (two network calls per step)."""
 
-    def sampler_step(self, sigma, next_sigma, denoiser, x, cond, uc=None, **kwargs) -> torch.Tensor:
+    def sampler_step(
+        self, sigma, next_sigma, denoiser, x, cond, uc=None, **kwargs
+    ) -> torch.Tensor:
         """DPM-Solver++(2S) step to ``sigma_down`` (Euler into 0), then noise up."""
         sigma_down, sigma_up = get_ancestral_step(sigma, next_sigma, eta=self.eta)
         denoised = self.denoise(x, denoiser, sigma, cond, uc)
@@ -333,7 +344,7 @@ class LinearMultistepSampler(BaseDiffusionSampler):
         generator: torch.Generator | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
-        """Sample from unit noise ``x`` (deterministic); ``kwargs`` go to the denoiser."""
+        """Sample from unit noise ``x``; ``kwargs`` go to the denoiser."""
         x, s_in, sigmas, num_sigmas, cond, uc = self.prepare_sampling_loop(
             x, cond, uc, num_steps
         )
@@ -341,24 +352,37 @@ class LinearMultistepSampler(BaseDiffusionSampler):
         sigmas_cpu = sigmas.detach().cpu().numpy()
         for i in self.get_sigma_gen(num_sigmas):
             sigma = s_in * sigmas[i]
-            denoised = denoiser(*self.guider.prepare_inputs(x, sigma, cond, uc), **kwargs)
+            denoised = denoiser(
+                *self.guider.prepare_inputs(x, sigma, cond, uc), **kwargs
+            )
             denoised = self.guider(denoised, sigma)
             ds.append(to_d(x, sigma, denoised))
             if len(ds) > self.order:
                 ds.pop(0)
             cur_order = min(i + 1, self.order)
             coeffs = [
-                linear_multistep_coeff(cur_order, sigmas_cpu, i, j) for j in range(cur_order)
+                linear_multistep_coeff(cur_order, sigmas_cpu, i, j)
+                for j in range(cur_order)
             ]
-            x = x + sum(coeff * d for coeff, d in zip(coeffs, reversed(ds)))
+            x = x + sum(
+                coeff * d for coeff, d in zip(coeffs, reversed(ds), strict=True)
+            )
         return x
 
 
 class DPMPP2MSampler(BaseDiffusionSampler):
-    """Lu et al. (2022): DPM-Solver++(2M), second-order multistep, one network call per step."""
+    """Lu et al. (2022): DPM-Solver++(2M), second-order multistep."""
 
     def sampler_step(
-        self, old_denoised, previous_sigma, sigma, next_sigma, denoiser, x, cond, uc=None
+        self,
+        old_denoised,
+        previous_sigma,
+        sigma,
+        next_sigma,
+        denoiser,
+        x,
+        cond,
+        uc=None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One step; returns the new ``x`` and this step's denoised estimate."""
         denoised = self.denoise(x, denoiser, sigma, cond, uc)

@@ -1,4 +1,4 @@
-"""Pure numeric pieces of the samplers: ODE derivative, ancestral split, solver steps."""
+"""Pure numerics of the samplers: ODE derivative, ancestral split, solver steps."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from ...util import append_dims
 
 
 def to_d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
-    """Karras et al. (2022), eq. 3: probability-flow derivative ``(x - D(x)) / sigma``."""
+    """Karras et al. (2022), eq. 3: probability-flow ODE ``(x - D(x)) / sigma``."""
     return (x - denoised) / append_dims(sigma, x.ndim)
 
 
@@ -43,12 +43,12 @@ def get_ancestral_step(
 def linear_multistep_coeff(
     order: int, t: Sequence[float] | np.ndarray, i: int, j: int, epsrel: float = 1e-4
 ) -> float:
-    """Adams-Bashforth weight of the derivative at ``t[i - j]`` for the step ``t[i] -> t[i+1]``.
+    """Adams-Bashforth weight of the derivative at ``t[i - j]`` for ``t[i] -> t[i+1]``.
 
     The weight is the integral over ``[t[i], t[i+1]]`` of the Lagrange basis polynomial
     through ``t[i], ..., t[i - order + 1]``; Gauss-Legendre quadrature with ``order``
-    nodes integrates that degree ``order - 1`` polynomial exactly. ``epsrel`` is accepted
-    for call compatibility and unused.
+    nodes integrates that degree ``order - 1`` polynomial exactly. ``epsrel`` is
+    accepted for call compatibility and unused.
     """
     if order - 1 > i:
         raise ValueError(f"Order {order} too high for step {i}")
@@ -74,15 +74,18 @@ def heun_correction(
     d_next: torch.Tensor,
     dt: torch.Tensor,
 ) -> torch.Tensor:
-    """Karras et al. (2022), Algorithm 1 line 8: trapezoidal step with the mean derivative."""
+    """Karras et al. (2022), Algorithm 1 line 8: step with the mean derivative."""
     d_prime = (d + d_next) / 2.0
     return x + d_prime * dt
 
 
 def dpmpp_2s_midpoint(
-    x: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor, sigma_down: torch.Tensor
+    x: torch.Tensor,
+    denoised: torch.Tensor,
+    sigma: torch.Tensor,
+    sigma_down: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """DPM-Solver++(2S) first stage: the point ``x_2`` at the log-midpoint ``sigma_s`` and ``sigma_s``.
+    """DPM-Solver++(2S) first stage: ``(x_mid, sigma_mid)`` at the log-midpoint.
 
     Lu et al. (2022), DPM-Solver++ Algorithm 1 with ``r = 1/2``.
     """
@@ -95,9 +98,12 @@ def dpmpp_2s_midpoint(
 
 
 def dpmpp_2s_update(
-    x: torch.Tensor, denoised_mid: torch.Tensor, sigma: torch.Tensor, sigma_down: torch.Tensor
+    x: torch.Tensor,
+    denoised_mid: torch.Tensor,
+    sigma: torch.Tensor,
+    sigma_down: torch.Tensor,
 ) -> torch.Tensor:
-    """DPM-Solver++(2S) second stage: the step to ``sigma_down`` using the midpoint estimate."""
+    """DPM-Solver++(2S) second stage: step to ``sigma_down`` from the midpoint."""
     t, t_next = to_neg_log_sigma(sigma), to_neg_log_sigma(sigma_down)
     h = t_next - t
     mult3 = append_dims(to_sigma(t_next) / to_sigma(t), x.ndim)

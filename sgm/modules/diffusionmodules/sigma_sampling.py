@@ -1,4 +1,4 @@
-"""Training-time noise-level samplers: ``sampler(n_samples, rand=None) -> sigmas (n,)``."""
+"""Training noise-level samplers: ``sampler(n_samples, rand=None) -> sigmas (n,)``."""
 
 from __future__ import annotations
 
@@ -11,13 +11,15 @@ from ...util import instantiate_from_config
 
 
 class EDMSampling:
-    """Karras et al. (2022): ``ln sigma ~ N(p_mean, p_std^2)``; ``rand`` overrides the normal draws."""
+    """Karras et al. (2022): ``ln sigma ~ N(p_mean, p_std^2)``; ``rand``: normals."""
 
     def __init__(self, p_mean: float = -1.2, p_std: float = 1.2) -> None:
         self.p_mean = p_mean
         self.p_std = p_std
 
-    def __call__(self, n_samples: int, rand: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self, n_samples: int, rand: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if rand is None:
             rand = torch.randn((n_samples,))
         log_sigma = self.p_mean + self.p_std * rand
@@ -25,7 +27,7 @@ class EDMSampling:
 
 
 class DiscreteSampling:
-    """Uniform choice among the ``num_idx`` levels of a discretization; ``rand`` gives indices."""
+    """Uniform choice among ``num_idx`` discrete levels; ``rand`` gives the indices."""
 
     def __init__(
         self,
@@ -43,7 +45,9 @@ class DiscreteSampling:
         """Table sigma at ``idx``."""
         return self.sigmas[idx]
 
-    def __call__(self, n_samples: int, rand: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self, n_samples: int, rand: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if rand is None:
             rand = torch.randint(0, self.num_idx, (n_samples,))
         return self.idx_to_sigma(rand)
@@ -52,7 +56,9 @@ class DiscreteSampling:
 class ZeroSampler:
     """A (near-)zero noise level ``1e-5`` for every sample."""
 
-    def __call__(self, n_samples: int, rand: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self, n_samples: int, rand: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if rand is None:
             # Drawn only to keep the global random stream aligned with other samplers.
             rand = torch.randn((n_samples,))

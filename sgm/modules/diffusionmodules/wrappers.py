@@ -29,8 +29,11 @@ class IdentityWrapper(nn.Module):
 
 
 class OpenAIWrapper(IdentityWrapper):
-    """Routes conditioning to a UNet: ``concat`` joins the input channels, ``crossattn``
-    becomes ``context``, ``vector`` becomes ``y``; ``cond_view``/``cond_motion`` pass through."""
+    """Routes conditioning to a UNet.
+
+    ``concat`` joins the input channels, ``crossattn`` becomes ``context``, ``vector``
+    becomes ``y``; ``cond_view`` and ``cond_motion`` pass through by name.
+    """
 
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, c: Mapping[str, Any], **kwargs: Any

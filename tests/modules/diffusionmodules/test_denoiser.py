@@ -1,4 +1,4 @@
-"""Scalings, weightings, denoisers and sigma samplers against their defining identities."""
+"""Scalings, weightings, denoisers and sigma samplers vs their defining identities."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""OpenAIWrapper routes conditioning as the UNet expects; compiling keeps state-dict keys."""
+"""OpenAIWrapper routes conditioning to the UNet; compiling keeps state-dict keys."""
 
 import torch
 from torch import nn
@@ -25,7 +25,11 @@ def test_openai_wrapper_routes_conditioning():
     net = Recorder()
     wrapper = OpenAIWrapper(net)
     x, t = torch.randn(2, 4, 3, 3), torch.tensor([1.0, 2.0])
-    c = {"concat": torch.ones(2, 3, 3, 3), "crossattn": torch.ones(2, 7, 8), "vector": torch.ones(2, 5)}
+    c = {
+        "concat": torch.ones(2, 3, 3, 3),
+        "crossattn": torch.ones(2, 7, 8),
+        "vector": torch.ones(2, 5),
+    }
     out = wrapper(x, t, c, num_video_frames=14)
     assert net.seen["x"].shape == (2, 7, 3, 3)
     assert torch.equal(net.seen["x"][:, :4], x) and torch.all(net.seen["x"][:, 4:] == 1)
@@ -46,7 +50,10 @@ def test_openai_wrapper_without_concat_and_with_views():
 def test_identity_wrapper_and_compile_keep_keys():
     plain = IdentityWrapper(Recorder())
     compiled = IdentityWrapper(Recorder(), compile_model=True)
-    assert list(plain.state_dict()) == ["diffusion_model.proj.weight", "diffusion_model.proj.bias"]
+    assert list(plain.state_dict()) == [
+        "diffusion_model.proj.weight",
+        "diffusion_model.proj.bias",
+    ]
     assert list(compiled.state_dict()) == list(plain.state_dict())
     assert get_obj_from_str(OPENAIUNETWRAPPER) is OpenAIWrapper
     x = torch.randn(3, 2)

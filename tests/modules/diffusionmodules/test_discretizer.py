@@ -1,4 +1,4 @@
-"""Noise schedules against closed forms, diffusers' SD scheduler and published values."""
+"""Noise schedules vs closed forms, diffusers' SD scheduler and published values."""
 
 import numpy as np
 import pytest
@@ -14,7 +14,9 @@ from sgm.modules.diffusionmodules.discretizer import (
 from sgm.util import instantiate_from_config
 
 
-@pytest.mark.parametrize("n,smin,smax,rho", [(10, 0.002, 80.0, 7.0), (25, 0.03, 14.61, 3.0)])
+@pytest.mark.parametrize(
+    "n,smin,smax,rho", [(10, 0.002, 80.0, 7.0), (25, 0.03, 14.61, 3.0)]
+)
 def test_edm_is_karras_formula(n, smin, smax, rho):
     i = np.arange(n, dtype=np.float64)
     karras = (

@@ -15,7 +15,9 @@ from sgm.modules.diffusionmodules.guiders import (
 
 
 def _pair(batch, value_u, value_c, shape=(2, 2)):
-    return torch.cat([torch.full((batch, *shape), value_u), torch.full((batch, *shape), value_c)])
+    return torch.cat(
+        [torch.full((batch, *shape), value_u), torch.full((batch, *shape), value_c)]
+    )
 
 
 def test_vanilla_cfg_value():
@@ -58,7 +60,7 @@ def test_identity_guider_passes_through():
 
 
 def _per_frame(guider, num_frames, batch=2):
-    """Output with x_u = 0 and x_c = 1: exactly the per-frame scale, repeated per video."""
+    """Output for x_u = 0, x_c = 1: exactly the per-frame scale, per video."""
     out = guider(_pair(batch * num_frames, 0.0, 1.0, shape=(1,)), None)
     out = out.view(batch, num_frames)
     assert torch.equal(out[0], out[1])
@@ -75,13 +77,23 @@ def test_linear_prediction_guider_scales_and_layout():
 
 def test_linear_guider_doubles_additional_keys():
     g = LinearPredictionGuider(2.0, 2, additional_cond_keys=ListConfig(["cond_view"]))
-    c = {"cond_view": torch.ones(2, 4), "cond_motion": torch.ones(2, 4), "vector": torch.ones(2, 3)}
-    uc = {"cond_view": torch.zeros(2, 4), "cond_motion": torch.zeros(2, 4), "vector": torch.zeros(2, 3)}
+    c = {
+        "cond_view": torch.ones(2, 4),
+        "cond_motion": torch.ones(2, 4),
+        "vector": torch.ones(2, 3),
+    }
+    uc = {
+        "cond_view": torch.zeros(2, 4),
+        "cond_motion": torch.zeros(2, 4),
+        "vector": torch.zeros(2, 3),
+    }
     _, _, c2 = g.prepare_inputs(torch.zeros(2, 1), torch.ones(2), c, uc)
     assert c2["cond_view"].shape[0] == 4 and torch.all(c2["cond_view"][:2] == 0)
     assert c2["vector"].shape[0] == 4
     assert c2["cond_motion"] is c["cond_motion"]
-    assert LinearPredictionGuider(2.0, 2, additional_cond_keys="a").additional_cond_keys == ["a"]
+    assert LinearPredictionGuider(
+        2.0, 2, additional_cond_keys="a"
+    ).additional_cond_keys == ["a"]
 
 
 def test_linear_guider_rejects_batch_not_multiple_of_frames():
@@ -101,7 +113,9 @@ def test_linear_guider_rejects_batch_not_multiple_of_frames():
     ],
 )
 def test_triangle_prediction_guider(period, fusing, wave):
-    g = TrianglePredictionGuider(3.0, 5, min_scale=1.0, period=period, period_fusing=fusing)
+    g = TrianglePredictionGuider(
+        3.0, 5, min_scale=1.0, period=period, period_fusing=fusing
+    )
     assert _per_frame(g, 5) == pytest.approx([1 + 2 * w for w in wave])
 
 
@@ -118,7 +132,7 @@ def test_trapezoid_prediction_guider():
 
 
 def test_spatiotemporal_prediction_guider():
-    # 2 time steps x 3 views: 0.5 * time ramp [0, 1] + 0.5 * triangle over views [0, 1, 0].
+    # 2 times x 3 views: 0.5 * time ramp [0, 1] + 0.5 * view triangle [0, 1, 0].
     g = SpatiotemporalPredictionGuider(3.0, 6, num_views=3, min_scale=1.0)
     assert _per_frame(g, 6) == pytest.approx([1, 2, 1, 2, 3, 2])
     with pytest.raises(ValueError, match="num_views=4"):

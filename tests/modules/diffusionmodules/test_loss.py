@@ -1,4 +1,4 @@
-"""StandardDiffusionLoss against hand-computed losses, offset noise and key forwarding."""
+"""StandardDiffusionLoss vs hand-computed losses, offset noise and key forwarding."""
 
 import sys
 import types
@@ -13,7 +13,10 @@ from sgm.modules.diffusionmodules.loss import StandardDiffusionLoss
 
 P = "sgm.modules.diffusionmodules."
 # EDMSampling with p_std = 0 gives the fixed level sigma = exp(p_mean).
-FIXED_SIGMA = {"target": P + "sigma_sampling.EDMSampling", "params": {"p_mean": 0.0, "p_std": 0.0}}
+FIXED_SIGMA = {
+    "target": P + "sigma_sampling.EDMSampling",
+    "params": {"p_mean": 0.0, "p_std": 0.0},
+}
 
 
 class ConstantNet(nn.Module):
@@ -35,7 +38,7 @@ def _loss(weighting="UnitWeighting", **kwargs):
 
 
 def test_l2_edm_loss_by_hand():
-    """sigma = 1, EDM scaling (sd = 0.5), net output F = 0.2: D = c_skip (x + n) + 0.2 c_out."""
+    """EDM scaling (sd = 0.5), net output 0.2: D = c_skip (x + n) + 0.2 c_out."""
     x = torch.randn(3, 2, 4, 4)
     torch.manual_seed(7)
     torch.randn(3)  # the sigma sampler's draw
@@ -46,30 +49,42 @@ def test_l2_edm_loss_by_hand():
     expected = (weight * (d - x) ** 2).mean(dim=(1, 2, 3))
     torch.manual_seed(7)
     loss = _loss("EDMWeighting")(
-        ConstantNet(0.2), Denoiser({"target": P + "denoiser_scaling.EDMScaling"}),
-        lambda batch: {}, x, {},
+        ConstantNet(0.2),
+        Denoiser({"target": P + "denoiser_scaling.EDMScaling"}),
+        lambda batch: {},
+        x,
+        {},
     )
     assert loss.shape == (3,)
     torch.testing.assert_close(loss, expected)
 
 
 def test_l1_loss_by_hand():
-    """Eps scaling with net output 0: D = x + sigma n exactly, so the L1 loss is mean |n|."""
+    """Eps scaling, net output 0: D = x + sigma n exactly; the L1 loss is mean |n|."""
     x = torch.randn(2, 3, 5)
     torch.manual_seed(1)
     torch.randn(2)
     noise = torch.randn_like(x)
     torch.manual_seed(1)
     loss = _loss(loss_type="l1")(
-        ConstantNet(0.0), Denoiser({"target": P + "denoiser_scaling.EpsScaling"}),
-        lambda batch: {}, x, {},
+        ConstantNet(0.0),
+        Denoiser({"target": P + "denoiser_scaling.EpsScaling"}),
+        lambda batch: {},
+        x,
+        {},
     )
     torch.testing.assert_close(loss, noise.abs().mean(dim=(1, 2)))
 
 
 def _noise_seen(loss_fn, x):
     net = ConstantNet(0.0)
-    loss_fn(net, Denoiser({"target": P + "denoiser_scaling.EpsScaling"}), lambda b: {}, x, {})
+    loss_fn(
+        net,
+        Denoiser({"target": P + "denoiser_scaling.EpsScaling"}),
+        lambda b: {},
+        x,
+        {},
+    )
     c_in = 1 / 2**0.5  # sigma = 1
     return net.seen[0] / c_in - x  # the noise actually added (sigma = 1)
 
@@ -100,10 +115,23 @@ def test_offset_noise_for_video_is_shared_over_frames():
 
 def test_batch2model_keys_forwarded_and_conditioner_used():
     net = ConstantNet(0.0)
-    batch = {"image_only_indicator": torch.ones(2, 3), "num_video_frames": 3, "txt": ["a", "b"]}
-    loss_fn = _loss(batch2model_keys=ListConfig(["image_only_indicator", "num_video_frames", "absent"]))
-    loss_fn(net, Denoiser({"target": P + "denoiser_scaling.EpsScaling"}),
-            lambda b: {"crossattn": len(b["txt"])}, torch.zeros(2, 1, 2, 2), batch)
+    batch = {
+        "image_only_indicator": torch.ones(2, 3),
+        "num_video_frames": 3,
+        "txt": ["a", "b"],
+    }
+    loss_fn = _loss(
+        batch2model_keys=ListConfig(
+            ["image_only_indicator", "num_video_frames", "absent"]
+        )
+    )
+    loss_fn(
+        net,
+        Denoiser({"target": P + "denoiser_scaling.EpsScaling"}),
+        lambda b: {"crossattn": len(b["txt"])},
+        torch.zeros(2, 1, 2, 2),
+        batch,
+    )
     assert set(net.seen[3]) == {"image_only_indicator", "num_video_frames"}
     assert net.seen[3]["image_only_indicator"] is batch["image_only_indicator"]
     assert net.seen[2] == {"crossattn": 2}
@@ -125,5 +153,7 @@ def test_lpips_loss_built_lazily(monkeypatch):
     monkeypatch.setitem(sys.modules, "sgm.modules.autoencoding.lpips.loss.lpips", fake)
     loss_fn = _loss(loss_type="lpips")
     assert isinstance(loss_fn.lpips, FakeLPIPS) and not loss_fn.lpips.training
-    out = loss_fn.get_loss(torch.ones(2, 3, 4, 4), torch.zeros(2, 3, 4, 4), torch.ones(2, 1, 1, 1))
+    out = loss_fn.get_loss(
+        torch.ones(2, 3, 4, 4), torch.zeros(2, 3, 4, 4), torch.ones(2, 1, 1, 1)
+    )
     torch.testing.assert_close(out, torch.ones(2))

@@ -1,4 +1,4 @@
-"""Every sampler on data with a closed-form ideal denoiser (Gaussian, Gaussian mixture)."""
+"""Every sampler on data with a closed-form ideal denoiser (Gaussian, mixture)."""
 
 import math
 
@@ -45,7 +45,9 @@ class MixtureDenoiser:
         sigma = sigma.reshape(-1, *([1] * x.ndim)).to(torch.float64)
         xk = x.to(torch.float64)[..., None]
         var = self.s**2 + sigma**2
-        log_r = torch.log(self.w) - 0.5 * torch.log(var) - 0.5 * (xk - self.mu) ** 2 / var
+        log_r = (
+            torch.log(self.w) - 0.5 * torch.log(var) - 0.5 * (xk - self.mu) ** 2 / var
+        )
         r = torch.softmax(log_r, dim=-1)
         means = self.mu + self.s**2 / var * (xk - self.mu)
         return (r * means).sum(-1).to(x.dtype)
@@ -61,8 +63,10 @@ def test_gaussian_statistics(name, kwargs, steps):
     mu, s = 1.5, 0.5
     x = torch.randn(4096, 1, 2, 2, generator=torch.Generator().manual_seed(0))
     sampler = _sampler(name, kwargs, steps)
-    out = sampler(GaussianDenoiser(mu, s), x, {}, generator=torch.Generator().manual_seed(1))
-    # The start N(0, 1 + sigma_max^2) is off by mu from the true marginal: bias ~ mu s / 80.
+    out = sampler(
+        GaussianDenoiser(mu, s), x, {}, generator=torch.Generator().manual_seed(1)
+    )
+    # The start N(0, 1 + sigma_max^2) is off by mu from the marginal: bias ~ mu s/80.
     assert abs(out.mean().item() - mu) < 0.03
     assert abs(out.std().item() - s) < 0.03
 
@@ -81,16 +85,18 @@ def test_mixture_statistics(name, kwargs, steps):
 
 
 def _ode_error(name, num_steps):
-    """Max error of the deterministic sample against the exact probability-flow solution.
+    """Max error of the deterministic sample vs the exact probability-flow solution.
 
     For Gaussian data dx/dsigma = sigma (x - mu) / (s^2 + sigma^2), so x - mu scales
-    with sqrt(s^2 + sigma^2) from sigma_max down to sigma_min; the last step to sigma = 0
-    returns D(x, sigma_min).
+    with sqrt(s^2 + sigma^2) from sigma_max down to sigma_min; the last step to
+    sigma = 0 returns D(x, sigma_min).
     """
     mu, s = 1.0, 0.5
     den = GaussianDenoiser(mu, s)
     sampler = _sampler(name, {}, num_steps)
-    noise = torch.randn(64, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    noise = torch.randn(
+        64, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5)
+    )
     sigmas = sampler.discretization(num_steps).to(torch.float64)
     s_max, s_min = sigmas[0], sigmas[-2]
     x_start = noise * torch.sqrt(1.0 + sampler.discretization(num_steps)[0] ** 2.0)
@@ -124,12 +130,17 @@ def test_higher_order_methods_are_more_accurate():
 def test_generator_reproducibility_and_isolation():
     den = GaussianDenoiser(0.0, 1.0)
     x = torch.randn(4, 3, 8, 8)
-    for name, kwargs in [("EulerEDMSampler", {"s_churn": 5.0}), ("EulerAncestralSampler", {}),
-                         ("DPMPP2SAncestralSampler", {})]:
+    for name, kwargs in [
+        ("EulerEDMSampler", {"s_churn": 5.0}),
+        ("EulerAncestralSampler", {}),
+        ("DPMPP2SAncestralSampler", {}),
+    ]:
         sampler = _sampler(name, kwargs, 6)
         state = torch.get_rng_state()
         a = sampler(den, x, {}, generator=torch.Generator().manual_seed(7))
-        assert torch.equal(torch.get_rng_state(), state)  # the global stream is untouched
+        assert torch.equal(
+            torch.get_rng_state(), state
+        )  # the global stream is untouched
         b = sampler(den, x, {}, generator=torch.Generator().manual_seed(7))
         c = sampler(den, x, {}, generator=torch.Generator().manual_seed(8))
         assert torch.equal(a, b) and not torch.allclose(a, c)
@@ -153,4 +164,6 @@ def test_input_not_modified_and_device_follows_input():
 
 def test_num_steps_required():
     with pytest.raises(ValueError, match="num_steps"):
-        _sampler("EulerEDMSampler", {}, None)(GaussianDenoiser(0.0, 1.0), torch.zeros(1), {})
+        _sampler("EulerEDMSampler", {}, None)(
+            GaussianDenoiser(0.0, 1.0), torch.zeros(1), {}
+        )

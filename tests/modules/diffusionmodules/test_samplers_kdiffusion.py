@@ -2,10 +2,10 @@
 
 Documented differences from k-diffusion, each tested below:
 - the start: sgm samplers take unit noise and scale it by sqrt(1 + sigma_0^2);
-  k-diffusion takes the already scaled start, so k-diffusion gets x * sqrt(1 + sigma_0^2);
+  k-diffusion takes the scaled start, so it gets x * sqrt(1 + sigma_0^2);
 - churn noise (Euler/Heun EDM): sgm draws it only on steps that churn, k-diffusion on
   every step (discarding it where gamma = 0);
-- ancestral samplers: sgm also draws (and discards) noise on the final step to sigma = 0.
+- ancestral samplers: sgm also draws (and discards) noise on the last step to 0.
 """
 
 import importlib.metadata
@@ -31,7 +31,9 @@ STEPS = 12
 @pytest.fixture(scope="module")
 def K():
     """k_diffusion.sampling loaded by path (the package __init__ needs wandb/clip)."""
-    root = pathlib.Path(importlib.metadata.distribution("k-diffusion").locate_file("k_diffusion"))
+    root = pathlib.Path(
+        importlib.metadata.distribution("k-diffusion").locate_file("k_diffusion")
+    )
     saved = {k: sys.modules.get(k) for k in ("k_diffusion", "torchdiffeq")}
     pkg = types.ModuleType("k_diffusion")
     pkg.__path__ = [str(root)]
@@ -40,7 +42,9 @@ def K():
         stub = types.ModuleType("torchdiffeq")
         stub.odeint = None  # only the ODE log-likelihood uses it
         sys.modules["torchdiffeq"] = stub
-    spec = importlib.util.spec_from_file_location("k_diffusion.sampling", root / "sampling.py")
+    spec = importlib.util.spec_from_file_location(
+        "k_diffusion.sampling", root / "sampling.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     yield module
@@ -54,16 +58,24 @@ def K():
 
 def mixture_denoiser(x, sigma, cond=None):
     """Ideal denoiser of a 2-component Gaussian mixture per entry (a nonlinear D)."""
-    w, mu, s = torch.tensor([0.4, 0.6]), torch.tensor([-1.0, 1.5]), torch.tensor([0.3, 0.5])
+    w, mu, s = (
+        torch.tensor([0.4, 0.6]),
+        torch.tensor([-1.0, 1.5]),
+        torch.tensor([0.3, 0.5]),
+    )
     sigma = sigma.reshape(-1, *([1] * x.ndim))
     var = s**2 + sigma**2
     xk = x[..., None]
-    r = torch.softmax(torch.log(w) - 0.5 * torch.log(var) - 0.5 * (xk - mu) ** 2 / var, -1)
+    r = torch.softmax(
+        torch.log(w) - 0.5 * torch.log(var) - 0.5 * (xk - mu) ** 2 / var, -1
+    )
     return (r * (mu + s**2 / var * (xk - mu))).sum(-1)
 
 
 def _ours(name, disc=EDM, **kwargs):
-    return getattr(sampling, name)(discretization_config=disc, num_steps=STEPS, **kwargs)
+    return getattr(sampling, name)(
+        discretization_config=disc, num_steps=STEPS, **kwargs
+    )
 
 
 def _kd_start(sampler, x):
@@ -74,13 +86,21 @@ CASES = [
     ("EulerEDMSampler", {}, "sample_euler", {}),
     ("EulerEDMSampler", {"s_churn": 3.0}, "sample_euler", {"s_churn": 3.0}),
     ("HeunEDMSampler", {}, "sample_heun", {}),
-    ("HeunEDMSampler", {"s_churn": 3.0, "s_noise": 1.01}, "sample_heun",
-     {"s_churn": 3.0, "s_noise": 1.01}),
+    (
+        "HeunEDMSampler",
+        {"s_churn": 3.0, "s_noise": 1.01},
+        "sample_heun",
+        {"s_churn": 3.0, "s_noise": 1.01},
+    ),
     ("EulerAncestralSampler", {}, "sample_euler_ancestral", {}),
     ("EulerAncestralSampler", {"eta": 0.6}, "sample_euler_ancestral", {"eta": 0.6}),
     ("DPMPP2SAncestralSampler", {}, "sample_dpmpp_2s_ancestral", {}),
-    ("DPMPP2SAncestralSampler", {"eta": 0.5, "s_noise": 0.9}, "sample_dpmpp_2s_ancestral",
-     {"eta": 0.5, "s_noise": 0.9}),
+    (
+        "DPMPP2SAncestralSampler",
+        {"eta": 0.5, "s_noise": 0.9},
+        "sample_dpmpp_2s_ancestral",
+        {"eta": 0.5, "s_noise": 0.9},
+    ),
     ("DPMPP2MSampler", {}, "sample_dpmpp_2m", {}),
     ("LinearMultistepSampler", {}, "sample_lms", {}),
     ("LinearMultistepSampler", {"order": 2}, "sample_lms", {"order": 2}),
@@ -109,8 +129,10 @@ def test_guided_sampling_matches_k_diffusion_cfg(K):
     def conditional(x, sigma, cond):
         return mixture_denoiser(x, sigma) + cond["vector"][:, :, None, None]
 
-    sampler = _ours("HeunEDMSampler", guider_config={
-        "target": P + "guiders.VanillaCFG", "params": {"scale": scale}})
+    sampler = _ours(
+        "HeunEDMSampler",
+        guider_config={"target": P + "guiders.VanillaCFG", "params": {"scale": scale}},
+    )
     x = torch.randn(2, 2, 3, 3, generator=torch.Generator().manual_seed(4))
     c, uc = {"vector": torch.full((2, 2), 0.3)}, {"vector": torch.zeros(2, 2)}
     ours = sampler(conditional, x, c, uc)
@@ -119,13 +141,14 @@ def test_guided_sampling_matches_k_diffusion_cfg(K):
         d_u, d_c = conditional(x, sigma, uc), conditional(x, sigma, c)
         return d_u + scale * (d_c - d_u)
 
-    theirs = K.sample_heun(kd_model, _kd_start(sampler, x), sampler.discretization(STEPS),
-                           disable=True)
+    theirs = K.sample_heun(
+        kd_model, _kd_start(sampler, x), sampler.discretization(STEPS), disable=True
+    )
     assert (ours - theirs).abs().max().item() <= 1e-5
 
 
 def test_churn_noise_drawn_only_on_churned_steps(K, monkeypatch):
-    """With churn limited to [s_tmin, s_tmax], k-diffusion's extra draws are the only difference."""
+    """Churn only in [s_tmin, s_tmax]: k-diffusion's extra draws are the difference."""
     kw = {"s_churn": 4.0, "s_tmin": 0.1, "s_tmax": 5.0}
     sampler = _ours("EulerEDMSampler", **kw)
     x = torch.randn(2, 1, 3, 3, generator=torch.Generator().manual_seed(1))
@@ -139,7 +162,8 @@ def test_churn_noise_drawn_only_on_churned_steps(K, monkeypatch):
     churned = [bool(0.1 <= s <= 5.0) for s in sigmas[:-1].tolist()]
     real_randn_like, calls = torch.randn_like, iter(churned)
     monkeypatch.setattr(
-        torch, "randn_like",
+        torch,
+        "randn_like",
         lambda t: real_randn_like(t) if next(calls) else torch.zeros_like(t),
     )
     torch.manual_seed(5)
@@ -154,8 +178,12 @@ def test_ancestral_draws_one_extra_noise_at_the_end(K):
     sampler(mixture_denoiser, x, {})
     after_ours = torch.randn(4)
     torch.manual_seed(9)
-    K.sample_euler_ancestral(mixture_denoiser, _kd_start(sampler, x),
-                             sampler.discretization(STEPS), disable=True)
+    K.sample_euler_ancestral(
+        mixture_denoiser,
+        _kd_start(sampler, x),
+        sampler.discretization(STEPS),
+        disable=True,
+    )
     torch.randn_like(x)
     assert torch.equal(torch.randn(4), after_ours)
 
@@ -168,7 +196,7 @@ def _exact_lms_coeff(order, t, i, j):
             continue
         root, den = Fraction(t[i - k]), Fraction(t[i - j]) - Fraction(t[i - k])
         shifted = [Fraction(0)] + poly
-        poly = [(a - root * b) / den for a, b in zip(shifted, poly + [Fraction(0)])]
+        poly = [(a - root * b) / den for a, b in zip(shifted, poly + [0], strict=True)]
 
     def antiderivative(x):
         return sum(a * x ** (p + 1) / (p + 1) for p, a in enumerate(poly))
@@ -190,14 +218,22 @@ def test_lms_coefficients_match_exact_and_quadrature(K, disc):
                 exact = _exact_lms_coeff(order, [float(v) for v in t], i, j)
                 assert abs(ours - exact) <= 1e-14 * scale
 
-                def basis(tau):
-                    return np.prod([(tau - t[i - k]) / (t[i - j] - t[i - k])
-                                    for k in range(order) if k != j])
+                def basis(tau, order=order, i=i, j=j):
+                    return np.prod(
+                        [
+                            (tau - t[i - k]) / (t[i - j] - t[i - k])
+                            for k in range(order)
+                            if k != j
+                        ]
+                    )
 
                 quad = integrate.quad(basis, t[i], t[i + 1], epsrel=1e-12)[0]
                 assert abs(ours - quad) <= 1e-12 * scale
                 # k-diffusion integrates in the sigmas' float32 with epsrel=1e-4.
-                assert abs(ours - K.linear_multistep_coeff(order, t32, i, j)) <= 1e-5 * scale
+                assert (
+                    abs(ours - K.linear_multistep_coeff(order, t32, i, j))
+                    <= 1e-5 * scale
+                )
     with pytest.raises(ValueError, match="Order 3 too high for step 1"):
         sampling_utils.linear_multistep_coeff(3, t, 1, 0)
 
@@ -211,12 +247,17 @@ def test_small_helpers_match_k_diffusion(K):
             torch.testing.assert_close(down[n], kd_down)
             torch.testing.assert_close(up[n], kd_up)
     x, den = torch.randn(3, 2, 2), torch.randn(3, 2, 2)
-    torch.testing.assert_close(sampling_utils.to_d(x, s_from, den), K.to_d(x, s_from, den))
-    torch.testing.assert_close(sampling_utils.to_sigma(sampling_utils.to_neg_log_sigma(s_from)),
-                               s_from)
+    torch.testing.assert_close(
+        sampling_utils.to_d(x, s_from, den), K.to_d(x, s_from, den)
+    )
+    torch.testing.assert_close(
+        sampling_utils.to_sigma(sampling_utils.to_neg_log_sigma(s_from)), s_from
+    )
 
 
 def test_sampling_does_not_import_scipy():
-    code = ("import sgm.modules.diffusionmodules.sampling as s, sys;"
-            "assert 'scipy' not in sys.modules, 'scipy imported'")
+    code = (
+        "import sgm.modules.diffusionmodules.sampling as s, sys;"
+        "assert 'scipy' not in sys.modules, 'scipy imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
