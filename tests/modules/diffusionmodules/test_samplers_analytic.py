@@ -167,3 +167,14 @@ def test_num_steps_required():
         _sampler("EulerEDMSampler", {}, None)(
             GaussianDenoiser(0.0, 1.0), torch.zeros(1), {}
         )
+
+
+@pytest.mark.gpu
+def test_cuda_sampling_follows_input_device_and_generator():
+    device = torch.device("cuda")
+    den = GaussianDenoiser(0.0, 1.0)
+    x = torch.randn(2, 3, device=device)
+    sampler = _sampler("EulerAncestralSampler", {}, 4)
+    a = sampler(den, x, {}, generator=torch.Generator(device).manual_seed(1))
+    b = sampler(den, x, {}, generator=torch.Generator(device).manual_seed(1))
+    assert a.device.type == "cuda" and torch.equal(a, b)
