@@ -60,10 +60,10 @@ class GeneralConditioner(nn.Module):
         embedder.is_trainable = bool(config.get("is_trainable", False))
         embedder.ucg_rate = float(config.get("ucg_rate", 0.0))
         if not embedder.is_trainable:
+            embedder.eval()
             embedder.train = types.MethodType(disabled_train, embedder)
             for param in embedder.parameters():
                 param.requires_grad = False
-            embedder.eval()
         if "input_key" in config:
             embedder.input_key = config["input_key"]
         elif "input_keys" in config:

@@ -11,6 +11,8 @@ TINY_TEXT = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4,
 TINY_VISION = {"image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 32}
 TINY_ARCHS = {
     "sgm-test-tiny": {"embed_dim": 32, "vision_cfg": TINY_VISION, "text_cfg": TINY_TEXT},
+    # ViT-bigG-14's pooled width (1280) on a tiny text tower.
+    "sgm-test-tiny-g": {"embed_dim": 1280, "vision_cfg": TINY_VISION, "text_cfg": TINY_TEXT},
 }
 
 
@@ -37,3 +39,30 @@ def tiny_arch(tmp_path_factory):
         (folder / f"{name}.json").write_text(json.dumps(config))
     add_model_config(folder)
     return "sgm-test-tiny"
+
+
+@pytest.fixture(scope="session")
+def clip_dir(tmp_path_factory):
+    """A tiny CLIP text model saved in the Hugging Face layout, with its tokenizer."""
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from sgm.modules.encoders._tokenizers import build_hf_clip_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny_clip")
+    config = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        bos_token_id=0,
+        eos_token_id=2,
+        pad_token_id=1,
+    )
+    torch.manual_seed(2)
+    CLIPTextModel(config).save_pretrained(folder)
+    build_hf_clip_tokenizer().save_pretrained(folder)
+    return folder

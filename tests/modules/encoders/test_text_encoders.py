@@ -96,32 +96,6 @@ def test_openclip_bad_arguments(tiny_arch):
         FrozenOpenCLIPEmbedder(arch=tiny_arch, layer="first")
 
 
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    """A tiny CLIP text model saved in the Hugging Face layout, with its tokenizer."""
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from sgm.modules.encoders._tokenizers import build_hf_clip_tokenizer
-
-    folder = tmp_path_factory.mktemp("tiny_clip")
-    config = CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        max_position_embeddings=77,
-        hidden_act="quick_gelu",
-        bos_token_id=0,
-        eos_token_id=2,
-        pad_token_id=1,
-    )
-    torch.manual_seed(2)
-    CLIPTextModel(config).save_pretrained(folder)
-    build_hf_clip_tokenizer().save_pretrained(folder)
-    return folder
-
-
 @torch.no_grad()
 @pytest.mark.parametrize("layer,layer_idx", [("last", None), ("hidden", 2), ("hidden", -2), ("pooled", None)])
 def test_clip_embedder_matches_transformers(no_network, clip_dir, layer, layer_idx):
