@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint as _torch_checkpoint
 
 from ...util import mean_flat  # noqa: F401  (re-exported: original path)
+from ._video_mixing import get_alpha  # noqa: F401  (re-exported: original path)
 
 
 def make_beta_schedule(
