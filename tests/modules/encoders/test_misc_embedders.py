@@ -169,3 +169,15 @@ def test_sd21_checkpoint_layout_loads_strictly(tiny_arch, tmp_path):
     loaded = engine.conditioner.embedders[0].model.state_dict()
     for key, value in legacy.items():
         assert torch.equal(loaded[key.removeprefix("cond_stage_model.model.")], value)
+
+
+def test_gaussian_encoder_posterior_tokens():
+    from sgm.modules.encoders.modules import GaussianEncoder
+
+    encoder = GaussianEncoder(
+        weight=0.5, ch=32, out_ch=3, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[],
+        in_channels=3, resolution=16, z_channels=4, double_z=True,
+    )
+    log, z = encoder(torch.randn(2, 3, 16, 16))
+    assert z.shape == (2, 8 * 8, 4)
+    assert log["weight"] == 0.5 and torch.equal(log["loss"], log["kl_loss"])

@@ -149,3 +149,23 @@ def test_clip_embedder_bad_arguments(tmp_path):
         FrozenCLIPEmbedder(version="someone/unknown-clip")
     with pytest.raises(ConfigError, match="config.json"):
         FrozenCLIPEmbedder(version=str(tmp_path))
+
+
+@torch.no_grad()
+def test_built_on_meta_then_loaded_equals_real(tiny_arch, reference_clip, clip_dir):
+    real = FrozenOpenCLIPEmbedder2(arch=tiny_arch, layer="penultimate", legacy=False,
+                                   always_return_pooled=True)
+    real.model.load_state_dict(text_weights(reference_clip))
+    with torch.device("meta"):
+        lazy = FrozenOpenCLIPEmbedder2(arch=tiny_arch, layer="penultimate", legacy=False,
+                                       always_return_pooled=True)
+    assert lazy.model.token_embedding.weight.is_meta
+    lazy.load_state_dict(real.state_dict(), assign=True)
+    for a, b in zip(lazy(PROMPTS), real(PROMPTS)):
+        torch.testing.assert_close(a, b)
+
+    clip_real = FrozenCLIPEmbedder(version=str(clip_dir))
+    with torch.device("meta"):
+        clip_lazy = FrozenCLIPEmbedder(version=str(clip_dir))
+    clip_lazy.load_state_dict(clip_real.state_dict(), assign=True)
+    torch.testing.assert_close(clip_lazy(PROMPTS), clip_real(PROMPTS))
