@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -89,7 +90,8 @@ def callback_configs(opt: argparse.Namespace, paths: RunPaths, config: DictConfi
                      lightning_config: DictConfig, has_logger: bool) -> DictConfig:
     """Default callbacks (setup, images, LR monitor, checkpoints) merged with the config's."""
     ckpt = {"target": "pytorch_lightning.callbacks.ModelCheckpoint", "params": {
-        "dirpath": paths.ckptdir, "filename": "{epoch:06}", "verbose": True, "save_last": True}}
+        "dirpath": paths.ckptdir, "filename": "{epoch:06}", "verbose": True, "save_last": True,
+        "enable_version_counter": False}}
     ckpt = OmegaConf.merge(ckpt, lightning_config.get("modelcheckpoint") or {})
     defaults = {
         "setup_callback": {"target": "sgm.training.callbacks.SetupCallback", "params": {
@@ -159,8 +161,20 @@ def _has_test_step(model: Any) -> bool:
     return type(model).test_step is not pl.LightningModule.test_step
 
 
-def run(opt: argparse.Namespace, overrides: list[str]) -> int:
-    """Everything after argument parsing; returns the exit code."""
+@dataclass
+class Run:
+    """Everything ``main.py`` builds before fitting."""
+
+    trainer: Any
+    model: Any
+    data: Any
+    paths: RunPaths
+    callbacks: list
+    config: DictConfig
+
+
+def build(opt: argparse.Namespace, overrides: list[str]) -> Run:
+    """Merge the configs and build model, data, callbacks and trainer."""
     import pytorch_lightning as pl
     import torch
 
@@ -193,11 +207,21 @@ def run(opt: argparse.Namespace, overrides: list[str]) -> int:
     trainer.logdir = paths.logdir
     data = instantiate_from_config(config.data, key="data") if "data" in config else None
     set_learning_rate(model, config, trainer_cfg, opt.scale_lr)
-    return _fit_and_test(opt, trainer, model, data, paths, callbacks)
+    return Run(trainer, model, data, paths, callbacks, config)
 
 
-def _fit_and_test(opt, trainer, model, data, paths: RunPaths, callbacks: list) -> int:
+def run(opt: argparse.Namespace, overrides: list[str]) -> int:
+    """Build everything, fit (and test if the model has a ``test_step``); the exit code."""
+    built = build(opt, overrides)
+    return fit_and_test(opt, built)
+
+
+def fit_and_test(opt: argparse.Namespace, built: Run) -> int:
+    """Fit, handling signal-requested stops, then test; returns the exit code."""
     from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    trainer, model, data, paths = built.trainer, built.model, built.data, built.paths
+    callbacks = built.callbacks
 
     from .callbacks import SignalCheckpoint
 
