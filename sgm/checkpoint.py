@@ -27,6 +27,9 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 # built here keep every embedder under ``conditioner.embedders.N``.
 LEGACY_PREFIXES = (("cond_stage_model.", "conditioner.embedders.0."),)
 
+# Constant buffers that the module fills in itself; files may lack them.
+OPTIONAL_KEY_SUFFIXES = (".embeddings.position_ids",)
+
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a ``.safetensors`` or ``.ckpt``/``.pt`` file into a flat state dict.
@@ -151,7 +154,11 @@ def compare_state_dict(
     """Missing, unexpected and wrong-shape keys of ``state_dict`` against ``model``."""
     own = model.state_dict()
     report = LoadReport(
-        missing=[k for k in own if k not in state_dict],
+        missing=[
+            k
+            for k in own
+            if k not in state_dict and not k.endswith(OPTIONAL_KEY_SUFFIXES)
+        ],
         unexpected=[k for k in state_dict if k not in own],
     )
     for key, value in state_dict.items():

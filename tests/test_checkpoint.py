@@ -141,3 +141,18 @@ def test_load_model_from_config(tmp_path, weights):
     assert not model.training
     assert all(not p.requires_grad for p in model.parameters())
     assert _same(model.state_dict(), weights)
+
+
+def test_constant_position_ids_may_be_absent(tmp_path):
+    class Text(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embeddings = nn.Embedding(4, 2)
+            self.embeddings.register_buffer("position_ids", torch.arange(4)[None])
+
+    sd = {"embeddings.weight": torch.ones(4, 2)}
+    path = tmp_path / "w.safetensors"
+    save_file(sd, str(path))
+    model = Text()
+    assert load_checkpoint_into(model, path).ok
+    assert torch.equal(model.embeddings.position_ids, torch.arange(4)[None])
