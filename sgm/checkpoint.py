@@ -157,7 +157,7 @@ def compare_state_dict(
         missing=[
             k
             for k in own
-            if k not in state_dict and not k.endswith(OPTIONAL_KEY_SUFFIXES)
+            if k not in state_dict and not ("." + k).endswith(OPTIONAL_KEY_SUFFIXES)
         ],
         unexpected=[k for k in state_dict if k not in own],
     )
