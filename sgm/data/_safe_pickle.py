@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import io
 import pickle
 from typing import IO, Any
@@ -24,6 +25,8 @@ _ALLOWED = {
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy", "ndarray"): lambda: np.ndarray,
     ("numpy", "dtype"): lambda: np.dtype,
+    # protocol-2 pickles written by Python 3 store bytes as _codecs.encode(str, "latin1")
+    ("_codecs", "encode"): lambda: codecs.encode,
 }
 
 

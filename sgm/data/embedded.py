@@ -92,7 +92,7 @@ class ImageLabelDataset(Dataset):
     """``{"jpg": float (C, H, W) in [-1, 1], "cls": int}`` items from uint8 arrays."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, size: int | None = None):
-        x = torch.from_numpy(np.ascontiguousarray(images)).float().div(127.5).sub(1.0)
+        x = torch.from_numpy(np.array(images, dtype=np.float32)).div(127.5).sub(1.0)
         if x.ndim == 3:
             x = x.unsqueeze(1)
         elif x.ndim == 4 and x.shape[-1] in (1, 3):
