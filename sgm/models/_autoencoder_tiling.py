@@ -1,8 +1,10 @@
 """Batch chunking and spatially tiled application of encoders/decoders.
 
 Tiled application runs ``fn`` on overlapping spatial tiles of the input, one tile
-at a time, and blends the tile outputs with linear ramps over the overlaps, so
-peak activation memory is that of one tile. Convolutions see the same
+at a time, and blends the tile outputs over the overlaps (each tile's outer quarter
+of an overlap is dropped, the middle half cross-faded), so peak activation memory
+is that of one tile. Where a quarter of the overlap covers the receptive field of
+``fn``, the result is exact for spatially local maps. Convolutions see the same
 neighbourhood as in a full pass wherever the overlap exceeds their receptive
 field, but GroupNorm statistics and the mid-block attention are per tile, so the
 result approximates the full pass (see ``tests/models/test_autoencoder_tiling.py``
@@ -42,19 +44,22 @@ def tile_starts(size: int, tile: int, overlap: int, align: int = 1) -> list[int]
     return [align * round(i * (size - tile) / (n - 1) / align) for i in range(n)]
 
 
+def _edge_ramp(overlap: int, device, dtype) -> torch.Tensor:
+    """Weights rising 0 -> 1 across an overlap: the outer quarter (next to the tile's
+    border, where the tile lacks context) gets 0, the middle half a linear cross-fade.
+    Mirrored, it is the neighbour's complement, so the weights sum to 1."""
+    position = torch.arange(overlap, device=device, dtype=dtype) + 0.5
+    return ((position - overlap / 4) / (overlap / 2)).clamp(0.0, 1.0)
+
+
 def _ramp(start: int, tile: int, starts: list[int], device, dtype) -> torch.Tensor:
-    """1-D blending weight of one tile: ramps up/down where neighbours overlap it."""
+    """1-D blending weight of the tile at ``start``: ramps where neighbours overlap it."""
     w = torch.ones(tile, device=device, dtype=dtype)
     i = starts.index(start)
-    if i > 0:
-        left = starts[i - 1] + tile - start
-        if left > 0:
-            w[:left] = torch.minimum(w[:left], (torch.arange(left, device=device, dtype=dtype) + 1) / (left + 1))
-    if i < len(starts) - 1:
-        right = start + tile - starts[i + 1]
-        if right > 0:
-            ramp = (torch.arange(right, device=device, dtype=dtype) + 1) / (right + 1)
-            w[tile - right:] = torch.minimum(w[tile - right:], ramp.flip(0))
+    if i > 0 and (left := starts[i - 1] + tile - start) > 0:
+        w[:left] = torch.minimum(w[:left], _edge_ramp(left, device, dtype))
+    if i < len(starts) - 1 and (right := start + tile - starts[i + 1]) > 0:
+        w[tile - right :] = torch.minimum(w[tile - right :], _edge_ramp(right, device, dtype).flip(0))
     return w
 
 

@@ -229,20 +229,30 @@ class AutoencodingEngine(AutoencoderTrainingMixin, AbstractAutoencoder):
         self,
         x: torch.Tensor,
         tile_size: int = 512,
-        overlap: int = 64,
+        overlap: int | None = None,
         return_reg_log: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, dict]:
-        """``encode`` on overlapping ``tile_size`` pixel tiles, blended before regularizing."""
+        """``encode`` on overlapping ``tile_size`` pixel tiles, blended before regularizing.
+
+        ``overlap`` (pixels) defaults to a quarter tile. Approximate: see
+        ``sgm.models._autoencoder_tiling``.
+        """
         f = self.downsampling_factor
+        overlap = tile_size // 4 // f * f if overlap is None else overlap
         _check_tiling(x, tile_size, overlap, f)
         z = apply_tiled(self.encode_moments, x, tile_size, overlap, 1 / f, align=f)
         z, reg_log = self.regularization(z)
         return (z, reg_log) if return_reg_log else z
 
     def decode_tiled(
-        self, z: torch.Tensor, tile_size: int = 64, overlap: int = 16, **kwargs: Any
+        self, z: torch.Tensor, tile_size: int = 64, overlap: int | None = None, **kwargs: Any
     ) -> torch.Tensor:
-        """``decode`` on overlapping ``tile_size`` latent tiles, blended linearly."""
+        """``decode`` on overlapping ``tile_size`` latent tiles, blended linearly.
+
+        ``overlap`` (latent pixels) defaults to a quarter tile. Approximate: see
+        ``sgm.models._autoencoder_tiling``.
+        """
+        overlap = tile_size // 4 if overlap is None else overlap
         _check_tiling(z, tile_size, overlap, 1)
         fn = lambda t: self.decode_latents(t, **kwargs)  # noqa: E731
         return apply_tiled(fn, z, tile_size, overlap, self.downsampling_factor)
