@@ -54,8 +54,9 @@ def _fsspec_open(url: str, mode: str = "rb", bufsize: int = 8192, **kwargs: Any)
 
 
 def _register_fsspec(url: str) -> None:
-    from webdataset import gopen
+    import importlib
 
+    gopen = importlib.import_module("webdataset.gopen")  # the module, not the function
     scheme = urlparse(url).scheme
     if scheme and scheme not in gopen.gopen_schemes:
         gopen.gopen_schemes[scheme] = _fsspec_open

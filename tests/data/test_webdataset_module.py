@@ -95,3 +95,15 @@ def test_importing_sgm_data_needs_no_optional_package():
     importlib.reload(sgm.data)
     assert "sdata" not in sys.modules
     assert sgm.data.StableDataModuleFromConfig is StableDataModuleFromConfig
+
+
+def test_fsspec_urls(shards):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    for path in sorted(shards.glob("*.tar")):
+        fs.pipe(f"/sgm-test/{path.name}", path.read_bytes())
+    config = _config(shards, 0)
+    config["datapipeline"]["urls"] = ["memory://sgm-test/shard-{000000..000002}.tar"]
+    batches = list(StableDataModuleFromConfig(train=config).train_dataloader())
+    assert sorted(torch.cat([b["cls"] for b in batches]).tolist()) == list(range(N_SAMPLES))
