@@ -31,6 +31,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--logdir", default="logs", help="folder of training run folders")
     p.add_argument("--seed", type=int, default=23)
     p.add_argument("--upscale", type=int, default=4, help="pixel size in the PNG")
+    p.add_argument("--checkpoint", default=None,
+                   help="skip training: sample from this checkpoint of the same config")
     return p.parse_known_args(argv)
 
 
@@ -49,45 +51,59 @@ def _time_limit(minutes: float) -> str:
     return f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args, extra = parse_args(argv)
-    import torch
-
-    from sgm.errors import SgmError
-    from sgm.training.cli import _configure_logging, get_parser
-    from sgm.training.images import make_grid, save_png, to_uint8
+def train_or_load(args: argparse.Namespace, extra: list[str]):
+    """Build the run from the config; train it, or load ``--checkpoint`` instead."""
+    from sgm.training.cli import get_parser
     from sgm.training.run import build, fit_and_test
-    from sgm.training.toy_eval import fit_classifier, sample_per_class
 
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
     opt = get_parser().parse_args([
         "--base", args.config, "--logdir", args.logdir, "-n", "toy_demo", "--no-test",
         "--seed", str(args.seed), "--max_time", _time_limit(args.minutes)])
+    built = build(opt, _overrides(args, extra))
+    if args.checkpoint:
+        built.model.init_from_ckpt(args.checkpoint)
+        return built, 0
+    print(f"training {Path(args.config).name} for up to {args.minutes:g} min / "
+          f"{args.max_steps} steps; run folder {built.paths.logdir}", flush=True)
+    return built, fit_and_test(opt, built)
+
+
+def write_grid(images, per_class: int, upscale: int, path: Path) -> Path:
+    """Class-major samples in [-1, 1] as a PNG grid, one row per class."""
+    from sgm.training.images import make_grid, save_png, to_uint8
+
+    big = images.repeat_interleave(upscale, -1).repeat_interleave(upscale, -2)
+    grid = make_grid((big + 1.0) / 2.0, nrow=per_class, padding=upscale, pad_value=1.0)
+    return save_png(to_uint8(grid), path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, extra = parse_args(argv)
+    from sgm.errors import SgmError
+    from sgm.training.cli import _configure_logging
+    from sgm.training.toy_eval import fit_classifier, sample_per_class
+
     _configure_logging(False)
     try:
-        built = build(opt, _overrides(args, extra))
-        print(f"training {Path(args.config).name} for up to {args.minutes:g} min / "
-              f"{args.max_steps} steps; run folder {built.paths.logdir}", flush=True)
-        code = fit_and_test(opt, built)
+        built, code = train_or_load(args, extra)
         if code:
             return code
-        model = built.model.eval()
-        data = built.data
-        images, labels = sample_per_class(
-            model, len(data.classes), args.per_class, tuple(data.train_dataset.images.shape[1:]),
-            seed=args.seed)
+        model, data = built.model.eval(), built.data
+        data.setup("fit")
+        shape = tuple(data.train_dataset.images.shape[1:])
+        images, labels = sample_per_class(model, len(data.classes), args.per_class, shape,
+                                          seed=args.seed)
     except SgmError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     classifier = fit_classifier(data.dataset)
     accuracy = classifier.accuracy(images, labels)
-    print(f"trained {built.trainer.global_step} steps; an independent classifier (logistic "
-          f"regression, {classifier.real_accuracy:.1%} on held-out real {data.dataset}) "
-          f"labels {accuracy:.1%} of the samples as their conditioning class")
-    big = images.repeat_interleave(args.upscale, -1).repeat_interleave(args.upscale, -2)
-    grid = make_grid((big + 1.0) / 2.0, nrow=args.per_class, padding=args.upscale,
-                     pad_value=1.0)
-    path = save_png(to_uint8(grid), Path(args.outdir) / f"{data.dataset}_cfg_grid.png")
+    what = args.checkpoint or f"trained {built.trainer.global_step} steps"
+    print(f"{what}: an independent classifier (logistic regression, "
+          f"{classifier.real_accuracy:.1%} on held-out real {data.dataset}) labels "
+          f"{accuracy:.1%} of the samples as their conditioning class")
+    path = write_grid(images, args.per_class, args.upscale,
+                      Path(args.outdir) / f"{data.dataset}_cfg_grid.png")
     print(f"one row per class ({', '.join(data.classes)}):")
     print(path)
     return 0

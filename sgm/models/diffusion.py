@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import ListConfig, OmegaConf
 
-from ..checkpoint import LoadReport, load_checkpoint_into
+from ..checkpoint import LoadReport, load_state_dict, load_state_dict_into
 from ..errors import ConfigError
 from ..modules import UNCONDITIONAL_CONFIG
 from ..modules.ema import LitEma
@@ -110,12 +110,28 @@ class DiffusionEngine(pl.LightningModule):
         self.first_stage_model = model
 
     def init_from_ckpt(self, path: str, strict: bool = True) -> LoadReport:
-        """Load a ``.ckpt``/``.safetensors`` file strictly (see the class docstring)."""
+        """Load a ``.ckpt``/``.safetensors`` file strictly.
+
+        Without EMA, a checkpoint's ``model_ema.*`` keys are dropped. With EMA and a
+        checkpoint that has none, the EMA starts from the checkpoint's weights.
+        """
+        state_dict = load_state_dict(path)
+        if self.use_ema and not any(k.startswith("model_ema.") for k in state_dict):
+            state_dict.update(self._ema_from(state_dict))
+            logger.info("%s has no EMA weights; the EMA starts from its weights", path)
         ignore = () if self.use_ema else ("model_ema.",)
-        report = load_checkpoint_into(self, path, strict=strict, ignore_unexpected=ignore)
-        logger.info("Restored from %s%s", path,
-                    "" if report.ok else ":\n" + report.summary())
+        report = load_state_dict_into(self, state_dict, strict=strict,
+                                      ignore_unexpected=ignore, source=str(path))
+        logger.info("Restored from %s%s", path, "" if report.ok else ":\n" + report.summary())
         return report
+
+    def _ema_from(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        ema = {f"model_ema.{k}": v for k, v in self.model_ema.state_dict().items()
+               if k in ("decay", "num_updates")}
+        for name, shadow in self.model_ema.m_name2s_name.items():
+            if f"model.{name}" in state_dict:
+                ema[f"model_ema.{shadow}"] = state_dict[f"model.{name}"]
+        return ema
 
     # ------------------------------------------------------------------ first stage
 

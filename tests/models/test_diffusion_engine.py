@@ -168,3 +168,16 @@ def test_training_needs_sampler_and_loss():
     assert isinstance(engine, DiffusionEngine)
     with pytest.raises(ConfigError, match="loss_fn_config"):
         engine.on_train_start()
+
+
+def test_ema_model_starts_from_a_checkpoint_without_ema(tmp_path, trained):
+    engine, _, _, _ = trained
+    plain = instantiate_from_config(tiny_config(use_ema=False))
+    path = tmp_path / "no_ema.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, str(path))
+    ema = instantiate_from_config(tiny_config(use_ema=True, ckpt_path=str(path)))
+    torch.testing.assert_close(ema.model_ema.state_dict()["diffusion_modelout2weight"],
+                               plain.model.diffusion_model.out[2].weight)
+    assert int(ema.model_ema.num_updates) == 0
