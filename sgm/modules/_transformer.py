@@ -242,14 +242,17 @@ class SpatialTransformer(nn.Module):
         x = self.norm(x)
         if not self.use_linear:
             x = self.proj_in(x)
-        x = x.flatten(2).transpose(1, 2)
+        # Tokens (B, H*W, C); contiguous so the norms and matmuls read them densely.
+        x = x.flatten(2).transpose(1, 2).contiguous()
         if self.use_linear:
             x = self.proj_in(x)
         for i, block in enumerate(self.transformer_blocks):
             x = block(x, context=contexts[i if len(contexts) > 1 else 0])
         if self.use_linear:
             x = self.proj_out(x)
-        x = x.transpose(1, 2).reshape(b, -1, h, w)
+        # Back to contiguous NCHW: a strided view here would be channels-last, which
+        # makes every following convolution re-layout its weights.
+        x = x.transpose(1, 2).reshape(b, -1, h, w).contiguous()
         if not self.use_linear:
             x = self.proj_out(x)
         return x + x_in
