@@ -22,8 +22,8 @@ CONFIG = ROOT / "configs" / "example_training" / "toy" / "digits_cond.yaml"
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=str(CONFIG), help="training config")
-    p.add_argument("--minutes", type=float, default=6.0, help="training time budget")
-    p.add_argument("--max-steps", type=int, default=3000, help="training step budget")
+    p.add_argument("--minutes", type=float, default=5.0, help="training time budget")
+    p.add_argument("--max-steps", type=int, default=1500, help="training step budget")
     p.add_argument("--per-class", type=int, default=10, help="samples per class (grid row)")
     p.add_argument("--cfg-scale", type=float, default=None, help="guidance scale override")
     p.add_argument("--sample-steps", type=int, default=None, help="sampler steps override")
