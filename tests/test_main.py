@@ -82,8 +82,10 @@ def test_sigterm_saves_checkpoint_and_exits(tmp_path):
     assert "--resume" in out
 
 
-def test_missing_file_and_wrong_key_exit_2(tmp_path, capsys):
+def test_missing_file_and_wrong_key_exit_2(tmp_path, capsys, monkeypatch):
     from sgm.training.cli import main
+
+    monkeypatch.setenv("SGM_RUN_NOW", "2000-01-01T00-00-00")  # main() shares it with ranks
 
     assert main(["--base", str(tmp_path / "nope.yaml"), "--logdir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
