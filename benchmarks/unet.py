@@ -64,6 +64,7 @@ def build(args):
     config = OmegaConf.load(CONFIG)
     params = OmegaConf.to_container(config.model.params.network_config.params)
     params["model_channels"] = args.model_channels
+    torch.manual_seed(0)
     ours = UNetModel(**params).eval().to(args.dtype)
     with torch.no_grad():
         for p in ours.parameters():

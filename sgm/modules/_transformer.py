@@ -99,24 +99,20 @@ class BasicTransformerBlock(nn.Module):
     def _forward(
         self, x, context=None, additional_tokens=None, n_times_crossframe_attn_in_self=0
     ):
-        x = (
-            self.attn1(
-                self.norm1(x),
-                context=context if self.disable_self_attn else None,
-                additional_tokens=additional_tokens,
-                n_times_crossframe_attn_in_self=(
-                    0 if self.disable_self_attn else n_times_crossframe_attn_in_self
-                ),
-            )
-            + x
-        )
-        x = (
-            self.attn2(
-                self.norm2(x), context=context, additional_tokens=additional_tokens
-            )
-            + x
-        )
-        return self.ff(self.norm3(x)) + x
+        # Residual sums are added in place into the fresh layer outputs (saves one
+        # activation-sized allocation each; autograd does not need those outputs).
+        x = self.attn1(
+            self.norm1(x),
+            context=context if self.disable_self_attn else None,
+            additional_tokens=additional_tokens,
+            n_times_crossframe_attn_in_self=(
+                0 if self.disable_self_attn else n_times_crossframe_attn_in_self
+            ),
+        ).add_(x)
+        x = self.attn2(
+            self.norm2(x), context=context, additional_tokens=additional_tokens
+        ).add_(x)
+        return self.ff(self.norm3(x)).add_(x)
 
 
 class BasicTransformerSingleLayerBlock(nn.Module):
@@ -155,8 +151,8 @@ class BasicTransformerSingleLayerBlock(nn.Module):
         return checkpoint(self._forward, (x, context), self.parameters(), self.checkpoint)
 
     def _forward(self, x, context=None):
-        x = self.attn1(self.norm1(x), context=context) + x
-        return self.ff(self.norm2(x)) + x
+        x = self.attn1(self.norm1(x), context=context).add_(x)
+        return self.ff(self.norm2(x)).add_(x)
 
 
 def _per_block_context_dims(context_dim, depth: int) -> list:
@@ -242,10 +238,9 @@ class SpatialTransformer(nn.Module):
         x = self.norm(x)
         if not self.use_linear:
             x = self.proj_in(x)
-        # Tokens (B, H*W, C); contiguous so the norms and matmuls read them densely.
-        x = x.flatten(2).transpose(1, 2).contiguous()
-        if self.use_linear:
-            x = self.proj_in(x)
+        # Tokens (B, H*W, C); a linear proj_in reads the strided view directly.
+        x = x.flatten(2).transpose(1, 2)
+        x = self.proj_in(x) if self.use_linear else x.contiguous()
         for i, block in enumerate(self.transformer_blocks):
             x = block(x, context=contexts[i if len(contexts) > 1 else 0])
         if self.use_linear:
@@ -255,7 +250,7 @@ class SpatialTransformer(nn.Module):
         x = x.transpose(1, 2).reshape(b, -1, h, w).contiguous()
         if not self.use_linear:
             x = self.proj_out(x)
-        return x + x_in
+        return x.add_(x_in)
 
 
 class SimpleTransformer(nn.Module):

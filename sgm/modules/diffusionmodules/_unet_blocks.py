@@ -264,7 +264,7 @@ class ResBlock(TimestepBlock):
         else:
             h = self.in_layers(x)
         if self.skip_t_emb:
-            return self.skip_connection(x) + self.out_layers(h)
+            return self.out_layers(h).add_(self.skip_connection(x))
         emb_out = self.emb_layers(emb).type(h.dtype)
         emb_out = emb_out[(...,) + (None,) * (h.ndim - emb_out.ndim)]
         if self.use_scale_shift_norm:
@@ -275,7 +275,7 @@ class ResBlock(TimestepBlock):
             if self.exchange_temb_dims:
                 emb_out = rearrange(emb_out, "b t c ... -> b c t ...")
             h = self.out_layers(h + emb_out)
-        return self.skip_connection(x) + h
+        return h.add_(self.skip_connection(x))
 
 
 def _heads_first(t: torch.Tensor, heads: int) -> torch.Tensor:
