@@ -194,7 +194,9 @@ def build(opt: argparse.Namespace, overrides: list[str]) -> Run:
     lightning_config.trainer = trainer_cfg
     model = instantiate_from_config(config.model, key="model")
     logger_cfg = _logger_config(opt, paths, lightning_config)
-    run_logger = instantiate_from_config(logger_cfg, key="lightning.logger") if logger_cfg else False
+    run_logger = False
+    if logger_cfg is not None:
+        run_logger = instantiate_from_config(logger_cfg, key="lightning.logger")
     callbacks_cfg = callback_configs(opt, paths, config, lightning_config, bool(run_logger))
     callbacks = [instantiate_from_config(callbacks_cfg[k], key=f"lightning.callbacks.{k}")
                  for k in callbacks_cfg]
