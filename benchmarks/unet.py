@@ -165,9 +165,13 @@ def main() -> None:
     summary = {}
     for name, runs in results.items():
         median = statistics.median(r[0] for r in runs)
+        fastest = min(r[0] for r in runs)
         peak = peak_memory_in_fresh_process(args, name)
         summary[name] = (median, peak)
-        print(f"{name:>9}: {median * 1e3:8.1f} ms   forward peak +{peak:7.1f} MiB")
+        print(
+            f"{name:>9}: median {median * 1e3:8.1f} ms (min {fastest * 1e3:8.1f})   "
+            f"forward peak +{peak:7.1f} MiB"
+        )
     (ours_t, ours_m), (their_t, their_m) = summary["sgm"], summary["diffusers"]
     print(
         f"ratio sgm/diffusers: time {ours_t / their_t:.3f}, memory "
