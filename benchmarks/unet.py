@@ -9,6 +9,9 @@ SDXL base architecture (sd_xl_base.yaml) with ``model_channels`` reduced so it f
 
 from __future__ import annotations
 
+# sgm must be imported before torchvision and diffusers.
+# isort: skip_file
+
 import argparse
 import os
 import statistics
@@ -23,7 +26,9 @@ import torch
 import torchvision  # noqa: F401
 from omegaconf import OmegaConf
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "inference", "sd_xl_base.yaml")
+CONFIG = os.path.join(
+    os.path.dirname(__file__), "..", "configs", "inference", "sd_xl_base.yaml"
+)
 
 
 def rss_bytes() -> int:
@@ -94,10 +99,14 @@ def make_inputs(args, params):
     time_ids = torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]] * b)
     size_emb = timestep_embedding(time_ids.flatten(), 256).reshape(b, -1).to(dt)
     y = torch.cat([text, size_emb], 1)
-    run_ours = lambda m: m(x, t, context, y)  # noqa: E731
-    run_theirs = lambda m: m(  # noqa: E731
-        x, t, context, added_cond_kwargs={"text_embeds": text, "time_ids": time_ids}
-    ).sample
+
+    def run_ours(model):
+        return model(x, t, context, y)
+
+    def run_theirs(model):
+        cond = {"text_embeds": text, "time_ids": time_ids}
+        return model(x, t, context, added_cond_kwargs=cond).sample
+
     return run_ours, run_theirs
 
 
@@ -116,7 +125,9 @@ def peak_memory_in_fresh_process(args, name: str) -> float:
     cmd += ["--dtype", str(args.dtype).split(".")[-1]]
     # A fixed mmap threshold makes freed tensors leave the resident set at once.
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, check=True, env=env
+    ).stdout
     return int(out.split()[-1]) / 2**20
 
 
@@ -137,7 +148,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--memory-of", choices=["sgm", "diffusers"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--memory-of", choices=["sgm", "diffusers"], help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     args.dtype = getattr(torch, args.dtype)
     torch.set_num_threads(args.threads)
@@ -156,7 +169,9 @@ def main() -> None:
     timed(run_ours, ours)  # warm-up
     timed(run_theirs, theirs)
     results = {"sgm": [], "diffusers": []}
-    for i in range(args.repeats):  # interleaved, alternating order: load hits both alike
+    for i in range(
+        args.repeats
+    ):  # interleaved, alternating order: load hits both alike
         pairs = [("sgm", run_ours, ours), ("diffusers", run_theirs, theirs)]
         for name, fn, model in pairs if i % 2 == 0 else pairs[::-1]:
             results[name].append(timed(fn, model))

@@ -9,19 +9,8 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
+from ..util import default
 from ._attention_backend import scaled_dot_product
-
-
-def exists(val) -> bool:
-    """True unless ``val`` is None."""
-    return val is not None
-
-
-def default(val, d):
-    """``val`` if it is not None, else ``d`` (called when callable)."""
-    if exists(val):
-        return val
-    return d() if callable(d) else d
 
 
 def uniq(arr) -> list:
@@ -38,13 +27,6 @@ def init_(tensor: torch.Tensor) -> torch.Tensor:
     """Uniform init in ``[-1/sqrt(d), 1/sqrt(d)]`` with ``d`` the last dimension."""
     std = 1 / tensor.shape[-1] ** 0.5
     return tensor.uniform_(-std, std)
-
-
-def zero_module(module: nn.Module) -> nn.Module:
-    """Zero the parameters of ``module`` and return it."""
-    for p in module.parameters():
-        p.detach().zero_()
-    return module
 
 
 def Normalize(in_channels: int) -> nn.GroupNorm:
@@ -132,7 +114,9 @@ class CrossAttention(nn.Module):
         self.to_q = nn.Linear(query_dim, inner_dim, bias=False)
         self.to_k = nn.Linear(context_dim, inner_dim, bias=False)
         self.to_v = nn.Linear(context_dim, inner_dim, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(inner_dim, query_dim), nn.Dropout(dropout))
+        self.to_out = nn.Sequential(
+            nn.Linear(inner_dim, query_dim), nn.Dropout(dropout)
+        )
         self.backend = backend
 
     def _kernel_context(self):

@@ -13,9 +13,8 @@ from ._attention_layers import (
     FeedForward,
     MemoryEfficientCrossAttention,
     Normalize,
-    zero_module,
 )
-from .diffusionmodules.util import checkpoint
+from .diffusionmodules.util import checkpoint, zero_module
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +147,9 @@ class BasicTransformerSingleLayerBlock(nn.Module):
         self, x: torch.Tensor, context: torch.Tensor | None = None
     ) -> torch.Tensor:
         """(B, N, dim) -> (B, N, dim)."""
-        return checkpoint(self._forward, (x, context), self.parameters(), self.checkpoint)
+        return checkpoint(
+            self._forward, (x, context), self.parameters(), self.checkpoint
+        )
 
     def _forward(self, x, context=None):
         x = self.attn1(self.norm1(x), context=context).add_(x)

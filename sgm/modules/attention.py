@@ -8,6 +8,7 @@ takes ``(B, heads, N, d)`` tensors; ``set_attention_backend("sdpa"|"xformers"|"m
 
 from __future__ import annotations
 
+from ..util import default, exists
 from ._attention_backend import (
     BACKENDS,
     attention_backend,
@@ -26,12 +27,9 @@ from ._attention_layers import (
     Normalize,
     SelfAttention,
     SpatialSelfAttention,
-    default,
-    exists,
     init_,
     max_neg_value,
     uniq,
-    zero_module,
 )
 from ._transformer import (
     ATTENTION_MODES,
@@ -41,6 +39,7 @@ from ._transformer import (
     SpatialTransformer,
     attention_class,
 )
+from .diffusionmodules.util import zero_module
 
 __all__ = [
     "ATTENTION_MODES",

@@ -48,9 +48,13 @@ def test_backends_agree_with_closed_form(name, qkv):
         float_masked = scaled_dot_product(q, k, v, additive)
         scaled = scaled_dot_product(q, k, v, scale=0.3)
     torch.testing.assert_close(plain, naive_attention(q, k, v), atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(masked, naive_attention(q, k, v, additive), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        masked, naive_attention(q, k, v, additive), atol=1e-6, rtol=1e-5
+    )
     torch.testing.assert_close(float_masked, masked, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(scaled, naive_attention(q, k, v, scale=0.3), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        scaled, naive_attention(q, k, v, scale=0.3), atol=1e-6, rtol=1e-5
+    )
 
 
 def test_setting_precedence_and_env(monkeypatch):
@@ -108,7 +112,9 @@ def test_cross_attention_matches_diffusers_attention():
     theirs = _diffusers_attention(ours, 32, 24, 4, 8)
     x, context = torch.randn(2, 9, 32), torch.randn(2, 5, 24)
     with torch.no_grad():
-        torch.testing.assert_close(ours(x, context), theirs(x, context), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(
+            ours(x, context), theirs(x, context), atol=1e-6, rtol=1e-5
+        )
 
 
 def test_cross_attention_extras_match_their_definitions():

@@ -229,7 +229,9 @@ class ResBlock(TimestepBlock):
         self.emb_out_channels = 2 * out if use_scale_shift_norm else out
         if skip_t_emb:
             if use_scale_shift_norm:
-                raise ValueError("skip_t_emb cannot be combined with use_scale_shift_norm")
+                raise ValueError(
+                    "skip_t_emb cannot be combined with use_scale_shift_norm"
+                )
             self.emb_layers = None
             self.exchange_temb_dims = False
         else:
@@ -254,7 +256,9 @@ class ResBlock(TimestepBlock):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """(B, C, *S), emb (B, emb_channels) -> (B, out_channels, *S')."""
-        return checkpoint(self._forward, (x, emb), self.parameters(), self.use_checkpoint)
+        return checkpoint(
+            self._forward, (x, emb), self.parameters(), self.use_checkpoint
+        )
 
     def _forward(self, x, emb):
         if self.updown:

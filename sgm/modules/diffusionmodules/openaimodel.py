@@ -121,7 +121,9 @@ class UNetModel(nn.Module):
         self.in_channels = in_channels
         self.model_channels = model_channels
         self.out_channels = out_channels
-        self.num_res_blocks = _per_level(_plain(num_res_blocks), levels, "num_res_blocks")
+        self.num_res_blocks = _per_level(
+            _plain(num_res_blocks), levels, "num_res_blocks"
+        )
         self.attention_resolutions = tuple(_plain(attention_resolutions))
         self.dropout = dropout
         self.channel_mult = channel_mult
@@ -131,7 +133,9 @@ class UNetModel(nn.Module):
         self.use_checkpoint = use_checkpoint
         self.num_heads = num_heads
         self.num_head_channels = num_head_channels
-        self.num_heads_upsample = num_heads if num_heads_upsample == -1 else num_heads_upsample
+        self.num_heads_upsample = (
+            num_heads if num_heads_upsample == -1 else num_heads_upsample
+        )
         self.use_scale_shift_norm = use_scale_shift_norm
         self.resblock_updown = resblock_updown
         self.use_new_attention_order = use_new_attention_order
@@ -274,7 +278,11 @@ class UNetModel(nn.Module):
     def _build_input_blocks(self) -> list[int]:
         mc = self.model_channels
         self.input_blocks = nn.ModuleList(
-            [TimestepEmbedSequential(conv_nd(self.dims, self.in_channels, mc, 3, padding=1))]
+            [
+                TimestepEmbedSequential(
+                    conv_nd(self.dims, self.in_channels, mc, 3, padding=1)
+                )
+            ]
         )
         chans, ch, ds = [mc], mc, 1
         for level, mult in enumerate(self.channel_mult):

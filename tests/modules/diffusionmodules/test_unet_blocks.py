@@ -22,7 +22,13 @@ def test_temporal_resblock_matches_diffusers_temporal_resnet_block():
     from diffusers.models.resnet import TemporalResnetBlock
 
     ours = ResBlock(
-        32, 16, 0.0, out_channels=64, dims=3, kernel_size=[3, 1, 1], exchange_temb_dims=True
+        32,
+        16,
+        0.0,
+        out_channels=64,
+        dims=3,
+        kernel_size=[3, 1, 1],
+        exchange_temb_dims=True,
     ).eval()
     with torch.no_grad():
         for p in ours.parameters():
@@ -111,7 +117,12 @@ def test_checkpointing_gives_the_same_gradients_and_no_warnings_without_grad():
             p.normal_(0, 0.1)
     ckpt = UNetModel(**TINY, use_checkpoint=True)
     ckpt.load_state_dict(plain.state_dict())
-    inputs = (torch.randn(2, 4, 8, 8), torch.tensor([5.0, 50.0]), torch.randn(2, 3, 16), torch.randn(2, 8))
+    inputs = (
+        torch.randn(2, 4, 8, 8),
+        torch.tensor([5.0, 50.0]),
+        torch.randn(2, 3, 16),
+        torch.randn(2, 8),
+    )
     for a, b in zip(_grads(plain, *inputs), _grads(ckpt, *inputs)):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
     with warnings.catch_warnings():

@@ -68,7 +68,11 @@ def test_sdxl_keys_have_original_layout():
 
 def test_inference_configs_hold_original_values():
     base = network_config("sd_xl_base").params
-    assert (base.adm_in_channels, base.model_channels, base.context_dim) == (2816, 320, 2048)
+    assert (base.adm_in_channels, base.model_channels, base.context_dim) == (
+        2816,
+        320,
+        2048,
+    )
     assert list(base.transformer_depth) == [1, 2, 10]
     assert base.spatial_transformer_attn_type == "softmax-xformers"
     refiner = network_config("sd_xl_refiner").params

@@ -99,7 +99,10 @@ def test_sdxl_structure_matches_diffusers():
     ours = build(SDXL_TINY, from_omegaconf=True)
     theirs = to_diffusers(ours, SDXL_TINY)
     x, t, context = _inputs(ctx=2048)
-    text, time_ids = torch.randn(2, 64), torch.tensor([[1024.0, 768, 0, 16, 1024, 1024]] * 2)
+    text, time_ids = (
+        torch.randn(2, 64),
+        torch.tensor([[1024.0, 768, 0, 16, 1024, 1024]] * 2),
+    )
     with torch.no_grad():
         out = ours(x, t, context, sdxl_vector(text, time_ids))
         ref = theirs(
@@ -152,7 +155,10 @@ def test_conv_projection_class_labels_and_cross_only_attention_match_diffusers()
 def test_sequential_projection_and_scale_shift_norm_match_diffusers():
     # A context width other than 1280/2048 makes diffusers use a class projection.
     params = dict(
-        SD21_TINY, num_classes="sequential", adm_in_channels=24, use_scale_shift_norm=True
+        SD21_TINY,
+        num_classes="sequential",
+        adm_in_channels=24,
+        use_scale_shift_norm=True,
     )
     ours = build(params)
     config = dict(diffusers_config(params), resnet_time_scale_shift="scale_shift")
@@ -165,13 +171,17 @@ def test_sequential_projection_and_scale_shift_norm_match_diffusers():
     x, t, context = _inputs(ctx=64)
     y = torch.randn(2, 24)
     with torch.no_grad():
-        assert_close(ours(x, t, context, y), theirs(x, t, context, class_labels=y).sample)
+        assert_close(
+            ours(x, t, context, y), theirs(x, t, context, class_labels=y).sample
+        )
 
 
 @pytest.mark.slow
 def test_full_size_sdxl_matches_diffusers_at_small_latents():
     params = OmegaConf.to_container(
-        OmegaConf.load("configs/inference/sd_xl_base.yaml").model.params.network_config.params
+        OmegaConf.load(
+            "configs/inference/sd_xl_base.yaml"
+        ).model.params.network_config.params
     )
     start = time.perf_counter()
     ours = UNetModel(**params)
