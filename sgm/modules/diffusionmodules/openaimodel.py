@@ -365,7 +365,7 @@ class UNetModel(nn.Module):
         if y is not None:
             if y.shape[0] != x.shape[0]:
                 raise InputError(f"y has batch {y.shape[0]}, x has {x.shape[0]}")
-            emb = emb + self.label_emb(y)
+            emb = emb + self.label_emb(y.to(emb.dtype) if y.is_floating_point() else y)
         hs = []
         h = x
         for module in self.input_blocks:
