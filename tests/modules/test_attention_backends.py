@@ -169,3 +169,19 @@ def test_linear_attention_closed_form():
         context = k.softmax(-1) @ v.transpose(-1, -2)  # (b, h, d, e)
         out = (context.transpose(-1, -2) @ q).reshape(2, 16, 3, 4)
         torch.testing.assert_close(layer(x), layer.to_out(out), atol=1e-5, rtol=1e-5)
+
+
+def test_pinned_sdpa_kernel_and_math_backend_match_default():
+    from torch.nn.attention import SDPBackend
+
+    pinned = CrossAttention(
+        16, context_dim=8, heads=2, dim_head=8, backend=SDPBackend.MATH
+    )
+    default = CrossAttention(16, context_dim=8, heads=2, dim_head=8)
+    default.load_state_dict(pinned.state_dict())
+    x, context = torch.randn(2, 5, 16), torch.randn(2, 3, 8)
+    with torch.no_grad():
+        ref = default(x, context)
+        torch.testing.assert_close(pinned(x, context), ref, atol=1e-6, rtol=1e-5)
+        with attention_backend("math"):
+            torch.testing.assert_close(default(x, context), ref, atol=1e-6, rtol=1e-5)
