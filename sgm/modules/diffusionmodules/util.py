@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from einops import rearrange
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint as _torch_checkpoint
 
 from ...util import mean_flat  # noqa: F401  (re-exported: original path)
@@ -108,7 +109,10 @@ class GroupNorm32(nn.GroupNorm):
     """GroupNorm computed in float32, cast back to the input dtype."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type(x.dtype)
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        out = F.group_norm(x.float(), self.num_groups, weight, bias, self.eps)
+        return out.type(x.dtype)
 
 
 def normalization(channels: int) -> nn.Module:
