@@ -266,7 +266,10 @@ def _is_dictconfig(obj: Any) -> bool:
     return isinstance(obj, DictConfig)
 
 
-def _check_params(cls: Any, params: Mapping, where: str, target: str) -> None:
+def _check_params(
+    cls: Any, params: Mapping, where: str, target: str, complete: bool = True
+) -> None:
+    """Raise ConfigError for unknown parameters and, if ``complete``, missing ones."""
     try:
         signature = inspect.signature(cls)
     except (TypeError, ValueError):
@@ -284,6 +287,8 @@ def _check_params(cls: Any, params: Mapping, where: str, target: str) -> None:
                 f"{where}.params: {target} has no parameter "
                 f"{', '.join(map(repr, unknown))}; accepted: {', '.join(accepted)}"
             )
+    if not complete:
+        return
     try:
         signature.bind(**params)
     except TypeError as error:
