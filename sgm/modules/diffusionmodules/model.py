@@ -55,6 +55,23 @@ def _levels(ch_mult: Sequence[int]) -> tuple[int, ...]:
     return tuple(int(m) for m in ch_mult)
 
 
+def _init_sizes(
+    module, ch, temb_ch, ch_mult, num_res_blocks, attn_resolutions, resolution,
+    in_channels, use_linear_attn, attn_type,
+) -> tuple[tuple[int, ...], list[int], str]:
+    """Set the size attributes of Encoder, Decoder and Model; returns the normalised
+    ``(ch_mult, attn_resolutions, attn_type)``."""
+    ch_mult = _levels(ch_mult)
+    module.ch = ch
+    module.temb_ch = temb_ch
+    module.num_resolutions = len(ch_mult)
+    module.num_res_blocks = num_res_blocks
+    module.resolution = resolution
+    module.in_channels = in_channels
+    attn_type = "linear" if use_linear_attn else attn_type
+    return ch_mult, [int(r) for r in attn_resolutions], attn_type
+
+
 def _down_levels(
     ch, ch_mult, num_res_blocks, attn_resolutions, dropout, resamp_with_conv,
     resolution, temb_ch, attn_type,
@@ -94,6 +111,37 @@ def _mid(block_in, temb_ch, dropout, attn_type, make_resblock=ResnetBlock, attn_
     return mid
 
 
+def _up_levels(
+    ch, ch_mult, num_res_blocks, attn_resolutions, dropout, resamp_with_conv,
+    block_in, curr_res, temb_ch, attn_type, make_resblock=ResnetBlock, attn_fn=make_attn,
+    skip: bool = False,
+) -> tuple[nn.ModuleList, int]:
+    """The ``up`` stack of Decoder and, with ``skip`` connections, Model."""
+    in_ch_mult = (1, *ch_mult)
+    up = nn.ModuleList()
+    for i_level in reversed(range(len(ch_mult))):
+        block, attn = nn.ModuleList(), nn.ModuleList()
+        block_out = ch * ch_mult[i_level]
+        for i_block in range(num_res_blocks + 1):
+            skip_in = 0
+            if skip:
+                skip_in = ch * in_ch_mult[i_level] if i_block == num_res_blocks else block_out
+            block.append(
+                make_resblock(in_channels=block_in + skip_in, out_channels=block_out,
+                              temb_channels=temb_ch, dropout=dropout)
+            )
+            block_in = block_out
+            if curr_res in attn_resolutions:
+                attn.append(attn_fn(block_in, attn_type=attn_type))
+        level = nn.Module()
+        level.block, level.attn = block, attn
+        if i_level != 0:
+            level.upsample = Upsample(block_in, resamp_with_conv)
+            curr_res *= 2
+        up.insert(0, level)
+    return up, block_in
+
+
 class Encoder(nn.Module):
     """VAE encoder: image (B, in_channels, H, W) -> moments (B, 2*z_channels, H/f, W/f)."""
 
@@ -116,20 +164,15 @@ class Encoder(nn.Module):
         **ignore_kwargs: Any,
     ):
         super().__init__()
-        if use_linear_attn:
-            attn_type = "linear"
-        ch_mult = _levels(ch_mult)
-        self.ch = ch
-        self.temb_ch = 0
-        self.num_resolutions = len(ch_mult)
-        self.num_res_blocks = num_res_blocks
-        self.resolution = resolution
-        self.in_channels = in_channels
+        ch_mult, attn_resolutions, attn_type = _init_sizes(
+            self, ch, 0, ch_mult, num_res_blocks, attn_resolutions, resolution,
+            in_channels, use_linear_attn, attn_type,
+        )
         self.in_ch_mult = (1, *ch_mult)
         self.conv_in = nn.Conv2d(in_channels, ch, kernel_size=3, stride=1, padding=1)
         self.down, block_in, _ = _down_levels(
-            ch, ch_mult, num_res_blocks, [int(r) for r in attn_resolutions], dropout,
-            resamp_with_conv, resolution, self.temb_ch, attn_type,
+            ch, ch_mult, num_res_blocks, attn_resolutions, dropout, resamp_with_conv,
+            resolution, self.temb_ch, attn_type,
         )
         self.mid = _mid(block_in, self.temb_ch, dropout, attn_type)
         self.norm_out = Normalize(block_in)
@@ -177,16 +220,10 @@ class Decoder(nn.Module):
         **ignorekwargs: Any,
     ):
         super().__init__()
-        if use_linear_attn:
-            attn_type = "linear"
-        ch_mult = _levels(ch_mult)
-        attn_resolutions = [int(r) for r in attn_resolutions]
-        self.ch = ch
-        self.temb_ch = 0
-        self.num_resolutions = len(ch_mult)
-        self.num_res_blocks = num_res_blocks
-        self.resolution = resolution
-        self.in_channels = in_channels
+        ch_mult, attn_resolutions, attn_type = _init_sizes(
+            self, ch, 0, ch_mult, num_res_blocks, attn_resolutions, resolution,
+            in_channels, use_linear_attn, attn_type,
+        )
         self.give_pre_end = give_pre_end
         self.tanh_out = tanh_out
         block_in = ch * ch_mult[-1]
@@ -198,24 +235,10 @@ class Decoder(nn.Module):
         self.conv_in = nn.Conv2d(z_channels, block_in, kernel_size=3, stride=1, padding=1)
         self.mid = _mid(block_in, self.temb_ch, dropout, attn_type,
                         make_resblock_cls, make_attn_cls)
-        self.up = nn.ModuleList()
-        for i_level in reversed(range(self.num_resolutions)):
-            block, attn = nn.ModuleList(), nn.ModuleList()
-            block_out = ch * ch_mult[i_level]
-            for _ in range(num_res_blocks + 1):
-                block.append(
-                    make_resblock_cls(in_channels=block_in, out_channels=block_out,
-                                      temb_channels=self.temb_ch, dropout=dropout)
-                )
-                block_in = block_out
-                if curr_res in attn_resolutions:
-                    attn.append(make_attn_cls(block_in, attn_type=attn_type))
-            level = nn.Module()
-            level.block, level.attn = block, attn
-            if i_level != 0:
-                level.upsample = Upsample(block_in, resamp_with_conv)
-                curr_res *= 2
-            self.up.insert(0, level)
+        self.up, block_in = _up_levels(
+            ch, ch_mult, num_res_blocks, attn_resolutions, dropout, resamp_with_conv,
+            block_in, curr_res, self.temb_ch, attn_type, make_resblock_cls, make_attn_cls,
+        )
         self.norm_out = Normalize(block_in)
         self.conv_out = make_conv_cls(block_in, out_ch, kernel_size=3, stride=1, padding=1)
 
@@ -272,16 +295,10 @@ class Model(nn.Module):
         attn_type: str = "vanilla",
     ):
         super().__init__()
-        if use_linear_attn:
-            attn_type = "linear"
-        ch_mult = _levels(ch_mult)
-        attn_resolutions = [int(r) for r in attn_resolutions]
-        self.ch = ch
-        self.temb_ch = ch * 4
-        self.num_resolutions = len(ch_mult)
-        self.num_res_blocks = num_res_blocks
-        self.resolution = resolution
-        self.in_channels = in_channels
+        ch_mult, attn_resolutions, attn_type = _init_sizes(
+            self, ch, ch * 4, ch_mult, num_res_blocks, attn_resolutions, resolution,
+            in_channels, use_linear_attn, attn_type,
+        )
         self.use_timestep = use_timestep
         if use_timestep:
             self.temb = nn.Module()
@@ -294,27 +311,10 @@ class Model(nn.Module):
             resolution, self.temb_ch, attn_type,
         )
         self.mid = _mid(block_in, self.temb_ch, dropout, attn_type)
-        self.up = nn.ModuleList()
-        in_ch_mult = (1, *ch_mult)
-        for i_level in reversed(range(self.num_resolutions)):
-            block, attn = nn.ModuleList(), nn.ModuleList()
-            block_out = skip_in = ch * ch_mult[i_level]
-            for i_block in range(num_res_blocks + 1):
-                if i_block == num_res_blocks:
-                    skip_in = ch * in_ch_mult[i_level]
-                block.append(
-                    ResnetBlock(in_channels=block_in + skip_in, out_channels=block_out,
-                                temb_channels=self.temb_ch, dropout=dropout)
-                )
-                block_in = block_out
-                if curr_res in attn_resolutions:
-                    attn.append(make_attn(block_in, attn_type=attn_type))
-            level = nn.Module()
-            level.block, level.attn = block, attn
-            if i_level != 0:
-                level.upsample = Upsample(block_in, resamp_with_conv)
-                curr_res *= 2
-            self.up.insert(0, level)
+        self.up, block_in = _up_levels(
+            ch, ch_mult, num_res_blocks, attn_resolutions, dropout, resamp_with_conv,
+            block_in, curr_res, self.temb_ch, attn_type, skip=True,
+        )
         self.norm_out = Normalize(block_in)
         self.conv_out = nn.Conv2d(block_in, out_ch, kernel_size=3, stride=1, padding=1)
 
