@@ -147,6 +147,31 @@ class SingleStepDiffusionSampler(BaseDiffusionSampler):
         """``x + dt d``."""
         return euler_step(x, d, dt)
 
+    def _step_args(self, sigma: torch.Tensor, num_sigmas: int) -> tuple:
+        """Extra positional arguments of :meth:`sampler_step` for the step at ``sigma``."""
+        return ()
+
+    def __call__(
+        self,
+        denoiser: Denoiser,
+        x: torch.Tensor,
+        cond: Cond,
+        uc: Cond | None = None,
+        num_steps: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Sample from unit noise ``x``; returns a new tensor."""
+        with self.generator_scope(generator):
+            x, s_in, sigmas, num_sigmas, cond, uc = self.prepare_sampling_loop(
+                x, cond, uc, num_steps
+            )
+            for i in self.get_sigma_gen(num_sigmas):
+                extra = self._step_args(sigmas[i], num_sigmas)
+                x = self.sampler_step(
+                    s_in * sigmas[i], s_in * sigmas[i + 1], denoiser, x, cond, uc, *extra
+                )
+        return x
+
 
 class EDMSampler(SingleStepDiffusionSampler):
     """Karras et al. (2022), Algorithm 2: deterministic steps with optional churn.
@@ -179,6 +204,10 @@ class EDMSampler(SingleStepDiffusionSampler):
             return min(self.s_churn / (num_sigmas - 1), 2**0.5 - 1)
         return 0.0
 
+    def _step_args(self, sigma: torch.Tensor, num_sigmas: int) -> tuple[float]:
+        """The churn ``gamma`` of the step."""
+        return (self.churn_gamma(sigma, num_sigmas),)
+
     def sampler_step(self, sigma, next_sigma, denoiser, x, cond, uc=None, gamma=0.0):
         """Churn to ``sigma_hat = sigma (1 + gamma)``, then an Euler (or Heun) step."""
         sigma_hat = sigma * (gamma + 1.0)
@@ -198,27 +227,6 @@ class EDMSampler(SingleStepDiffusionSampler):
     ) -> torch.Tensor:
         """No correction: keep the Euler step."""
         return euler_step
-
-    def __call__(
-        self,
-        denoiser: Denoiser,
-        x: torch.Tensor,
-        cond: Cond,
-        uc: Cond | None = None,
-        num_steps: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Sample from unit noise ``x``; returns a new tensor."""
-        with self.generator_scope(generator):
-            x, s_in, sigmas, num_sigmas, cond, uc = self.prepare_sampling_loop(
-                x, cond, uc, num_steps
-            )
-            for i in self.get_sigma_gen(num_sigmas):
-                gamma = self.churn_gamma(sigmas[i], num_sigmas)
-                x = self.sampler_step(
-                    s_in * sigmas[i], s_in * sigmas[i + 1], denoiser, x, cond, uc, gamma
-                )
-        return x
 
 
 class EulerEDMSampler(EDMSampler):
@@ -273,26 +281,6 @@ class AncestralSampler(SingleStepDiffusionSampler):
         # Drawn even where discarded: the random stream advances once per step.
         noisy = x + self.noise_sampler(x) * self.s_noise * append_dims(sigma_up, x.ndim)
         return torch.where(append_dims(next_sigma, x.ndim) > 0.0, noisy, x)
-
-    def __call__(
-        self,
-        denoiser: Denoiser,
-        x: torch.Tensor,
-        cond: Cond,
-        uc: Cond | None = None,
-        num_steps: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Sample from unit noise ``x``; returns a new tensor."""
-        with self.generator_scope(generator):
-            x, s_in, sigmas, num_sigmas, cond, uc = self.prepare_sampling_loop(
-                x, cond, uc, num_steps
-            )
-            for i in self.get_sigma_gen(num_sigmas):
-                x = self.sampler_step(
-                    s_in * sigmas[i], s_in * sigmas[i + 1], denoiser, x, cond, uc
-                )
-        return x
 
 
 class EulerAncestralSampler(AncestralSampler):
