@@ -109,9 +109,10 @@ class BaseDiffusionSampler:
         sigma: torch.Tensor,
         cond: Cond,
         uc: Cond,
+        **kwargs: Any,
     ) -> torch.Tensor:
-        """Guided denoised estimate at ``sigma``."""
-        denoised = denoiser(*self.guider.prepare_inputs(x, sigma, cond, uc))
+        """Guided denoised estimate at ``sigma``; ``kwargs`` go to the denoiser."""
+        denoised = denoiser(*self.guider.prepare_inputs(x, sigma, cond, uc), **kwargs)
         return self.guider(denoised, sigma)
 
     def get_sigma_gen(self, num_sigmas: int) -> Iterable[int]:
@@ -340,10 +341,7 @@ class LinearMultistepSampler(BaseDiffusionSampler):
         sigmas_cpu = sigmas.detach().cpu().numpy()
         for i in self.get_sigma_gen(num_sigmas):
             sigma = s_in * sigmas[i]
-            denoised = denoiser(
-                *self.guider.prepare_inputs(x, sigma, cond, uc), **kwargs
-            )
-            denoised = self.guider(denoised, sigma)
+            denoised = self.denoise(x, denoiser, sigma, cond, uc, **kwargs)
             ds.append(to_d(x, sigma, denoised))
             if len(ds) > self.order:
                 ds.pop(0)
