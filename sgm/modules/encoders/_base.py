@@ -10,6 +10,22 @@ import torch
 from torch import nn
 
 
+def _reset_to_none_property(name: str) -> property:
+    """A property stored in ``_<name>`` that ``del`` resets to None."""
+    private = "_" + name
+
+    def get(self: nn.Module) -> Any:
+        return getattr(self, private)
+
+    def set_(self: nn.Module, value: Any) -> None:
+        setattr(self, private, value)
+
+    def delete(self: nn.Module) -> None:
+        setattr(self, private, None)
+
+    return property(get, set_, delete, doc=f"The embedder's ``{name}`` (None if unset).")
+
+
 class AbstractEmbModel(nn.Module):
     """An embedder run by ``GeneralConditioner``: carries its batch key(s) and dropout rate.
 
@@ -26,41 +42,9 @@ class AbstractEmbModel(nn.Module):
         self.legacy_ucg_val: Any = None
         self.ucg_generator: torch.Generator | None = None
 
-    @property
-    def is_trainable(self) -> bool | None:
-        return self._is_trainable
-
-    @is_trainable.setter
-    def is_trainable(self, value: bool) -> None:
-        self._is_trainable = value
-
-    @is_trainable.deleter
-    def is_trainable(self) -> None:
-        self._is_trainable = None
-
-    @property
-    def ucg_rate(self) -> float | None:
-        return self._ucg_rate
-
-    @ucg_rate.setter
-    def ucg_rate(self, value: float) -> None:
-        self._ucg_rate = value
-
-    @ucg_rate.deleter
-    def ucg_rate(self) -> None:
-        self._ucg_rate = None
-
-    @property
-    def input_key(self) -> str | None:
-        return self._input_key
-
-    @input_key.setter
-    def input_key(self, value: str) -> None:
-        self._input_key = value
-
-    @input_key.deleter
-    def input_key(self) -> None:
-        self._input_key = None
+    is_trainable = _reset_to_none_property("is_trainable")
+    ucg_rate = _reset_to_none_property("ucg_rate")
+    input_key = _reset_to_none_property("input_key")
 
     def freeze(self) -> None:
         """Eval mode and no gradients for every parameter."""
