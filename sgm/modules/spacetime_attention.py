@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
-from torch import nn
 
-from .attention import SpatialTransformer
-from .diffusionmodules._video_mixing import legacy_blend, register_mix_factor
-from .diffusionmodules.util import AlphaBlender, linear
+from .diffusionmodules._video_mixing import init_merge, legacy_blend
+from .diffusionmodules.util import AlphaBlender
 from .video_attention import (
     TimeMixSequential,
     VideoTransformerBlock,
+    _FrameMixingTransformer,
     broadcast_context,
+    frame_embed_mlp,
     frame_index_embedding,
 )
 
@@ -34,58 +33,16 @@ class BasicTransformerTimeMixBlock(VideoTransformerBlock):
     """Transformer block over a temporal (or view) axis; same layout as VideoTransformerBlock."""
 
 
-def _mlp(dim_in: int, channels: int) -> nn.Sequential:
-    return nn.Sequential(
-        linear(dim_in, 4 * channels), nn.SiLU(), linear(4 * channels, channels)
-    )
+class _PostHocBase(_FrameMixingTransformer):
+    """Frame-mixing transformer with the SV4D merge rule (legacy ``mix_factor`` or not)."""
 
-
-class _PostHocBase(SpatialTransformer):
-    """Shared constructor pieces: spatial transformer plus a merge rule."""
-
-    def _init_merge(self, merge_strategy, merge_factor, apply_sigmoid_to_merge, legacy):
-        self.time_mix_legacy = legacy
-        self.merge_strategy = merge_strategy
-        self.apply_sigmoid_to_merge = apply_sigmoid_to_merge
-        if legacy:
-            register_mix_factor(self, merge_strategy, merge_factor)
-        else:
-            self.time_mixer = AlphaBlender(alpha=merge_factor, merge_strategy=merge_strategy)
+    time_block_cls = BasicTransformerTimeMixBlock
 
     def _blend(self, x, x_mix, image_only_indicator, mixer=None):
         if self.time_mix_legacy:
             return legacy_blend(self, x, x_mix, image_only_indicator, is_attn=True)
         mixer = mixer or self.time_mixer
         return mixer(x_spatial=x, x_temporal=x_mix, image_only_indicator=image_only_indicator)
-
-    def _tokens_in(self, x):
-        x = self.norm(x)
-        if not self.use_linear:
-            x = self.proj_in(x)
-        x = rearrange(x, "b c h w -> b (h w) c")
-        return self.proj_in(x) if self.use_linear else x
-
-    def _tokens_out(self, x, h, w):
-        if self.use_linear:
-            x = self.proj_out(x)
-        x = rearrange(x, "b (h w) c -> b c h w", h=h, w=w)
-        return x if self.use_linear else self.proj_out(x)
-
-    def _time_block(self, **kw):
-        return BasicTransformerTimeMixBlock(
-            self._inner_dim,
-            self._n_heads,
-            self._d_head,
-            dropout=kw["dropout"],
-            context_dim=kw["context_dim"],
-            timesteps=kw["timesteps"],
-            checkpoint=kw["checkpoint"],
-            ff_in=kw["ff_in"],
-            inner_dim=self._inner_dim,
-            attn_mode=kw["attn_mode"],
-            disable_self_attn=kw["disable_self_attn"],
-            disable_temporal_crossattention=kw["disable_temporal_crossattention"],
-        )
 
 
 class PostHocSpatialTransformerWithTimeMixing(_PostHocBase):
@@ -116,45 +73,21 @@ class PostHocSpatialTransformerWithTimeMixing(_PostHocBase):
         max_time_embed_period: int = 10000,
     ):
         super().__init__(
-            in_channels,
-            n_heads,
-            d_head,
-            depth=depth,
-            dropout=dropout,
-            attn_type=attn_mode,
-            use_checkpoint=checkpoint,
-            context_dim=context_dim,
-            use_linear=use_linear,
-            disable_self_attn=disable_self_attn,
-        )
-        self.time_depth, self.depth = time_depth, depth
-        self.max_time_embed_period = max_time_embed_period
-        self._inner_dim, self._n_heads, self._d_head = n_heads * d_head, n_heads, d_head
+            in_channels, n_heads, d_head, depth=depth, dropout=dropout, use_linear=use_linear,
+            context_dim=context_dim, checkpoint=checkpoint, attn_mode=attn_mode,
+            disable_self_attn=disable_self_attn, use_spatial_context=use_spatial_context,
+            time_depth=time_depth, max_time_embed_period=max_time_embed_period,
+        )  # fmt: skip
         if use_spatial_context:
             time_context_dim = context_dim
-        block_kw = dict(
-            dropout=dropout, context_dim=time_context_dim, timesteps=timesteps,
-            checkpoint=checkpoint, ff_in=ff_in, attn_mode=attn_mode,
+        self.time_mix_blocks = self._time_blocks(
+            depth, n_heads, d_head, dropout=dropout, context_dim=time_context_dim,
+            timesteps=timesteps, checkpoint=checkpoint, ff_in=ff_in, attn_mode=attn_mode,
             disable_self_attn=disable_self_attn,
             disable_temporal_crossattention=disable_temporal_crossattention,
         )  # fmt: skip
-        self.time_mix_blocks = nn.ModuleList(self._time_block(**block_kw) for _ in range(depth))
-        self.use_spatial_context = use_spatial_context
-        self.in_channels = in_channels
-        self.time_mix_time_embed = _mlp(in_channels, in_channels)
-        self._init_merge(merge_strategy, merge_factor, apply_sigmoid_to_merge, time_mix_legacy)
-
-    def forward_with_context(
-        self, x: torch.Tensor, emb: torch.Tensor, context=None, **kwargs
-    ) -> torch.Tensor:
-        """Call from a ``TimestepEmbedSequential``."""
-        return self(
-            x,
-            context,
-            time_context=kwargs.get("time_context"),
-            timesteps=kwargs.get("num_video_frames"),
-            image_only_indicator=kwargs.get("image_only_indicator"),
-        )
+        self.time_mix_time_embed = frame_embed_mlp(in_channels, in_channels)
+        init_merge(self, merge_strategy, merge_factor, apply_sigmoid_to_merge, time_mix_legacy)
 
     def forward(
         self,
@@ -169,26 +102,10 @@ class PostHocSpatialTransformerWithTimeMixing(_PostHocBase):
         name: str | None = None,
     ) -> torch.Tensor:
         """(B*T, C, H, W), context (B*T, M, D) -> (B*T, C, H, W)."""
-        if not timesteps:
-            raise ValueError("the number of frames (timesteps) is required")
-        _, _, h, w = x.shape
-        x_in = x
-        if self.use_spatial_context:
-            time_context = broadcast_context(context[::timesteps], h * w)
-        elif time_context is not None:
-            time_context = broadcast_context(time_context, h * w)
-            if time_context.ndim == 2:
-                time_context = time_context[:, None, :]
-        x = self._tokens_in(x)
-        frame_emb = frame_index_embedding(
-            self.time_mix_time_embed, timesteps, x.shape[0] // timesteps,
-            self.in_channels, self.max_time_embed_period, x,
+        return self._mix_frames(
+            x, context, time_context, timesteps, image_only_indicator,
+            self.time_mix_blocks, self.time_mix_time_embed,
         )  # fmt: skip
-        for block, mix_block in zip(self.transformer_blocks, self.time_mix_blocks):
-            x = block(x, context=context)
-            x_mix = mix_block(x + frame_emb, context=time_context, timesteps=timesteps)
-            x = self._blend(x, x_mix, image_only_indicator)
-        return self._tokens_out(x, h, w) + x_in
 
 
 class PostHocSpatialTransformerWithTimeMixingAndMotion(_PostHocBase):
@@ -235,20 +152,11 @@ class PostHocSpatialTransformerWithTimeMixingAndMotion(_PostHocBase):
         max_time_embed_period: int = 10000,
     ):
         super().__init__(
-            in_channels,
-            n_heads,
-            d_head,
-            depth=depth,
-            dropout=dropout,
-            attn_type=attn_mode,
-            use_checkpoint=checkpoint,
-            context_dim=context_dim,
-            use_linear=use_linear,
-            disable_self_attn=disable_self_attn,
-        )
-        self.time_depth, self.depth = time_depth, depth
-        self.max_time_embed_period = max_time_embed_period
-        self._inner_dim, self._n_heads, self._d_head = n_heads * d_head, n_heads, d_head
+            in_channels, n_heads, d_head, depth=depth, dropout=dropout, use_linear=use_linear,
+            context_dim=context_dim, checkpoint=checkpoint, attn_mode=attn_mode,
+            disable_self_attn=disable_self_attn, use_spatial_context=use_spatial_context,
+            time_depth=time_depth, max_time_embed_period=max_time_embed_period,
+        )  # fmt: skip
         if use_spatial_context:
             time_context_dim = context_dim
         if use_camera_emb and adm_in_channels is None:
@@ -259,21 +167,19 @@ class PostHocSpatialTransformerWithTimeMixingAndMotion(_PostHocBase):
             attn_mode=attn_mode, disable_self_attn=disable_self_attn,
             disable_temporal_crossattention=disable_temporal_crossattention,
         )  # fmt: skip
-        self.time_mix_blocks = nn.ModuleList(
-            self._time_block(context_dim=time_context_dim, **block_kw) for _ in range(depth)
+        self.time_mix_blocks = self._time_blocks(
+            depth, n_heads, d_head, context_dim=time_context_dim, **block_kw
         )
-        self.motion_blocks = nn.ModuleList(
-            self._time_block(context_dim=motion_context_dim, **block_kw) for _ in range(depth)
+        self.motion_blocks = self._time_blocks(
+            depth, n_heads, d_head, context_dim=motion_context_dim, **block_kw
         )
-        self.use_spatial_context = use_spatial_context
         self.use_camera_emb = use_camera_emb
         self.use_3d_attention = use_3d_attention
         self.separate_motion_merge_factor = separate_motion_merge_factor
-        self.in_channels = in_channels
         view_in = adm_in_channels if use_camera_emb else in_channels
-        self.time_mix_time_embed = _mlp(view_in, in_channels)
-        self.time_mix_motion_embed = _mlp(in_channels, in_channels)
-        self._init_merge(merge_strategy, merge_factor, apply_sigmoid_to_merge, time_mix_legacy)
+        self.time_mix_time_embed = frame_embed_mlp(view_in, in_channels)
+        self.time_mix_motion_embed = frame_embed_mlp(in_channels, in_channels)
+        init_merge(self, merge_strategy, merge_factor, apply_sigmoid_to_merge, time_mix_legacy)
         if separate_motion_merge_factor and not time_mix_legacy:
             self.time_mixer_motion = AlphaBlender(
                 alpha=merge_factor_motion, merge_strategy=merge_strategy

@@ -156,12 +156,130 @@ def frame_index_embedding(
     return emb.repeat(batch, 1)[:, None, :]
 
 
+def frame_embed_mlp(dim_in: int, channels: int) -> nn.Sequential:
+    """``linear(dim_in, 4C) -> SiLU -> linear(4C, C)``: embeds frame (or view) positions."""
+    return nn.Sequential(
+        linear(dim_in, 4 * channels), nn.SiLU(), linear(4 * channels, channels)
+    )
+
+
 def broadcast_context(context: torch.Tensor, n: int) -> torch.Tensor:
     """Repeat each row ``n`` times, row-major: ``(B, ...) -> (B*n, ...)``."""
     return context.repeat_interleave(n, dim=0)
 
 
-class SpatialVideoTransformer(SpatialTransformer):
+class _FrameKwargsMixin:
+    """``forward_with_context`` passing the frame keywords of a ``TimestepEmbedSequential``."""
+
+    def forward_with_context(
+        self, x: torch.Tensor, emb: torch.Tensor, context=None, **kwargs
+    ) -> torch.Tensor:
+        """Call from a ``TimestepEmbedSequential``."""
+        return self(
+            x,
+            context,
+            time_context=kwargs.get("time_context"),
+            timesteps=kwargs.get("num_video_frames"),
+            image_only_indicator=kwargs.get("image_only_indicator"),
+        )
+
+
+class _FrameMixingTransformer(_FrameKwargsMixin, SpatialTransformer):
+    """Spatial transformer whose blocks are each followed by a block over frames.
+
+    Subclasses register the time blocks (from :meth:`_time_blocks`), a frame
+    embedding and the blending used by :meth:`_blend`.
+    """
+
+    time_block_cls: type[nn.Module] = VideoTransformerBlock
+
+    def __init__(
+        self,
+        in_channels: int,
+        n_heads: int,
+        d_head: int,
+        *,
+        depth: int,
+        dropout: float,
+        use_linear: bool,
+        context_dim: int | None,
+        checkpoint: bool,
+        attn_mode: str,
+        disable_self_attn: bool,
+        use_spatial_context: bool,
+        time_depth: int,
+        max_time_embed_period: int,
+    ):
+        super().__init__(
+            in_channels, n_heads, d_head, depth=depth, dropout=dropout, attn_type=attn_mode,
+            use_checkpoint=checkpoint, context_dim=context_dim, use_linear=use_linear,
+            disable_self_attn=disable_self_attn,
+        )  # fmt: skip
+        self.time_depth, self.depth = time_depth, depth
+        self.max_time_embed_period = max_time_embed_period
+        self.use_spatial_context = use_spatial_context
+
+    def _time_blocks(self, depth: int, n_heads: int, d_head: int, **block_kw) -> nn.ModuleList:
+        inner_dim = n_heads * d_head
+        return nn.ModuleList(
+            self.time_block_cls(inner_dim, n_heads, d_head, inner_dim=inner_dim, **block_kw)
+            for _ in range(depth)
+        )
+
+    def _tokens_in(self, x):
+        x = self.norm(x)
+        if not self.use_linear:
+            x = self.proj_in(x)
+        x = rearrange(x, "b c h w -> b (h w) c")
+        return self.proj_in(x) if self.use_linear else x
+
+    def _tokens_out(self, x, h, w):
+        if self.use_linear:
+            x = self.proj_out(x)
+        x = rearrange(x, "b (h w) c -> b c h w", h=h, w=w)
+        return x if self.use_linear else self.proj_out(x)
+
+    def _time_context(self, context, time_context, timesteps, hw):
+        if self.use_spatial_context:
+            if context is None or context.ndim != 3:
+                raise ValueError(
+                    "use_spatial_context needs a (B*T, M, D) context, got "
+                    f"{None if context is None else tuple(context.shape)}"
+                )
+            return broadcast_context(context[::timesteps], hw)
+        if time_context is None:
+            return None
+        time_context = broadcast_context(time_context, hw)
+        if time_context.ndim == 2:
+            time_context = time_context[:, None, :]
+        return time_context
+
+    def _blend(self, x, x_mix, image_only_indicator):
+        return self.time_mixer(
+            x_spatial=x, x_temporal=x_mix, image_only_indicator=image_only_indicator
+        )
+
+    def _mix_frames(
+        self, x, context, time_context, timesteps, image_only_indicator, time_blocks, frame_embed
+    ) -> torch.Tensor:
+        """Spatial blocks, each followed by ``time_blocks`` over ``timesteps`` frames."""
+        if not timesteps:
+            raise ValueError(f"{type(self).__name__} needs the number of frames (timesteps)")
+        _, _, h, w = x.shape
+        time_context = self._time_context(context, time_context, timesteps, h * w)
+        tokens = self._tokens_in(x)
+        frame_emb = frame_index_embedding(
+            frame_embed, timesteps, tokens.shape[0] // timesteps,
+            self.in_channels, self.max_time_embed_period, tokens,
+        )  # fmt: skip
+        for block, mix_block in zip(self.transformer_blocks, time_blocks):
+            tokens = block(tokens, context=context)
+            x_mix = mix_block(tokens + frame_emb, context=time_context, timesteps=timesteps)
+            tokens = self._blend(tokens, x_mix, image_only_indicator)
+        return self._tokens_out(tokens, h, w) + x
+
+
+class SpatialVideoTransformer(_FrameMixingTransformer):
     """Spatial transformer with a temporal block after each spatial block (SVD).
 
     Each spatial block's output is blended with its time-mixed version by
@@ -193,75 +311,21 @@ class SpatialVideoTransformer(SpatialTransformer):
         max_time_embed_period: int = 10000,
     ):
         super().__init__(
-            in_channels,
-            n_heads,
-            d_head,
-            depth=depth,
-            dropout=dropout,
-            attn_type=attn_mode,
-            use_checkpoint=checkpoint,
-            context_dim=context_dim,
-            use_linear=use_linear,
-            disable_self_attn=disable_self_attn,
-        )
-        self.time_depth = time_depth
-        self.depth = depth
-        self.max_time_embed_period = max_time_embed_period
-        inner_dim = n_heads * d_head
+            in_channels, n_heads, d_head, depth=depth, dropout=dropout, use_linear=use_linear,
+            context_dim=context_dim, checkpoint=checkpoint, attn_mode=attn_mode,
+            disable_self_attn=disable_self_attn, use_spatial_context=use_spatial_context,
+            time_depth=time_depth, max_time_embed_period=max_time_embed_period,
+        )  # fmt: skip
         if use_spatial_context:
             time_context_dim = context_dim
-        self.time_stack = nn.ModuleList(
-            VideoTransformerBlock(
-                inner_dim,
-                n_heads,
-                d_head,
-                dropout=dropout,
-                context_dim=time_context_dim,
-                timesteps=timesteps,
-                checkpoint=checkpoint,
-                ff_in=ff_in,
-                inner_dim=inner_dim,
-                attn_mode=attn_mode,
-                disable_self_attn=disable_self_attn,
-                disable_temporal_crossattention=disable_temporal_crossattention,
-            )
-            for _ in range(depth)
-        )
-        self.use_spatial_context = use_spatial_context
-        self.in_channels = in_channels
-        self.time_pos_embed = nn.Sequential(
-            linear(in_channels, 4 * in_channels),
-            nn.SiLU(),
-            linear(4 * in_channels, in_channels),
-        )
+        self.time_stack = self._time_blocks(
+            depth, n_heads, d_head, dropout=dropout, context_dim=time_context_dim,
+            timesteps=timesteps, checkpoint=checkpoint, ff_in=ff_in, attn_mode=attn_mode,
+            disable_self_attn=disable_self_attn,
+            disable_temporal_crossattention=disable_temporal_crossattention,
+        )  # fmt: skip
+        self.time_pos_embed = frame_embed_mlp(in_channels, in_channels)
         self.time_mixer = AlphaBlender(alpha=merge_factor, merge_strategy=merge_strategy)
-
-    def forward_with_context(
-        self, x: torch.Tensor, emb: torch.Tensor, context=None, **kwargs
-    ) -> torch.Tensor:
-        """Call from a ``TimestepEmbedSequential``."""
-        return self(
-            x,
-            context,
-            kwargs.get("time_context"),
-            kwargs.get("num_video_frames"),
-            kwargs.get("image_only_indicator"),
-        )
-
-    def _time_context(self, context, time_context, timesteps, hw):
-        if self.use_spatial_context:
-            if context is None or context.ndim != 3:
-                raise ValueError(
-                    "use_spatial_context needs a (B*T, M, D) context, got "
-                    f"{None if context is None else tuple(context.shape)}"
-                )
-            return broadcast_context(context[::timesteps], hw)
-        if time_context is None:
-            return None
-        time_context = broadcast_context(time_context, hw)
-        if time_context.ndim == 2:
-            time_context = time_context[:, None, :]
-        return time_context
 
     def forward(
         self,
@@ -272,34 +336,7 @@ class SpatialVideoTransformer(SpatialTransformer):
         image_only_indicator: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B*T, C, H, W), context (B*T, M, D) -> (B*T, C, H, W)."""
-        if not timesteps:
-            raise ValueError("SpatialVideoTransformer needs the number of frames")
-        _, _, h, w = x.shape
-        x_in = x
-        time_context = self._time_context(context, time_context, timesteps, h * w)
-        x = self.norm(x)
-        if not self.use_linear:
-            x = self.proj_in(x)
-        x = rearrange(x, "b c h w -> b (h w) c")
-        if self.use_linear:
-            x = self.proj_in(x)
-        frame_emb = frame_index_embedding(
-            self.time_pos_embed,
-            timesteps,
-            x.shape[0] // timesteps,
-            self.in_channels,
-            self.max_time_embed_period,
-            x,
-        )
-        for block, mix_block in zip(self.transformer_blocks, self.time_stack):
-            x = block(x, context=context)
-            x_mix = mix_block(x + frame_emb, context=time_context, timesteps=timesteps)
-            x = self.time_mixer(
-                x_spatial=x, x_temporal=x_mix, image_only_indicator=image_only_indicator
-            )
-        if self.use_linear:
-            x = self.proj_out(x)
-        x = rearrange(x, "b (h w) c -> b c h w", h=h, w=w)
-        if not self.use_linear:
-            x = self.proj_out(x)
-        return x + x_in
+        return self._mix_frames(
+            x, context, time_context, timesteps, image_only_indicator,
+            self.time_stack, self.time_pos_embed,
+        )  # fmt: skip

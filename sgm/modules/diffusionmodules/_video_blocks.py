@@ -10,10 +10,10 @@ from torch import nn
 
 from ...util import default
 from ..spacetime_attention import BasicTransformerTimeMixBlock
-from ..video_attention import frame_index_embedding
+from ..video_attention import _FrameKwargsMixin, frame_embed_mlp, frame_index_embedding
 from ._unet_blocks import AttentionBlock, ResBlock
-from ._video_mixing import legacy_blend, register_mix_factor
-from .util import AlphaBlender, linear
+from ._video_mixing import init_merge, legacy_blend, register_mix_factor
+from .util import AlphaBlender
 
 
 def plain_kernel(kernel_size) -> int | list[int]:
@@ -39,11 +39,26 @@ def _temporal_resblock(channels, out_channels, emb_channels, dropout, kernel, ck
     )
 
 
-def _to_video(x: torch.Tensor, frames: int) -> torch.Tensor:
-    return rearrange(x, "(b t) c h w -> b c t h w", t=frames)
+class _ResBlockWithTime(ResBlock):
+    """ResBlock whose ``(B*T, C, H, W)`` output also goes through a temporal 3-D ResBlock."""
+
+    def forward_with_context(
+        self, x: torch.Tensor, emb: torch.Tensor, context=None, **kwargs
+    ) -> torch.Tensor:
+        """Call from a ``TimestepEmbedSequential``."""
+        return self(
+            x, emb, kwargs.get("num_video_frames"), kwargs.get("image_only_indicator")
+        )
+
+    def _spatial_and_time(self, x, emb, num_video_frames, time_block):
+        """Spatial output and its temporal version, both ``(B, C, T, H, W)``."""
+        if not num_video_frames:
+            raise ValueError(f"{type(self).__name__} needs num_video_frames")
+        x = rearrange(super().forward(x, emb), "(b t) c h w -> b c t h w", t=num_video_frames)
+        return x, time_block(x, rearrange(emb, "(b t) ... -> b t ...", t=num_video_frames))
 
 
-class VideoResBlock(ResBlock):
+class VideoResBlock(_ResBlockWithTime):
     """ResBlock followed by a 3-D (time) ResBlock, blended by ``time_mixer`` (SVD)."""
 
     def __init__(
@@ -83,14 +98,6 @@ class VideoResBlock(ResBlock):
             rearrange_pattern="b t -> b 1 t 1 1",
         )
 
-    def forward_with_context(
-        self, x: torch.Tensor, emb: torch.Tensor, context=None, **kwargs
-    ) -> torch.Tensor:
-        """Call from a ``TimestepEmbedSequential``."""
-        return self(
-            x, emb, kwargs.get("num_video_frames"), kwargs.get("image_only_indicator")
-        )
-
     def forward(
         self,
         x: torch.Tensor,
@@ -99,19 +106,14 @@ class VideoResBlock(ResBlock):
         image_only_indicator: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B*T, C, H, W), emb (B*T, E) -> (B*T, C_out, H, W)."""
-        if not num_video_frames:
-            raise ValueError(f"{type(self).__name__} needs num_video_frames")
-        x = _to_video(super().forward(x, emb), num_video_frames)
-        x_time = self.time_stack(
-            x, rearrange(emb, "(b t) ... -> b t ...", t=num_video_frames)
-        )
+        x, x_time = self._spatial_and_time(x, emb, num_video_frames, self.time_stack)
         x = self.time_mixer(
             x_spatial=x, x_temporal=x_time, image_only_indicator=image_only_indicator
         )
         return rearrange(x, "b c t h w -> (b t) c h w")
 
 
-class PostHocResBlockWithTime(ResBlock):
+class PostHocResBlockWithTime(_ResBlockWithTime):
     """ResBlock plus a time ResBlock (``time_mix_blocks``) for SV4D.
 
     ``time_mix_legacy`` keeps ``mix_factor`` on the block and weights the temporal
@@ -153,25 +155,10 @@ class PostHocResBlockWithTime(ResBlock):
         self.time_mix_blocks = _temporal_resblock(
             channels, out_channels, emb_channels, dropout, time_kernel_size, use_checkpoint
         )
-        self.time_mix_legacy = time_mix_legacy
-        self.merge_strategy = merge_strategy
-        self.apply_sigmoid_to_merge = apply_sigmoid_to_merge
-        if time_mix_legacy:
-            register_mix_factor(self, merge_strategy, merge_factor)
-        else:
-            self.time_mixer = AlphaBlender(
-                alpha=merge_factor,
-                merge_strategy=merge_strategy,
-                rearrange_pattern="b t -> b 1 t 1 1",
-            )
-
-    def forward_with_context(
-        self, x: torch.Tensor, emb: torch.Tensor, context=None, **kwargs
-    ) -> torch.Tensor:
-        """Call from a ``TimestepEmbedSequential``."""
-        return self(
-            x, emb, kwargs.get("num_video_frames"), kwargs.get("image_only_indicator")
-        )
+        init_merge(
+            self, merge_strategy, merge_factor, apply_sigmoid_to_merge, time_mix_legacy,
+            rearrange_pattern="b t -> b 1 t 1 1",
+        )  # fmt: skip
 
     def forward(
         self,
@@ -183,11 +170,8 @@ class PostHocResBlockWithTime(ResBlock):
         cond_motion: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B*T, C, H, W), emb (B*T, E) -> (B*T, C_out, H, W)."""
-        if not num_video_frames:
-            raise ValueError(f"{type(self).__name__} needs num_video_frames")
-        x_spatial = _to_video(super().forward(x, emb), num_video_frames)
-        x_time = self.time_mix_blocks(
-            x_spatial, rearrange(emb, "(b t) ... -> b t ...", t=num_video_frames)
+        x_spatial, x_time = self._spatial_and_time(
+            x, emb, num_video_frames, self.time_mix_blocks
         )
         videos = x_spatial.shape[0]
         no_images = x.new_zeros(videos, num_video_frames)
@@ -200,7 +184,7 @@ class PostHocResBlockWithTime(ResBlock):
         return rearrange(x, "b c t h w -> (b t) c h w")
 
 
-class PostHocAttentionBlockWithTimeMixing(AttentionBlock):
+class PostHocAttentionBlockWithTimeMixing(_FrameKwargsMixin, AttentionBlock):
     """Pixel self-attention block followed by attention over frames (SV4D, no context)."""
 
     def __init__(
@@ -242,27 +226,11 @@ class PostHocAttentionBlockWithTimeMixing(AttentionBlock):
             ]
         )
         self.in_channels = in_channels
-        self.time_mix_time_embed = nn.Sequential(
-            linear(in_channels, 4 * in_channels),
-            nn.SiLU(),
-            linear(4 * in_channels, in_channels),
-        )
+        self.time_mix_time_embed = frame_embed_mlp(in_channels, in_channels)
         self.use_spatial_context = use_spatial_context
         self.merge_strategy = merge_strategy
         self.apply_sigmoid_to_merge = apply_sigmoid_to_merge
         register_mix_factor(self, merge_strategy, merge_factor)
-
-    def forward_with_context(
-        self, x: torch.Tensor, emb: torch.Tensor, context=None, **kwargs
-    ) -> torch.Tensor:
-        """Call from a ``TimestepEmbedSequential``."""
-        return self.forward(
-            x,
-            context,
-            time_context=kwargs.get("time_context"),
-            timesteps=kwargs.get("num_video_frames"),
-            image_only_indicator=kwargs.get("image_only_indicator"),
-        )
 
     def forward(
         self,

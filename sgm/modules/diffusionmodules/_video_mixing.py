@@ -65,6 +65,28 @@ def register_mix_factor(module: nn.Module, merge_strategy: str, merge_factor: fl
         )
 
 
+def init_merge(
+    module: nn.Module,
+    merge_strategy: str,
+    merge_factor: float,
+    apply_sigmoid_to_merge: bool,
+    legacy: bool,
+    rearrange_pattern: str = "b t -> (b t) 1 1",
+) -> None:
+    """Legacy ``mix_factor`` on ``module`` itself, or (``legacy=False``) a ``time_mixer``."""
+    from .util import AlphaBlender  # util re-exports this module's get_alpha
+
+    module.time_mix_legacy = legacy
+    module.merge_strategy = merge_strategy
+    module.apply_sigmoid_to_merge = apply_sigmoid_to_merge
+    if legacy:
+        register_mix_factor(module, merge_strategy, merge_factor)
+    else:
+        module.time_mixer = AlphaBlender(
+            alpha=merge_factor, merge_strategy=merge_strategy, rearrange_pattern=rearrange_pattern
+        )
+
+
 def legacy_blend(
     module: nn.Module,
     x_first: torch.Tensor,
