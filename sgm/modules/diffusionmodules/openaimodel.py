@@ -275,6 +275,28 @@ class UNetModel(nn.Module):
             return False
         return bool(self.disable_self_attentions[level])
 
+    def _res_and_attention(
+        self,
+        ch: int,
+        out_ch: int,
+        ds: int,
+        level: int,
+        index: int,
+        upsampling: bool = False,
+    ) -> list[nn.Module]:
+        """A res block to ``out_ch``, then attention where ``level`` and ``ds`` have it."""
+        layers = [self._make_res_block(ch, out_ch)]
+        if self._attention_here(ds, level, index):
+            layers.append(
+                self._make_attention(
+                    out_ch,
+                    self.transformer_depth[level],
+                    self._self_attn_disabled(level),
+                    upsampling=upsampling,
+                )
+            )
+        return layers
+
     def _build_input_blocks(self) -> list[int]:
         mc = self.model_channels
         self.input_blocks = nn.ModuleList(
@@ -287,16 +309,8 @@ class UNetModel(nn.Module):
         chans, ch, ds = [mc], mc, 1
         for level, mult in enumerate(self.channel_mult):
             for nr in range(self.num_res_blocks[level]):
-                layers = [self._make_res_block(ch, mult * mc)]
+                layers = self._res_and_attention(ch, mult * mc, ds, level, nr)
                 ch = mult * mc
-                if self._attention_here(ds, level, nr):
-                    layers.append(
-                        self._make_attention(
-                            ch,
-                            self.transformer_depth[level],
-                            self._self_attn_disabled(level),
-                        )
-                    )
                 self.input_blocks.append(TimestepEmbedSequential(*layers))
                 chans.append(ch)
             if level != len(self.channel_mult) - 1:
@@ -326,17 +340,10 @@ class UNetModel(nn.Module):
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(self.channel_mult))):
             for i in range(self.num_res_blocks[level] + 1):
-                layers = [self._make_res_block(ch + chans.pop(), mc * mult)]
+                layers = self._res_and_attention(
+                    ch + chans.pop(), mc * mult, ds, level, i, upsampling=True
+                )
                 ch = mc * mult
-                if self._attention_here(ds, level, i):
-                    layers.append(
-                        self._make_attention(
-                            ch,
-                            self.transformer_depth[level],
-                            self._self_attn_disabled(level),
-                            upsampling=True,
-                        )
-                    )
                 if level and i == self.num_res_blocks[level]:
                     layers.append(self._make_upsample(ch, ch))
                     ds //= 2
