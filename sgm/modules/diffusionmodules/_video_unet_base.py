@@ -44,9 +44,20 @@ def label_embedding(num_classes, model_channels: int, adm_in_channels) -> nn.Mod
 class VideoUNetBase(nn.Module):
     """UNet skeleton for (B*T, C, H, W) video latents; blocks come from the subclass."""
 
-    def _check_heads(self, num_heads: int, num_head_channels: int) -> None:
+    def _init_heads(
+        self,
+        num_heads: int,
+        num_head_channels: int,
+        num_heads_upsample: int,
+        dropout: float,
+        use_checkpoint: bool,
+    ) -> None:
+        """Head counts and the settings every block shares."""
         if num_heads == -1 and num_head_channels == -1:
             raise ConfigError("set num_heads or num_head_channels")
+        self.num_heads, self.num_head_channels = num_heads, num_head_channels
+        self.num_heads_upsample = num_heads if num_heads_upsample == -1 else num_heads_upsample
+        self.dropout, self.use_checkpoint = dropout, use_checkpoint
 
     def _heads(self, ch: int) -> tuple[int, int]:
         """(num_heads, dim_head) at width ``ch``."""

@@ -92,10 +92,9 @@ class VideoUNet(VideoUNetBase):
         super().__init__()
         if context_dim is None:
             raise ConfigError("VideoUNet needs context_dim")
-        self._check_heads(num_heads, num_head_channels)
-        self.num_heads, self.num_head_channels = num_heads, num_head_channels
-        self.num_heads_upsample = num_heads if num_heads_upsample == -1 else num_heads_upsample
-        self.dropout, self.use_checkpoint = dropout, use_checkpoint
+        self._init_heads(
+            num_heads, num_head_channels, num_heads_upsample, dropout, use_checkpoint
+        )
         self._dims, self._scale_shift = dims, use_scale_shift_norm
         self._merge = dict(merge_strategy=merge_strategy, merge_factor=merge_factor)
         self._kernel = plain_kernel(video_kernel_size)
@@ -231,10 +230,9 @@ class SpatialUNetModelWithTime(VideoUNetBase):
             raise ConfigError(
                 "context_dim must be set exactly when use_spatial_transformer is True"
             )
-        self._check_heads(num_heads, num_head_channels)
-        self.num_heads, self.num_head_channels = num_heads, num_head_channels
-        self.num_heads_upsample = num_heads if num_heads_upsample == -1 else num_heads_upsample
-        self.dropout, self.use_checkpoint = dropout, use_checkpoint
+        self._init_heads(
+            num_heads, num_head_channels, num_heads_upsample, dropout, use_checkpoint
+        )
         self.use_temporal_resblocks = use_temporal_resblock
         self._legacy, self._spatial_tf = legacy, use_spatial_transformer
         self._motion = use_motion_attention
