@@ -24,24 +24,36 @@ def make_beta_schedule(
     cosine_s: float = 8e-3,
 ) -> np.ndarray:
     """DDPM beta schedules (float64 numpy): linear (in sqrt space), cosine, sqrt_linear, sqrt."""
+    # Built on the host whatever the default device (a numpy array comes back).
     if schedule == "linear":
         betas = (
             torch.linspace(
-                linear_start**0.5, linear_end**0.5, n_timestep, dtype=torch.float64
+                linear_start**0.5,
+                linear_end**0.5,
+                n_timestep,
+                dtype=torch.float64,
+                device="cpu",
             )
             ** 2
         )
     elif schedule == "cosine":
         # Nichol & Dhariwal (2021), eq. 17.
-        t = torch.arange(n_timestep + 1, dtype=torch.float64) / n_timestep + cosine_s
+        t = (
+            torch.arange(n_timestep + 1, dtype=torch.float64, device="cpu") / n_timestep
+            + cosine_s
+        )
         alphas = torch.cos(t / (1 + cosine_s) * math.pi / 2) ** 2
         alphas = alphas / alphas[0]
         betas = (1 - alphas[1:] / alphas[:-1]).clamp(0, 0.999)
     elif schedule == "sqrt_linear":
-        betas = torch.linspace(linear_start, linear_end, n_timestep, dtype=torch.float64)
+        betas = torch.linspace(
+            linear_start, linear_end, n_timestep, dtype=torch.float64, device="cpu"
+        )
     elif schedule == "sqrt":
         betas = (
-            torch.linspace(linear_start, linear_end, n_timestep, dtype=torch.float64)
+            torch.linspace(
+                linear_start, linear_end, n_timestep, dtype=torch.float64, device="cpu"
+            )
             ** 0.5
         )
     else:
