@@ -27,8 +27,9 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 # built here keep every embedder under ``conditioner.embedders.N``.
 LEGACY_PREFIXES = (("cond_stage_model.", "conditioner.embedders.0."),)
 
-# Constant buffers that the module fills in itself; files may lack them.
-OPTIONAL_KEY_SUFFIXES = (".embeddings.position_ids",)
+# Constant buffers that the module fills in itself; files may lack them (the SD 2.x
+# ldm files have no ``denoiser.sigmas``: the table follows from the config).
+OPTIONAL_KEY_SUFFIXES = (".embeddings.position_ids", ".denoiser.sigmas")
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
