@@ -58,22 +58,12 @@ class VideoResBlock(ResnetBlock):
         **kwargs: Any,
     ):
         super().__init__(*args, out_channels=out_channels, dropout=dropout, **kwargs)
-        from ..diffusionmodules.openaimodel import ResBlock
+        from ..diffusionmodules._video_blocks import temporal_resblock
 
         if video_kernel_size is None:
             video_kernel_size = [3, 1, 1]
-        self.time_stack = ResBlock(
-            channels=out_channels,
-            emb_channels=0,
-            dropout=dropout,
-            dims=3,
-            use_scale_shift_norm=False,
-            use_conv=False,
-            up=False,
-            down=False,
-            kernel_size=_kernel(video_kernel_size),
-            use_checkpoint=False,
-            skip_t_emb=True,
+        self.time_stack = temporal_resblock(
+            out_channels, 0, dropout, video_kernel_size, skip_t_emb=True
         )
         _mix_factor(self, alpha, merge_strategy)
 

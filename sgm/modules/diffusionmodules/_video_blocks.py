@@ -21,22 +21,33 @@ def plain_kernel(kernel_size) -> int | list[int]:
     return kernel_size if isinstance(kernel_size, int) else [int(k) for k in kernel_size]
 
 
-def _temporal_resblock(channels, out_channels, emb_channels, dropout, kernel, ckpt):
-    out = default(out_channels, channels)
+def temporal_resblock(
+    channels: int,
+    emb_channels: int,
+    dropout: float,
+    kernel_size: int | Sequence[int],
+    use_checkpoint: bool = False,
+    **kwargs,
+) -> ResBlock:
+    """ResBlock over ``(B, C, T, H, W)`` clips (``dims=3``): same width, no resampling."""
     return ResBlock(
-        out,
+        channels,
         emb_channels,
         dropout=dropout,
         dims=3,
-        out_channels=out,
         use_scale_shift_norm=False,
         use_conv=False,
         up=False,
         down=False,
-        kernel_size=plain_kernel(kernel),
-        use_checkpoint=ckpt,
-        exchange_temb_dims=True,
+        kernel_size=plain_kernel(kernel_size),
+        use_checkpoint=use_checkpoint,
+        **kwargs,
     )
+
+
+def _temporal_resblock(channels, out_channels, emb_channels, dropout, kernel, ckpt):
+    out = default(out_channels, channels)
+    return temporal_resblock(out, emb_channels, dropout, kernel, ckpt, exchange_temb_dims=True)
 
 
 class _ResBlockWithTime(ResBlock):
