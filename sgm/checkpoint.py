@@ -27,6 +27,25 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 # built here keep every embedder under ``conditioner.embedders.N``.
 LEGACY_PREFIXES = (("cond_stage_model.", "conditioner.embedders.0."),)
 
+# DDPM schedule buffers of the older LatentDiffusion layout (SD 2.x files). They are
+# derived from the noise schedule, which the denoiser builds from the config.
+LEGACY_SCHEDULE_KEYS = frozenset(
+    {
+        "betas",
+        "alphas_cumprod",
+        "alphas_cumprod_prev",
+        "sqrt_alphas_cumprod",
+        "sqrt_one_minus_alphas_cumprod",
+        "log_one_minus_alphas_cumprod",
+        "sqrt_recip_alphas_cumprod",
+        "sqrt_recipm1_alphas_cumprod",
+        "posterior_variance",
+        "posterior_log_variance_clipped",
+        "posterior_mean_coef1",
+        "posterior_mean_coef2",
+    }
+)
+
 # Constant buffers that the module fills in itself; files may lack them (the SD 2.x
 # ldm files have no ``denoiser.sigmas``: the table follows from the config).
 OPTIONAL_KEY_SUFFIXES = (".embeddings.position_ids", ".denoiser.sigmas")
@@ -139,9 +158,14 @@ class LoadReport:
 def remap_legacy_keys(
     state_dict: Mapping[str, torch.Tensor], expected: Iterable[str]
 ) -> dict[str, torch.Tensor]:
-    """Rename keys of older layouts when the model expects the newer one."""
+    """Rename keys of older layouts when the model expects the newer one.
+
+    Schedule buffers of the older layout are dropped when the model has none of them.
+    """
     expected = set(expected)
     out = dict(state_dict)
+    if not expected & LEGACY_SCHEDULE_KEYS:
+        out = {k: v for k, v in out.items() if k not in LEGACY_SCHEDULE_KEYS}
     for old, new in LEGACY_PREFIXES:
         if any(k.startswith(old) for k in out) and any(k.startswith(new) for k in expected):
             if not any(k.startswith(old) for k in expected):

@@ -156,3 +156,21 @@ def test_constant_position_ids_may_be_absent(tmp_path):
     model = Text()
     assert load_checkpoint_into(model, path).ok
     assert torch.equal(model.embeddings.position_ids, torch.arange(4)[None])
+
+
+def test_ldm_schedule_buffers_are_dropped_only_when_the_model_lacks_them(tmp_path, weights):
+    sd = dict(weights)
+    sd["alphas_cumprod"] = torch.ones(1000)
+    sd["betas"] = torch.ones(1000)
+    path = tmp_path / "ldm.safetensors"
+    save_file(sd, str(path))
+    assert load_checkpoint_into(Engine(), path).ok
+
+    class WithSchedule(Engine):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("betas", torch.zeros(1000))
+
+    model = WithSchedule()
+    with pytest.raises(CheckpointError, match="alphas_cumprod: 1 unexpected"):
+        load_checkpoint_into(model, path)

@@ -411,11 +411,6 @@ def test_sd2_ldm_layout_loads_strictly(engines, name):
     assert report.ok
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the strict loader rejects ldm's DDPM schedule buffers (betas, "
-    "alphas_cumprod, ..., posterior_mean_coef2) that SD 2.x .ckpt files carry",
-)
 def test_sd2_ldm_file_with_schedule_buffers_loads_strictly(engines):
     engine, _ = engines("sd_2_1")
     state = ldm_file(engine, LDM_SCHEDULE_BUFFERS)
