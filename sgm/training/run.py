@@ -230,7 +230,8 @@ def fit_and_test(opt: argparse.Namespace, built: Run) -> int:
     signal_cb = next((c for c in callbacks if isinstance(c, SignalCheckpoint)), None)
     if opt.train:
         try:
-            trainer.fit(model, data, ckpt_path=paths.resume_ckpt)
+            # Resuming reads the checkpoint as tensors and plain containers only.
+            trainer.fit(model, data, ckpt_path=paths.resume_ckpt, weights_only=True)
         except SIGTERMException:
             signum = signal_cb.received if signal_cb else None
             _report_stop(trainer, signum, paths)
