@@ -1,0 +1,232 @@
+"""Video sampling: the CLI end to end on a toy SVD-structured engine, preprocessing
+geometry, SV3D_p camera values against their closed forms, and mp4 output read back
+through ffmpeg."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sgm.inference.video import (build_value_dict, load_video_model, prepare_sv3d_image,
+                                 prepare_svd_image, sample_video, save_video, sv3d_orbit)
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "sampling" / "simple_video_sample.py"
+TINY_CONFIG = REPO / "tests" / "configs" / "video_tiny_svd.yaml"
+ARCH = "sgm-test-video-tiny"
+ARCH_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 224, "layers": 1, "width": 64, "head_width": 32,
+                   "patch_size": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4,
+                 "layers": 1},
+}
+# Registers the toy CLIP arch with open_clip, then runs the script as __main__.
+LAUNCHER = """
+import runpy, sys
+import sgm
+from open_clip.factory import add_model_config
+add_model_config(sys.argv[1])
+script = sys.argv[2]
+sys.argv = [script] + sys.argv[3:]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+@pytest.fixture(scope="module")
+def arch_dir(tmp_path_factory):
+    from open_clip.factory import add_model_config
+
+    folder = tmp_path_factory.mktemp("video_open_clip")
+    (folder / f"{ARCH}.json").write_text(json.dumps(ARCH_CONFIG))
+    add_model_config(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny(arch_dir, tmp_path_factory):
+    """The toy engine (random weights, fixed seed) and its .safetensors file."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = load_video_model(TINY_CONFIG, None, "cpu", num_frames=3, num_steps=2)
+    ckpt = tmp_path_factory.mktemp("video_ckpt") / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, ckpt)
+    return model, ckpt
+
+
+def _png(path: Path, width: int = 70, height: int = 100) -> Path:
+    from PIL import Image
+
+    pixels = np.random.RandomState(0).randint(0, 256, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def _run(cwd: Path, *args: str, launcher_dir: Path | None = None):
+    if launcher_dir is None:
+        command = [sys.executable, str(SCRIPT), *args]
+    else:
+        command = [sys.executable, "-c", LAUNCHER, str(launcher_dir), str(SCRIPT), *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=240)
+
+
+def _read_mp4(path: Path) -> tuple[dict, np.ndarray]:
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = reader.__next__()
+    width, height = meta["size"]
+    frames = [np.frombuffer(f, np.uint8).reshape(height, width, 3) for f in reader]
+    return meta, np.stack(frames)
+
+
+def test_cli_end_to_end_writes_playable_mp4_and_never_overwrites(tiny, arch_dir, tmp_path):
+    _, ckpt = tiny
+    image = _png(tmp_path / "input.png")
+    args = (f"--input_path={image}", f"--config={TINY_CONFIG}", f"--ckpt={ckpt}",
+            "--num_frames=3", "--num_steps=2", "--decoding_t=2", "--fps_id=9")
+    first = _run(tmp_path, *args, launcher_dir=arch_dir)
+    assert first.returncode == 0, first.stderr
+    out = tmp_path / "outputs" / "simple_video_sample" / "svd"
+    mp4 = out / "000000.mp4"
+    assert first.stdout.strip().endswith(str(mp4.relative_to(tmp_path)))
+    meta, frames = _read_mp4(mp4)
+    assert frames.shape == (3, 64, 64, 3)
+    assert meta["fps"] == pytest.approx(10.0)
+    assert meta["codec"] == "h264" and meta["pix_fmt"].startswith("yuv420p")
+    assert (out / "000000.jpg").is_file()
+    digest = hashlib.sha256(mp4.read_bytes()).hexdigest()
+
+    second = _run(tmp_path, *args, launcher_dir=arch_dir)
+    assert second.returncode == 0, second.stderr
+    assert hashlib.sha256(mp4.read_bytes()).hexdigest() == digest
+    _, again = _read_mp4(out / "000001.mp4")
+    assert again.shape == frames.shape
+    assert sorted(p.name for p in out.iterdir()) == [
+        "000000.jpg", "000000.mp4", "000001.jpg", "000001.mp4"]
+
+
+def test_cli_missing_checkpoint_is_one_line_and_exit_2(tmp_path):
+    result = _run(tmp_path, f"--input_path={_png(tmp_path / 'x.png')}", "--version=svd_xt")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "checkpoints/svd_xt.safetensors" in lines[0]
+
+
+def test_cli_unknown_version_exit_2(tmp_path):
+    result = _run(tmp_path, "--version=svd_xxl")
+    assert result.returncode == 2 and "svd_xt_1_1" in result.stderr
+
+
+def test_load_sets_sampler_and_guider(tiny):
+    model, _ = tiny
+    assert model.sampler.num_steps == 2
+    assert model.sampler.guider.num_frames == 3
+    assert torch.allclose(model.sampler.guider.scale, torch.tensor([[1.0, 1.75, 2.5]]))
+
+
+def test_sampling_is_seeded(tiny):
+    model, _ = tiny
+    image = prepare_svd_image(_png_image(64, 64))
+
+    def run(seed):
+        generator = torch.Generator().manual_seed(seed)
+        values = build_value_dict(image, 0.02, generator=generator)
+        return sample_video(model, values, 3, generator=generator, decoding_t=2)
+
+    a, b, c = run(5), run(5), run(6)
+    assert a.shape == (3, 3, 64, 64) and 0 <= a.min() and a.max() <= 1
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+def _png_image(width, height, mode="RGB"):
+    from PIL import Image
+
+    channels = 4 if mode == "RGBA" else 3
+    rng = np.random.RandomState(1)
+    return Image.fromarray(rng.randint(0, 256, (height, width, channels), dtype=np.uint8), mode)
+
+
+def test_cond_frames_noise_matches_torch_randn():
+    image = torch.rand(1, 3, 64, 64) * 2 - 1
+    values = build_value_dict(image, 0.3, fps_id=4, motion_bucket_id=200,
+                              generator=torch.Generator().manual_seed(11))
+    noise = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(11))
+    assert torch.allclose(values["cond_frames"], image + 0.3 * noise)
+    assert values["cond_frames_without_noise"] is image
+    assert (values["fps_id"], values["motion_bucket_id"], values["cond_aug"]) == (4, 200, 0.3)
+
+
+@pytest.mark.parametrize("size,expected", [((70, 100), (64, 64)), ((1030, 580), (1024, 576)),
+                                           ((128, 192), (128, 192)), ((40, 30), (64, 64))])
+def test_svd_image_sizes_are_multiples_of_64(size, expected):
+    image = _png_image(*size)
+    tensor = prepare_svd_image(image)
+    assert tensor.shape == (1, 3, expected[1], expected[0])
+    if size == expected:
+        exact = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 127.5 - 1
+        assert torch.allclose(tensor, exact)
+
+
+def test_sv3d_rgba_object_is_centred_with_frame_ratio():
+    from PIL import Image
+
+    image = Image.new("RGBA", (100, 60), (0, 0, 0, 0))
+    image.paste(Image.new("RGBA", (20, 10), (255, 0, 0, 255)), (5, 40))
+    out = prepare_sv3d_image(image, image_frame_ratio=0.5, size=80)
+    rgb = ((out[0] + 1) / 2).permute(1, 2, 0)
+    # 20x10 box on a 40x40 square scaled by 2: red covers x 20..60, y 30..50.
+    assert torch.allclose(rgb[40, 25], torch.tensor([1.0, 0, 0]), atol=0.02)
+    assert torch.allclose(rgb[40, 55], torch.tensor([1.0, 0, 0]), atol=0.02)
+    for y, x in [(40, 10), (40, 70), (20, 40), (60, 40), (0, 0)]:
+        assert torch.allclose(rgb[y, x], torch.ones(3), atol=0.02), (y, x)
+
+
+def test_sv3d_non_square_and_plain_rgb(caplog):
+    from PIL import Image
+
+    tall = Image.new("RGBA", (30, 90), (0, 0, 255, 255))
+    out = prepare_sv3d_image(tall, size=90)
+    rgb = ((out[0] + 1) / 2).permute(1, 2, 0)
+    assert torch.allclose(rgb[45, 45], torch.tensor([0, 0, 1.0]), atol=0.02)
+    assert torch.allclose(rgb[45, 5], torch.ones(3), atol=0.02)
+    with caplog.at_level(logging.WARNING):
+        plain = prepare_sv3d_image(Image.new("RGB", (50, 50), (0, 255, 0)), size=64)
+    assert "not RGBA" in caplog.text
+    assert torch.allclose(plain, torch.tensor([-1.0, 1.0, -1.0]).view(1, 3, 1, 1).expand(1, 3, 64, 64))
+
+
+def test_sv3d_p_orbit_closed_form():
+    polars, azimuths = sv3d_orbit(21, 10.0)
+    assert polars == pytest.approx([4 * math.pi / 9] * 21)
+    assert azimuths == pytest.approx([2 * math.pi * ((i + 1) % 21) / 21 for i in range(21)])
+    elev = [float(i) for i in range(21)]
+    az = [(37.0 + 10 * i) % 360 for i in range(21)]
+    polars, azimuths = sv3d_orbit(21, elev, az)
+    assert polars == pytest.approx([math.radians(90 - e) for e in elev])
+    assert azimuths == pytest.approx([math.radians((a - az[-1]) % 360) for a in az])
+    assert azimuths[-1] == 0.0
+
+
+def test_save_video_refuses_overwrite_and_odd_sizes(tmp_path):
+    frames = torch.rand(2, 3, 32, 48)
+    path = save_video(frames, tmp_path / "a.mp4", fps=6)
+    _, back = _read_mp4(path)
+    assert back.shape == (2, 32, 48, 3)
+    assert np.abs(back.astype(float) / 255 - frames.permute(0, 2, 3, 1).numpy()).mean() < 0.2
+    with pytest.raises(FileExistsError):
+        save_video(frames, path, fps=6)
+    with pytest.raises(ValueError, match="even"):
+        save_video(torch.rand(2, 3, 31, 48), tmp_path / "b.mp4", fps=6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4"]
