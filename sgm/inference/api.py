@@ -1,0 +1,375 @@
+"""Text-to-image, image-to-image and refiner sampling for the released image models."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointError, ConfigError, InputError
+from ..util import instantiate_from_config, resolve_device
+from .helpers import Img2ImgDiscretizationWrapper, do_img2img, do_sample
+
+logger = logging.getLogger(__name__)
+
+_DIFF = "sgm.modules.diffusionmodules"
+
+
+class ModelArchitecture(str, Enum):
+    """Released image models."""
+
+    SD_2_1 = "stable-diffusion-v2-1"
+    SD_2_1_768 = "stable-diffusion-v2-1-768"
+    SDXL_V0_9_BASE = "stable-diffusion-xl-v0-9-base"
+    SDXL_V0_9_REFINER = "stable-diffusion-xl-v0-9-refiner"
+    SDXL_V1_BASE = "stable-diffusion-xl-v1-base"
+    SDXL_V1_REFINER = "stable-diffusion-xl-v1-refiner"
+
+
+class Sampler(str, Enum):
+    """Sampler classes of ``sgm.modules.diffusionmodules.sampling``."""
+
+    EULER_EDM = "EulerEDMSampler"
+    HEUN_EDM = "HeunEDMSampler"
+    EULER_ANCESTRAL = "EulerAncestralSampler"
+    DPMPP2S_ANCESTRAL = "DPMPP2SAncestralSampler"
+    DPMPP2M = "DPMPP2MSampler"
+    LINEAR_MULTISTEP = "LinearMultistepSampler"
+
+
+class Discretization(str, Enum):
+    """Noise schedules of ``sgm.modules.diffusionmodules.discretizer``."""
+
+    LEGACY_DDPM = "LegacyDDPMDiscretization"
+    EDM = "EDMDiscretization"
+
+
+class Guider(str, Enum):
+    """Guiders of ``sgm.modules.diffusionmodules.guiders``."""
+
+    VANILLA = "VanillaCFG"
+    IDENTITY = "IdentityGuider"
+
+
+class Thresholder(str, Enum):
+    """Dynamic thresholding of the guided output (only none)."""
+
+    NONE = "None"
+
+
+@dataclass
+class SamplingParams:
+    """Sampling settings; the unused ones are ignored by the chosen sampler."""
+
+    width: int = 1024
+    height: int = 1024
+    steps: int = 50
+    sampler: Sampler = Sampler.DPMPP2M
+    discretization: Discretization = Discretization.LEGACY_DDPM
+    guider: Guider = Guider.VANILLA
+    thresholder: Thresholder = Thresholder.NONE
+    scale: float = 6.0
+    aesthetic_score: float = 5.0
+    negative_aesthetic_score: float = 5.0
+    img2img_strength: float = 1.0
+    orig_width: int = 1024
+    orig_height: int = 1024
+    crop_coords_top: int = 0
+    crop_coords_left: int = 0
+    sigma_min: float = 0.0292
+    sigma_max: float = 14.6146
+    rho: float = 3.0
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = 999.0
+    s_noise: float = 1.0
+    eta: float = 1.0
+    order: int = 4
+
+
+@dataclass
+class SamplingSpec:
+    """Image size, latent channels and downsampling factor, config and checkpoint names."""
+
+    width: int
+    height: int
+    channels: int
+    factor: int
+    is_legacy: bool
+    config: str
+    ckpt: str
+    is_guided: bool
+
+
+def _spec(size: int, config: str, ckpt: str, is_legacy: bool) -> SamplingSpec:
+    return SamplingSpec(size, size, 4, 8, is_legacy, config, ckpt, True)
+
+
+model_specs = {
+    ModelArchitecture.SD_2_1: _spec(
+        512, "sd_2_1.yaml", "v2-1_512-ema-pruned.safetensors", True
+    ),
+    ModelArchitecture.SD_2_1_768: _spec(
+        768, "sd_2_1_768.yaml", "v2-1_768-ema-pruned.safetensors", True
+    ),
+    ModelArchitecture.SDXL_V0_9_BASE: _spec(
+        1024, "sd_xl_base.yaml", "sd_xl_base_0.9.safetensors", False
+    ),
+    ModelArchitecture.SDXL_V0_9_REFINER: _spec(
+        1024, "sd_xl_refiner.yaml", "sd_xl_refiner_0.9.safetensors", True
+    ),
+    ModelArchitecture.SDXL_V1_BASE: _spec(
+        1024, "sd_xl_base.yaml", "sd_xl_base_1.0.safetensors", False
+    ),
+    ModelArchitecture.SDXL_V1_REFINER: _spec(
+        1024, "sd_xl_refiner.yaml", "sd_xl_refiner_1.0.safetensors", True
+    ),
+}
+
+
+def get_guider_config(params: SamplingParams) -> dict[str, Any]:
+    """Guider config for ``params.guider`` (classifier-free guidance at ``params.scale``)."""
+    guider = Guider(params.guider)
+    if Thresholder(params.thresholder) is not Thresholder.NONE:
+        raise InputError(f"unsupported thresholder {params.thresholder!r}")
+    if guider is Guider.IDENTITY:
+        return {"target": f"{_DIFF}.guiders.IdentityGuider"}
+    return {"target": f"{_DIFF}.guiders.VanillaCFG", "params": {"scale": params.scale}}
+
+
+def get_discretization_config(params: SamplingParams) -> dict[str, Any]:
+    """Discretization config for ``params.discretization``."""
+    discretization = Discretization(params.discretization)
+    target = f"{_DIFF}.discretizer.{discretization.value}"
+    if discretization is Discretization.LEGACY_DDPM:
+        return {"target": target}
+    sigmas = {"sigma_min": params.sigma_min, "sigma_max": params.sigma_max, "rho": params.rho}
+    return {"target": target, "params": sigmas}
+
+
+def get_sampler_config(params: SamplingParams) -> Any:
+    """The sampler object for ``params`` (discretization and guider included)."""
+    from ..modules.diffusionmodules import sampling
+
+    sampler = Sampler(params.sampler)
+    common = {
+        "num_steps": params.steps,
+        "discretization_config": get_discretization_config(params),
+        "guider_config": get_guider_config(params),
+        "verbose": True,
+    }
+    if sampler in (Sampler.EULER_EDM, Sampler.HEUN_EDM):
+        extra = {"s_churn": params.s_churn, "s_tmin": params.s_tmin,
+                 "s_tmax": params.s_tmax, "s_noise": params.s_noise}
+    elif sampler in (Sampler.EULER_ANCESTRAL, Sampler.DPMPP2S_ANCESTRAL):
+        extra = {"eta": params.eta, "s_noise": params.s_noise}
+    elif sampler is Sampler.LINEAR_MULTISTEP:
+        extra = {"order": params.order}
+    else:
+        extra = {}
+    return getattr(sampling, sampler.value)(**common, **extra)
+
+
+def _embedder_keys(config: Any) -> set[str]:
+    embedders = (
+        config.get("conditioner_config", {}).get("params", {}).get("emb_models", []) or []
+    )
+    return {str(e.get("input_key")) for e in embedders}
+
+
+def infer_spec(config: Any, ckpt: str | os.PathLike) -> SamplingSpec:
+    """A SamplingSpec read from a model config (channels, factor, legacy text path)."""
+    params = config["model"]["params"] if "model" in config else config["params"]
+    channels = int(params["network_config"]["params"]["out_channels"])
+    ddconfig = params["first_stage_config"].get("params", {}).get("ddconfig")
+    factor = 2 ** (len(ddconfig["ch_mult"]) - 1) if ddconfig else 1
+    keys = _embedder_keys(params)
+    is_legacy = not ("txt" in keys and "target_size_as_tuple" in keys) or (
+        "aesthetic_score" in keys
+    )
+    return SamplingSpec(1024, 1024, channels, factor, is_legacy, "", str(ckpt), True)
+
+
+def _read_config(config: Any) -> Any:
+    from omegaconf import OmegaConf
+
+    if isinstance(config, (str, os.PathLike)):
+        if not Path(config).is_file():
+            raise ConfigError(f"model config not found: {config}")
+        return OmegaConf.load(config)
+    return OmegaConf.create(config) if isinstance(config, dict) else config
+
+
+class SamplingPipeline:
+    """Build a released (or custom) image model and sample from it.
+
+    Args:
+        model_id: a ``ModelArchitecture``; its config and checkpoint names come from
+            ``model_specs``.
+        model_path: folder holding the checkpoint files.
+        config_path: folder holding the inference configs (default: sgm's
+            ``configs/inference``).
+        device: ``"auto"`` picks the accelerator if any, else cpu.
+        use_fp16: halve the conditioner and the network (only on an accelerator).
+        config, ckpt: a custom model config (path, mapping or OmegaConf) and
+            checkpoint, instead of ``model_id``.
+        spec: sizes and flags for a custom model (default: read from its config).
+    """
+
+    def __init__(
+        self,
+        model_id: ModelArchitecture | str | None = None,
+        model_path: str | os.PathLike = "checkpoints",
+        config_path: str | os.PathLike | None = None,
+        device: str | torch.device = "auto",
+        use_fp16: bool = True,
+        config: Any = None,
+        ckpt: str | os.PathLike | None = None,
+        spec: SamplingSpec | None = None,
+    ) -> None:
+        self.device = torch.device(resolve_device(device if device is not None else "auto"))
+        if model_id is not None:
+            self.specs = self._released_spec(model_id)
+            if config_path is None:
+                from ..util import get_configs_path
+
+                config_path = Path(get_configs_path(), "inference")
+            config = Path(config_path, self.specs.config) if config is None else config
+            ckpt = Path(model_path, self.specs.ckpt) if ckpt is None else ckpt
+        elif config is None or ckpt is None:
+            raise InputError("SamplingPipeline needs model_id, or both config= and ckpt=")
+        self.config = _read_config(config)
+        self.ckpt = str(ckpt)
+        self.specs = spec or getattr(self, "specs", None) or infer_spec(self.config, ckpt)
+        self.use_fp16 = bool(use_fp16) and self.device.type != "cpu"
+        if use_fp16 and not self.use_fp16:
+            logger.info("use_fp16 ignored on %s: the model runs in float32", self.device)
+        self.model = self._load_model()
+
+    @staticmethod
+    def _released_spec(model_id: ModelArchitecture | str) -> SamplingSpec:
+        try:
+            return model_specs[ModelArchitecture(model_id)]
+        except ValueError:
+            known = ", ".join(m.value for m in ModelArchitecture)
+            raise InputError(f"unknown model_id {model_id!r}; expected one of {known}") from None
+
+    def _load_model(self) -> torch.nn.Module:
+        if not Path(self.ckpt).is_file():
+            raise CheckpointError(
+                f"checkpoint not found: expected {self.ckpt} (download it there, or pass "
+                "model_path= / ckpt=)"
+            )
+        model_config = self.config["model"] if "model" in self.config else self.config
+        model = instantiate_from_config(model_config, key="model")
+        if hasattr(model, "init_from_ckpt"):
+            model.init_from_ckpt(self.ckpt, strict=True)
+        else:
+            from ..checkpoint import load_checkpoint_into
+
+            load_checkpoint_into(model, self.ckpt, strict=True)
+        for param in model.parameters():
+            param.requires_grad_(False)
+        model = model.eval().to(self.device)
+        if self.use_fp16:
+            model.conditioner.half()
+            model.model.half()
+        return model
+
+    def _value_dict(self, params: SamplingParams, prompt: str, negative_prompt: Any,
+                    height: int, width: int) -> dict[str, Any]:
+        value_dict = asdict(params)
+        value_dict.update(prompt=prompt, negative_prompt=negative_prompt,
+                          target_width=width, target_height=height)
+        return value_dict
+
+    def _sampler(self, params: SamplingParams, img2img: bool = False) -> Any:
+        sampler = get_sampler_config(params)
+        if img2img and params.img2img_strength < 1.0:
+            sampler.discretization = Img2ImgDiscretizationWrapper(
+                sampler.discretization, strength=params.img2img_strength
+            )
+        return sampler
+
+    def _force_zero(self) -> list[str]:
+        return [] if self.specs.is_legacy else ["txt"]
+
+    def text_to_image(
+        self,
+        params: SamplingParams,
+        prompt: str,
+        negative_prompt: str = "",
+        samples: int = 1,
+        return_latents: bool = False,
+        seed: int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``samples`` images ``(N, 3, H, W)`` in [0, 1] for ``prompt``."""
+        value_dict = self._value_dict(params, prompt, negative_prompt,
+                                      params.height, params.width)
+        return do_sample(
+            self.model, self._sampler(params), value_dict, samples, params.height,
+            params.width, self.specs.channels, self.specs.factor,
+            force_uc_zero_embeddings=self._force_zero(), return_latents=return_latents,
+            seed=seed,
+        )
+
+    @staticmethod
+    def _batch_of(image: torch.Tensor, samples: int) -> torch.Tensor:
+        if image.ndim == 3:
+            image = image[None]
+        if image.ndim != 4 or image.shape[0] not in (1, samples):
+            raise InputError(
+                f"image must be (3, H, W), (1, 3, H, W) or ({samples}, C, H, W); "
+                f"got {tuple(image.shape)}"
+            )
+        return image.expand(samples, *image.shape[1:])
+
+    def image_to_image(
+        self,
+        params: SamplingParams,
+        image: torch.Tensor,
+        prompt: str,
+        negative_prompt: str = "",
+        samples: int = 1,
+        return_latents: bool = False,
+        seed: int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Re-sample ``image`` (in [-1, 1]) from the lowest ``img2img_strength`` sigmas."""
+        image = self._batch_of(image, samples)
+        height, width = image.shape[-2:]
+        value_dict = self._value_dict(params, prompt, negative_prompt, height, width)
+        return do_img2img(
+            image, self.model, self._sampler(params, img2img=True), value_dict, samples,
+            force_uc_zero_embeddings=self._force_zero(), return_latents=return_latents,
+            seed=seed,
+        )
+
+    def refiner(
+        self,
+        params: SamplingParams,
+        image: torch.Tensor,
+        prompt: str,
+        negative_prompt: str | None = None,
+        samples: int = 1,
+        return_latents: bool = False,
+        seed: int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Refine base-model latents ``image`` (aesthetic scores 6.0 / 2.5)."""
+        image = self._batch_of(image, samples)
+        height, width = (int(s) * self.specs.factor for s in image.shape[-2:])
+        value_dict = {
+            "orig_width": width, "orig_height": height,
+            "target_width": width, "target_height": height,
+            "prompt": prompt, "negative_prompt": negative_prompt,
+            "crop_coords_top": 0, "crop_coords_left": 0,
+            "aesthetic_score": 6.0, "negative_aesthetic_score": 2.5,
+        }
+        return do_img2img(
+            image, self.model, self._sampler(params, img2img=True), value_dict, samples,
+            skip_encode=True, return_latents=return_latents, seed=seed,
+        )
