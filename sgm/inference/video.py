@@ -160,11 +160,13 @@ def prepare_sv3d_image(
 
 def sv3d_orbit(
     num_frames: int = SV3D_FRAMES,
-    elevations_deg: float | Sequence[float] = 10.0,
+    elevations_deg: float | Sequence[float] | None = 10.0,
     azimuths_deg: Sequence[float] | None = None,
 ) -> tuple[list[float], list[float]]:
     """SV3D_p camera values in radians: polars ``90 - elev`` and azimuths relative to the
     last frame (the input view), default a full circle ending at 0."""
+    if elevations_deg is None:
+        elevations_deg = 10.0
     if isinstance(elevations_deg, (int, float)):
         elevations_deg = [float(elevations_deg)] * num_frames
     if azimuths_deg is None:

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from sgm.inference.video import (build_value_dict, load_video_model, prepare_sv3d_image,
-                                 prepare_svd_image, sample_video, save_video, sv3d_orbit)
+from sgm.inference.video import (_embedder_keys, build_value_dict, build_video_batch,
+                                 load_video_model, prepare_sv3d_image, prepare_svd_image,
+                                 sample_video, save_video, sv3d_orbit)
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "sampling" / "simple_video_sample.py"
@@ -230,3 +231,68 @@ def test_save_video_refuses_overwrite_and_odd_sizes(tmp_path):
     with pytest.raises(ValueError, match="even"):
         save_video(torch.rand(2, 3, 31, 48), tmp_path / "b.mp4", fps=6)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4"]
+
+
+def _tiny_sv3d_p_config(tmp_path: Path) -> Path:
+    """The toy SVD config turned into the SV3D_p layout: cond_aug + polar + azimuth
+    vector (256 + 512 + 512), decode-only first stage, triangle guider."""
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.load(TINY_CONFIG)
+    params = config.model.params
+    params.network_config.params.adm_in_channels = 1280
+    emb = params.conditioner_config.params.emb_models
+    by_key = {e.input_key: e for e in emb}
+    cte = {"target": "sgm.modules.encoders.modules.ConcatTimestepEmbedderND",
+           "is_trainable": False, "params": {"outdim": 512}}
+    params.conditioner_config.params.emb_models = [
+        by_key["cond_frames_without_noise"], by_key["cond_frames"], by_key["cond_aug"],
+        {"input_key": "polars_rad", **cte}, {"input_key": "azimuths_rad", **cte}]
+    first = params.first_stage_config.params
+    first.encoder_config = {"target": "torch.nn.Identity"}
+    first.decoder_config.target = "sgm.modules.diffusionmodules.model.Decoder"
+    del first.decoder_config.params["video_kernel_size"]
+    params.sampler_config.params.guider_config = {
+        "target": "sgm.modules.diffusionmodules.guiders.TrianglePredictionGuider",
+        "params": {"max_scale": 2.5}}
+    path = tmp_path / "tiny_sv3d_p.yaml"
+    OmegaConf.save(config, path)
+    return path
+
+
+def test_sv3d_p_toy_engine_routes_camera_values_and_keeps_input_view(arch_dir, tmp_path):
+    from PIL import Image
+
+    torch.manual_seed(0)
+    frames_n = 4
+    model = load_video_model(_tiny_sv3d_p_config(tmp_path), None, "cpu", frames_n, 2)
+    assert model.sampler.guider.num_frames == frames_n
+    image = Image.new("RGBA", (50, 40), (0, 0, 0, 0))
+    image.paste(Image.new("RGBA", (20, 20), (30, 200, 90, 255)), (10, 10))
+    cond = prepare_sv3d_image(image, size=64)
+    polars, azimuths = sv3d_orbit(frames_n, [5.0, 10.0, 15.0, 20.0])
+    generator = torch.Generator().manual_seed(3)
+    values = build_value_dict(cond, 1e-5, generator=generator, polars_rad=polars,
+                              azimuths_rad=azimuths)
+    batch = build_video_batch(_embedder_keys(model.conditioner), values, frames_n, "cpu")
+    vector = model.conditioner(batch)["vector"]
+    assert vector.shape == (frames_n, 1280)
+    # Polar embedding of frame i: [cos(p f_k), sin(p f_k)], f_k = 10000^(-k/256).
+    freqs = torch.exp(-math.log(10000) * torch.arange(256, dtype=torch.float64) / 256)
+    args = torch.tensor(polars, dtype=torch.float64)[:, None] * freqs
+    expected = torch.cat([args.cos(), args.sin()], dim=1).float()
+    assert torch.allclose(vector[:, 256:768], expected, atol=1e-6)
+    video = sample_video(model, values, frames_n, generator=generator, decoding_t=2,
+                         replace_last_with_input=True)
+    assert video.shape == (frames_n, 3, 64, 64)
+    assert torch.allclose(video[-1], ((cond[0] + 1) / 2).clamp(0, 1))
+
+
+@pytest.mark.parametrize("version,frames,steps", [("svd_xt_1_1", 25, 30), ("sv3d_p", 21, 50)])
+def test_released_configs_build_and_get_every_conditioning_key(version, frames, steps):
+    config = REPO / "scripts" / "sampling" / "configs" / f"{version}.yaml"
+    model = load_video_model(config, None, "meta", frames, steps)
+    assert model.sampler.num_steps == steps and model.sampler.guider.num_frames == frames
+    provided = set(build_value_dict(torch.zeros(1, 3, 8, 8), 0.02, polars_rad=[0.0],
+                                    azimuths_rad=[0.0]))
+    assert set(_embedder_keys(model.conditioner)) <= provided
