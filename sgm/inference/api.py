@@ -232,7 +232,7 @@ class SamplingPipeline:
         ckpt: str | os.PathLike | None = None,
         spec: SamplingSpec | None = None,
     ) -> None:
-        self.device = torch.device(resolve_device(device if device is not None else "auto"))
+        self.device = torch.device(resolve_device(device))
         if model_id is not None:
             self.specs = self._released_spec(model_id)
             if config_path is None:

@@ -284,3 +284,31 @@ def test_perform_save_locally_watermarks(tmp_path):
     bgr = np.asarray(Image.open(path))[..., ::-1].copy()
     decoded = WatermarkDecoder("bits", len(WATERMARK_BITS)).decode(bgr, "dwtDct")
     assert [int(b) for b in decoded] == WATERMARK_BITS
+
+
+def test_refiner_skips_the_encoder(pipeline, monkeypatch):
+    def no_encode(x):
+        raise AssertionError("refiner input is already latent")
+
+    monkeypatch.setattr(pipeline.model, "encode_first_stage", no_encode)
+    calls = _record_denoiser_inputs(pipeline.model, monkeypatch)
+    latents = torch.zeros(1, 3, 16, 16)
+    params = _params(steps=4, img2img_strength=0.5, guider=Guider.IDENTITY)
+    out = pipeline.refiner(params, latents, "a red cube", seed=3)
+    assert out.shape == (1, 3, 16, 16)
+    full = LegacyDDPMDiscretization()(4)
+    noise = torch.randn((1, 3, 16, 16), generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(calls[0][0], noise * full[len(full) - 2], rtol=1e-5, atol=1e-5)
+
+
+def test_get_input_image_tensor_crops_to_64_and_scales():
+    from PIL import Image
+
+    from sgm.inference.helpers import get_input_image_tensor
+
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 130, 3), dtype=np.uint8)
+    out = get_input_image_tensor(Image.fromarray(pixels))
+    assert out.shape == (1, 3, 64, 128)
+    resized = np.asarray(Image.fromarray(pixels).resize((128, 64)), dtype=np.float32)
+    expected = torch.from_numpy(resized).permute(2, 0, 1)[None] / 127.5 - 1
+    torch.testing.assert_close(out, expected)
