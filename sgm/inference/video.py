@@ -251,16 +251,22 @@ def sample_video(
     generator: torch.Generator | None = None,
     decoding_t: int = 14,
     replace_last_with_input: bool = False,
+    autocast: bool = True,
 ) -> torch.Tensor:
     """Sample ``num_frames`` frames conditioned on ``value_dict``; ``(T, 3, H, W)`` in [0, 1].
 
     Noise comes from ``generator`` (or a CPU generator seeded with ``seed``), so results
     do not depend on the device's random stream. ``replace_last_with_input`` (SV3D) puts
-    the conditioning image as the last frame.
+    the conditioning image as the last frame. ``autocast`` runs the network in the
+    accelerator's autocast dtype (no effect on CPU).
     """
     if generator is None:
         generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
     device = next(model.parameters()).device
+    if autocast and device.type != "cpu":
+        with torch.autocast(device.type):
+            return sample_video(model, value_dict, num_frames, seed, generator, decoding_t,
+                                replace_last_with_input, autocast=False)
     image = value_dict["cond_frames_without_noise"]
     _, _, height, width = image.shape
     channels, factor = 4, 8
