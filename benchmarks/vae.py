@@ -104,10 +104,11 @@ def main() -> None:
         report_memory(runs[args.memory_of])
         return
     n_params = sum(p.numel() for p in ours.parameters())
+    batched = f" and B={args.batch} (one at a time)" if args.batch > 1 else ""
     print(
         f"SD/SDXL VAE, ch={args.ch} ({n_params / 1e6:.1f}M params), decode latents "
-        f"Bx4x{args.size}x{args.size} -> {8 * args.size}px, B=1 and B={args.batch} "
-        f"(one at a time), float32, {args.threads} threads, median of {args.repeats}"
+        f"Bx4x{args.size}x{args.size} -> {8 * args.size}px, B=1{batched}, float32, "
+        f"{args.threads} threads, median of {args.repeats}"
     )
     results = interleaved(runs, args.repeats)
     peaks = {name: memory_in_fresh_process(__file__, sys.argv[1:], name) for name in runs}
