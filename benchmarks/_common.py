@@ -13,7 +13,9 @@ import torch
 
 from unet import PeakRSS
 
-__all__ = ["PeakRSS", "interleaved", "memory_in_fresh_process", "print_summary", "timed"]
+__all__ = [
+    "PeakRSS", "interleaved", "memory_in_fresh_process", "print_summary", "report_memory", "timed"
+]
 
 
 def timed(fn: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:

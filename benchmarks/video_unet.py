@@ -78,7 +78,7 @@ def make_inputs(args, ours, theirs, params):
     g = torch.Generator().manual_seed(0)
     b, f, dt = 1, args.frames, args.dtype
     x = torch.randn(b, f, params["in_channels"], args.height, args.width, generator=g).to(dt)
-    t = torch.full((b,), 0.25 * 1000)
+    t = torch.full((b,), 250.0)
     ctx = torch.randn(b, 1, params["context_dim"], generator=g).to(dt)
     ids = torch.tensor([[6.0, 127.0, 0.02]] * b)
     y = torch.cat([timestep_embedding(ids[:, i], TIME_EMBED_DIM) for i in range(3)], 1).to(dt)
