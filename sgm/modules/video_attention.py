@@ -236,7 +236,9 @@ class _FrameMixingTransformer(_FrameKwargsMixin, SpatialTransformer):
     def _tokens_out(self, x, h, w):
         if self.use_linear:
             x = self.proj_out(x)
-        x = rearrange(x, "b (h w) c -> b c h w", h=h, w=w)
+        # Contiguous NCHW: a channels-last view here would make every following
+        # convolution re-layout its weights.
+        x = rearrange(x, "b (h w) c -> b c h w", h=h, w=w).contiguous()
         return x if self.use_linear else self.proj_out(x)
 
     def _time_context(self, context, time_context, timesteps, hw):
