@@ -66,7 +66,8 @@ def _batch_entry(
     if key in _PER_SAMPLE_SCALARS:
         return torch.tensor([_value(value_dict, key, key)], device=device).repeat(n)
     if key in _PER_VIDEO_KEYS:
-        return repeat(_value(value_dict, key, key), "1 ... -> b ...", b=dims[0])
+        value = _value(value_dict, key, key).to(device)
+        return repeat(value, "1 ... -> b ...", b=dims[0])
     if key in _PER_VIDEO_LISTS:
         return torch.tensor(_value(value_dict, key, key), device=device).repeat(dims[0])
     return _value(value_dict, key, key)

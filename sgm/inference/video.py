@@ -16,6 +16,7 @@ import torch
 from einops import rearrange, repeat
 
 from ..errors import CheckpointError, ConfigError, InputError
+from .helpers import get_batch, get_unique_embedder_keys_from_conditioner, model_device
 
 logger = logging.getLogger(__name__)
 
@@ -214,29 +215,7 @@ def build_video_batch(
     keys: Sequence[str], values: Mapping[str, Any], num_frames: int, device: torch.device
 ) -> dict[str, Any]:
     """Batch for the conditioner: scalars repeated per frame, images kept as one sample."""
-    batch: dict[str, Any] = {}
-    for key in keys:
-        if key in ("fps_id", "motion_bucket_id", "cond_aug"):
-            batch[key] = torch.tensor([values[key]], device=device).repeat(num_frames)
-        elif key in ("cond_frames", "cond_frames_without_noise"):
-            batch[key] = values[key].to(device)
-        elif key in ("polars_rad", "azimuths_rad"):
-            batch[key] = torch.tensor(values[key], device=device)
-        elif key in values:
-            batch[key] = values[key]
-        else:
-            raise ConfigError(f"the conditioner needs {key!r}, which video sampling does "
-                              f"not provide (it provides {sorted(values)})")
-    return batch
-
-
-def _embedder_keys(conditioner: torch.nn.Module) -> list[str]:
-    keys = []
-    for embedder in conditioner.embedders:
-        for key in getattr(embedder, "input_keys", None) or [embedder.input_key]:
-            if key not in keys:
-                keys.append(key)
-    return keys
+    return get_batch(keys, values, [1, num_frames], device=device)[0]
 
 
 # --------------------------------------------------------------------------- sampling
@@ -262,7 +241,7 @@ def sample_video(
     """
     if generator is None:
         generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
-    device = next(model.parameters()).device
+    device = model_device(model)
     if autocast and device.type != "cpu":
         with torch.autocast(device.type):
             return sample_video(model, value_dict, num_frames, seed, generator, decoding_t,
@@ -270,7 +249,10 @@ def sample_video(
     image = value_dict["cond_frames_without_noise"]
     _, _, height, width = image.shape
     channels, factor = 4, 8
-    batch = build_video_batch(_embedder_keys(model.conditioner), value_dict, num_frames, device)
+    batch = build_video_batch(
+        get_unique_embedder_keys_from_conditioner(model.conditioner), value_dict,
+        num_frames, device
+    )
     c, uc = model.conditioner.get_unconditional_conditioning(
         batch, batch_uc=dict(batch), force_uc_zero_embeddings=list(FORCE_UC_ZERO)
     )

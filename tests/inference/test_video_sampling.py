@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from sgm.inference.video import (_embedder_keys, build_value_dict, build_video_batch,
+from sgm.inference.helpers import get_unique_embedder_keys_from_conditioner as _embedder_keys
+from sgm.inference.video import (build_value_dict, build_video_batch,
                                  load_video_model, prepare_sv3d_image, prepare_svd_image,
                                  sample_video, save_video, sv3d_orbit)
 
