@@ -9,10 +9,10 @@ Devices follow the model; nothing here names a device type.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -21,6 +21,7 @@ import torch
 from einops import rearrange, repeat
 
 from ..errors import InputError
+from ..output_files import write_new_file
 from ..util import append_dims
 
 logger = logging.getLogger(__name__)
@@ -278,30 +279,6 @@ def embed_watermark(samples: torch.Tensor) -> torch.Tensor:
     return _WATERMARKER(samples)
 
 
-def _write_png(folder: str, start: int, image: Any) -> tuple[str, int]:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG")
-        count = start
-        while True:
-            target = os.path.join(folder, f"{count:09}.png")
-            if not os.path.exists(target):
-                try:
-                    os.link(tmp, target)
-                    break
-                except FileExistsError:
-                    pass
-                except OSError:
-                    os.replace(tmp, target)
-                    return target, count + 1
-            count += 1
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target, count + 1
-
-
 def perform_save_locally(
     save_path: str | os.PathLike, samples: torch.Tensor, watermark: bool = True
 ) -> list[str]:
@@ -321,6 +298,8 @@ def perform_save_locally(
     for sample in samples:
         array = 255.0 * rearrange(sample.float().cpu().numpy(), "c h w -> h w c")
         image = Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8))
-        path, count = _write_png(save_path, count, image)
-        paths.append(path)
+        names = (os.path.join(save_path, f"{n:09}.png") for n in itertools.count(count))
+        path = write_new_file(lambda tmp: image.save(tmp, format="PNG"), names)
+        count = int(path.stem) + 1
+        paths.append(str(path))
     return paths

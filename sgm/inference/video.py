@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import torch
 from einops import rearrange, repeat
 
 from ..errors import CheckpointError, ConfigError, InputError
+from ..output_files import write_new_file
 from .helpers import get_batch, get_unique_embedder_keys_from_conditioner, model_device
 
 logger = logging.getLogger(__name__)
@@ -301,10 +301,8 @@ def save_video(frames: torch.Tensor, path: str | os.PathLike, fps: float) -> Pat
         raise InputError(f"yuv420p needs even frame sizes, got {width}x{height}")
     data = (frames.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
     data = data.permute(0, 2, 3, 1).contiguous().cpu().numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".mp4", prefix=f".{path.stem}-", dir=path.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp: str) -> None:
         writer = imageio_ffmpeg.write_frames(
             tmp, (int(width), int(height)), fps=float(fps), codec="libx264",
             pix_fmt_out="yuv420p", macro_block_size=1, ffmpeg_log_level="error",
@@ -313,10 +311,5 @@ def save_video(frames: torch.Tensor, path: str | os.PathLike, fps: float) -> Pat
         for frame in data:
             writer.send(np.ascontiguousarray(frame))
         writer.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.link(tmp, path)
-    finally:
-        os.unlink(tmp)
-    return path
+
+    return write_new_file(write, [path])

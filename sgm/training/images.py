@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..output_files import numbered_names, write_new_file
 
 
 def make_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2,
@@ -37,40 +38,14 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return array.permute(1, 2, 0).numpy()
 
 
-def unique_path(path: str | os.PathLike) -> Path:
-    """``path`` if free, else ``stem-1.png``, ``stem-2.png``, ..."""
-    path = Path(path)
-    candidate, n = path, 0
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
-    return candidate
-
-
 def save_png(array: np.ndarray, path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write ``array`` (H, W, C uint8) as PNG via a temporary file and a rename.
+    """Write ``array`` (H, W, C uint8) as PNG, atomically.
 
     Without ``overwrite`` an existing file is kept and a numbered name is used.
     """
     from PIL import Image
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(
-                stream, format="PNG")
-        if overwrite:
-            os.replace(tmp, path)
-            return path
-        while True:
-            target = unique_path(path)
-            try:
-                os.link(tmp, target)
-                return target
-            except FileExistsError:
-                continue
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    image = Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array)
+    return write_new_file(
+        lambda tmp: image.save(tmp, format="PNG"), numbered_names(path), overwrite
+    )
