@@ -1,0 +1,251 @@
+"""What every command line shares: one-line errors, checked argument types, common flags.
+
+A script builds its parser with :class:`ArgumentParser`, checks everything it can while
+parsing (the ``*_arg`` types below raise ``argparse.ArgumentTypeError`` with the reason),
+then does its work inside :func:`run`, which turns any :class:`~sgm.errors.SgmError` into one
+line on stderr and exit status 2::
+
+    parser = ArgumentParser(description=__doc__)
+    parser.add_argument("--num_steps", type=positive_int, default=25)
+    add_device_args(parser)
+    args = parser.parse_args(argv)          # a bad or unknown flag exits 2 here, nothing done
+    return run(lambda: sample(args))
+
+Nothing here imports torch at module import; :func:`device_arg` does when it is called.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from sgm.errors import InputError, SgmError
+
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse`` that reports a bad command line in one line and exits with status 2.
+
+    Unknown or misspelled flags are errors (no prefix guessing), as are missing values.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
+# --------------------------------------------------------------------------- argument types
+
+
+def _number(text: str, kind: type) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        name = "an integer" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"{text!r} is not {name}") from None
+
+
+def positive_int(text: str) -> int:
+    """An integer > 0."""
+    value = _number(text, int)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be a positive integer")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0."""
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0."""
+    value = _number(text, float)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value} must be a positive number")
+    return value
+
+
+def unit_interval(text: str) -> float:
+    """A number in (0, 1]."""
+    value = _number(text, float)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{value} must be in (0, 1]")
+    return value
+
+
+def multiple_of(factor: int) -> Callable[[str], int]:
+    """A positive integer divisible by ``factor`` (e.g. image sizes: 64)."""
+
+    def parse(text: str) -> int:
+        value = positive_int(text)
+        if value % factor:
+            raise argparse.ArgumentTypeError(f"{value} is not a multiple of {factor}")
+        return value
+
+    parse.__name__ = f"multiple of {factor}"
+    return parse
+
+
+def existing_file(text: str) -> Path:
+    """A path to a readable file."""
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{path} does not exist")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{path} is not a file")
+    if not os.access(path, os.R_OK):
+        raise argparse.ArgumentTypeError(f"{path} is not readable")
+    return path
+
+
+def existing_path(text: str) -> Path:
+    """A file or folder that exists."""
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{path} does not exist")
+    return path
+
+
+def output_folder(text: str) -> Path:
+    """A folder to write into: it may not exist yet (it is created when the first file is
+    written), but it may not be a file, nor lie below a file, nor be unwritable."""
+    path = Path(text).expanduser()
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                what = "is a file" if parent == path else f"lies below the file {parent}"
+                raise argparse.ArgumentTypeError(f"{path} {what}, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise argparse.ArgumentTypeError(f"{parent} is not writable")
+            break
+    return path
+
+
+def device_arg(text: str) -> str:
+    """``auto`` (CUDA, then MPS, then CPU) or a device that exists on this machine."""
+    import torch
+
+    from sgm.util import resolve_device
+
+    if text == "auto":
+        return resolve_device("auto")
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a device (auto, cpu, cuda, cuda:N, mps)"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: no CUDA device on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(
+                f"{text}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if not (mps and mps.is_available()):
+            raise argparse.ArgumentTypeError(f"{text}: MPS is not available on this machine")
+    elif device.type != "cpu":
+        raise argparse.ArgumentTypeError(f"{text!r}: use auto, cpu, cuda, cuda:N or mps")
+    return str(device)
+
+
+def lora_arg(text: str) -> tuple[Path, float]:
+    """``PATH[:SCALE]``: a LoRA adapter file and its strength (default 1.0)."""
+    path, scale = text, 1.0
+    head, sep, tail = text.rpartition(":")
+    if sep and head and not tail.startswith(("/", "\\")):
+        try:
+            scale = float(tail)
+            path = head
+        except ValueError:
+            pass
+    return existing_file(path), scale
+
+
+# --------------------------------------------------------------------------- common flags
+
+
+def add_device_args(parser: argparse.ArgumentParser, low_vram: bool = True) -> None:
+    """``--device``, ``--dtype`` and (optionally) ``--low_vram``."""
+    parser.add_argument(
+        "--device", type=device_arg, default="auto", help="auto, cpu, cuda, cuda:N or mps"
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="auto",
+        help="compute precision; auto: fp16 on CUDA, fp32 elsewhere",
+    )
+    if low_vram:
+        parser.add_argument(
+            "--low_vram",
+            action="store_true",
+            help="keep models on the host and move each to the device only while it runs",
+        )
+
+
+def add_lora_arg(parser: argparse.ArgumentParser) -> None:
+    """``--lora PATH[:SCALE]``, repeatable."""
+    parser.add_argument(
+        "--lora",
+        type=lora_arg,
+        action="append",
+        default=[],
+        metavar="PATH[:SCALE]",
+        help="apply a LoRA adapter (repeatable)",
+    )
+
+
+def check(condition: bool, message: str) -> None:
+    """Raise ``InputError(message)`` unless ``condition``: for checks across flags."""
+    if not condition:
+        raise InputError(message)
+
+
+# --------------------------------------------------------------------------- running
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+def run(work: Callable[[], Any], prog: str | None = None) -> int:
+    """Call ``work()``; a library error becomes one line on stderr and exit status 2.
+
+    Ctrl-C returns 130. Anything else is a bug and keeps its traceback.
+    """
+    prog = prog or Path(sys.argv[0]).name
+    try:
+        work()
+    except SgmError as error:
+        message = " ".join(str(error).split("\n")[0].split())
+        print(f"error: {prog}: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser.parse_args(argv)`` (``argv=None`` reads ``sys.argv``)."""
+    return parser.parse_args(None if argv is None else list(argv))

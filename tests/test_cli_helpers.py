@@ -1,0 +1,91 @@
+"""sgm.cli: one-line errors with exit 2, argument types, device checks."""
+
+import argparse
+
+import pytest
+import torch
+
+from sgm import cli
+from sgm.errors import CheckpointError
+
+
+def _parser():
+    parser = cli.ArgumentParser(prog="tool")
+    parser.add_argument("--num_steps", type=cli.positive_int, default=3)
+    parser.add_argument("--strength", type=cli.unit_interval, default=1.0)
+    parser.add_argument("--width", type=cli.multiple_of(64), default=64)
+    parser.add_argument("--output_folder", type=cli.output_folder, default="out")
+    cli.add_device_args(parser)
+    cli.add_lora_arg(parser)
+    return parser
+
+
+@pytest.mark.parametrize(
+    "argv, culprit",
+    [
+        (["--num_steps", "0"], "--num_steps"),
+        (["--num_steps", "-5"], "--num_steps"),
+        (["--num_steps", "abc"], "'abc' is not an integer"),
+        (["--strength", "1.5"], "(0, 1]"),
+        (["--width", "100"], "not a multiple of 64"),
+        (["--num_step", "3"], "unrecognized arguments: --num_step"),
+        (["--num"], "--num"),
+        (["--device", "bogus"], "--device"),
+        (["--dtype", "fp8"], "--dtype"),
+        (["--lora", "missing.safetensors:0.5"], "missing.safetensors does not exist"),
+    ],
+)
+def test_bad_flag_is_one_line_exit_2(argv, culprit, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _parser().parse_args(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: tool:")
+    assert culprit in err
+
+
+def test_unavailable_accelerator_is_refused(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["--device", "cuda"])
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_output_folder_that_is_a_file(tmp_path, capsys):
+    file = tmp_path / "taken"
+    file.write_text("x")
+    for target in (file, file / "below"):
+        with pytest.raises(SystemExit):
+            _parser().parse_args(["--output_folder", str(target)])
+        assert str(file) in capsys.readouterr().err
+    assert cli.output_folder(str(tmp_path / "new" / "deeper")) == tmp_path / "new" / "deeper"
+    assert not (tmp_path / "new").exists()
+
+
+def test_lora_scale_and_defaults(tmp_path):
+    adapter = tmp_path / "a.lora.safetensors"
+    adapter.write_bytes(b"")
+    args = _parser().parse_args(["--lora", f"{adapter}:0.25", "--lora", str(adapter)])
+    assert args.lora == [(adapter, 0.25), (adapter, 1.0)]
+    assert args.device == "cpu" and args.dtype == "auto" and args.low_vram is False
+
+
+def test_run_turns_library_errors_into_exit_2(capsys):
+    def fail():
+        raise CheckpointError("checkpoint not found: checkpoints/x.safetensors\nmore detail")
+
+    assert cli.run(fail, prog="tool") == 2
+    assert capsys.readouterr().err == "error: tool: checkpoint not found: checkpoints/x.safetensors\n"
+    assert cli.run(lambda: None) == 0
+    with pytest.raises(ZeroDivisionError):
+        cli.run(lambda: 1 / 0)
+
+
+def test_check_raises_input_error():
+    cli.check(True, "unused")
+    with pytest.raises(cli.InputError, match="two flags disagree"):
+        cli.check(False, "two flags disagree")
+    assert isinstance(cli.positive_int("4"), int)
+    with pytest.raises(argparse.ArgumentTypeError):
+        cli.positive_float("inf")
