@@ -30,9 +30,9 @@ def _mix_factor(module: nn.Module, alpha: float, merge_strategy: str) -> None:
         )
     module.merge_strategy = merge_strategy
     if merge_strategy == "fixed":
-        module.register_buffer("mix_factor", torch.Tensor([alpha]))
+        module.register_buffer("mix_factor", torch.tensor([float(alpha)]))
     else:
-        module.register_parameter("mix_factor", nn.Parameter(torch.Tensor([alpha])))
+        module.register_parameter("mix_factor", nn.Parameter(torch.tensor([float(alpha)])))
 
 
 def _alpha(module: nn.Module) -> torch.Tensor:

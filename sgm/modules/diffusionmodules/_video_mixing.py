@@ -53,9 +53,9 @@ def get_alpha(
 def register_mix_factor(module: nn.Module, merge_strategy: str, merge_factor: float) -> None:
     """Give ``module`` its ``mix_factor``: buffer (fixed), parameter (learned*) or None."""
     if merge_strategy == "fixed":
-        module.register_buffer("mix_factor", torch.Tensor([merge_factor]))
+        module.register_buffer("mix_factor", torch.tensor([float(merge_factor)]))
     elif merge_strategy in ("learned", "learned_with_images"):
-        module.register_parameter("mix_factor", nn.Parameter(torch.Tensor([merge_factor])))
+        module.register_parameter("mix_factor", nn.Parameter(torch.tensor([float(merge_factor)])))
     elif merge_strategy == "fixed_with_images":
         module.mix_factor = None
     else:

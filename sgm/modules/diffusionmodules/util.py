@@ -184,9 +184,9 @@ class AlphaBlender(nn.Module):
         self.merge_strategy = merge_strategy
         self.rearrange_pattern = rearrange_pattern
         if merge_strategy == "fixed":
-            self.register_buffer("mix_factor", torch.Tensor([alpha]))
+            self.register_buffer("mix_factor", torch.tensor([float(alpha)]))
         else:
-            self.register_parameter("mix_factor", nn.Parameter(torch.Tensor([alpha])))
+            self.register_parameter("mix_factor", nn.Parameter(torch.tensor([float(alpha)])))
 
     def get_alpha(self, image_only_indicator: torch.Tensor | None) -> torch.Tensor:
         if self.merge_strategy == "fixed":
