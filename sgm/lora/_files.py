@@ -1,0 +1,150 @@
+"""``*.lora.safetensors``: adapter weights in the peft / diffusers key layout.
+
+Keys are ``unet.<module>.lora_A.weight`` (rank x in) and ``unet.<module>.lora_B.weight``
+(out x rank), where ``<module>`` is diffusers' ``UNet2DConditionModel`` module name when
+diffusers converts the network (image UNets), else our own module name. The header holds
+``lora_adapter_metadata`` (the peft ``LoraConfig`` diffusers rebuilds: ``r``,
+``lora_alpha``, ``target_modules``) and ``sgm_lora`` (network class, layout, rank, alpha).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, InputError
+from ..output_files import write_new_file
+from ._config import LoraSettings, adaptable_modules
+from ._layers import adapter_settings, adapter_tensors
+from ._names import base_name, diffusers_module_names
+
+PREFIX = "unet."
+SUFFIXES = (".lora_A.weight", ".lora_B.weight")
+
+
+def _layout(network: nn.Module, modules: list[str]) -> tuple[str, dict[str, str]]:
+    names = diffusers_module_names(network)
+    if names and all(m in names for m in modules):
+        return "diffusers", names
+    return "sgm", {m: m for m in modules}
+
+
+def export_adapter(network: nn.Module, name: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors and header of adapter ``name`` of ``network``, as written to a file."""
+    tensors = adapter_tensors(network, name)
+    if not tensors:
+        raise InputError(f"{type(network).__name__} has no LoRA adapter {name!r} to save")
+    modules = [base_name(k[:-len(SUFFIXES[0])]) for k in tensors if k.endswith(SUFFIXES[0])]
+    layout, names = _layout(network, modules)
+    rank, alpha = adapter_settings(network, name)
+    out = {}
+    for key, value in tensors.items():
+        module, suffix = key.rsplit(".lora_", 1)
+        out[PREFIX + names[base_name(module)] + ".lora_" + suffix] = (
+            value.detach().to("cpu", torch.float32).contiguous())
+    peft_meta = {f"{PREFIX}r": rank, f"{PREFIX}lora_alpha": alpha,
+                 f"{PREFIX}target_modules": sorted(names[m] for m in modules)}
+    ours = {"network": type(network).__name__, "layout": layout, "rank": rank, "alpha": alpha}
+    header = {"format": "pt", "lora_adapter_metadata": json.dumps(peft_meta, sort_keys=True),
+              "sgm_lora": json.dumps(ours, sort_keys=True)}
+    return out, header
+
+
+def save_adapter(network: nn.Module, path: str | os.PathLike, name: str) -> Path:
+    """Write adapter ``name`` to a new ``.safetensors`` file (atomic, never overwrites)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise InputError(f"{path}: LoRA files are written as .lora.safetensors")
+    tensors, header = export_adapter(network, name)
+    return write_new_file(lambda tmp: save_file(tensors, tmp, metadata=header), [path])
+
+
+@dataclass
+class AdapterPlan:
+    """A checked adapter file: its layers (our names), weights and settings."""
+
+    path: str
+    targets: list[str]
+    weights: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    settings: LoraSettings
+
+
+def _read(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    from safetensors import SafetensorError
+    from safetensors.torch import safe_open
+
+    if not Path(path).is_file():
+        raise CheckpointError(f"LoRA file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"{path}: not a readable .safetensors file ({error})") from None
+
+
+def _alpha(header: dict, rank: int) -> float:
+    for key, field in (("sgm_lora", "alpha"), ("lora_adapter_metadata", f"{PREFIX}lora_alpha"),
+                       ("lora_adapter_metadata", "lora_alpha")):
+        try:
+            value = json.loads(header[key])[field]
+        except (KeyError, TypeError, ValueError):
+            continue
+        if value is not None:
+            return float(value)
+    return float(rank)
+
+
+def plan_adapter(network: nn.Module, path: str | os.PathLike) -> AdapterPlan:
+    """Read and check ``path`` against ``network`` without changing anything.
+
+    Raises ``CheckpointError`` naming the first key that fits no layer of ``network``.
+    """
+    tensors, header = _read(path)
+    try:
+        made_for = json.loads(header.get("sgm_lora", "{}")).get("network")
+    except ValueError:
+        made_for = None
+    expects = f"made for {made_for}" if made_for else "made for another network"
+    ours = type(network).__name__
+    layers = adaptable_modules(network)
+    inverse = {v: k for k, v in (diffusers_module_names(network) or {}).items()}
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        stem = key[len(PREFIX):] if key.startswith(PREFIX) else key
+        if not stem.endswith(SUFFIXES):
+            raise CheckpointError(f"{path}: key {key!r} is not a LoRA weight (expected "
+                                  "'<module>.lora_A.weight' / '.lora_B.weight', peft layout)")
+        module, part = stem[:-len(".weight")].rsplit(".", 1)
+        module = inverse.get(module, module)
+        if module not in layers:
+            raise CheckpointError(f"{path}: key {key!r} matches no layer of this {ours} "
+                                  f"(the file was {expects})")
+        pairs.setdefault(module, {})[part] = value
+    if not pairs:
+        raise CheckpointError(f"{path}: holds no LoRA weights")
+    weights, ranks = {}, set()
+    for module, pair in pairs.items():
+        if set(pair) != {"lora_A", "lora_B"}:
+            raise CheckpointError(f"{path}: layer {module!r} lacks lora_A or lora_B")
+        a, b = pair["lora_A"], pair["lora_B"]
+        weight = layers[module].weight
+        if (a.ndim < 2 or b.shape[0] != weight.shape[0] or a.shape[1] != weight.shape[1]
+                or a.shape[0] != b.shape[1] or a.shape[2:] != weight.shape[2:]):
+            raise CheckpointError(
+                f"{path}: LoRA weights {tuple(a.shape)}/{tuple(b.shape)} do not fit layer "
+                f"{module!r} {tuple(weight.shape)} of this {ours} (the file was {expects})")
+        weights[module] = (a, b)
+        ranks.add(a.shape[0])
+    if len(ranks) != 1:
+        raise CheckpointError(f"{path}: adapters of mixed ranks {sorted(ranks)} are not supported")
+    rank = ranks.pop()
+    settings = LoraSettings(rank=rank, alpha=_alpha(header, rank),
+                            target_modules=tuple(weights), temporal=True)
+    return AdapterPlan(str(path), list(weights), weights, settings)
