@@ -69,6 +69,7 @@ class DiffusionEngine(pl.LightningModule):
         compile_model: bool = False,
         en_and_decode_n_samples_a_time: int | None = None,
         learning_rate: float | None = None,
+        lora_config: Mapping | None = None,
     ):
         super().__init__()
         self.log_keys = list(log_keys) if log_keys is not None else None
@@ -101,6 +102,11 @@ class DiffusionEngine(pl.LightningModule):
             self.learning_rate = float(learning_rate)
         if ckpt_path is not None:
             self.init_from_ckpt(ckpt_path)
+        self.lora_config = _plain(lora_config)
+        if self.lora_config is not None:  # after the base weights: only the adapter trains
+            from ..lora.training import attach_lora
+
+            attach_lora(self, self.lora_config)
 
     def _init_first_stage(self, config: Mapping) -> None:
         model = instantiate_from_config(config).eval()
@@ -195,6 +201,18 @@ class DiffusionEngine(pl.LightningModule):
             self.log("lr_abs", lr, prog_bar=True, logger=True, on_step=True, on_epoch=False)
         return loss
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.lora_config is not None:
+            from ..lora.training import adapter_only
+
+            adapter_only(self, checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.lora_config is not None:
+            from ..lora.training import check_adapter_checkpoint
+
+            check_adapter_checkpoint(self, checkpoint)
+
     def on_train_start(self, *args: Any, **kwargs: Any) -> None:
         if self.sampler is None or self.loss_fn is None:
             raise ConfigError("training needs model.params.sampler_config and "
@@ -228,7 +246,10 @@ class DiffusionEngine(pl.LightningModule):
         return cls(params, lr=lr, **(cfg.get("params") or {}))
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        """The network's parameters plus those of trainable embedders."""
+        """The network's parameters plus those of trainable embedders (with
+        ``lora_config``: the adapter's only)."""
+        if self.lora_config is not None:
+            return [p for p in self.parameters() if p.requires_grad]
         params = list(self.model.parameters())
         for embedder in getattr(self.conditioner, "embedders", []):
             if getattr(embedder, "is_trainable", False):
