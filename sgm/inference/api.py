@@ -219,6 +219,7 @@ class SamplingPipeline:
         config, ckpt: a custom model config (path, mapping or OmegaConf) and
             checkpoint, instead of ``model_id``.
         spec: sizes and flags for a custom model (default: read from its config).
+        lora: LoRA adapters to apply, as ``(path, scale)`` pairs (``sgm.lora``).
     """
 
     def __init__(
@@ -231,6 +232,7 @@ class SamplingPipeline:
         config: Any = None,
         ckpt: str | os.PathLike | None = None,
         spec: SamplingSpec | None = None,
+        lora: list[tuple[str | os.PathLike, float]] | None = None,
     ) -> None:
         self.device = torch.device(resolve_device(device))
         if model_id is not None:
@@ -245,6 +247,7 @@ class SamplingPipeline:
             raise InputError("SamplingPipeline needs model_id, or both config= and ckpt=")
         self.config = _read_config(config)
         self.ckpt = str(ckpt)
+        self.lora = list(lora or [])
         self.specs = spec or getattr(self, "specs", None) or infer_spec(self.config, ckpt)
         self.use_fp16 = bool(use_fp16) and self.device.type != "cpu"
         if use_fp16 and not self.use_fp16:
@@ -273,6 +276,10 @@ class SamplingPipeline:
             from ..checkpoint import load_checkpoint_into
 
             load_checkpoint_into(model, self.ckpt, strict=True)
+        if self.lora:
+            from ..lora import apply_lora_specs
+
+            apply_lora_specs(model, self.lora)
         for param in model.parameters():
             param.requires_grad_(False)
         model = model.eval().to(self.device)

@@ -27,6 +27,13 @@ PREFIX = "unet."
 SUFFIXES = (".lora_A.weight", ".lora_B.weight")
 
 
+def describe(network: nn.Module) -> str:
+    """The network's class and main widths, e.g. ``UNetModel(model_channels=320, ...)``."""
+    fields = ("in_channels", "model_channels", "context_dim")
+    values = [f"{f}={getattr(network, f)}" for f in fields if hasattr(network, f)]
+    return f"{type(network).__name__}({', '.join(values)})"
+
+
 def _layout(network: nn.Module, modules: list[str]) -> tuple[str, dict[str, str]]:
     names = diffusers_module_names(network)
     if names and all(m in names for m in modules):
@@ -49,7 +56,7 @@ def export_adapter(network: nn.Module, name: str) -> tuple[dict[str, torch.Tenso
             value.detach().to("cpu", torch.float32).contiguous())
     peft_meta = {f"{PREFIX}r": rank, f"{PREFIX}lora_alpha": alpha,
                  f"{PREFIX}target_modules": sorted(names[m] for m in modules)}
-    ours = {"network": type(network).__name__, "layout": layout, "rank": rank, "alpha": alpha}
+    ours = {"network": describe(network), "layout": layout, "rank": rank, "alpha": alpha}
     header = {"format": "pt", "lora_adapter_metadata": json.dumps(peft_meta, sort_keys=True),
               "sgm_lora": json.dumps(ours, sort_keys=True)}
     return out, header
@@ -112,7 +119,7 @@ def plan_adapter(network: nn.Module, path: str | os.PathLike) -> AdapterPlan:
     except ValueError:
         made_for = None
     expects = f"made for {made_for}" if made_for else "made for another network"
-    ours = type(network).__name__
+    ours = describe(network)
     layers = adaptable_modules(network)
     inverse = {v: k for k, v in (diffusers_module_names(network) or {}).items()}
     pairs: dict[str, dict[str, torch.Tensor]] = {}
