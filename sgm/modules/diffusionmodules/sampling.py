@@ -1,10 +1,25 @@
 """Diffusion samplers: Euler/Heun (EDM), ancestral, DPM-Solver++ and linear multistep.
 
-Every sampler is called as ``sampler(denoiser, x, cond, uc=None, num_steps=None,
-generator=None)`` where ``x`` is unit Gaussian noise (it is scaled by
-``sqrt(1 + sigma_0^2)`` first) and ``denoiser(x, sigma, cond)`` returns the denoised
-estimate. Fresh noise comes from ``generator`` when given, else from the global torch
-random stream, drawn in a fixed order so ``torch.manual_seed`` reproduces a sample.
+Every sampler is called the same way::
+
+    x = sampler(denoiser, x, cond, uc=None, num_steps=None, generator=None,
+                callback=None, **denoiser_kwargs)
+
+``x`` is unit Gaussian noise (scaled by ``sqrt(1 + sigma_0^2)`` first) and
+``denoiser(x, sigma, cond, **denoiser_kwargs)`` returns the denoised estimate. Fresh noise
+comes from ``generator`` when given, else from the global torch random stream, drawn in a
+fixed order so ``torch.manual_seed`` reproduces a sample. After each step ``callback``
+receives k-diffusion's dictionary ``{"i", "sigma", "sigma_hat", "x", "denoised"}``: the
+step index, the schedule's level, the level the network saw, the state the network saw
+and its denoised estimate.
+
+One loop (:meth:`BaseDiffusionSampler.__call__`) drives every sampler through its
+:meth:`~BaseDiffusionSampler.loop_step`, which keeps solver state (DPM++ 2M's previous
+estimate, LMS's derivative history) in a dictionary that lives for one run. The loop reads
+the schedule to the host once, before the first step, and decides there which steps land
+on sigma = 0 (and so skip a second network evaluation): the steps themselves never wait
+for the device. ``sampler_step`` and ``prepare_sampling_loop`` remain for scripts that
+write their own loop.
 """
 
 from __future__ import annotations
@@ -12,8 +27,10 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from ...util import append_dims, default, instantiate_from_config
@@ -31,13 +48,46 @@ from .sampling_utils import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_GUIDER = {"target": "sgm.modules.diffusionmodules.guiders.IdentityGuider"}
+ZERO_SIGMA = 1e-14
 
 Denoiser = Callable[..., torch.Tensor]
 Cond = Mapping[str, Any]
+Callback = Callable[[dict[str, Any]], Any]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the loop: its levels on the device and what the host knows of them.
+
+    ``sigma``, ``next_sigma`` and ``prev_sigma`` are per-sample levels ``(B,)``;
+    ``schedule`` is the host copy of every level of the run; ``final`` says that the
+    step lands on sigma = 0 (decided on the host before the loop).
+    """
+
+    i: int
+    sigma: torch.Tensor
+    next_sigma: torch.Tensor
+    prev_sigma: torch.Tensor | None
+    schedule: np.ndarray
+    final: bool
+
+    @property
+    def num_sigmas(self) -> int:
+        return len(self.schedule)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """A step's new state, the state its network saw, the estimate and the churn."""
+
+    x: torch.Tensor
+    x_seen: torch.Tensor
+    denoised: torch.Tensor
+    gamma: float = 0.0
 
 
 class BaseDiffusionSampler:
-    """Holds the discretization, the guider and the number of steps.
+    """Holds the discretization, the guider and the number of steps; runs the loop.
 
     Args:
         discretization_config: config of a ``Discretization`` giving the sigmas.
@@ -134,6 +184,50 @@ class BaseDiffusionSampler:
             )
         return steps
 
+    def final_steps(self, schedule: np.ndarray) -> list[bool]:
+        """Per step, on the host: does it land on sigma = 0?"""
+        return [bool(s < ZERO_SIGMA) for s in schedule[1:]]
+
+    def loop_step(
+        self, step: Step, x: torch.Tensor, denoiser: Denoiser, cond: Cond, uc: Cond,
+        state: dict[str, Any], **denoiser_kwargs: Any,
+    ) -> StepResult:
+        """One step of the loop; ``state`` carries solver memory across the run."""
+        raise NotImplementedError
+
+    def __call__(
+        self,
+        denoiser: Denoiser,
+        x: torch.Tensor,
+        cond: Cond,
+        uc: Cond | None = None,
+        num_steps: int | None = None,
+        generator: torch.Generator | None = None,
+        callback: Callback | None = None,
+        **denoiser_kwargs: Any,
+    ) -> torch.Tensor:
+        """Sample from unit noise ``x``; returns a new tensor."""
+        with self.generator_scope(generator):
+            x, s_in, sigmas, num_sigmas, cond, uc = self.prepare_sampling_loop(
+                x, cond, uc, num_steps
+            )
+            schedule = sigmas.detach().cpu().numpy()  # the one host read of the run
+            final = self.final_steps(schedule)
+            state: dict[str, Any] = {}
+            for i in self.get_sigma_gen(num_sigmas):
+                step = Step(
+                    i, s_in * sigmas[i], s_in * sigmas[i + 1],
+                    None if i == 0 else s_in * sigmas[i - 1], schedule, final[i],
+                )
+                out = self.loop_step(step, x, denoiser, cond, uc, state, **denoiser_kwargs)
+                x = out.x
+                if callback is not None:
+                    callback({
+                        "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i] * (out.gamma + 1),
+                        "x": out.x_seen, "denoised": out.denoised,
+                    })
+        return x
+
 
 class SingleStepDiffusionSampler(BaseDiffusionSampler):
     """A sampler whose update uses only the current state."""
@@ -147,31 +241,6 @@ class SingleStepDiffusionSampler(BaseDiffusionSampler):
     ) -> torch.Tensor:
         """``x + dt d``."""
         return euler_step(x, d, dt)
-
-    def _step_args(self, sigma: torch.Tensor, num_sigmas: int) -> tuple:
-        """Extra positional arguments of :meth:`sampler_step` for the step at ``sigma``."""
-        return ()
-
-    def __call__(
-        self,
-        denoiser: Denoiser,
-        x: torch.Tensor,
-        cond: Cond,
-        uc: Cond | None = None,
-        num_steps: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Sample from unit noise ``x``; returns a new tensor."""
-        with self.generator_scope(generator):
-            x, s_in, sigmas, num_sigmas, cond, uc = self.prepare_sampling_loop(
-                x, cond, uc, num_steps
-            )
-            for i in self.get_sigma_gen(num_sigmas):
-                extra = self._step_args(sigmas[i], num_sigmas)
-                x = self.sampler_step(
-                    s_in * sigmas[i], s_in * sigmas[i + 1], denoiser, x, cond, uc, *extra
-                )
-        return x
 
 
 class EDMSampler(SingleStepDiffusionSampler):
@@ -205,26 +274,34 @@ class EDMSampler(SingleStepDiffusionSampler):
             return min(self.s_churn / (num_sigmas - 1), 2**0.5 - 1)
         return 0.0
 
-    def _step_args(self, sigma: torch.Tensor, num_sigmas: int) -> tuple[float]:
-        """The churn ``gamma`` of the step."""
-        return (self.churn_gamma(sigma, num_sigmas),)
+    def loop_step(self, step, x, denoiser, cond, uc, state, **denoiser_kwargs):
+        gamma = self.churn_gamma(step.schedule[step.i], step.num_sigmas)
+        return self._step(step.sigma, step.next_sigma, denoiser, x, cond, uc, gamma,
+                          step.final, denoiser_kwargs)
 
-    def sampler_step(self, sigma, next_sigma, denoiser, x, cond, uc=None, gamma=0.0):
+    def sampler_step(
+        self, sigma, next_sigma, denoiser, x, cond, uc=None, gamma=0.0, **denoiser_kwargs
+    ) -> torch.Tensor:
         """Churn to ``sigma_hat = sigma (1 + gamma)``, then an Euler (or Heun) step."""
+        return self._step(sigma, next_sigma, denoiser, x, cond, uc, gamma, None,
+                          denoiser_kwargs).x
+
+    def _step(self, sigma, next_sigma, denoiser, x, cond, uc, gamma, final, kwargs):
         sigma_hat = sigma * (gamma + 1.0)
         if gamma > 0:
             eps = self.randn_like(x) * self.s_noise
             x = x + eps * append_dims(sigma_hat**2 - sigma**2, x.ndim) ** 0.5
-        denoised = self.denoise(x, denoiser, sigma_hat, cond, uc)
+        denoised = self.denoise(x, denoiser, sigma_hat, cond, uc, **kwargs)
         d = to_d(x, sigma_hat, denoised)
         dt = append_dims(next_sigma - sigma_hat, x.ndim)
         x_euler = self.euler_step(x, d, dt)
-        return self.possible_correction_step(
-            x_euler, x, d, dt, next_sigma, denoiser, cond, uc
+        x_next = self.possible_correction_step(
+            x_euler, x, d, dt, next_sigma, denoiser, cond, uc, final=final, **kwargs
         )
+        return StepResult(x_next, x, denoised, gamma)
 
     def possible_correction_step(
-        self, euler_step, x, d, dt, next_sigma, denoiser, cond, uc
+        self, euler_step, x, d, dt, next_sigma, denoiser, cond, uc, final=None, **kwargs
     ) -> torch.Tensor:
         """No correction: keep the Euler step."""
         return euler_step
@@ -238,13 +315,18 @@ class HeunEDMSampler(EDMSampler):
     """Karras et al. (2022), Algorithm 2 with Heun steps (Euler into sigma = 0)."""
 
     def possible_correction_step(
-        self, euler_step, x, d, dt, next_sigma, denoiser, cond, uc
+        self, euler_step, x, d, dt, next_sigma, denoiser, cond, uc, final=None, **kwargs
     ) -> torch.Tensor:
-        """Heun correction where ``next_sigma > 0``."""
-        if torch.sum(next_sigma) < 1e-14:
-            # Every target level is 0: skip the second network evaluation.
+        """Heun correction where ``next_sigma > 0``.
+
+        ``final`` (known on the host) says every level is 0: the second network
+        evaluation is skipped; None reads it from ``next_sigma``.
+        """
+        if final is None:
+            final = bool(torch.sum(next_sigma) < ZERO_SIGMA)
+        if final:
             return euler_step
-        denoised = self.denoise(euler_step, denoiser, next_sigma, cond, uc)
+        denoised = self.denoise(euler_step, denoiser, next_sigma, cond, uc, **kwargs)
         d_new = to_d(euler_step, next_sigma, denoised)
         x_heun = heun_correction(x, d, d_new, dt)
         return torch.where(append_dims(next_sigma, x.ndim) > 0.0, x_heun, euler_step)
@@ -283,37 +365,57 @@ class AncestralSampler(SingleStepDiffusionSampler):
         noisy = x + self.noise_sampler(x) * self.s_noise * append_dims(sigma_up, x.ndim)
         return torch.where(append_dims(next_sigma, x.ndim) > 0.0, noisy, x)
 
+    def loop_step(self, step, x, denoiser, cond, uc, state, **denoiser_kwargs):
+        return self._step(step.sigma, step.next_sigma, denoiser, x, cond, uc, step.final,
+                          denoiser_kwargs)
+
+    def sampler_step(
+        self, sigma, next_sigma, denoiser, x, cond, uc=None, **denoiser_kwargs
+    ) -> torch.Tensor:
+        """One ancestral step ``sigma -> next_sigma``."""
+        return self._step(sigma, next_sigma, denoiser, x, cond, uc, None,
+                          denoiser_kwargs).x
+
+    def _step(self, sigma, next_sigma, denoiser, x, cond, uc, final, kwargs) -> StepResult:
+        raise NotImplementedError
+
 
 class EulerAncestralSampler(AncestralSampler):
     """Ancestral sampling with Euler steps."""
 
-    def sampler_step(self, sigma, next_sigma, denoiser, x, cond, uc) -> torch.Tensor:
-        """Euler step to ``sigma_down``, then noise up to ``next_sigma``."""
+    def _step(self, sigma, next_sigma, denoiser, x, cond, uc, final, kwargs):
         sigma_down, sigma_up = get_ancestral_step(sigma, next_sigma, eta=self.eta)
-        denoised = self.denoise(x, denoiser, sigma, cond, uc)
-        x = self.ancestral_euler_step(x, denoised, sigma, sigma_down)
-        return self.ancestral_step(x, sigma, next_sigma, sigma_up)
+        denoised = self.denoise(x, denoiser, sigma, cond, uc, **kwargs)
+        x_next = self.ancestral_euler_step(x, denoised, sigma, sigma_down)
+        return StepResult(self.ancestral_step(x_next, sigma, next_sigma, sigma_up), x,
+                          denoised)
 
 
 class DPMPP2SAncestralSampler(AncestralSampler):
     """Lu et al. (2022): ancestral DPM-Solver++(2S) (two network calls per step)."""
 
-    def sampler_step(
-        self, sigma, next_sigma, denoiser, x, cond, uc=None, **kwargs
-    ) -> torch.Tensor:
-        """DPM-Solver++(2S) step to ``sigma_down`` (Euler into 0), then noise up."""
+    def final_steps(self, schedule: np.ndarray) -> list[bool]:
+        """Per step, on the host: is ``sigma_down`` 0 (Euler, one network call)?"""
+        levels = torch.from_numpy(schedule)
+        down, _ = get_ancestral_step(levels[:-1], levels[1:], eta=self.eta)
+        return [bool(s < ZERO_SIGMA) for s in down.tolist()]
+
+    def _step(self, sigma, next_sigma, denoiser, x, cond, uc, final, kwargs):
         sigma_down, sigma_up = get_ancestral_step(sigma, next_sigma, eta=self.eta)
-        denoised = self.denoise(x, denoiser, sigma, cond, uc)
+        denoised = self.denoise(x, denoiser, sigma, cond, uc, **kwargs)
         x_euler = self.ancestral_euler_step(x, denoised, sigma, sigma_down)
-        if torch.sum(sigma_down) < 1e-14:
+        if final is None:
+            final = bool(torch.sum(sigma_down) < ZERO_SIGMA)
+        if final:
             # Every target level is 0: skip the second network evaluation.
-            x = x_euler
+            x_next = x_euler
         else:
             x_mid, sigma_mid = dpmpp_2s_midpoint(x, denoised, sigma, sigma_down)
-            denoised_mid = self.denoise(x_mid, denoiser, sigma_mid, cond, uc)
+            denoised_mid = self.denoise(x_mid, denoiser, sigma_mid, cond, uc, **kwargs)
             x_dpmpp2s = dpmpp_2s_update(x, denoised_mid, sigma, sigma_down)
-            x = torch.where(append_dims(sigma_down, x.ndim) > 0.0, x_dpmpp2s, x_euler)
-        return self.ancestral_step(x, sigma, next_sigma, sigma_up)
+            x_next = torch.where(append_dims(sigma_down, x.ndim) > 0.0, x_dpmpp2s, x_euler)
+        return StepResult(self.ancestral_step(x_next, sigma, next_sigma, sigma_up), x,
+                          denoised)
 
 
 class LinearMultistepSampler(BaseDiffusionSampler):
@@ -323,37 +425,20 @@ class LinearMultistepSampler(BaseDiffusionSampler):
         super().__init__(*args, **kwargs)
         self.order = order
 
-    def __call__(
-        self,
-        denoiser: Denoiser,
-        x: torch.Tensor,
-        cond: Cond,
-        uc: Cond | None = None,
-        num_steps: int | None = None,
-        generator: torch.Generator | None = None,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        """Sample from unit noise ``x``; ``kwargs`` go to the denoiser."""
-        x, s_in, sigmas, num_sigmas, cond, uc = self.prepare_sampling_loop(
-            x, cond, uc, num_steps
-        )
-        ds: list[torch.Tensor] = []
-        sigmas_cpu = sigmas.detach().cpu().numpy()
-        for i in self.get_sigma_gen(num_sigmas):
-            sigma = s_in * sigmas[i]
-            denoised = self.denoise(x, denoiser, sigma, cond, uc, **kwargs)
-            ds.append(to_d(x, sigma, denoised))
-            if len(ds) > self.order:
-                ds.pop(0)
-            cur_order = min(i + 1, self.order)
-            coeffs = [
-                linear_multistep_coeff(cur_order, sigmas_cpu, i, j)
-                for j in range(cur_order)
-            ]
-            x = x + sum(
-                coeff * d for coeff, d in zip(coeffs, reversed(ds), strict=True)
-            )
-        return x
+    def loop_step(self, step, x, denoiser, cond, uc, state, **denoiser_kwargs):
+        """Keeps the last ``order`` derivatives in ``state["ds"]``."""
+        ds = state.setdefault("ds", [])
+        denoised = self.denoise(x, denoiser, step.sigma, cond, uc, **denoiser_kwargs)
+        ds.append(to_d(x, step.sigma, denoised))
+        if len(ds) > self.order:
+            ds.pop(0)
+        cur_order = min(step.i + 1, self.order)
+        coeffs = [
+            linear_multistep_coeff(cur_order, step.schedule, step.i, j)
+            for j in range(cur_order)
+        ]
+        x_next = x + sum(coeff * d for coeff, d in zip(coeffs, reversed(ds), strict=True))
+        return StepResult(x_next, x, denoised)
 
 
 class DPMPP2MSampler(BaseDiffusionSampler):
@@ -369,36 +454,20 @@ class DPMPP2MSampler(BaseDiffusionSampler):
         x,
         cond,
         uc=None,
+        final=None,
+        **denoiser_kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One step; returns the new ``x`` and this step's denoised estimate."""
-        denoised = self.denoise(x, denoiser, sigma, cond, uc)
-        x = dpmpp_2m_step(x, denoised, old_denoised, previous_sigma, sigma, next_sigma)
+        denoised = self.denoise(x, denoiser, sigma, cond, uc, **denoiser_kwargs)
+        x = dpmpp_2m_step(x, denoised, old_denoised, previous_sigma, sigma, next_sigma,
+                          final=final)
         return x, denoised
 
-    def __call__(
-        self,
-        denoiser: Denoiser,
-        x: torch.Tensor,
-        cond: Cond,
-        uc: Cond | None = None,
-        num_steps: int | None = None,
-        generator: torch.Generator | None = None,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        """Sample from unit noise ``x`` (deterministic); returns a new tensor."""
-        x, s_in, sigmas, num_sigmas, cond, uc = self.prepare_sampling_loop(
-            x, cond, uc, num_steps
+    def loop_step(self, step, x, denoiser, cond, uc, state, **denoiser_kwargs):
+        """Keeps the previous denoised estimate in ``state["old_denoised"]``."""
+        x_next, denoised = self.sampler_step(
+            state.get("old_denoised"), step.prev_sigma, step.sigma, step.next_sigma,
+            denoiser, x, cond, uc=uc, final=step.final, **denoiser_kwargs,
         )
-        old_denoised = None
-        for i in self.get_sigma_gen(num_sigmas):
-            x, old_denoised = self.sampler_step(
-                old_denoised,
-                None if i == 0 else s_in * sigmas[i - 1],
-                s_in * sigmas[i],
-                s_in * sigmas[i + 1],
-                denoiser,
-                x,
-                cond,
-                uc=uc,
-            )
-        return x
+        state["old_denoised"] = denoised
+        return StepResult(x_next, x, denoised)

@@ -118,19 +118,23 @@ def dpmpp_2m_step(
     sigma_prev: torch.Tensor | None,
     sigma: torch.Tensor,
     sigma_next: torch.Tensor,
+    final: bool | None = None,
 ) -> torch.Tensor:
     """Lu et al. (2022), DPM-Solver++(2M): one step ``sigma -> sigma_next``.
 
     Without a previous denoised estimate (first step) or when every ``sigma_next`` is 0
     this is the first-order DPM-Solver++ step; otherwise the second-order multistep
-    update, applied where ``sigma_next > 0``.
+    update, applied where ``sigma_next > 0``. ``final`` tells (from the host's copy of
+    the schedule) that every ``sigma_next`` is 0; None reads it from the device.
     """
     t, t_next = to_neg_log_sigma(sigma), to_neg_log_sigma(sigma_next)
     h = t_next - t
     mult1 = append_dims(to_sigma(t_next) / to_sigma(t), x.ndim)
     mult2 = append_dims((-h).expm1(), x.ndim)
     x_standard = mult1 * x - mult2 * denoised
-    if old_denoised is None or sigma_prev is None or torch.sum(sigma_next) < 1e-14:
+    if final is None:
+        final = bool(torch.sum(sigma_next) < 1e-14)
+    if old_denoised is None or sigma_prev is None or final:
         return x_standard
     r = (t - to_neg_log_sigma(sigma_prev)) / h
     mult3 = append_dims(1 + 1 / (2 * r), x.ndim)

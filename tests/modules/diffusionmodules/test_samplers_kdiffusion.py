@@ -9,6 +9,7 @@ Documented differences from k-diffusion, each tested below:
 """
 
 import importlib.metadata
+import inspect
 import importlib.util
 import pathlib
 import subprocess
@@ -261,3 +262,101 @@ def test_sampling_does_not_import_scipy():
         "assert 'scipy' not in sys.modules, 'scipy imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --------------------------------------------------------------------------- contract
+
+CONTRACT = [
+    ("EulerEDMSampler", {}, "sample_euler"),
+    ("HeunEDMSampler", {}, "sample_heun"),
+    ("EulerAncestralSampler", {}, "sample_euler_ancestral"),
+    ("DPMPP2SAncestralSampler", {}, "sample_dpmpp_2s_ancestral"),
+    ("DPMPP2MSampler", {}, "sample_dpmpp_2m"),
+    ("LinearMultistepSampler", {}, "sample_lms"),
+]
+
+
+class _KwargsDenoiser:
+    """A denoiser that needs keyword arguments and records every call's."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, x, sigma, cond=None, *, shift, gain):
+        self.calls.append({"shift": shift, "gain": gain})
+        return gain * mixture_denoiser(x, sigma) + shift
+
+
+@pytest.mark.parametrize("name,kwargs,kd_name", CONTRACT, ids=[c[0] for c in CONTRACT])
+def test_every_sampler_forwards_kwargs_and_reports_steps_like_k_diffusion(
+    K, name, kwargs, kd_name
+):
+    """One table for every sampler: ``**denoiser_kwargs`` reach each network call and
+    ``callback`` gets k-diffusion's per-step dictionary, value for value."""
+    sampler = _ours(name, **kwargs)
+    x = torch.randn(2, 2, 3, 3, generator=torch.Generator().manual_seed(3))
+    extra = {"shift": torch.full((2, 2, 3, 3), 0.25), "gain": 0.9}
+    ours_den, kd_den = _KwargsDenoiser(), _KwargsDenoiser()
+    ours_steps, kd_steps = [], []
+    torch.manual_seed(11)
+    ours = sampler(ours_den, x, {}, callback=ours_steps.append, **extra)
+    torch.manual_seed(11)
+    theirs = getattr(K, kd_name)(
+        kd_den, _kd_start(sampler, x), sampler.discretization(STEPS), extra_args=extra,
+        callback=kd_steps.append, disable=True,
+    )
+    assert (ours - theirs).abs().max().item() <= 1e-5
+    assert len(ours_den.calls) == len(kd_den.calls) >= STEPS
+    assert all(c["shift"] is extra["shift"] and c["gain"] == 0.9 for c in ours_den.calls)
+    assert len(ours_steps) == len(kd_steps) == STEPS
+    for mine, kd in zip(ours_steps, kd_steps, strict=True):
+        assert set(mine) == set(kd) == {"i", "sigma", "sigma_hat", "x", "denoised"}
+        assert mine["i"] == kd["i"]
+        assert torch.equal(mine["sigma"], kd["sigma"])
+        assert torch.equal(mine["sigma_hat"], kd["sigma_hat"])
+        assert (mine["x"] - kd["x"]).abs().max().item() <= 1e-5
+        assert (mine["denoised"] - kd["denoised"]).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("name", [c[0] for c in CONTRACT])
+def test_every_sampler_has_one_signature(name):
+    params = inspect.signature(getattr(sampling, name).__call__).parameters
+    assert list(params) == [
+        "self", "denoiser", "x", "cond", "uc", "num_steps", "generator", "callback",
+        "denoiser_kwargs",
+    ]
+    assert params["denoiser_kwargs"].kind is inspect.Parameter.VAR_KEYWORD
+
+
+def _hand_loop(sampler, denoiser, x, gammas=None, **kw):
+    """The loop a script writes with prepare_sampling_loop and sampler_step."""
+    x, s_in, sigmas, num_sigmas, cond, uc = sampler.prepare_sampling_loop(x, {})
+    old = None
+    for i in range(num_sigmas - 1):
+        sigma, nxt = s_in * sigmas[i], s_in * sigmas[i + 1]
+        if isinstance(sampler, sampling.DPMPP2MSampler):
+            prev = None if i == 0 else s_in * sigmas[i - 1]
+            x, old = sampler.sampler_step(old, prev, sigma, nxt, denoiser, x, cond, uc, **kw)
+        elif gammas is not None:
+            x = sampler.sampler_step(sigma, nxt, denoiser, x, cond, uc, gammas[i], **kw)
+        else:
+            x = sampler.sampler_step(sigma, nxt, denoiser, x, cond, uc, **kw)
+    return x
+
+
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [("HeunEDMSampler", {"s_churn": 2.0}), ("DPMPP2SAncestralSampler", {"eta": 0.7}),
+     ("EulerAncestralSampler", {}), ("DPMPP2MSampler", {})],
+)
+def test_sampler_step_loop_equals_the_sampler_bit_for_bit(name, kwargs):
+    sampler = _ours(name, **kwargs)
+    x = torch.randn(2, 1, 3, 3, generator=torch.Generator().manual_seed(8))
+    extra = {"shift": torch.full((1,), -0.1), "gain": 1.1}
+    gammas = None
+    if isinstance(sampler, sampling.EDMSampler):
+        gammas = [sampler.churn_gamma(s, STEPS + 1) for s in sampler.discretization(STEPS)]
+    torch.manual_seed(2)
+    ours = sampler(_KwargsDenoiser(), x, {}, **extra)
+    torch.manual_seed(2)
+    assert torch.equal(_hand_loop(sampler, _KwargsDenoiser(), x, gammas, **extra), ours)
