@@ -4,7 +4,10 @@ Keys are ``unet.<module>.lora_A.weight`` (rank x in) and ``unet.<module>.lora_B.
 (out x rank), where ``<module>`` is diffusers' ``UNet2DConditionModel`` module name when
 diffusers converts the network (image UNets), else our own module name. The header holds
 ``lora_adapter_metadata`` (the peft ``LoraConfig`` diffusers rebuilds: ``r``,
-``lora_alpha``, ``target_modules``) and ``sgm_lora`` (network class, layout, rank, alpha).
+``lora_alpha``, ``target_modules``) and ``sgm_lora`` (network, layout, rank, alpha).
+The adapter's ``alpha / rank`` factor is folded into ``lora_B`` and the file says
+``alpha == rank``, so readers that ignore the header (diffusers without ``weight_name``)
+give the same outputs.
 """
 
 from __future__ import annotations
@@ -52,11 +55,14 @@ def export_adapter(network: nn.Module, name: str) -> tuple[dict[str, torch.Tenso
     out = {}
     for key, value in tensors.items():
         module, suffix = key.rsplit(".lora_", 1)
-        out[PREFIX + names[base_name(module)] + ".lora_" + suffix] = (
-            value.detach().to("cpu", torch.float32).contiguous())
-    peft_meta = {f"{PREFIX}r": rank, f"{PREFIX}lora_alpha": alpha,
+        value = value.detach().to("cpu", torch.float32)
+        if suffix.startswith("B"):  # alpha / rank folded into B: every reader agrees on scale
+            value = value * (alpha / rank)
+        out[PREFIX + names[base_name(module)] + ".lora_" + suffix] = value.contiguous()
+    peft_meta = {f"{PREFIX}r": rank, f"{PREFIX}lora_alpha": rank,
                  f"{PREFIX}target_modules": sorted(names[m] for m in modules)}
-    ours = {"network": describe(network), "layout": layout, "rank": rank, "alpha": alpha}
+    ours = {"network": describe(network), "layout": layout, "rank": rank, "alpha": rank,
+            "trained_alpha": alpha}
     header = {"format": "pt", "lora_adapter_metadata": json.dumps(peft_meta, sort_keys=True),
               "sgm_lora": json.dumps(ours, sort_keys=True)}
     return out, header
@@ -123,6 +129,7 @@ def plan_adapter(network: nn.Module, path: str | os.PathLike) -> AdapterPlan:
     layers = adaptable_modules(network)
     inverse = {v: k for k, v in (diffusers_module_names(network) or {}).items()}
     pairs: dict[str, dict[str, torch.Tensor]] = {}
+    first_key: dict[str, str] = {}
     for key, value in tensors.items():
         stem = key[len(PREFIX):] if key.startswith(PREFIX) else key
         if not stem.endswith(SUFFIXES):
@@ -134,6 +141,7 @@ def plan_adapter(network: nn.Module, path: str | os.PathLike) -> AdapterPlan:
             raise CheckpointError(f"{path}: key {key!r} matches no layer of this {ours} "
                                   f"(the file was {expects})")
         pairs.setdefault(module, {})[part] = value
+        first_key.setdefault(module, key)
     if not pairs:
         raise CheckpointError(f"{path}: holds no LoRA weights")
     weights, ranks = {}, set()
@@ -145,8 +153,9 @@ def plan_adapter(network: nn.Module, path: str | os.PathLike) -> AdapterPlan:
         if (a.ndim < 2 or b.shape[0] != weight.shape[0] or a.shape[1] != weight.shape[1]
                 or a.shape[0] != b.shape[1] or a.shape[2:] != weight.shape[2:]):
             raise CheckpointError(
-                f"{path}: LoRA weights {tuple(a.shape)}/{tuple(b.shape)} do not fit layer "
-                f"{module!r} {tuple(weight.shape)} of this {ours} (the file was {expects})")
+                f"{path}: key {first_key[module]!r} (shape {tuple(a.shape)}/{tuple(b.shape)}) "
+                f"does not fit layer {module!r} {tuple(weight.shape)} of this {ours} "
+                f"(the file was {expects})")
         weights[module] = (a, b)
         ranks.add(a.shape[0])
     if len(ranks) != 1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -48,7 +49,9 @@ def add_adapter(network: nn.Module, targets: list[str], settings: LoraSettings,
     config = peft.LoraConfig(r=settings.rank, lora_alpha=settings.lora_alpha,
                              lora_dropout=float(settings.dropout), target_modules=list(targets))
     frozen = {p for p in network.parameters() if not p.requires_grad}
-    peft.inject_adapter_in_model(config, network, adapter_name=name)
+    with warnings.catch_warnings():  # a second adapter is intended here
+        warnings.filterwarnings("ignore", message=".*peft_config.*")
+        peft.inject_adapter_in_model(config, network, adapter_name=name)
     activate_all(network)
     for param in network.parameters():  # peft unfreezes only adapters; keep the rest as it was
         if param in frozen:
