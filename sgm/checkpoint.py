@@ -83,23 +83,102 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         ) from None
 
 
-def _load_pickle(path: Path) -> object:
+def _read_safetensors_header(path: Path) -> list[str]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return list(handle.keys())
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file (truncated or corrupt?): {error}"
+        ) from None
+
+
+# Messages of torch's weights-only unpickler that mean "this file asks to import or call
+# Python code"; any other unpickling failure means the bytes are not a valid checkpoint.
+CODE_MARKERS = ("GLOBAL", "global", "unrecognized function", "Can only create new object",
+                "Can only build")
+
+
+def _load_pickle(path: Path, mmap: bool = False) -> object:
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
-        if "weights_only" in str(error) or "Weights only load failed" in str(error):
+        if any(marker in _first_line(error) for marker in CODE_MARKERS):
             raise CheckpointError(
                 f"{path}: refused to load: the file holds Python objects beyond "
                 "tensors and plain containers, and loading them would run arbitrary "
                 "code. Convert it to .safetensors, or re-save only its state_dict."
             ) from None
-        raise CheckpointError(f"{path}: corrupt checkpoint: {error}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
         raise CheckpointError(
-            f"{path}: not a readable checkpoint (truncated or corrupt?): {error}"
+            f"{path}: not a readable checkpoint (truncated or corrupt?): "
+            f"{_first_line(error)}"
         ) from None
+    except RuntimeError as error:
+        if mmap and "mmap" in str(error):  # older, non-zip files cannot be mapped
+            return _load_pickle(path, mmap=False)
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (truncated or corrupt?): {_first_line(error)}"
+        ) from None
+    except MemoryError:
+        raise
+    except Exception as error:  # noqa: BLE001  (any failure to parse: bad bytes)
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (truncated or corrupt?): "
+            f"{type(error).__name__}: {_first_line(error)}"
+        ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    """The reason inside torch's wordy messages: the unpickler's own error, else the
+    first sentence (never torch's advice to load with ``weights_only=False``)."""
+    text = str(error).strip()
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1].strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = lines[0] if lines else type(error).__name__
+    return first.split(". ")[0].rstrip(".")
+
+
+TRAINING_STATE_KEYS = ("state_dict", "optimizer_states", "loops")
+
+
+def check_training_checkpoint(path: str | os.PathLike) -> dict[str, int]:
+    """Check that ``path`` is a Lightning training checkpoint that ``--resume`` can use.
+
+    It is read like every checkpoint (tensors and plain containers only, memory-mapped
+    where possible); weights-only files (``.safetensors``, a bare ``state_dict``) are
+    refused with the way to start from them instead. Returns its epoch and global step.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    start_instead = (
+        "to start a new run from these weights, pass model.params.ckpt_path="
+        f"{path} instead of resuming"
+    )
+    if path.suffix.lower() in SAFETENSORS_SUFFIXES:
+        _read_safetensors_header(path)
+        raise CheckpointError(
+            f"{path}: a .safetensors file holds weights only, no optimizer or step state "
+            f"to resume training from; {start_instead}"
+        )
+    state = _load_pickle(path, mmap=True)
+    if not isinstance(state, Mapping):
+        raise CheckpointError(
+            f"{path}: expected a Lightning checkpoint (a mapping), found {type(state).__name__}"
+        )
+    missing = [key for key in TRAINING_STATE_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path}: not a training checkpoint (no {', '.join(missing)}): it holds weights "
+            f"only; {start_instead}"
+        )
+    return {"epoch": int(state.get("epoch", 0)), "global_step": int(state.get("global_step", 0))}
 
 
 def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:

@@ -347,25 +347,45 @@ def load_partial_from_config(config: Mapping) -> Callable:
     return functools.partial(get_obj_from_str(config["target"]), **config.get("params", {}))
 
 
-def load_configs(paths: Sequence[str | os.PathLike], overrides: Sequence[str] = ()):
-    """Merge YAML files left to right, then apply ``key=value`` dot-list overrides."""
-    from omegaconf import OmegaConf
+def load_configs(
+    paths: Sequence[str | os.PathLike],
+    overrides: Sequence[str] = (),
+    sections: Sequence[str] | None = None,
+):
+    """Merge YAML files left to right, then apply ``key=value`` dot-list overrides.
+
+    Each file must hold a mapping. Overrides are checked by
+    :func:`sgm.config_overrides.apply_overrides` (``sections``: the allowed new top-level
+    keys; None allows any).
+    """
+    from omegaconf import DictConfig, OmegaConf
     from omegaconf.errors import OmegaConfBaseException
     from yaml import YAMLError
+
+    from .config_overrides import apply_overrides
 
     configs = []
     for path in paths:
         if not Path(path).is_file():
-            raise ConfigError(f"config file not found: {path}")
+            what = "is a folder, not a config file" if Path(path).is_dir() else "not found"
+            raise ConfigError(f"config file {what}: {path}")
         try:
-            configs.append(OmegaConf.load(path))
-        except (YAMLError, OmegaConfBaseException) as error:
-            raise ConfigError(f"{path}: not valid YAML: {error}") from None
+            loaded = OmegaConf.load(path)
+        except (YAMLError, OmegaConfBaseException, UnicodeDecodeError) as error:
+            first = (str(error).splitlines() or [""])[0]
+            raise ConfigError(f"{path}: not valid YAML: {first}") from None
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(
+                f"{path}: the top level must be a mapping of sections (model, data, "
+                f"lightning), found a {type(loaded).__name__.replace('Config', '').lower()}"
+            )
+        configs.append(loaded)
     try:
-        configs.append(OmegaConf.from_dotlist(list(overrides)))
-    except (YAMLError, OmegaConfBaseException, ValueError) as error:
-        raise ConfigError(f"bad override in {list(overrides)}: {error}") from None
-    return OmegaConf.merge(*configs)
+        merged = OmegaConf.merge(*configs) if configs else OmegaConf.create()
+    except (OmegaConfBaseException, ValueError) as error:
+        first = (str(error).splitlines() or [""])[0]
+        raise ConfigError(f"cannot merge {', '.join(map(str, paths))}: {first}") from None
+    return apply_overrides(merged, overrides, sections)
 
 
 def get_configs_path() -> str:

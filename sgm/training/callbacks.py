@@ -58,7 +58,7 @@ class SetupCallback(pl.Callback):
 def save_checkpoint(trainer: pl.Trainer, path: str) -> None:
     """``trainer.save_checkpoint`` to a temporary name, then rename (all ranks call it)."""
     tmp = os.path.join(os.path.dirname(path), f".tmp-{os.path.basename(path)}")
-    trainer.save_checkpoint(tmp)
+    trainer.save_checkpoint(tmp, weights_only=False)  # full training state, for --resume
     if trainer.is_global_zero:
         os.replace(tmp, path)
         logger.info("Saved checkpoint %s at step %d", path, trainer.global_step)
@@ -105,6 +105,28 @@ class SignalCheckpoint(pl.Callback):
         if self._saved_step != trainer.global_step:
             save_checkpoint(trainer, self.path)
             self._saved_step = trainer.global_step
+
+
+def progress_bar() -> pl.Callback | None:
+    """Lightning's rich progress bar, labelled "Epoch N" (or "Epoch N/M" when the run has an
+    epoch limit) rather than "Epoch N/-2" for step-limited runs; None without rich."""
+    from pytorch_lightning.callbacks import RichProgressBar
+    from pytorch_lightning.callbacks.progress.rich_progress import _RICH_AVAILABLE
+
+    if not _RICH_AVAILABLE:
+        return None
+
+    class EpochProgressBar(RichProgressBar):
+        def _get_train_description(self, current_epoch: int) -> str:
+            description = f"Epoch {current_epoch}"
+            max_epochs = self.trainer.max_epochs
+            if max_epochs is not None and max_epochs > 0:
+                description += f"/{max_epochs - 1}"
+            if len(self.validation_description) > len(description):
+                description = f"{description:{len(self.validation_description)}}"
+            return description
+
+    return EpochProgressBar()
 
 
 class ImageLogger(pl.Callback):

@@ -11,7 +11,9 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from ..cli import ArgumentParser, existing_file, output_folder
 from ..errors import CheckpointError, ConfigError, SgmError
+from . import trainer_args
 
 logger = logging.getLogger("sgm.main")
 
@@ -36,8 +38,12 @@ def _flag(parser: argparse.ArgumentParser, *names: str, default: bool, help: str
 
 
 def get_parser() -> argparse.ArgumentParser:
-    """The command-line parser (the original flags, plus one ``--<name>`` per Trainer arg)."""
-    p = argparse.ArgumentParser(
+    """The command-line parser (the original flags, plus one ``--<name>`` per Trainer arg).
+
+    Building and using it imports neither torch nor Lightning.
+    """
+    p = ArgumentParser(
+        prog="main.py",
         description="Train a model from YAML configs; extra key=value arguments override "
                     "config entries (e.g. model.params.use_ema=true).")
     p.add_argument("-n", "--name", default="", help="postfix for the run folder name")
@@ -49,10 +55,11 @@ def get_parser() -> argparse.ArgumentParser:
     _flag(p, "--no-test", default=False, help="skip testing after training")
     p.add_argument("-p", "--project", help="name of a new or path to an existing project")
     _flag(p, "-d", "--debug", default=False, help="post-mortem debugging, offline wandb")
-    p.add_argument("-s", "--seed", type=int, default=23, help="seed for seed_everything")
+    p.add_argument("-s", "--seed", type=_seed, default=23, help="seed for seed_everything")
     p.add_argument("-f", "--postfix", default="", help="postfix for the default name")
     p.add_argument("--projectname", default="stablediffusion", help="wandb project")
-    p.add_argument("-l", "--logdir", default="logs", help="folder of run folders")
+    p.add_argument("-l", "--logdir", type=output_folder, default="logs",
+                   help="folder of run folders")
     _flag(p, "--scale_lr", default=False,
           help="lr = accumulate_grad_batches * devices * num_nodes * batch_size * base lr")
     _flag(p, "--legacy_naming", default=False, help="name runs after the config file only")
@@ -60,30 +67,76 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--startup", type=str, default=None, help="start time (for run naming)")
     _flag(p, "--wandb", default=False, help="log to Weights & Biases")
     _flag(p, "--no_base_name", default=False, help="leave the config name out of the run name")
-    p.add_argument("--resume_from_checkpoint", type=str, default=None,
+    p.add_argument("--resume_from_checkpoint", type=existing_file, default=None,
                    help="checkpoint whose full training state to resume from")
     _add_trainer_args(p)
     return p
 
 
-def _yaml_value(text: str) -> Any:
-    import yaml
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"{value} is outside 0 .. 2**32 - 1")
+    return value
 
-    return yaml.safe_load(text)
+
+def _yaml_value(text: str) -> Any:
+    from ..config_overrides import parse_override
+
+    try:
+        return parse_override(f"value={text}")[1]
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _trainer_type(name: str):
+    def parse(text: str) -> Any:
+        value = _yaml_value(text)
+        try:
+            value = trainer_args.check_value(name, value)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"{text!r}: {error}") from None
+        if name == "accelerator" and not trainer_args.accelerator_available(value):
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has no such device")
+        return value
+
+    parse.__name__ = name
+    return parse
 
 
 def _add_trainer_args(parser: argparse.ArgumentParser) -> None:
-    import inspect
-
-    import pytorch_lightning as pl
-
-    group = parser.add_argument_group("Trainer", "any pytorch_lightning.Trainer argument")
+    group = parser.add_argument_group("Trainer", "pytorch_lightning.Trainer arguments")
     taken = {a.dest for a in parser._actions}
-    for name in inspect.signature(pl.Trainer.__init__).parameters:
-        if name in ("self", "callbacks", "plugins") or name in taken:
+    for name in trainer_args.CHECKS:
+        if name in taken:
             continue
-        group.add_argument(f"--{name}", dest=f"trainer__{name}", type=_yaml_value,
+        group.add_argument(f"--{name}", dest=f"trainer__{name}", type=_trainer_type(name),
                            default=argparse.SUPPRESS, metavar="VALUE")
+
+
+def split_overrides(opt: argparse.Namespace, unknown: list[str]) -> list[str]:
+    """The ``key=value`` overrides among the unparsed arguments; anything else is an error.
+
+    Overrides swallowed by ``--base`` (``--base a.yaml key=value``) are moved out of it.
+    """
+    base = []
+    moved = []
+    for entry in opt.base:
+        if os.path.exists(entry) or entry.lower().endswith((".yaml", ".yml")):
+            base.append(entry)
+        else:
+            moved.append(entry)
+    opt.base = base
+    overrides = moved + list(unknown)
+    for entry in overrides:
+        if "=" not in entry:
+            hint = f" (write {entry}=VALUE, without a space)" if "." in entry else ""
+            raise ConfigError(f"argument {entry!r} is neither a config file nor a key=value "
+                              f"override{hint}")
+    return overrides
 
 
 @dataclass
@@ -137,13 +190,19 @@ def resolve_paths(opt: argparse.Namespace) -> RunPaths:
                                   "a checkpoint file")
         if not os.path.isfile(resume_ckpt):
             raise CheckpointError(f"cannot resume: no checkpoint at {resume_ckpt}")
-        base = sorted(glob.glob(os.path.join(logdir, "configs", "*.yaml"))) + base
+        configs = sorted(glob.glob(os.path.join(logdir, "configs", "*.yaml")))
+        if not configs and not base:
+            raise ConfigError(f"cannot resume {opt.resume}: no configs in "
+                              f"{os.path.join(logdir, 'configs')}; pass them with --base")
+        base = configs + base
         nowname = os.path.basename(logdir)
     else:
         nowname = _run_name(opt, now)
         logdir = os.path.join(opt.logdir, nowname)
-    if resume_ckpt and not os.path.isfile(resume_ckpt):
-        raise CheckpointError(f"checkpoint not found: {resume_ckpt}")
+    if resume_ckpt:
+        from ..checkpoint import check_training_checkpoint
+
+        check_training_checkpoint(resume_ckpt)
     return RunPaths(now, nowname, logdir, os.path.join(logdir, "checkpoints"),
                     os.path.join(logdir, "configs"), resume_ckpt, base)
 
@@ -155,7 +214,11 @@ def _configure_logging(debug: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv``, build everything and train; returns the process exit code."""
+    """Parse ``argv``, check everything, build and train; returns the process exit code.
+
+    Bad input (flags, configs, overrides, checkpoints, devices) ends with one line on
+    stderr and exit code 2, before any folder is created.
+    """
     parser = get_parser()
     opt, unknown = parser.parse_known_args(argv)
     flags = [u for u in unknown if u.startswith("-")]
@@ -163,21 +226,33 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(flags)}")
     _configure_logging(opt.debug)
     try:
+        overrides = split_overrides(opt, unknown)
         from .run import run
 
-        return run(opt, unknown)
+        return run(opt, overrides)
     except SgmError as error:
-        lines = str(error).splitlines() or [type(error).__name__]
-        print(f"error: {lines[0]}", file=sys.stderr)
-        for line in lines[1:]:
-            logger.error("%s", line)
-        return 2
-    except Exception:
+        return _report(error)
+    except Exception as error:
+        if _is_lightning_config_error(error):
+            return _report(error)
         if opt.debug and sys.stdin.isatty():
             import pdb
 
             pdb.post_mortem(sys.exc_info()[2])
         raise
+
+
+def _report(error: BaseException) -> int:
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    print(f"error: main.py: {' '.join(lines[0].split())}", file=sys.stderr)
+    for line in lines[1:]:
+        logger.error("%s", line)
+    return 2
+
+
+def _is_lightning_config_error(error: BaseException) -> bool:
+    """Lightning's "misconfigured" errors are bad input, not bugs."""
+    return type(error).__name__ == "MisconfigurationException"
 
 
 def exit_code_for(signum: int | None) -> int:

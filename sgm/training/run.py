@@ -11,7 +11,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError
+from ..config_overrides import KNOWN_SECTIONS
 from ..util import instantiate_from_config, load_configs
+from . import trainer_args
 from .cli import RunPaths, exit_code_for, resolve_paths
 
 logger = logging.getLogger("sgm.main")
@@ -38,12 +40,25 @@ def _gpu_available() -> bool:
 
 
 def trainer_settings(lightning_config: DictConfig, opt: argparse.Namespace) -> dict:
-    """``lightning.trainer`` plus ``--<trainer arg>`` flags, made valid for this machine."""
+    """``lightning.trainer`` plus ``--<trainer arg>`` flags, checked and made valid for
+    this machine."""
     trainer = OmegaConf.to_container(lightning_config.get("trainer") or {}, resolve=True)
+    if not isinstance(trainer, dict):
+        raise ConfigError(f"lightning.trainer must be a mapping, got {trainer!r}")
+    for key, value in trainer.items():
+        if key in trainer_args.RESERVED:
+            raise ConfigError(f"lightning.trainer.{key}: set it as lightning.{key} instead")
+        try:
+            trainer_args.check_value(key, value)
+        except ValueError as error:
+            raise ConfigError(f"lightning.trainer.{key}={value!r}: {error}") from None
     for key, value in vars(opt).items():
         if key.startswith("trainer__"):
             trainer[key[len("trainer__"):]] = value
     trainer.setdefault("accelerator", "auto")
+    if not trainer_args.accelerator_available(trainer["accelerator"]):
+        raise ConfigError(f"lightning.trainer.accelerator={trainer['accelerator']!r}: this "
+                          "machine has no such device (use cpu or auto)")
     devices = trainer.get("devices")
     on_cpu = trainer["accelerator"] == "cpu" or (
         trainer["accelerator"] == "auto" and not _gpu_available())
@@ -175,23 +190,25 @@ class Run:
 
 def build(opt: argparse.Namespace, overrides: list[str]) -> Run:
     """Merge the configs and build model, data, callbacks and trainer."""
-    import pytorch_lightning as pl
-    import torch
-
     paths = resolve_paths(opt)
     if not paths.base:
         raise ConfigError("no config given: pass --base config.yaml (or --resume a run)")
-    if opt.enable_tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    pl.seed_everything(opt.seed, workers=True)
-    config = load_configs(paths.base, overrides)
+    config = load_configs(paths.base, overrides, sections=KNOWN_SECTIONS)
     lightning_config = config.pop("lightning", OmegaConf.create())
     for key in ("model",) + (("data",) if opt.train else ()):
         if key not in config:
             raise ConfigError(f"the merged config has no {key!r} section")
     trainer_cfg = trainer_settings(lightning_config, opt)
     lightning_config.trainer = trainer_cfg
+
+    import pytorch_lightning as pl
+    import torch
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    if opt.enable_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    pl.seed_everything(opt.seed, workers=True)
     model = instantiate_from_config(config.model, key="model")
     logger_cfg = _logger_config(opt, paths, lightning_config)
     run_logger = False
@@ -200,11 +217,19 @@ def build(opt: argparse.Namespace, overrides: list[str]) -> Run:
     callbacks_cfg = callback_configs(opt, paths, config, lightning_config, bool(run_logger))
     callbacks = [instantiate_from_config(callbacks_cfg[k], key=f"lightning.callbacks.{k}")
                  for k in callbacks_cfg]
+    if trainer_cfg.get("enable_progress_bar", True) is not False:
+        from pytorch_lightning.callbacks.progress import ProgressBar
+
+        from .callbacks import progress_bar
+
+        bar = progress_bar()
+        if bar is not None and not any(isinstance(c, ProgressBar) for c in callbacks):
+            callbacks.append(bar)
     strategy = _strategy(lightning_config, trainer_cfg)
     try:
         trainer = pl.Trainer(**trainer_cfg, logger=run_logger, callbacks=callbacks,
                              strategy=strategy)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, MisconfigurationException) as error:
         raise ConfigError(f"lightning.trainer: {error}") from None
     trainer.logdir = paths.logdir
     data = instantiate_from_config(config.data, key="data") if "data" in config else None
@@ -213,9 +238,35 @@ def build(opt: argparse.Namespace, overrides: list[str]) -> Run:
 
 
 def run(opt: argparse.Namespace, overrides: list[str]) -> int:
-    """Build everything, fit (and test if the model has a ``test_step``); the exit code."""
+    """Check and build everything, fit (and test if the model has a ``test_step``); the
+    exit code. A run that fails before its first checkpoint leaves no run folder behind."""
     built = build(opt, overrides)
-    return fit_and_test(opt, built)
+    existed = os.path.exists(built.paths.logdir)
+    code = 1
+    try:
+        code = fit_and_test(opt, built)
+        return code
+    finally:
+        if code != 0 and built.trainer.is_global_zero:
+            remove_failed_run(built.paths.logdir, existed)
+
+
+def remove_failed_run(logdir: str, existed: bool) -> None:
+    """Remove what a failed run created: its whole folder if it was new and holds no
+    checkpoint, else only the empty folders inside it."""
+    import shutil
+    from pathlib import Path
+
+    root = Path(logdir)
+    if not root.is_dir():
+        return
+    if not existed and not any(root.rglob("*.ckpt")):
+        shutil.rmtree(root, ignore_errors=True)
+        logger.info("Removed %s: the run failed before its first checkpoint", root)
+        return
+    for folder in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def fit_and_test(opt: argparse.Namespace, built: Run) -> int:
