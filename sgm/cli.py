@@ -43,6 +43,21 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
 
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+        """Like argparse's, but a misspelled flag fails before any value is converted
+        (so before a ``--device`` check imports torch)."""
+        tokens = list(sys.argv[1:] if args is None else args)
+        unknown = []
+        for token in tokens:
+            if token == "--":
+                break
+            flag = token.split("=", 1)[0]
+            if flag.startswith("--") and flag not in self._option_string_actions:
+                unknown.append(token)
+        if unknown:
+            self.error(f"unrecognized arguments: {' '.join(unknown)}")
+        return super().parse_args(tokens, namespace)
+
 
 # --------------------------------------------------------------------------- argument types
 
@@ -76,6 +91,14 @@ def positive_float(text: str) -> float:
     value = _number(text, float)
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"{value} must be a positive number")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0."""
+    value = _number(text, float)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
     return value
 
 

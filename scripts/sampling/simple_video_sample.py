@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import sgm  # noqa: F401  (first: sets up imports before the heavy packages)
 
+import argparse
 import logging
 import sys
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from sgm.errors import CheckpointError, ConfigError, InputError
+from sgm import cli
+from sgm.errors import CheckpointError, InputError
 
 logger = logging.getLogger("simple_video_sample")
 
@@ -89,15 +91,19 @@ def sample(
     verbose: bool = False,
     config: str | None = None,
     ckpt: str | None = None,
+    dtype: str = "auto",
+    low_vram: bool = False,
+    lora: Sequence[tuple[str | Path, float]] = (),
 ) -> list[str]:
-    """Sample a video for each input image; returns the written mp4 paths."""
-    import torch
+    """Sample a video for each input image; returns the written mp4 paths.
 
-    from sgm.inference.video import (build_value_dict, load_video_model, prepare_sv3d_image,
-                                     prepare_svd_image, sample_video, save_video, sv3d_orbit)
-    from sgm.util import resolve_device
-
+    Everything is checked before the model loads; nothing is written for a failed input.
+    """
     _check_args(version, fps_id, motion_bucket_id)
+    for name, value in (("num_frames", num_frames), ("num_steps", num_steps),
+                        ("decoding_t", decoding_t)):
+        if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
+            raise InputError(f"{name} must be a positive integer, got {value!r}")
     frames_default, steps_default = VERSIONS[version]
     sv3d = version.startswith("sv3d")
     if sv3d:
@@ -112,13 +118,25 @@ def sample(
         raise CheckpointError(f"checkpoint not found: expected {ckpt} "
                               f"(download {ckpt.name} into checkpoints/ or pass --ckpt)")
     inputs = _inputs(input_path)
+    folder = _checked_folder(output_folder or Path("outputs/simple_video_sample") / version)
     polars = azimuths = None
     if version == "sv3d_p":
+        from sgm.inference.video import sv3d_orbit
+
         polars, azimuths = sv3d_orbit(num_frames, elevations_deg, azimuths_deg)
+    import torch
+
+    from sgm.inference.video import (build_value_dict, load_video_model, prepare_sv3d_image,
+                                     prepare_svd_image, sample_video, save_video)
+    from sgm.util import resolve_device
+
     device = resolve_device(device)
+    _note_precision(dtype, low_vram)
     model = load_video_model(config, ckpt, device, num_frames, num_steps, verbose)
-    folder = Path(output_folder or Path("outputs/simple_video_sample") / version)
-    folder.mkdir(parents=True, exist_ok=True)
+    if lora:
+        from sgm.lora import apply_lora_specs
+
+        apply_lora_specs(model, lora)
     written = []
     for path in inputs:
         image = prepare_sv3d_image(path, image_frame_ratio) if sv3d else prepare_svd_image(path)
@@ -128,11 +146,26 @@ def sample(
         frames = sample_video(model, values, num_frames, generator=generator,
                               decoding_t=decoding_t, replace_last_with_input=sv3d)
         frames = _watermark(frames)
+        folder.mkdir(parents=True, exist_ok=True)
         stem = _next_stem(folder)
         _save_input(image, folder / f"{stem}.jpg")
         written.append(str(save_video(frames, folder / f"{stem}.mp4", fps=fps_id + 1)))
         logger.info("wrote %s", written[-1])
     return written
+
+
+def _checked_folder(folder: str | Path) -> Path:
+    try:
+        return cli.output_folder(str(folder))
+    except argparse.ArgumentTypeError as error:
+        raise InputError(f"output_folder: {error}") from None
+
+
+def _note_precision(dtype: str, low_vram: bool) -> None:
+    if dtype != "auto" or low_vram:
+        logger.warning("--dtype %s%s: video sampling runs in the accelerator's default "
+                       "precision, with the whole model on the device", dtype,
+                       " --low_vram" if low_vram else "")
 
 
 def _watermark(frames: Any) -> Any:
@@ -145,17 +178,70 @@ def _watermark(frames: Any) -> Any:
         return frames
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Fire entry point; user errors print one line and return exit code 2."""
-    import fire
-
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+def _floats(text: str) -> float | list[float]:
+    """One number, or a list: ``10``, ``10,20,30`` or ``[10, 20, 30]``."""
+    parts = [p for p in text.strip().strip("[]()").split(",") if p.strip()]
     try:
-        fire.Fire(sample, command=argv, serialize=lambda paths: "\n".join(paths))
-    except (InputError, CheckpointError, ConfigError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or a list of numbers") \
+            from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r} holds no numbers")
+    return values[0] if len(values) == 1 and "," not in text else values
+
+
+def _bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("true", "yes", "1"):
+        return True
+    if lowered in ("false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    """The command line (the flags of ``sample``; ``--flag=value`` or ``--flag value``)."""
+    p = cli.ArgumentParser(prog="simple_video_sample.py", description=__doc__.splitlines()[0])
+    p.add_argument("--input_path", type=cli.existing_path, default="assets/test_image.png",
+                   help="an image, or a folder of images")
+    p.add_argument("--num_frames", type=cli.positive_int, default=None,
+                   help="frames per video (default: the version's)")
+    p.add_argument("--num_steps", type=cli.positive_int, default=None,
+                   help="sampling steps (default: the version's)")
+    p.add_argument("--version", choices=list(VERSIONS), default="svd")
+    p.add_argument("--fps_id", type=cli.non_negative_int, default=6)
+    p.add_argument("--motion_bucket_id", type=cli.non_negative_int, default=127)
+    p.add_argument("--cond_aug", type=cli.non_negative_float, default=0.02)
+    p.add_argument("--seed", type=cli.non_negative_int, default=23)
+    p.add_argument("--decoding_t", type=cli.positive_int, default=14,
+                   help="frames decoded at a time")
+    p.add_argument("--output_folder", type=cli.output_folder, default=None,
+                   help="default: outputs/simple_video_sample/<version>")
+    p.add_argument("--elevations_deg", type=_floats, default=10.0,
+                   help="sv3d_p: one elevation, or one per frame")
+    p.add_argument("--azimuths_deg", type=_floats, default=None,
+                   help="sv3d_p: one azimuth per frame (default: an even orbit)")
+    p.add_argument("--image_frame_ratio", type=cli.unit_interval, default=None,
+                   help="sv3d: fraction of the frame the object fills")
+    p.add_argument("--verbose", type=_bool, nargs="?", const=True, default=False)
+    p.add_argument("--config", type=cli.existing_file, default=None,
+                   help="model config (default: configs/<version>.yaml)")
+    p.add_argument("--ckpt", type=cli.existing_file, default=None,
+                   help="checkpoint (default: checkpoints/<version>.safetensors)")
+    cli.add_device_args(p)
+    cli.add_lora_arg(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse and check every flag, then sample; bad input: one line, exit code 2."""
+    args = cli.parse(get_parser(), argv)
+    cli.setup_logging(args.verbose)
+    options = dict(vars(args))
+    loras = options.pop("lora")
+    return cli.run(lambda: print("\n".join(sample(**options, lora=loras))),
+                   prog="simple_video_sample.py")
 
 
 if __name__ == "__main__":
