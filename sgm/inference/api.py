@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .. import precision
 from ..errors import CheckpointError, ConfigError, InputError
+from ..offload import offload_engine
 from ..util import instantiate_from_config, resolve_device
-from .helpers import Img2ImgDiscretizationWrapper, do_img2img, do_sample
+from .helpers import (
+    Img2ImgDiscretizationWrapper,
+    Txt2NoisyDiscretizationWrapper,
+    do_img2img,
+    do_sample,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +37,8 @@ class ModelArchitecture(str, Enum):
     SDXL_V0_9_REFINER = "stable-diffusion-xl-v0-9-refiner"
     SDXL_V1_BASE = "stable-diffusion-xl-v1-base"
     SDXL_V1_REFINER = "stable-diffusion-xl-v1-refiner"
+    SDXL_TURBO = "stable-diffusion-xl-turbo"
+    SD_TURBO = "stable-diffusion-turbo"
 
 
 class Sampler(str, Enum):
@@ -106,8 +116,10 @@ class SamplingSpec:
     is_guided: bool
 
 
-def _spec(size: int, config: str, ckpt: str, is_legacy: bool) -> SamplingSpec:
-    return SamplingSpec(size, size, 4, 8, is_legacy, config, ckpt, True)
+def _spec(
+    size: int, config: str, ckpt: str, is_legacy: bool, is_guided: bool = True
+) -> SamplingSpec:
+    return SamplingSpec(size, size, 4, 8, is_legacy, config, ckpt, is_guided)
 
 
 model_specs = {
@@ -128,6 +140,13 @@ model_specs = {
     ),
     ModelArchitecture.SDXL_V1_REFINER: _spec(
         1024, "sd_xl_refiner.yaml", "sd_xl_refiner_1.0.safetensors", True
+    ),
+    # distilled few-step models: no classifier-free guidance (sgm.inference.turbo)
+    ModelArchitecture.SDXL_TURBO: _spec(
+        512, "sd_xl_base.yaml", "sd_xl_turbo_1.0.safetensors", False, is_guided=False
+    ),
+    ModelArchitecture.SD_TURBO: _spec(
+        512, "sd_2_1.yaml", "sd_turbo.safetensors", False, is_guided=False
     ),
 }
 
@@ -215,7 +234,14 @@ class SamplingPipeline:
         config_path: folder holding the inference configs (default: sgm's
             ``configs/inference``).
         device: ``"auto"`` picks the accelerator if any, else cpu.
-        use_fp16: halve the conditioner and the network (only on an accelerator).
+        use_fp16: keep the conditioner's and the network's weights in the half
+            ``dtype`` (only on an accelerator; EMA shadows and the first stage stay
+            float32).
+        dtype: compute precision, ``"auto"`` (fp16 on CUDA, fp32 elsewhere), ``"fp32"``,
+            ``"fp16"`` or ``"bf16"`` (``sgm.precision``); the first stage runs in
+            float32 when the config says ``disable_first_stage_autocast``.
+        offload: low-VRAM mode: conditioner, network and first stage wait on the host
+            and move to ``device`` one at a time, while they run (``sgm.offload``).
         config, ckpt: a custom model config (path, mapping or OmegaConf) and
             checkpoint, instead of ``model_id``.
         spec: sizes and flags for a custom model (default: read from its config).
@@ -233,8 +259,12 @@ class SamplingPipeline:
         ckpt: str | os.PathLike | None = None,
         spec: SamplingSpec | None = None,
         lora: list[tuple[str | os.PathLike, float]] | None = None,
+        dtype: str | torch.dtype | None = "auto",
+        offload: bool = False,
     ) -> None:
         self.device = torch.device(resolve_device(device))
+        self.dtype = precision.parse_dtype(dtype, self.device)
+        self.offload = bool(offload)
         if model_id is not None:
             self.specs = self._released_spec(model_id)
             if config_path is None:
@@ -249,9 +279,11 @@ class SamplingPipeline:
         self.ckpt = str(ckpt)
         self.lora = list(lora or [])
         self.specs = spec or getattr(self, "specs", None) or infer_spec(self.config, ckpt)
-        self.use_fp16 = bool(use_fp16) and self.device.type != "cpu"
+        half = self.dtype in precision.HALF_DTYPES
+        self.use_fp16 = bool(use_fp16) and half and self.device.type != "cpu"
         if use_fp16 and not self.use_fp16:
-            logger.info("use_fp16 ignored on %s: the model runs in float32", self.device)
+            logger.info("use_fp16 ignored (%s on %s): weights stay float32",
+                        self.dtype, self.device)
         self.model = self._load_model()
 
     @staticmethod
@@ -282,10 +314,15 @@ class SamplingPipeline:
             apply_lora_specs(model, self.lora)
         for param in model.parameters():
             param.requires_grad_(False)
-        model = model.eval().to(self.device)
+        model = model.eval()
         if self.use_fp16:
-            model.conditioner.half()
-            model.model.half()
+            model.conditioner.to(dtype=self.dtype)
+            precision.cast_network(model, self.dtype)
+        if self.offload:
+            offload_engine(model, self.device)
+        else:
+            model = model.to(self.device)
+        model.compute_dtype = self.dtype
         return model
 
     def _value_dict(self, params: SamplingParams, prompt: str, negative_prompt: Any,
@@ -306,6 +343,11 @@ class SamplingPipeline:
     def _force_zero(self) -> list[str]:
         return [] if self.specs.is_legacy else ["txt"]
 
+    @property
+    def is_turbo(self) -> bool:
+        """A distilled few-step model (no guidance): sampled by ``sgm.inference.turbo``."""
+        return not self.specs.is_guided
+
     def text_to_image(
         self,
         params: SamplingParams,
@@ -314,15 +356,43 @@ class SamplingPipeline:
         samples: int = 1,
         return_latents: bool = False,
         seed: int | None = None,
+        refiner_strength: float | None = None,
+        callback: Callable[[dict], Any] | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """``samples`` images ``(N, 3, H, W)`` in [0, 1] for ``prompt``."""
+        """``samples`` images ``(N, 3, H, W)`` in [0, 1] for ``prompt``.
+
+        ``callback`` gets the sampler's dictionary ``{"i", "sigma", "sigma_hat", "x",
+        "denoised"}`` after each step (progress bars, previews).
+
+        Turbo models take ``params.steps`` (1..4) unguided steps and ignore the sampler
+        settings. ``refiner_strength`` stops the sampling at the noise level where a
+        refiner with that ``img2img_strength`` and as many steps starts
+        (``Txt2NoisyDiscretizationWrapper``): hand the latents (``return_latents``) to
+        :meth:`refiner` with ``add_noise=False``, or use :func:`text_to_image_refined`.
+        """
+        if self.is_turbo:
+            from .turbo import sample_turbo
+
+            if refiner_strength is not None:
+                raise InputError("Turbo models do not hand off to a refiner")
+            return sample_turbo(
+                self.model, prompt, params.steps, params.height, params.width,
+                0 if seed is None else seed, samples, self.specs.channels,
+                self.specs.factor, return_latents=return_latents,
+            )
+        sampler = self._sampler(params)
+        if refiner_strength is not None:
+            sampler.discretization = Txt2NoisyDiscretizationWrapper(
+                sampler.discretization, strength=refiner_strength,
+                original_steps=params.steps,
+            )
         value_dict = self._value_dict(params, prompt, negative_prompt,
                                       params.height, params.width)
         return do_sample(
-            self.model, self._sampler(params), value_dict, samples, params.height,
+            self.model, sampler, value_dict, samples, params.height,
             params.width, self.specs.channels, self.specs.factor,
             force_uc_zero_embeddings=self._force_zero(), return_latents=return_latents,
-            seed=seed,
+            seed=seed, callback=callback,
         )
 
     @staticmethod
@@ -345,15 +415,17 @@ class SamplingPipeline:
         samples: int = 1,
         return_latents: bool = False,
         seed: int | None = None,
+        callback: Callable[[dict], Any] | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Re-sample ``image`` (in [-1, 1]) from the lowest ``img2img_strength`` sigmas."""
+        """Re-sample ``image`` (in [-1, 1]) from the lowest ``img2img_strength`` sigmas;
+        ``callback`` as in :meth:`text_to_image`."""
         image = self._batch_of(image, samples)
         height, width = image.shape[-2:]
         value_dict = self._value_dict(params, prompt, negative_prompt, height, width)
         return do_img2img(
             image, self.model, self._sampler(params, img2img=True), value_dict, samples,
             force_uc_zero_embeddings=self._force_zero(), return_latents=return_latents,
-            seed=seed,
+            seed=seed, callback=callback,
         )
 
     def refiner(
@@ -365,8 +437,16 @@ class SamplingPipeline:
         samples: int = 1,
         return_latents: bool = False,
         seed: int | None = None,
+        add_noise: bool = True,
+        callback: Callable[[dict], Any] | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Refine base-model latents ``image`` (aesthetic scores 6.0 / 2.5)."""
+        """Refine base-model latents ``image`` (aesthetic scores 6.0 / 2.5); ``callback``
+        as in :meth:`text_to_image`.
+
+        The refiner re-noises the latents to its first sigma (``params.img2img_strength``
+        of the schedule), unless ``add_noise=False``: latents from a base stopped with
+        ``refiner_strength`` already hold that noise.
+        """
         image = self._batch_of(image, samples)
         height, width = (int(s) * self.specs.factor for s in image.shape[-2:])
         value_dict = {
@@ -378,5 +458,37 @@ class SamplingPipeline:
         }
         return do_img2img(
             image, self.model, self._sampler(params, img2img=True), value_dict, samples,
-            skip_encode=True, return_latents=return_latents, seed=seed,
+            skip_encode=True, return_latents=return_latents, seed=seed, add_noise=add_noise,
+            callback=callback,
         )
+
+
+def text_to_image_refined(
+    base: SamplingPipeline,
+    refiner: SamplingPipeline,
+    params: SamplingParams,
+    prompt: str,
+    negative_prompt: str = "",
+    samples: int = 1,
+    seed: int | None = None,
+    refiner_strength: float = 0.15,
+    refiner_params: SamplingParams | None = None,
+    return_latents: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """SDXL's two-stage sampling: the base denoises down to the level where the refiner
+    (``img2img_strength = refiner_strength``) starts, and the refiner finishes it.
+
+    ``refiner_params`` (default: ``params``) sets the refiner's sampler; its number of
+    steps should match the base's, or the two noise levels differ.
+    """
+    if not 0.0 < float(refiner_strength) <= 1.0:
+        raise InputError(f"refiner strength must be in (0, 1], got {refiner_strength!r}")
+    _, latents = base.text_to_image(
+        params, prompt, negative_prompt, samples, return_latents=True, seed=seed,
+        refiner_strength=refiner_strength,
+    )
+    second = replace(refiner_params or params, img2img_strength=refiner_strength)
+    return refiner.refiner(
+        second, latents, prompt, negative_prompt, samples, return_latents=return_latents,
+        seed=seed, add_noise=False,
+    )

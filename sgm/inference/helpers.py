@@ -20,9 +20,15 @@ import numpy as np
 import torch
 from einops import rearrange, repeat
 
+from .. import offload, precision
 from ..errors import InputError
 from ..output_files import write_new_file
 from ..util import append_dims
+from .watermark import (  # noqa: F401  (importable from here, as in the original)
+    WATERMARK_BITS,
+    WATERMARK_MESSAGE,
+    WatermarkEmbedder,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +132,42 @@ class Img2ImgDiscretizationWrapper:
         return torch.flip(sigmas, (0,))
 
 
+class Txt2NoisyDiscretizationWrapper:
+    """Stops a discretization early, where a second model (the refiner) takes over.
+
+    The base model samples only down to the noise level at which an
+    :class:`Img2ImgDiscretizationWrapper` of the same ``strength`` over ``original_steps``
+    steps starts, so its output latents still hold that much noise and the refiner
+    finishes them (``do_img2img(..., add_noise=False)``). ``strength=0`` keeps the whole
+    schedule; ``original_steps`` defaults to the number of steps asked for.
+    """
+
+    def __init__(
+        self,
+        discretization: Callable[..., torch.Tensor],
+        strength: float = 0.0,
+        original_steps: int | None = None,
+    ):
+        if not 0.0 <= float(strength) <= 1.0:
+            raise InputError(f"refiner strength must be in [0, 1], got {strength!r}")
+        self.discretization = discretization
+        self.strength = float(strength)
+        self.original_steps = original_steps
+
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        ascending = torch.flip(self.discretization(*args, **kwargs), (0,))
+        count = len(ascending) if self.original_steps is None else self.original_steps + 1
+        # the refiner's first sigma is ascending[int(strength * count) - 1]
+        first_kept = min(max(int(self.strength * count) - 1, 0), count - 1)
+        return torch.flip(ascending[first_kept:], (0,))
+
+
 def model_device(model: torch.nn.Module) -> torch.device:
-    """The device of a model's first parameter or buffer (cpu if it has none)."""
+    """The device a model runs on: its offloader's (``sgm.offload``) if it has one, else
+    that of its first parameter or buffer (cpu if it has none)."""
+    offloaded = offload.execution_device(model)
+    if offloaded is not None:
+        return offloaded
     for tensor in model.parameters():
         return tensor.device
     for tensor in model.buffers():
@@ -135,10 +175,16 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    if device.type == "cpu":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type)
+def _autocast(
+    model: Any, device: torch.device, dtype: Any
+) -> contextlib.AbstractContextManager:
+    """Autocast in ``dtype``, else the model's ``compute_dtype``, else the device's default
+    (``sgm.precision``: fp16 on CUDA, none elsewhere)."""
+    return precision.autocast(device, dtype or getattr(model, "compute_dtype", None))
+
+
+def _callback_kw(callback: Callable[[dict], Any] | None) -> dict[str, Any]:
+    return {} if callback is None else {"callback": callback}
 
 
 def _generator(
@@ -193,25 +239,40 @@ def do_sample(
     device: torch.device | str | None = None,
     seed: int | None = None,
     generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
+    dtype: torch.dtype | str | None = None,
+    callback: Callable[[dict], Any] | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Sample ``num_samples`` images of ``H x W`` from noise; returns them in [0, 1].
 
     The device defaults to the model's; ``seed`` (or ``generator``) makes the start
-    noise and the sampler's noise reproducible.
+    noise and the sampler's noise reproducible. ``noise`` gives the unit start noise
+    ``(num_samples, C, H // F, W // F)`` instead. ``dtype`` is the compute precision
+    (``sgm.precision``); ``callback`` gets the sampler's per-step dictionary.
     """
     device = torch.device(device) if device is not None else model_device(model)
     generator = _generator(device, seed, generator)
-    with torch.no_grad(), _autocast(device), model.ema_scope():
+    with torch.no_grad(), _autocast(model, device, dtype), model.ema_scope(), \
+            offload.released(model):
         batch, c, uc = _conditioning(
             model, value_dict, num_samples, force_uc_zero_embeddings, device
         )
         extra = {k: batch[k] for k in (batch2model_input or [])}
-        randn = _randn((num_samples, C, H // F, W // F), device, generator)
+        shape = (num_samples, C, H // F, W // F)
+        if noise is None:
+            randn = _randn(shape, device, generator)
+        elif tuple(noise.shape) != shape:
+            raise InputError(
+                f"do_sample: noise must have shape {shape}, got {tuple(noise.shape)}"
+            )
+        else:
+            randn = noise.to(device)
 
         def denoiser(x: torch.Tensor, sigma: torch.Tensor, cond: dict) -> torch.Tensor:
             return model.denoiser(model.model, x, sigma, cond, **extra)
 
-        samples_z = sampler(denoiser, randn, cond=c, uc=uc, generator=generator)
+        samples_z = sampler(denoiser, randn, cond=c, uc=uc, generator=generator,
+                            **_callback_kw(callback))
         return _finish(model, samples_z, filter, return_latents)
 
 
@@ -230,11 +291,20 @@ def do_img2img(
     device: torch.device | str | None = None,
     seed: int | None = None,
     generator: torch.Generator | None = None,
+    add_noise: bool = True,
+    dtype: torch.dtype | str | None = None,
+    callback: Callable[[dict], Any] | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Noise ``img`` (or its latents with ``skip_encode``) to the first sigma and denoise."""
+    """Noise ``img`` (or its latents with ``skip_encode``) to the first sigma and denoise.
+
+    ``add_noise=False`` takes latents that already hold the first sigma's noise (a base
+    model stopped by :class:`Txt2NoisyDiscretizationWrapper`) and only denoises them.
+    ``dtype`` and ``callback`` as in :func:`do_sample`.
+    """
     device = torch.device(device) if device is not None else model_device(model)
     generator = _generator(device, seed, generator)
-    with torch.no_grad(), _autocast(device), model.ema_scope():
+    with torch.no_grad(), _autocast(model, device, dtype), model.ema_scope(), \
+            offload.released(model):
         _, c, uc = _conditioning(
             model, value_dict, num_samples, force_uc_zero_embeddings or [], device
         )
@@ -248,12 +318,15 @@ def do_img2img(
         if offset_noise_level > 0.0:
             offset = _randn((z.shape[0],), z.device, generator)
             noise = noise + offset_noise_level * append_dims(offset, z.ndim)
-        noised_z = (z + noise * sigma) / torch.sqrt(1.0 + sigma**2.0)
+        if add_noise:
+            z = z + noise * sigma
+        noised_z = z / torch.sqrt(1.0 + sigma**2.0)
 
         def denoiser(x: torch.Tensor, sigma: torch.Tensor, cond: dict) -> torch.Tensor:
             return model.denoiser(model.model, x, sigma, cond)
 
-        samples_z = sampler(denoiser, noised_z, cond=c, uc=uc, generator=generator)
+        samples_z = sampler(denoiser, noised_z, cond=c, uc=uc, generator=generator,
+                            **_callback_kw(callback))
         return _finish(model, samples_z, filter, return_latents)
 
 
