@@ -163,3 +163,27 @@ def test_video_unet_temporal_layers_are_an_option(tmp_path):
     with torch.no_grad():
         assert torch.allclose(fresh(x, torch.tensor([1.0, 2.0]), **kwargs),
                               net(x, torch.tensor([1.0, 2.0]), **kwargs), atol=1e-5)
+
+
+def test_sampling_pipeline_lora_parameter(tmp_path):
+    from sgm.inference.api import SamplingPipeline, SamplingSpec
+    from sgm.lora import save_lora
+
+    trained = build()
+    with torch.no_grad():
+        for p in lora_parameters(trained):
+            p.normal_(0, 0.2)
+    path = save_lora(trained, tmp_path / "a.lora.safetensors")
+    spec = SamplingSpec(8, 8, 1, 1, True, "", str(BASE), False)
+    config = {"model": engine_config(None)}
+    plain = SamplingPipeline(config=config, ckpt=BASE, device="cpu", spec=spec)
+    half = SamplingPipeline(config=config, ckpt=BASE, device="cpu", spec=spec,
+                            lora=[(path, 0.5), (path, 0.5)])
+    x, t, c = torch.randn(2, 1, 8, 8), torch.tensor([3.0, 700.0]), torch.randn(2, 1, 24)
+    with torch.no_grad():
+        expected = trained.model.diffusion_model(x, t, context=c)
+        base = plain.model.model.diffusion_model(x, t, context=c)
+        got = half.model.model.diffusion_model(x, t, context=c)
+    assert (expected - base).abs().max() > 1e-2
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert not any(p.requires_grad for p in half.model.parameters())
