@@ -353,14 +353,25 @@ def embed_watermark(samples: torch.Tensor) -> torch.Tensor:
 
 
 def perform_save_locally(
-    save_path: str | os.PathLike, samples: torch.Tensor, watermark: bool = True
+    save_path: str | os.PathLike,
+    samples: torch.Tensor,
+    watermark: bool = True,
+    metadata: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
 ) -> list[str]:
     """Save ``(B, 3, H, W)`` images in [0, 1] as ``{count:09}.png``; returns the paths.
 
     Each file is written to a temporary name and then moved into place; existing
     files are never overwritten. ``watermark`` embeds the invisible watermark first.
+    ``metadata`` (one mapping for all images, or one per image) is stored as PNG text
+    chunks, values as strings.
     """
     from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    if metadata is None or isinstance(metadata, Mapping):
+        metadata = [metadata or {}] * len(samples)
+    if len(metadata) != len(samples):
+        raise InputError(f"{len(metadata)} metadata entries for {len(samples)} images")
 
     save_path = os.fspath(save_path)
     os.makedirs(save_path, exist_ok=True)
@@ -368,11 +379,17 @@ def perform_save_locally(
         samples = embed_watermark(samples)
     count = len(os.listdir(save_path))
     paths = []
-    for sample in samples:
+    for sample, text in zip(samples, metadata):
         array = 255.0 * rearrange(sample.float().cpu().numpy(), "c h w -> h w c")
         image = Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8))
+        info = PngInfo()
+        for key, value in text.items():
+            info.add_text(str(key), str(value))
         names = (os.path.join(save_path, f"{n:09}.png") for n in itertools.count(count))
-        path = write_new_file(lambda tmp: image.save(tmp, format="PNG"), names)
+        path = write_new_file(
+            lambda tmp, image=image, info=info: image.save(tmp, format="PNG", pnginfo=info),
+            names,
+        )
         count = int(path.stem) + 1
         paths.append(str(path))
     return paths
