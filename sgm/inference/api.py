@@ -101,6 +101,11 @@ class SamplingParams:
     eta: float = 1.0
     order: int = 4
 
+    def __post_init__(self) -> None:
+        from .params_check import check_sampling_params
+
+        check_sampling_params(self)
+
 
 @dataclass
 class SamplingSpec:
@@ -382,6 +387,7 @@ class SamplingPipeline:
         (``Txt2NoisyDiscretizationWrapper``): hand the latents (``return_latents``) to
         :meth:`refiner` with ``add_noise=False``, or use :func:`text_to_image_refined`.
         """
+        self._check(params)
         if self.is_turbo:
             from .turbo import sample_turbo
 
@@ -407,6 +413,17 @@ class SamplingPipeline:
             seed=seed, callback=callback,
         )
 
+    def _check(self, params: SamplingParams, image: torch.Tensor | None = None,
+               sized: bool = True) -> None:
+        """``InputError`` for bad ``params`` (``sized``: their width and height are the
+        output's) or an ``image`` whose sides do not fit the model, before any sampling."""
+        from .params_check import check_image_size, check_sampling_params, size_multiple
+
+        multiple = size_multiple(self.model, self.specs.factor)
+        check_sampling_params(params, multiple if sized else self.specs.factor)
+        if image is not None:
+            check_image_size(image, multiple)
+
     @staticmethod
     def _batch_of(image: torch.Tensor, samples: int) -> torch.Tensor:
         if image.ndim == 3:
@@ -431,6 +448,7 @@ class SamplingPipeline:
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Re-sample ``image`` (in [-1, 1]) from the lowest ``img2img_strength`` sigmas;
         ``callback`` as in :meth:`text_to_image`."""
+        self._check(params, image, sized=False)
         image = self._batch_of(image, samples)
         height, width = image.shape[-2:]
         value_dict = self._value_dict(params, prompt, negative_prompt, height, width)
@@ -459,6 +477,7 @@ class SamplingPipeline:
         of the schedule), unless ``add_noise=False``: latents from a base stopped with
         ``refiner_strength`` already hold that noise.
         """
+        self._check(params, sized=False)
         image = self._batch_of(image, samples)
         height, width = (int(s) * self.specs.factor for s in image.shape[-2:])
         value_dict = {
