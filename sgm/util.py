@@ -177,23 +177,33 @@ def resolve_device(device: str | None = "auto") -> str:
 
 
 def autocast(f: Callable, enabled: bool = True) -> Callable:
-    """Decorator running ``f`` under autocast on the accelerator, if there is one."""
+    """Decorator running ``f`` under autocast on the device of its arguments (the first
+    tensor argument, else the first module argument's parameters), in that device's
+    current autocast dtype; nothing changes on CPU."""
 
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
-        import torch
-
-        device_type = accelerator_type()
-        if not enabled or device_type is None:
+        if not enabled:
             return f(*args, **kwargs)
-        with torch.autocast(
-            device_type,
-            dtype=torch.get_autocast_dtype(device_type),
-            cache_enabled=torch.is_autocast_cache_enabled(),
-        ):
+        from .precision import accelerator_autocast
+
+        with accelerator_autocast(_argument_device(args, kwargs)):
             return f(*args, **kwargs)
 
     return wrapper
+
+
+def _argument_device(args: tuple, kwargs: dict) -> Any:
+    import torch
+
+    values = (*args, *kwargs.values())
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            return value.device
+    for value in values:
+        if isinstance(value, torch.nn.Module):
+            return value
+    return torch.device("cpu")
 
 
 # --------------------------------------------------------------------------- configs

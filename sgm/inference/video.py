@@ -3,10 +3,11 @@ sampling and mp4 writing."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,9 @@ import numpy as np
 import torch
 from einops import rearrange, repeat
 
+from .. import offload, precision
 from ..errors import CheckpointError, ConfigError, InputError
+from ..offload import offload_engine
 from ..output_files import write_new_file
 from .helpers import get_batch, get_unique_embedder_keys_from_conditioner, model_device
 
@@ -35,16 +38,30 @@ def load_video_model(
     num_frames: int | None = None,
     num_steps: int | None = None,
     verbose: bool = False,
+    dtype: str | torch.dtype | None = "auto",
+    offload: bool = False,
+    half_weights: bool | None = None,
 ) -> torch.nn.Module:
     """Build the ``DiffusionEngine`` of ``config_path`` on ``device`` and load ``ckpt`` strictly.
 
     The sampler gets ``num_steps`` and ``verbose``; the guider gets ``num_frames``.
+    ``dtype`` is the compute precision (``sgm.precision``: auto is fp16 on CUDA, fp32
+    elsewhere), kept as the model's ``compute_dtype`` for :func:`sample_video`.
+    ``offload`` (low-VRAM mode, ``sgm.offload``) keeps the conditioner, the network and
+    the first stage on the host, each moved to ``device`` only while it runs;
+    ``half_weights`` stores the network in the half ``dtype`` (default: with
+    ``offload`` on an accelerator, as the original's low-VRAM mode).
     """
     from omegaconf import OmegaConf
 
     from ..checkpoint import load_checkpoint_into
     from ..util import instantiate_from_config, load_configs
 
+    compute_dtype = precision.parse_dtype(dtype, device)
+    if half_weights is None:
+        half_weights = offload and torch.device(device).type != "cpu"
+    half_weights = half_weights and compute_dtype in precision.HALF_DTYPES
+    build_on = "cpu" if offload else device
     if ckpt is not None and not Path(ckpt).is_file():
         raise CheckpointError(f"checkpoint not found: {ckpt}")
     config = load_configs([config_path])
@@ -59,14 +76,20 @@ def load_video_model(
     guider = sampler.get("guider_config")
     if guider is not None and num_frames is not None and "Prediction" in str(guider.target):
         OmegaConf.update(guider, "params.num_frames", int(num_frames), force_add=True)
-    _set_open_clip_init_device(params, str(device))
-    with torch.device(device):
+    _set_open_clip_init_device(params, str(build_on))
+    with torch.device(build_on):
         model = instantiate_from_config(config.model, key="model")
     if ckpt is not None:
         report = load_checkpoint_into(model, ckpt, strict=True)
         if verbose:
             logger.info("loaded %s: %s", ckpt, report.summary() or "all keys matched")
     model.requires_grad_(False)
+    model.compute_dtype = compute_dtype
+    if half_weights:
+        precision.cast_network(model, compute_dtype)
+    if offload:
+        offload_engine(model, device)
+        return model.eval()
     return model.to(device).eval()
 
 
@@ -231,21 +254,53 @@ def sample_video(
     decoding_t: int = 14,
     replace_last_with_input: bool = False,
     autocast: bool = True,
+    dtype: str | torch.dtype | None = None,
+    callback: Callable[[dict], Any] | None = None,
+    encoding_t: int | None = None,
 ) -> torch.Tensor:
     """Sample ``num_frames`` frames conditioned on ``value_dict``; ``(T, 3, H, W)`` in [0, 1].
 
     Noise comes from ``generator`` (or a CPU generator seeded with ``seed``), so results
     do not depend on the device's random stream. ``replace_last_with_input`` (SV3D) puts
-    the conditioning image as the last frame. ``autocast`` runs the network in the
-    accelerator's autocast dtype (no effect on CPU).
+    the conditioning image as the last frame. ``autocast`` runs sampling in the compute
+    precision ``dtype`` (default: the model's ``compute_dtype``, else fp16 on CUDA and
+    float32 elsewhere); the first stage keeps float32 when its config says so.
+    ``decoding_t`` / ``encoding_t`` frames are decoded / encoded at a time (the model's
+    settings are restored afterwards); ``callback`` gets the sampler's per-step dict.
     """
     if generator is None:
         generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
     device = model_device(model)
-    if autocast and device.type != "cpu":
-        with torch.autocast(device.type):
-            return sample_video(model, value_dict, num_frames, seed, generator, decoding_t,
-                                replace_last_with_input, autocast=False)
+    context = (
+        precision.autocast(device, dtype or getattr(model, "compute_dtype", None))
+        if autocast else contextlib.nullcontext()
+    )
+    with context, offload.released(model), _chunking(model, encoding_t, decoding_t):
+        return _sample_video(model, value_dict, num_frames, generator, device,
+                             replace_last_with_input, callback)
+
+
+@contextlib.contextmanager
+def _chunking(model: Any, encoding_t: int | None, decoding_t: int) -> Iterator[None]:
+    """Frames encoded / decoded at a time, restored on the way out."""
+    encoders = [e for e in getattr(model.conditioner, "embedders", [])
+                if hasattr(e, "en_and_decode_n_samples_a_time")]
+    saved = [e.en_and_decode_n_samples_a_time for e in encoders]
+    saved_decode = model.en_and_decode_n_samples_a_time
+    try:
+        if encoding_t is not None:
+            for embedder in encoders:
+                embedder.en_and_decode_n_samples_a_time = encoding_t
+        model.en_and_decode_n_samples_a_time = decoding_t
+        yield
+    finally:
+        for embedder, value in zip(encoders, saved, strict=True):
+            embedder.en_and_decode_n_samples_a_time = value
+        model.en_and_decode_n_samples_a_time = saved_decode
+
+
+def _sample_video(model, value_dict, num_frames, generator, device, replace_last_with_input,
+                  callback) -> torch.Tensor:
     image = value_dict["cond_frames_without_noise"]
     _, _, height, width = image.shape
     channels, factor = 4, 8
@@ -264,16 +319,15 @@ def sample_video(
                 )
     shape = (num_frames, channels, height // factor, width // factor)
     noise = torch.randn(shape, generator=generator, device=_gen_device(generator)).to(device)
-    extra = {
-        "image_only_indicator": torch.zeros(2, num_frames, device=device),
-        "num_video_frames": num_frames,
-    }
 
     def denoiser(x: torch.Tensor, sigma: torch.Tensor, cond: dict) -> torch.Tensor:
-        return model.denoiser(model.model, x, sigma, cond, **extra)
+        # one row per video the network sees (the guider may double the batch)
+        indicator = torch.zeros(x.shape[0] // num_frames, num_frames, device=x.device)
+        return model.denoiser(model.model, x, sigma, cond, image_only_indicator=indicator,
+                              num_video_frames=num_frames)
 
-    latents = model.sampler(denoiser, noise, cond=c, uc=uc)
-    model.en_and_decode_n_samples_a_time = decoding_t
+    callback_kw = {} if callback is None else {"callback": callback}
+    latents = model.sampler(denoiser, noise, cond=c, uc=uc, **callback_kw)
     frames = model.decode_first_stage(latents)
     if replace_last_with_input:
         frames[-1:] = image.to(frames)

@@ -7,13 +7,14 @@ import logging
 import math
 import sys
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from omegaconf import ListConfig, OmegaConf
 
+from .. import offload, precision
 from ..checkpoint import LoadReport, load_state_dict, load_state_dict_into
 from ..errors import ConfigError
 from ..modules import UNCONDITIONAL_CONFIG
@@ -98,6 +99,8 @@ class DiffusionEngine(pl.LightningModule):
         self.disable_first_stage_autocast = disable_first_stage_autocast
         self.no_cond_log = no_cond_log
         self.en_and_decode_n_samples_a_time = en_and_decode_n_samples_a_time
+        # compute precision chosen by a sampling pipeline (sgm.precision); None: auto
+        self.compute_dtype: torch.dtype | None = None
         if learning_rate is not None:
             self.learning_rate = float(learning_rate)
         if ckpt_path is not None:
@@ -149,9 +152,18 @@ class DiffusionEngine(pl.LightningModule):
         return batch[self.input_key]
 
     def _first_stage_autocast(self, x: torch.Tensor):
-        if self.disable_first_stage_autocast or x.device.type == "cpu":
-            return nullcontext()
-        return torch.autocast(x.device.type)
+        """float32 with ``disable_first_stage_autocast`` (whatever the caller opened),
+        else the accelerator's autocast (none on CPU)."""
+        if self.disable_first_stage_autocast:
+            return precision.float32(x)
+        return precision.accelerator_autocast(x)
+
+    def _first_stage_input(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.disable_first_stage_autocast:
+            return x
+        for param in self.first_stage_model.parameters():
+            return x.to(param.dtype) if param.is_floating_point() else x
+        return precision.to_float32(x)
 
     def _chunks(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
         n = default(self.en_and_decode_n_samples_a_time, x.shape[0]) or max(x.shape[0], 1)
@@ -161,10 +173,10 @@ class DiffusionEngine(pl.LightningModule):
     @torch.no_grad()
     def decode_first_stage(self, z: torch.Tensor) -> torch.Tensor:
         """Decode latents (divided by ``scale_factor`` first), in chunks."""
-        z = z / self.scale_factor
+        z = self._first_stage_input(z) / self.scale_factor
         video = _is_video_decoder(getattr(self.first_stage_model, "decoder", None))
         outs = []
-        with self._first_stage_autocast(z):
+        with self._first_stage_autocast(z), offload.using(self.first_stage_model):
             for chunk in self._chunks(z):
                 kwargs = {"timesteps": len(chunk)} if video else {}
                 outs.append(self.first_stage_model.decode(chunk, **kwargs))
@@ -173,7 +185,8 @@ class DiffusionEngine(pl.LightningModule):
     @torch.no_grad()
     def encode_first_stage(self, x: torch.Tensor) -> torch.Tensor:
         """Encode images to latents (multiplied by ``scale_factor``), in chunks."""
-        with self._first_stage_autocast(x):
+        x = self._first_stage_input(x)
+        with self._first_stage_autocast(x), offload.using(self.first_stage_model):
             outs = [self.first_stage_model.encode(chunk) for chunk in self._chunks(x)]
         return self.scale_factor * torch.cat(outs, dim=0)
 

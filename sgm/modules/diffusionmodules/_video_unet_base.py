@@ -158,7 +158,7 @@ class VideoUNetBase(nn.Module):
         if self.num_classes is not None:
             if y.shape[0] != x.shape[0]:
                 raise ValueError(f"y has batch {y.shape[0]}, x has {x.shape[0]}")
-            emb = emb + self.label_emb(y)
+            emb = emb + self.label_emb(y.to(emb.dtype) if y.is_floating_point() else y)
         return emb
 
     def _run(self, x, emb, **kwargs) -> torch.Tensor:

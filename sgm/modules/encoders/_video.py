@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import torch
 from einops import rearrange, repeat
 
+from ... import precision
 from ...util import append_dims, instantiate_from_config
 from ._base import AbstractEmbModel
 
@@ -70,11 +70,11 @@ class VideoPredictionEmbedderWithEncoder(AbstractEmbModel):
         n_samples = self.en_and_decode_n_samples_a_time or vid.shape[0]
         encode = self.encoder.encode if self.is_ae else self.encoder
         if self.disable_encoder_autocast:
-            context = torch.autocast(vid.device.type, enabled=False)
-        elif vid.device.type != "cpu":
-            context = torch.autocast(vid.device.type)
+            # float32 inside, whatever autocast the caller opened
+            context = precision.float32(vid)
+            vid = precision.to_float32(vid)
         else:
-            context = contextlib.nullcontext()
+            context = precision.accelerator_autocast(vid)
         with context:
             chunks = [
                 encode(vid[n * n_samples : (n + 1) * n_samples])
