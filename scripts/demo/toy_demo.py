@@ -19,21 +19,42 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "example_training" / "toy" / "digits_cond.yaml"
 
 
-def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default=str(CONFIG), help="training config")
-    p.add_argument("--minutes", type=float, default=5.0, help="training time budget")
-    p.add_argument("--max-steps", type=int, default=1500, help="training step budget")
-    p.add_argument("--per-class", type=int, default=10, help="samples per class (grid row)")
-    p.add_argument("--cfg-scale", type=float, default=None, help="guidance scale override")
-    p.add_argument("--sample-steps", type=int, default=None, help="sampler steps override")
-    p.add_argument("--outdir", default="outputs/toy_demo", help="where the PNG goes")
-    p.add_argument("--logdir", default="logs", help="folder of training run folders")
-    p.add_argument("--seed", type=int, default=23)
-    p.add_argument("--upscale", type=int, default=4, help="pixel size in the PNG")
-    p.add_argument("--checkpoint", default=None,
+def get_parser() -> argparse.ArgumentParser:
+    """The command line; every value is checked while parsing."""
+    from sgm import cli
+
+    p = cli.ArgumentParser(prog="toy_demo.py", description=__doc__.splitlines()[0])
+    p.add_argument("--config", type=cli.existing_file, default=str(CONFIG),
+                   help="training config")
+    p.add_argument("--minutes", type=cli.positive_float, default=5.0,
+                   help="training time budget")
+    p.add_argument("--max-steps", type=cli.positive_int, default=1500,
+                   help="training step budget")
+    p.add_argument("--per-class", type=cli.positive_int, default=10,
+                   help="samples per class (grid row)")
+    p.add_argument("--cfg-scale", type=cli.non_negative_float, default=None,
+                   help="guidance scale override")
+    p.add_argument("--sample-steps", type=cli.positive_int, default=None,
+                   help="sampler steps override")
+    p.add_argument("--outdir", type=cli.output_folder, default="outputs/toy_demo",
+                   help="where the PNG goes")
+    p.add_argument("--logdir", type=cli.output_folder, default="logs",
+                   help="folder of training run folders")
+    p.add_argument("--seed", type=cli.non_negative_int, default=23)
+    p.add_argument("--upscale", type=cli.positive_int, default=4, help="pixel size in the PNG")
+    p.add_argument("--checkpoint", type=cli.existing_file, default=None,
                    help="skip training: sample from this checkpoint of the same config")
-    return p.parse_known_args(argv)
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, as for main.py")
+    return p
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """The checked flags and the ``key=value`` overrides."""
+    from sgm import cli
+
+    args = cli.parse(get_parser(), argv)
+    return args, list(args.overrides)
 
 
 def _overrides(args: argparse.Namespace, extra: list[str]) -> list[str]:
@@ -54,18 +75,18 @@ def _time_limit(minutes: float) -> str:
 def train_or_load(args: argparse.Namespace, extra: list[str]):
     """Build the run from the config; train it, or load ``--checkpoint`` instead."""
     from sgm.training.cli import get_parser
-    from sgm.training.run import build, fit_and_test
+    from sgm.training.run import build, fit_or_clean_up
 
     opt = get_parser().parse_args([
-        "--base", args.config, "--logdir", args.logdir, "-n", "toy_demo", "--no-test",
-        "--seed", str(args.seed), "--max_time", _time_limit(args.minutes)])
+        "--base", str(args.config), "--logdir", str(args.logdir), "-n", "toy_demo",
+        "--no-test", "--seed", str(args.seed), "--max_time", _time_limit(args.minutes)])
     built = build(opt, _overrides(args, extra))
     if args.checkpoint:
         built.model.init_from_ckpt(args.checkpoint)
         return built, 0
     print(f"training {Path(args.config).name} for up to {args.minutes:g} min / "
           f"{args.max_steps} steps; run folder {built.paths.logdir}", flush=True)
-    return built, fit_and_test(opt, built)
+    return built, fit_or_clean_up(opt, built)
 
 
 def write_grid(images, per_class: int, upscale: int, path: Path) -> Path:
@@ -78,24 +99,40 @@ def write_grid(images, per_class: int, upscale: int, path: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, extra = parse_args(argv)
-    from sgm.errors import SgmError
+    """Train (or load), sample a grid, score it; bad input: one line, exit code 2."""
+    from sgm import cli
     from sgm.training.cli import _configure_logging
+
+    args, extra = parse_args(argv)
+    _configure_logging(False)
+    status = {"code": 0}
+
+    def work() -> None:
+        status["code"] = demo(args, extra)
+
+    code = cli.run(work, prog="toy_demo.py")
+    return code or status["code"]
+
+
+def demo(args: argparse.Namespace, extra: list[str]) -> int:
+    """Everything after parsing; the exit code of training (0 when it finished)."""
+    from sgm.training.cli import split_overrides
+
+    extra = split_overrides(argparse.Namespace(base=[]), extra)
+    if args.checkpoint:
+        from sgm.checkpoint import load_state_dict
+
+        load_state_dict(args.checkpoint)  # a corrupt or refused file fails before building
     from sgm.training.toy_eval import fit_classifier, sample_per_class
 
-    _configure_logging(False)
-    try:
-        built, code = train_or_load(args, extra)
-        if code:
-            return code
-        model, data = built.model.eval(), built.data
-        data.setup("fit")
-        shape = tuple(data.train_dataset.images.shape[1:])
-        images, labels = sample_per_class(model, len(data.classes), args.per_class, shape,
-                                          seed=args.seed)
-    except SgmError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    built, code = train_or_load(args, extra)
+    if code:
+        return code
+    model, data = built.model.eval(), built.data
+    data.setup("fit")
+    shape = tuple(data.train_dataset.images.shape[1:])
+    images, labels = sample_per_class(model, len(data.classes), args.per_class, shape,
+                                      seed=args.seed)
     classifier = fit_classifier(data.dataset)
     accuracy = classifier.accuracy(images, labels)
     what = args.checkpoint or f"trained {built.trainer.global_step} steps"

@@ -240,7 +240,11 @@ def build(opt: argparse.Namespace, overrides: list[str]) -> Run:
 def run(opt: argparse.Namespace, overrides: list[str]) -> int:
     """Check and build everything, fit (and test if the model has a ``test_step``); the
     exit code. A run that fails before its first checkpoint leaves no run folder behind."""
-    built = build(opt, overrides)
+    return fit_or_clean_up(opt, build(opt, overrides))
+
+
+def fit_or_clean_up(opt: argparse.Namespace, built: Run) -> int:
+    """``fit_and_test``; if it fails, ``remove_failed_run`` (on the main process)."""
     existed = os.path.exists(built.paths.logdir)
     code = 1
     try:
