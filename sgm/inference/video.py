@@ -144,15 +144,36 @@ def prepare_svd_image(image: Any, multiple: int = 64) -> torch.Tensor:
     return _to_tensor(image)
 
 
+def _centre_offset(side: int, size: int) -> int:
+    # The released SV3D/SV4D preprocessing centres at side // 2 - size // 2, which is
+    # one pixel off (side - size) // 2 when the parities of side and size differ.
+    return side // 2 - size // 2
+
+
+def _on_white_uint8(rgba: Any) -> Any:
+    """RGBA image -> RGB image composited on white, 8-bit as the released scripts make it.
+
+    The blend runs in float64 on [0, 1] values and is truncated (not rounded) to 8 bits,
+    exactly as the original preprocessing does.
+    """
+    from PIL import Image
+
+    values = np.asarray(rgba, dtype=np.uint8) / 255.0
+    alpha = values[..., 3:]
+    rgb = values[..., :3] * alpha + (1 - alpha)
+    return Image.fromarray((rgb * 255).astype(np.uint8), mode="RGB")
+
+
 def prepare_sv3d_image(
     image: Any, image_frame_ratio: float | None = None, size: int = SV3D_SIZE
 ) -> torch.Tensor:
     """Object image (path or PIL) -> ``(1, 3, size, size)`` in [-1, 1] on white.
 
-    RGBA input: the alpha bounding box is centred on a square of side
-    ``max(box) / image_frame_ratio`` (default: the larger image side), resized and
-    composited on white. Other inputs are padded to a square on white and resized
-    (no background removal is done; a warning says so).
+    RGBA input: the alpha bounding box is placed at the centre of a square of side
+    ``max(box) / image_frame_ratio`` (default: the larger image side), resized
+    (LANCZOS), composited on white and quantised to 8 bits, as in the released SV3D
+    scripts. Other inputs are padded to a square and treated the same way (no
+    background removal is done; a warning says so).
     """
     from PIL import Image
 
@@ -171,12 +192,11 @@ def prepare_sv3d_image(
         logger.warning("SV3D input is not RGBA: background is kept (no background removal)")
         crop = image.convert("RGBA")
         side = max(crop.size)
-    square = Image.new("RGBA", (side, side), (255, 255, 255, 0))
-    square.paste(crop, ((side - crop.size[0]) // 2, (side - crop.size[1]) // 2))
+    square = Image.new("RGBA", (side, side), (0, 0, 0, 0))
+    width, height = crop.size
+    square.paste(crop, (_centre_offset(side, width), _centre_offset(side, height)))
     square = square.resize((size, size), Image.LANCZOS)
-    rgba = np.asarray(square, dtype=np.float32) / 255.0
-    rgb = rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:])
-    return torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0) * 2 - 1
+    return _to_tensor(_on_white_uint8(square))
 
 
 # --------------------------------------------------------------------------- conditioning
