@@ -21,7 +21,8 @@ class VideoPredictionEmbedderWithEncoder(AbstractEmbModel):
     stacked per sample and repeated ``n_copies`` times, ``(B*n_copies, C, h, w)``;
     with several they stay one per frame. A ``sigma_sampler_config`` adds
     ``sigma * noise`` before encoding, and a ``sigma_cond_config`` also returns an
-    embedding of those sigmas. Weights: ``encoder.*`` (and ``sigma_cond.*``).
+    embedding of those sigmas with as many rows as the latents (``B*n_copies`` or
+    ``B*n_cond_frames``). Weights: ``encoder.*`` (and ``sigma_cond.*``).
     """
 
     def __init__(
@@ -61,7 +62,9 @@ class VideoPredictionEmbedderWithEncoder(AbstractEmbModel):
         sigma_cond = None
         if self.sigma_cond is not None:
             sigma_cond = self.sigma_cond(sigmas)
-            sigma_cond = repeat(sigma_cond, "b d -> (b t) d", t=self.n_copies)
+            # One row per conditioning frame, or per copy of a single frame.
+            rows = self.n_copies if self.n_cond_frames == 1 else self.n_cond_frames
+            sigma_cond = repeat(sigma_cond, "b d -> (b t) d", t=rows)
         sigmas = repeat(sigmas, "b -> (b t)", t=self.n_cond_frames)
         noise = torch.randn_like(vid)
         return vid + noise * append_dims(sigmas, vid.ndim), sigma_cond

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -130,5 +132,30 @@ def test_video_embedder_many_frames_with_sigma_cond():
     assert latents.shape == (8, 4, 8, 8)
     # sigma = 1e-5: the noise barely moves the latents.
     torch.testing.assert_close(latents, embedder.encoder.encode(frames), atol=1e-3, rtol=0)
-    expected = torch.cat([torch.ones(2, 128), torch.zeros(2, 128)], 1)  # cos/sin(1e-5 f)
+    # One noise-level row per conditioning frame, like the latents.
+    expected = torch.cat([torch.ones(8, 128), torch.zeros(8, 128)], 1)  # cos/sin(1e-5 f)
     torch.testing.assert_close(sigma_emb, expected, atol=1e-4, rtol=0)
+
+
+def _sigma_embedding(sigmas: torch.Tensor, dim: int = 256) -> torch.Tensor:
+    freqs = torch.exp(-math.log(10000) * torch.arange(dim // 2) / (dim // 2))
+    args = sigmas[:, None].double() * freqs[None].double()
+    return torch.cat([torch.cos(args), torch.sin(args)], 1).float()
+
+
+@pytest.mark.parametrize("n_cond_frames, n_copies, rows_per_sample", [(3, 2, 3), (1, 4, 4)])
+@torch.no_grad()
+def test_video_embedder_sigma_rows_follow_the_latents(n_cond_frames, n_copies, rows_per_sample):
+    embedder = VideoPredictionEmbedderWithEncoder(
+        n_cond_frames=n_cond_frames, n_copies=n_copies, encoder_config=tiny_vae_config(),
+        is_ae=True,
+        sigma_sampler_config={"target": "sgm.modules.diffusionmodules.sigma_sampling.ZeroSampler"},
+        sigma_cond_config={"target": "sgm.modules.encoders.modules.ConcatTimestepEmbedderND",
+                           "params": {"outdim": 256}},
+    ).eval()
+    sigmas = torch.tensor([0.25, 2.0])  # one noise level per sample
+    embedder.sigma_sampler = lambda n: sigmas[:n]
+    latents, sigma_emb = embedder(torch.rand(2 * n_cond_frames, 3, 16, 16) * 2 - 1)
+    assert latents.shape[0] == sigma_emb.shape[0] == 2 * rows_per_sample
+    expected = _sigma_embedding(sigmas).repeat_interleave(rows_per_sample, dim=0)
+    torch.testing.assert_close(sigma_emb, expected, atol=1e-5, rtol=0)
