@@ -125,6 +125,9 @@ def build_dataset(pipeline: dict, loader: dict, dummy: bool, where: str) -> Any:
         dataset = _Repeat(dataset)
     dataset = dataset.batched(int(loader["batch_size"]), collation_fn=collate,
                               partial=bool(loader.get("partial", True)))
+    for i, config in enumerate(pipeline.get("batch_postprocessors") or []):
+        step = _postprocessor(config, f"{where}.datapipeline.batch_postprocessors.{i}")
+        dataset = dataset.compose(wds.map(step))
     if options.get("epoch_length"):
         dataset = dataset.with_epoch(int(options["epoch_length"]))
     return dataset

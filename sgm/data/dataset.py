@@ -8,6 +8,7 @@ Config (per split)::
                         resampled: false, epoch_length: null}
       decoders: [pil]
       postprocessors: [{target: sgm.data.mappers.Rescaler, params: {...}}, ...]
+      batch_postprocessors: [...]   # applied to each collated batch
     loader: {batch_size: 64, num_workers: 6, partial: true}
 
 Shards are split across nodes/ranks and then across dataloader workers.
