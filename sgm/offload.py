@@ -63,7 +63,7 @@ class Offloader:
         child, or an embedder of a child list) is called, or inside ``using(module)``."""
         if any(m is module for m in self.modules):
             return module
-        self._move(module, self.host)
+        self._to_host(module)
         setattr(module, _ATTR, self)
         self.modules.append(module)
 
@@ -79,7 +79,7 @@ class Offloader:
         if self.resident is module:
             return
         self.unload()
-        self._move(module, self.device)
+        self._to_device(module)
         self.resident = module
 
     def unload(self) -> None:
@@ -87,7 +87,7 @@ class Offloader:
         if self.resident is None:
             return
         module, self.resident = self.resident, None
-        self._move(module, self.host)
+        self._to_host(module)
         if self.empty_cache and self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -100,8 +100,11 @@ class Offloader:
                 delattr(module, _ATTR)
         self._hooks, self.modules, self.resident = [], [], None
 
-    def _move(self, module: torch.nn.Module, device: torch.device) -> None:
-        module.to(device)
+    def _to_device(self, module: torch.nn.Module) -> None:
+        module.to(self.device)
+
+    def _to_host(self, module: torch.nn.Module) -> None:
+        module.to(self.host)
 
 
 def _entry_points(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
