@@ -130,9 +130,12 @@ def sample(
                                      prepare_svd_image, sample_video, save_video)
     from sgm.util import resolve_device
 
+    from sgm.precision import parse_dtype
+
     device = resolve_device(device)
-    _note_precision(dtype, low_vram)
-    model = load_video_model(config, ckpt, device, num_frames, num_steps, verbose)
+    parse_dtype(dtype, device)
+    model = load_video_model(config, ckpt, device, num_frames, num_steps, verbose,
+                             dtype=dtype, offload=low_vram)
     if lora:
         from sgm.lora import apply_lora_specs
 
@@ -159,13 +162,6 @@ def _checked_folder(folder: str | Path) -> Path:
         return cli.output_folder(str(folder))
     except argparse.ArgumentTypeError as error:
         raise InputError(f"output_folder: {error}") from None
-
-
-def _note_precision(dtype: str, low_vram: bool) -> None:
-    if dtype != "auto" or low_vram:
-        logger.warning("--dtype %s%s: video sampling runs in the accelerator's default "
-                       "precision, with the whole model on the device", dtype,
-                       " --low_vram" if low_vram else "")
 
 
 def _watermark(frames: Any) -> Any:

@@ -1,0 +1,204 @@
+"""Every command line refuses bad input the same way: exit 2, one line naming the culprit,
+no traceback, nothing written.
+
+Each row runs a script as a subprocess in an empty working folder holding only the
+materials below; bad input must be refused before any model is built, so a row takes
+about a second (two where a device or a checkpoint is checked, which imports torch).
+
+To cover a new command line, add rows to ``ROWS``: ``(script, kind, argv, culprit)``.
+``argv`` and ``culprit`` may use the placeholders of ``_materials`` (``{file}``: an
+existing regular file, ``{missing}``: a path that does not exist, ``{image}``: a small
+PNG, ``{config}``: a tiny training config, ...). ``kind`` is one of ``KINDS``; every
+script should have a row of each kind its flags allow.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "configs" / "tiny_train.yaml"
+
+KINDS = ("missing path", "wrong type", "out of range", "unknown flag", "file as folder",
+         "unavailable device", "bad config", "bad checkpoint")
+
+MAIN = "main.py"
+VIDEO = "scripts/sampling/simple_video_sample.py"
+TOY = "scripts/demo/toy_demo.py"
+
+ROWS: list[tuple[str, str, list[str], str]] = [
+    # ---------------------------------------------------------------- main.py
+    (MAIN, "missing path", ["--base", "{missing}.yaml"], "{missing}.yaml"),
+    (MAIN, "missing path", ["--resume", "{missing}"], "{missing}"),
+    (MAIN, "missing path", ["--resume_from_checkpoint", "{missing}.ckpt"], "{missing}.ckpt"),
+    (MAIN, "wrong type", ["--max_steps", "abc"], "--max_steps"),
+    (MAIN, "wrong type", ["--seed", "x"], "--seed"),
+    (MAIN, "wrong type", ["--base", "{config}", "--logdir", "logs",
+                          "model.params.network_config.params.num_res_blocks=two"],
+     "num_res_blocks=two"),
+    (MAIN, "wrong type", ["--base", "{config}", "--logdir", "logs",
+                          "model.params.use_ema", "true"], "model.params.use_ema"),
+    (MAIN, "out of range", ["--max_steps", "-5"], "--max_steps"),
+    (MAIN, "out of range", ["--accumulate_grad_batches", "0"], "--accumulate_grad_batches"),
+    (MAIN, "out of range", ["--base", "{config}", "--logdir", "logs",
+                            "lightning.trainer.max_steps=-5"], "lightning.trainer.max_steps"),
+    (MAIN, "unknown flag", ["--max_step", "5"], "--max_step"),
+    (MAIN, "unknown flag", ["--base", "{config}", "--logdir", "logs",
+                            "modle.params.use_ema=true"], "'modle'"),
+    (MAIN, "unknown flag", ["--base", "{config}", "--logdir", "logs",
+                            "model.params.bogus_key=1"], "bogus_key"),
+    (MAIN, "file as folder", ["--base", "{config}", "--logdir", "{file}"], "{file}"),
+    (MAIN, "unavailable device", ["--base", "{config}", "--accelerator", "gpu"],
+     "--accelerator"),
+    (MAIN, "unavailable device", ["--base", "{config}", "--logdir", "logs",
+                                  "lightning.trainer.accelerator=cuda"], "accelerator"),
+    (MAIN, "bad config", ["--base", "{list_yaml}"], "{list_yaml}"),
+    (MAIN, "bad config", ["--base", "{bad_yaml}"], "{bad_yaml}"),
+    (MAIN, "bad checkpoint", ["--resume", "{run}/truncated"], "truncated or corrupt"),
+    (MAIN, "bad checkpoint", ["--resume", "{run}/random"], "truncated or corrupt"),
+    (MAIN, "bad checkpoint", ["--resume", "{run}/bare"], "weights only"),
+    (MAIN, "bad checkpoint", ["--resume", "{run}/safetensors/checkpoints/last.safetensors"],
+     "weights only"),
+    (MAIN, "bad checkpoint", ["--resume", "{run}/code"], "arbitrary code"),
+    # ------------------------------------------------------ simple_video_sample
+    (VIDEO, "missing path", ["--input_path={missing}.png"], "{missing}.png"),
+    (VIDEO, "missing path", ["--input_path={image}", "--ckpt={missing}.safetensors"],
+     "{missing}.safetensors"),
+    (VIDEO, "missing path", ["--input_path={image}", "--config={missing}.yaml"],
+     "{missing}.yaml"),
+    (VIDEO, "missing path", ["--input_path={image}"], "checkpoints/svd.safetensors"),
+    (VIDEO, "missing path", ["--input_path={image}", "--lora={missing}.safetensors:0.5"],
+     "{missing}.safetensors"),
+    (VIDEO, "wrong type", ["--input_path={image}", "--num_frames=abc"], "--num_frames"),
+    (VIDEO, "wrong type", ["--input_path={image}", "--num_steps=x"], "--num_steps"),
+    (VIDEO, "wrong type", ["--input_path={image}", "--elevations_deg=high"],
+     "--elevations_deg"),
+    (VIDEO, "wrong type", ["--input_path={file}", "--ckpt={file}"], "{file}"),
+    (VIDEO, "out of range", ["--input_path={image}", "--num_frames=0"], "--num_frames"),
+    (VIDEO, "out of range", ["--input_path={image}", "--num_frames=-3"], "--num_frames"),
+    (VIDEO, "out of range", ["--input_path={image}", "--num_steps=-1"], "--num_steps"),
+    (VIDEO, "out of range", ["--input_path={image}", "--image_frame_ratio=2"],
+     "--image_frame_ratio"),
+    (VIDEO, "out of range", ["--input_path={image}", "--version=svd_xxl"], "--version"),
+    (VIDEO, "out of range", ["--input_path={image}", "--dtype=fp8"], "--dtype"),
+    (VIDEO, "unknown flag", ["--input_path={image}", "--num_frame=3"], "--num_frame=3"),
+    (VIDEO, "file as folder", ["--input_path={image}", "--output_folder={file}"], "{file}"),
+    (VIDEO, "file as folder", ["--input_path={image}", "--output_folder={file}/below"],
+     "{file}"),
+    (VIDEO, "unavailable device", ["--input_path={image}", "--device=bogus"], "--device"),
+    (VIDEO, "unavailable device", ["--input_path={image}", "--device=cuda"], "--device"),
+    # ---------------------------------------------------------------- toy_demo
+    (TOY, "missing path", ["--config", "{missing}.yaml"], "{missing}.yaml"),
+    (TOY, "missing path", ["--checkpoint", "{missing}.ckpt"], "{missing}.ckpt"),
+    (TOY, "wrong type", ["--max-steps", "abc"], "--max-steps"),
+    (TOY, "wrong type", ["model.params.use_ema"], "model.params.use_ema"),
+    (TOY, "out of range", ["--minutes", "-1"], "--minutes"),
+    (TOY, "out of range", ["--per-class", "0"], "--per-class"),
+    (TOY, "unknown flag", ["--max-step", "3"], "--max-step"),
+    (TOY, "unknown flag", ["--outdir", "out", "modle.x=1"], "'modle'"),
+    (TOY, "file as folder", ["--outdir", "{file}"], "{file}"),
+    (TOY, "file as folder", ["--logdir", "{file}"], "{file}"),
+    (TOY, "bad config", ["--config", "{list_yaml}", "--outdir", "out"], "{list_yaml}"),
+    (TOY, "bad checkpoint", ["--checkpoint", "{run}/random/checkpoints/last.ckpt",
+                             "--outdir", "out"], "truncated or corrupt"),
+]
+
+# Rows that only make sense on a machine without the named hardware.
+NEEDS_NO_CUDA = ("--accelerator", "accelerator=cuda", "--device=cuda")
+
+
+class _Code:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def _save_run(folder: Path, write) -> None:
+    (folder / "configs").mkdir(parents=True)
+    shutil.copy(TINY, folder / "configs" / "2000-01-01T00-00-00-project.yaml")
+    (folder / "checkpoints").mkdir()
+    write(folder / "checkpoints")
+
+
+def _materials(tmp: Path) -> dict[str, str]:
+    """Files the rows refer to, made once per test module (outside each row's cwd)."""
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    (tmp / "taken.txt").write_text("a file, not a folder\n")
+    Image.new("RGB", (70, 100), (120, 30, 200)).save(tmp / "input.png")
+    (tmp / "list.yaml").write_text("- model: {}\n- data: {}\n")
+    (tmp / "bad.yaml").write_text("model: [1, 2\n")
+    weights = {"model.diffusion_model.out.weight": torch.ones(2, 2)}
+    full = {"state_dict": weights, "optimizer_states": [{}], "loops": {}, "global_step": 3}
+    run = tmp / "runs"
+
+    def truncated(ckpts: Path) -> None:
+        torch.save(full, ckpts / "last.ckpt")
+        data = (ckpts / "last.ckpt").read_bytes()
+        (ckpts / "last.ckpt").write_bytes(data[: len(data) // 2])
+
+    _save_run(run / "truncated", truncated)
+    _save_run(run / "random", lambda c: (c / "last.ckpt").write_bytes(os.urandom(4096)))
+    _save_run(run / "bare", lambda c: torch.save({"state_dict": weights}, c / "last.ckpt"))
+    _save_run(run / "safetensors",
+              lambda c: save_file(weights, str(c / "last.safetensors")))
+    _save_run(run / "code",
+              lambda c: torch.save({**full, "payload": _Code()}, c / "last.ckpt"))
+    return {"file": str(tmp / "taken.txt"), "missing": str(tmp / "absent" / "nothing"),
+            "image": str(tmp / "input.png"), "config": str(TINY),
+            "list_yaml": str(tmp / "list.yaml"), "bad_yaml": str(tmp / "bad.yaml"),
+            "run": str(run)}
+
+
+@pytest.fixture(scope="module")
+def materials(tmp_path_factory) -> dict[str, str]:
+    return _materials(tmp_path_factory.mktemp("cli_materials"))
+
+
+def _tree(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): (p.stat().st_size if p.is_file() else -1)
+            for p in sorted(folder.rglob("*"))}
+
+
+def _row_id(row: tuple[str, str, list[str], str]) -> str:
+    script, kind, argv, _ = row
+    return f"{Path(script).stem}:{kind}:{' '.join(argv)[:50]}"
+
+
+def test_every_kind_is_named_and_scripts_exist():
+    for script, kind, _, _ in ROWS:
+        assert kind in KINDS, kind
+        assert (ROOT / script).is_file(), script
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[_row_id(r) for r in ROWS])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(row, materials, tmp_path):
+    script, kind, argv, culprit = row
+    if any(marker in " ".join(argv) for marker in NEEDS_NO_CUDA) and torch.cuda.is_available():
+        pytest.skip("this machine has the device the row asks for")
+    argv = [a.format(**materials) for a in argv]
+    culprit = culprit.format(**materials)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    watched = Path(materials["run"]).parent
+    before, materials_before = _tree(cwd), _tree(watched)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("SGM_RUN_NOW", None)
+    result = subprocess.run([sys.executable, str(ROOT / script), *argv], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr + result.stdout
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error:"), lines[0]
+    assert culprit in lines[0], (culprit, lines[0])
+    assert "this must never run" not in result.stdout
+    assert _tree(cwd) == before, "a refused command wrote something"
+    assert _tree(watched) == materials_before, "a refused command changed its inputs"
