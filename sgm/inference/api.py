@@ -396,7 +396,7 @@ class SamplingPipeline:
             return sample_turbo(
                 self.model, prompt, params.steps, params.height, params.width,
                 0 if seed is None else seed, samples, self.specs.channels,
-                self.specs.factor, return_latents=return_latents,
+                self.specs.factor, return_latents=return_latents, callback=callback,
             )
         sampler = self._sampler(params)
         if refiner_strength is not None:

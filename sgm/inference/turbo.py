@@ -108,11 +108,13 @@ def sample_turbo(
     filter: Callable[[torch.Tensor], torch.Tensor] | None = None,
     return_latents: bool = False,
     verbose: bool = True,
+    callback: Callable[[dict], Any] | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """``num_samples`` Turbo images ``(N, 3, H, W)`` in [0, 1] for ``prompt``.
 
     Start noise is ``seeded_randn((N, C, H/F, W/F), seed)``; the ancestral noise comes
-    from ``SeededNoise(seed)``. ``extra_values`` adds or overrides conditioning values.
+    from ``SeededNoise(seed)``. ``extra_values`` adds or overrides conditioning values;
+    ``callback`` receives the sampler's per-step dictionary.
     """
     from .helpers import do_sample, model_device
 
@@ -129,4 +131,5 @@ def sample_turbo(
     return do_sample(
         model, turbo_sampler(n_steps, seed, verbose), value_dict, num_samples, height,
         width, channels, factor, return_latents=return_latents, filter=filter, noise=noise,
+        callback=callback,
     )
