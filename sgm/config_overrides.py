@@ -133,7 +133,8 @@ def _convert(value: Any, kind: type, text: str, why: str) -> Any:
     elif kind is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value) if not isinstance(value, str) else value
-    raise ConfigError(f"override {text!r}: expected {_kind(kind)} ({why}), got {value!r}")
+    shown = "null" if value is None else repr(value)
+    raise ConfigError(f"override {text!r}: expected {_kind(kind)} ({why}), got {shown}")
 
 
 def _select(config: Any, key: str) -> Any:

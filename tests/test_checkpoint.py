@@ -174,3 +174,60 @@ def test_ldm_schedule_buffers_are_dropped_only_when_the_model_lacks_them(tmp_pat
     model = WithSchedule()
     with pytest.raises(CheckpointError, match="alphas_cumprod: 1 unexpected"):
         load_checkpoint_into(model, path)
+
+
+@pytest.mark.parametrize("prefix", [b"", b"\x80\x02", b"PK\x03\x04"])
+def test_random_bytes_are_corrupt_not_code(tmp_path, prefix):
+    import os
+
+    path = tmp_path / "random.ckpt"
+    path.write_bytes(prefix + os.urandom(4096))
+    with pytest.raises(CheckpointError) as info:
+        load_state_dict(path)
+    message = str(info.value)
+    assert "truncated or corrupt" in message and "arbitrary code" not in message
+    assert "weights_only" not in message  # never torch's advice to unpickle anything
+
+
+def _training_state(weights):
+    return {"state_dict": weights, "optimizer_states": [{"state": {}}], "loops": {},
+            "epoch": 2, "global_step": 7}
+
+
+def test_training_checkpoint_is_accepted_for_resume(tmp_path, weights):
+    from sgm.checkpoint import check_training_checkpoint
+
+    path = tmp_path / "last.ckpt"
+    torch.save(_training_state(weights), path)
+    assert check_training_checkpoint(path) == {"epoch": 2, "global_step": 7}
+
+
+def test_weights_only_files_cannot_be_resumed(tmp_path, weights):
+    from sgm.checkpoint import check_training_checkpoint
+
+    bare = tmp_path / "bare.ckpt"
+    torch.save({"state_dict": weights}, bare)
+    safetensors = tmp_path / "w.safetensors"
+    save_file(weights, str(safetensors))
+    for path in (bare, safetensors):
+        with pytest.raises(CheckpointError, match="weights only.*model.params.ckpt_path="):
+            check_training_checkpoint(path)
+
+
+def test_resume_check_reports_corrupt_and_code_files(tmp_path, weights, capsys):
+    from sgm.checkpoint import check_training_checkpoint
+
+    truncated = tmp_path / "truncated.ckpt"
+    torch.save(_training_state(weights), truncated)
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        check_training_checkpoint(truncated)
+    evil = tmp_path / "evil.ckpt"
+    torch.save({**_training_state(weights), "payload": Evil()}, evil)
+    with pytest.raises(CheckpointError, match="arbitrary code"):
+        check_training_checkpoint(evil)
+    assert "this must never run" not in capsys.readouterr().out
+    bad_header = tmp_path / "bad.safetensors"
+    bad_header.write_bytes(b"\x10" + b"\x00" * 20)
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        check_training_checkpoint(bad_header)
