@@ -2,7 +2,8 @@
 
 Tokens of a ``(B*T*V, C, H, W)`` feature map (``T`` frames of ``V`` views) go through
 a spatial block, a view-attention block over ``V`` and a motion-attention block over
-``T``; each temporal output is blended back with the spatial path.
+``T``; each temporal output is blended back with the spatial path. SV4D 2.0's 4-view
+release regroups the tokens differently for the view block (``use_3d_attention``).
 """
 
 from __future__ import annotations
@@ -114,11 +115,18 @@ class PostHocSpatialTransformerWithTimeMixingAndMotion(_PostHocBase):
     Args:
         use_camera_emb: view embeddings come from the UNet embedding (``cam``) of the
             first frame of each view instead of view indices (input ``adm_in_channels``).
-        use_3d_attention: view attention runs over all ``V*H*W`` tokens of a frame
-            instead of over ``V`` per pixel.
+        use_3d_attention: the SV4D 2.0 4-view layout. The view mixer is given the
+            tokens one row per (clip, view, pixel) over the frames,
+            ``(B*V*H*W, T, C)``, and still called with ``V`` frames, so at each frame
+            it attends within runs of ``V`` consecutive (view, pixel) rows; its
+            context rows, the mixers and the motion mixer are those of the 8-view
+            layout. This is what the released 4-view checkpoint was trained with.
         separate_motion_merge_factor: motion blending has its own ``time_mixer_motion``
             (initialised to ``merge_factor_motion``).
         motion_context_dim: channels of the ``cond_view`` latents (default 4).
+
+    ``image_only_indicator`` is accepted and ignored: as in the released models, the
+    view and motion mixers always blend as for video frames.
     """
 
     def __init__(
@@ -211,18 +219,28 @@ class PostHocSpatialTransformerWithTimeMixingAndMotion(_PostHocBase):
         )
 
     def _view_attention(self, block, x, emb_view, context, b, t, v, hw):
-        # x: (b, t, v, hw, c) -> view-mixed tokens laid out (b*v, t*hw, c).
+        # x: (b, t, v, hw, c) -> (spatial, view-mixed) tokens, both in the view layout:
+        # 8-view (b*v, t*hw, c), 3-D (b*v*hw, t, c). The block regroups its input as
+        # (rows / v, v) "frames" either way; the context is the same tensor for both.
         c = x.shape[-1]
-        x_views = x.permute(0, 2, 1, 3, 4).reshape(b * v, t * hw, c)
-        if not self.use_3d_attention:
-            camera_context = broadcast_context(context.reshape(b * t, 1, -1), hw)
-            return x_views, block(x_views + emb_view, context=camera_context, timesteps=v)
-        # One sequence of v*hw tokens per frame: pass (b*t*v*hw, 1, c) "frames".
-        tokens = x + emb_view.reshape(b, 1, v, 1, c)
-        mixed = block(tokens.reshape(-1, 1, c), context=context.reshape(b * t, 1, -1),
-                      timesteps=v * hw)  # fmt: skip
-        mixed = mixed.reshape(b, t, v, hw, c).permute(0, 2, 1, 3, 4).reshape(b * v, t * hw, c)
-        return x_views, mixed
+        camera_context = broadcast_context(context.reshape(b * t, 1, -1), hw)
+        if self.use_3d_attention:
+            x_views = x.permute(0, 2, 3, 1, 4).reshape(b * v * hw, t, c)
+            tokens = x_views.reshape(b, v, hw, t, c) + emb_view.reshape(b, v, 1, 1, c)
+            tokens = tokens.reshape(b * v * hw, t, c)
+        else:
+            x_views = x.permute(0, 2, 1, 3, 4).reshape(b * v, t * hw, c)
+            tokens = x_views + emb_view
+        return x_views, block(tokens, context=camera_context, timesteps=v)
+
+    def _frame_major(self, x, b, t, v, hw):
+        # View-path layout -> (b*t, v*hw, c), one row per (clip, frame).
+        c = x.shape[-1]
+        if self.use_3d_attention:
+            x = x.reshape(b, v, hw, t, c).permute(0, 3, 1, 2, 4)
+        else:
+            x = x.reshape(b, v, t, hw, c).transpose(1, 2)
+        return x.reshape(b * t, v * hw, c)
 
     def forward(
         self,
@@ -250,7 +268,9 @@ class PostHocSpatialTransformerWithTimeMixingAndMotion(_PostHocBase):
         cond_view = F.interpolate(cond_view, size=(h, w), mode="bilinear")
         spatial_context = broadcast_context(context.reshape(b * t, 1, d1), v)
         motion_context = cond_view.permute(0, 2, 3, 1).reshape(-1, 1, d2)
-        iio = image_only_indicator
+        # The view and motion mixers always blend as for video frames, whatever
+        # image_only_indicator says (the released checkpoints were trained so).
+        no_images = x.new_zeros(1, 1)
         x = self._tokens_in(x)
         c = x.shape[-1]
         emb_time = frame_index_embedding(
@@ -264,9 +284,9 @@ class PostHocSpatialTransformerWithTimeMixingAndMotion(_PostHocBase):
             x, x_mix = self._view_attention(
                 view_block, x.reshape(b, t, v, hw, c), emb_view, context, b, t, v, hw
             )
-            x = self._blend(x, x_mix, None if iio is None else iio[:, :v])
-            x = x.reshape(b, v, t, hw, c).transpose(1, 2).reshape(b * t, v * hw, c)
+            x = self._blend(x, x_mix, no_images)
+            x = self._frame_major(x, b, t, v, hw)
             x_mix = motion_block(x + emb_time, context=motion_context, timesteps=t)
-            x = self._blend(x, x_mix, None if iio is None else iio[:, :t], motion_mixer)
+            x = self._blend(x, x_mix, no_images, motion_mixer)
             x = x.reshape(b * t * v, hw, c)
         return self._tokens_out(x, h, w) + x_in
