@@ -1,0 +1,77 @@
+"""The sgm side of a conversion: configs, engines on the meta device, weights files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+# Engine parts that hold no weights of the released files.
+_NOT_WEIGHTS = ("sampler_config", "loss_fn_config", "ckpt_path", "scheduler_config")
+
+
+def load_config(path: str | os.PathLike) -> Any:
+    """The YAML at ``path`` (an OmegaConf node with a ``model`` section)."""
+    from ..util import load_configs
+
+    config = load_configs([path])
+    if "model" not in config or "target" not in config.model:
+        raise ConfigError(f"{path}: no model.target; expected an sgm model config")
+    return config
+
+
+def engine_params(config: Any) -> dict[str, Any]:
+    """``model.params`` as plain containers, with every config resolved."""
+    from omegaconf import OmegaConf
+
+    params = config.model.get("params", {})
+    return OmegaConf.to_container(params, resolve=True) if params is not None else {}
+
+
+def build_engine(config: Any, device: str | torch.device = "meta") -> nn.Module:
+    """The config's model without checkpoint, sampler or loss (their weights are not in
+    released files), built on ``device``."""
+    from omegaconf import OmegaConf
+
+    from ..util import instantiate_from_config
+
+    model = OmegaConf.create(OmegaConf.to_container(config.model, resolve=True))
+    for key in _NOT_WEIGHTS:
+        model.params.pop(key, None)
+    model.params["use_ema"] = False
+    with torch.device(device):
+        return instantiate_from_config(model)
+
+
+def denoiser_buffers(config: Any) -> dict[str, torch.Tensor]:
+    """``denoiser.*`` buffers (the sigma table of discrete denoisers), from the config."""
+    from ..util import instantiate_from_config
+
+    denoiser = instantiate_from_config(config.model.params.denoiser_config)
+    return {f"denoiser.{k}": v for k, v in denoiser.state_dict().items()}
+
+
+def shapes(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def write_safetensors(state: Mapping[str, torch.Tensor], path: Path) -> Path:
+    """Write ``state`` to a new ``.safetensors`` file atomically; never overwrites."""
+    from safetensors.torch import save_file
+
+    from ..errors import InputError
+    from ..output_files import write_new_file
+
+    tensors = {k: v.detach().contiguous() for k, v in state.items()}
+    try:
+        return write_new_file(
+            lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}), [path]
+        )
+    except FileExistsError:
+        raise InputError(f"{path} exists; nothing was written") from None

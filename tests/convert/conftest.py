@@ -1,0 +1,123 @@
+"""Tiny engines of each family (SD 2.x, SDXL base/refiner, SVD) with random weights."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+FAMILIES = ("sd21", "sdxl_base", "sdxl_refiner", "svd")
+TEXT = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 3}
+VISION = {"image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 32}
+ARCHS = {
+    "sgm-test-convert-text": {"embed_dim": 32, "vision_cfg": VISION, "text_cfg": TEXT},
+    "sgm-test-convert-bigg": {"embed_dim": 48, "vision_cfg": VISION, "text_cfg": TEXT},
+    "sgm-test-convert-vision": {"embed_dim": 32, "vision_cfg": VISION, "text_cfg": TEXT},
+}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def offline():
+    """Opening a socket fails the test; the Hub is offline."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args!r}")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setattr(socket.socket, "connect", refuse)
+        patch.setattr(socket, "create_connection", refuse)
+        patch.setattr(socket, "getaddrinfo", refuse)
+        yield
+
+
+@pytest.fixture(scope="session")
+def archs(tmp_path_factory):
+    from open_clip.factory import add_model_config
+
+    folder = tmp_path_factory.mktemp("convert_open_clip")
+    for name, config in ARCHS.items():
+        (folder / f"{name}.json").write_text(json.dumps(config))
+    add_model_config(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def clip_l_dir(tmp_path_factory):
+    """A tiny CLIP-L-like text model architecture (config.json only)."""
+    from transformers import CLIPTextConfig
+
+    folder = tmp_path_factory.mktemp("tiny_clip_l")
+    CLIPTextConfig(
+        vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=2, max_position_embeddings=77, hidden_act="quick_gelu",
+        projection_dim=32, bos_token_id=0, eos_token_id=2, pad_token_id=1,
+    ).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def config_path(archs, clip_l_dir, tmp_path_factory):
+    """``config_path(family)`` -> a tiny config file (the CLIP-L folder filled in)."""
+    folder = tmp_path_factory.mktemp("convert_configs")
+
+    def make(family: str) -> Path:
+        config = OmegaConf.load(CONFIGS / f"tiny_{family}.yaml")
+        if family == "sdxl_base":
+            config.model.params.conditioner_config.params.emb_models[0].params.version = str(
+                clip_l_dir
+            )
+        path = folder / f"tiny_{family}.yaml"
+        OmegaConf.save(config, path)
+        return path
+
+    return make
+
+
+def randomize(model: torch.nn.Module, seed: int) -> None:
+    """Random weights of moderate size; norm scales around 1, mixing factors spread."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.state_dict().items():
+            if not p.is_floating_point() or name.endswith("sigmas"):
+                continue
+            scale = 0.2 if p.ndim > 1 else 0.05
+            p.copy_(torch.randn(p.shape, generator=gen) * scale)
+            if "norm" in name.rsplit(".", 2)[-2] or ".ln_" in name:
+                if name.endswith("weight"):
+                    p.add_(1.0)
+            if name.endswith(("mix_factor", "logit_scale")):
+                p.copy_(torch.randn(p.shape, generator=gen))
+
+
+@pytest.fixture(scope="session")
+def engine_file(config_path, tmp_path_factory):
+    """``engine_file(family)`` -> (config path, checkpoint path, engine) with random
+    weights; SVD's two copies of the image encoder are equal, as in released files."""
+    from safetensors.torch import save_file
+
+    from sgm.convert._engine import build_engine, load_config
+
+    cache = {}
+
+    def make(family: str):
+        if family not in cache:
+            path = config_path(family)
+            engine = build_engine(load_config(path), device="cpu").eval()
+            randomize(engine, seed=FAMILIES.index(family))
+            state = engine.state_dict()
+            if family == "svd":
+                for key in [k for k in state if k.startswith("first_stage_model.encoder.")]:
+                    twin = "conditioner.embedders.3.encoder." + key[len("first_stage_model."):]
+                    state[key].copy_(state[twin])
+            ckpt = tmp_path_factory.mktemp(f"ckpt_{family}") / f"{family}.safetensors"
+            save_file({k: v.contiguous() for k, v in state.items()}, ckpt)
+            cache[family] = (path, ckpt, engine)
+        return cache[family]
+
+    return make
