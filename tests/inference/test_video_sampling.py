@@ -96,7 +96,7 @@ def test_cli_end_to_end_writes_playable_mp4_and_never_overwrites(tiny, arch_dir,
     _, ckpt = tiny
     image = _png(tmp_path / "input.png")
     args = (f"--input_path={image}", f"--config={TINY_CONFIG}", f"--ckpt={ckpt}",
-            "--num_frames=3", "--num_steps=2", "--decoding_t=2", "--fps_id=9")
+            "--num_frames=3", "--num_steps=2", "--decoding_t=2", "--fps_id=9", "--dtype=fp32")
     first = _run(tmp_path, *args, launcher_dir=arch_dir)
     assert first.returncode == 0, first.stderr
     out = tmp_path / "outputs" / "simple_video_sample" / "svd"
@@ -128,6 +128,54 @@ def test_cli_missing_checkpoint_is_one_line_and_exit_2(tmp_path):
 def test_cli_unknown_version_exit_2(tmp_path):
     result = _run(tmp_path, "--version=svd_xxl")
     assert result.returncode == 2 and "svd_xt_1_1" in result.stderr
+
+
+def _script_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("simple_video_sample", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("kwargs, culprit", [
+    ({"num_frames": 0}, "num_frames"),
+    ({"num_steps": -2}, "num_steps"),
+    ({"decoding_t": 1.5}, "decoding_t"),
+    ({"output_folder": "{file}"}, "output_folder"),
+    ({"output_folder": "{file}/below"}, "output_folder"),
+])
+def test_sample_checks_everything_before_the_model_loads(kwargs, culprit, tmp_path):
+    from sgm.errors import InputError
+
+    taken = tmp_path / "taken.txt"
+    taken.write_text("x")
+    unloadable = tmp_path / "config.yaml"  # loading it would raise ConfigError
+    unloadable.write_text("model: [1, 2\n")
+    ckpt = tmp_path / "w.safetensors"
+    ckpt.write_bytes(b"")
+    kwargs = {k: v.format(file=taken) if isinstance(v, str) else v for k, v in kwargs.items()}
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(InputError, match=culprit):
+        _script_module().sample(input_path=str(_png(tmp_path / "in.png")), config=unloadable,
+                                ckpt=ckpt, **kwargs)
+    assert sorted(p for p in tmp_path.rglob("*") if p.name != "in.png") == before
+
+
+def test_cli_flags_keep_their_names_and_defaults():
+    import inspect
+
+    module = _script_module()
+    args = module.get_parser().parse_args(["--input_path=.", "--num_frames=3",
+                                           "--elevations_deg=[5, 10]", "--verbose"])
+    defaults = {name: p.default for name, p in inspect.signature(module.sample).parameters.items()}
+    assert args.num_frames == 3 and args.elevations_deg == [5.0, 10.0] and args.verbose
+    for name in ("num_steps", "version", "fps_id", "motion_bucket_id", "cond_aug", "seed",
+                 "decoding_t", "output_folder", "azimuths_deg", "image_frame_ratio",
+                 "config", "ckpt", "dtype", "low_vram"):
+        assert getattr(args, name) == defaults[name], name
+    assert args.lora == [] and args.device in ("cpu", "cuda", "mps")
 
 
 def test_load_sets_sampler_and_guider(tiny):
