@@ -48,7 +48,11 @@ class ArgumentParser(argparse.ArgumentParser):
         (so before a ``--device`` check imports torch)."""
         tokens = list(sys.argv[1:] if args is None else args)
         unknown = []
-        for token in tokens:
+        if any(isinstance(a, argparse._SubParsersAction) for a in self._actions):
+            tokens_to_scan: list[str] = []  # flags belong to the sub-command's parser
+        else:
+            tokens_to_scan = tokens
+        for token in tokens_to_scan:
             if token == "--":
                 break
             flag = token.split("=", 1)[0]

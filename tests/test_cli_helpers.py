@@ -89,3 +89,35 @@ def test_check_raises_input_error():
     assert isinstance(cli.positive_int("4"), int)
     with pytest.raises(argparse.ArgumentTypeError):
         cli.positive_float("inf")
+
+
+def test_misspelled_flag_fails_before_values_are_converted(capsys):
+    converted = []
+
+    def recording(text):
+        converted.append(text)
+        return text
+
+    parser = cli.ArgumentParser(prog="tool")
+    parser.add_argument("--device", type=recording, default="auto")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--devise=cpu"])
+    assert converted == [] and "--devise=cpu" in capsys.readouterr().err
+    assert parser.parse_args(["--device=cpu"]).device == "cpu"
+
+
+def test_sub_command_flags_are_left_to_the_sub_parser(capsys):
+    parser = cli.ArgumentParser(prog="tool")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("export").add_argument("--out", type=cli.output_folder)
+    assert parser.parse_args(["export", "--out", "x"]).out.name == "x"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["export", "--outt", "x"])
+    assert "--outt" in capsys.readouterr().err
+
+
+def test_non_negative_float():
+    assert cli.non_negative_float("0") == 0.0
+    for bad in ("-0.1", "nan", "x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            cli.non_negative_float(bad)
