@@ -1,0 +1,212 @@
+"""What the SV4D and SV4D 2.0 command lines share: flags, checks made before any model
+loads (input video, cameras, configs, checkpoints, rembg), the input frames, and the
+output files (one H.264 mp4 per view, written atomically, never overwriting)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import cli
+from ..errors import CheckpointError, ConfigError, InputError
+from . import video_io
+
+logger = logging.getLogger(__name__)
+
+CONFIGS = Path(__file__).resolve().parents[2] / "scripts" / "sampling" / "configs"
+OUTPUT_FPS = 10
+
+
+# --------------------------------------------------------------------------- flags
+
+
+def float_list(text: str) -> float | list[float]:
+    """One number, or a list: ``10``, ``10,20,30`` or ``[10, 20, 30]``."""
+    parts = [p for p in text.strip().strip("[]()").split(",") if p.strip()]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or a list of numbers") \
+            from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r} holds no numbers")
+    return values[0] if len(values) == 1 and "," not in text else values
+
+
+def boolean(text: str) -> bool:
+    """``true``/``false`` (also yes/no, 1/0)."""
+    lowered = text.lower()
+    if lowered in ("true", "yes", "1"):
+        return True
+    if lowered in ("false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
+def add_common_args(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
+    """The flags both SV4D scripts take, with the script's ``defaults``."""
+    p = parser
+    p.add_argument("--input_path", default=defaults["input_path"],
+                   help="a gif or mp4, a folder of jpg/png frames, or a glob pattern")
+    p.add_argument("--output_folder", type=cli.output_folder,
+                   default=defaults["output_folder"])
+    p.add_argument("--num_steps", type=cli.positive_int, default=defaults["num_steps"])
+    p.add_argument("--img_size", type=cli.multiple_of(64), default=576,
+                   help="image resolution (a multiple of 64)")
+    p.add_argument("--seed", type=cli.non_negative_int, default=23)
+    p.add_argument("--encoding_t", type=cli.positive_int, default=8,
+                   help="frames encoded at a time (lower it if memory runs out)")
+    p.add_argument("--decoding_t", type=cli.positive_int, default=4,
+                   help="frames decoded at a time (lower it if memory runs out)")
+    p.add_argument("--elevations_deg", type=float_list, default=defaults["elevations_deg"],
+                   help="one elevation, or one per view")
+    p.add_argument("--azimuths_deg", type=float_list, default=None,
+                   help="one azimuth per view (default: the release's)")
+    p.add_argument("--image_frame_ratio", type=cli.unit_interval,
+                   default=defaults["image_frame_ratio"],
+                   help="fraction of the frame the object fills")
+    p.add_argument("--verbose", type=boolean, nargs="?", const=True, default=False)
+    p.add_argument("--remove_bg", type=boolean, nargs="?", const=True, default=False,
+                   help="cut the background out with rembg (extra: sgm[rembg])")
+    p.add_argument("--config", type=cli.existing_file, default=None,
+                   help="model config (default: the release's)")
+    cli.add_device_args(p)
+    cli.add_lora_arg(p)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_checkpoint(path: str | os.PathLike, flag: str = "--ckpt") -> Path:
+    """A readable checkpoint at ``path``, or a ``CheckpointError`` saying where it goes."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint not found: {path} (put {path.name} in {path.parent}/ or pass {flag})"
+        )
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                if not list(handle.keys()):
+                    raise CheckpointError(f"{path}: the checkpoint holds no tensors")
+        except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+            reason = " ".join(str(error).split())[:120]
+            raise CheckpointError(
+                f"{path}: not a readable safetensors file (truncated or corrupt?): {reason}; "
+                f"replace it with the released {path.name}"
+            ) from None
+    return path
+
+
+def load_config(path: str | os.PathLike) -> Any:
+    """The OmegaConf of ``path`` (a ``ConfigError`` naming it when it does not parse)."""
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.load(path)
+    except Exception as error:  # noqa: BLE001  (any parse error: bad file)
+        raise ConfigError(f"{path}: not a readable config: {error}") from None
+
+
+def check_window(config: Any, path: str | os.PathLike, n_time: int, n_view: int) -> None:
+    """The config samples windows of ``n_time`` frames x ``n_view`` views."""
+    got = (config.get("N_TIME"), config.get("N_VIEW"))
+    if got != (n_time, n_view):
+        raise ConfigError(f"{path}: N_TIME x N_VIEW is {got[0]} x {got[1]}, this model "
+                          f"samples {n_time} x {n_view}")
+
+
+def read_input(input_path: str, n_frames: int) -> list[Any]:
+    """The first ``n_frames`` frames of the input, padded ping-pong when shorter."""
+    frames = video_io.read_frames(input_path, n_frames)
+    if len(frames) < n_frames:
+        logger.info("input has %d frames; padded ping-pong to %d", len(frames), n_frames)
+    return video_io.ping_pong(frames, n_frames)
+
+
+def prepare_input(frames: Sequence[Any], img_size: int, image_frame_ratio: float | None,
+                  remove_bg: bool) -> np.ndarray:
+    """Background removed (optionally), object-centred square crop on white."""
+    if remove_bg:
+        frames = video_io.remove_background(frames)
+    return video_io.preprocess_frames(frames, img_size, image_frame_ratio)
+
+
+def check_inputs(args: Any) -> None:
+    """Checks every SV4D script makes before loading a model."""
+    if args.remove_bg:
+        video_io.check_background_removal()
+    if args.input_path is None:
+        raise InputError("input_path is required")
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def free_base(folder: Path, suffixes: Sequence[str], per_run: int) -> int:
+    """The first run number ``n >= #mp4 // per_run`` for which no ``{n:06d}{suffix}``
+    exists (the original numbers runs by counting the folder's mp4 files)."""
+    count = len(list(folder.glob("*.mp4"))) if folder.is_dir() else 0
+    base = count // per_run
+    while any((folder / f"{base:06d}{s}").exists() for s in suffixes):
+        base += 1
+    return base
+
+
+def write_videos(folder: Path, videos: dict[str, Any], per_run: int) -> list[Path]:
+    """Write ``{suffix: (T, 3, H, W) frames in [0, 1]}`` as ``{base:06d}{suffix}`` mp4s
+    at 10 fps; each file appears complete or not at all, none is overwritten."""
+    from .video import save_video
+
+    base = free_base(folder, list(videos), per_run)
+    written = []
+    for suffix, frames in videos.items():
+        written.append(save_video(frames, folder / f"{base:06d}{suffix}", fps=OUTPUT_FPS))
+        logger.info("wrote %s", written[-1])
+    return written
+
+
+def uint8_video(frames: np.ndarray) -> Any:
+    """``(T, H, W, 3)`` uint8 -> ``(T, 3, H, W)`` in [0, 1] (written back exactly)."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255
+
+
+def load_engine(config: Path, ckpt: Path, args: Any, num_frames: int, half: bool) -> Any:
+    """Build and load an engine with the command line's device, dtype and low-VRAM mode."""
+    import inspect
+
+    from .video import load_video_model
+
+    options: dict[str, Any] = {"device": args.device, "num_frames": num_frames,
+                               "num_steps": args.num_steps, "verbose": args.verbose}
+    accepted = inspect.signature(load_video_model).parameters
+    if "dtype" in accepted:
+        options["dtype"] = args.dtype
+    if "offload" in accepted:
+        options["offload"] = args.low_vram
+    if half and "half_weights" in accepted and str(args.device) != "cpu":
+        options["half_weights"] = True
+    return load_video_model(config, ckpt, **options)
+
+
+def release(model: Any) -> None:
+    """Drop a model and give its accelerator memory back."""
+    import gc
+
+    import torch
+
+    model.to("cpu")
+    del model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
