@@ -1,0 +1,145 @@
+"""sample_video on the toy SVD engine: compute dtype, low-VRAM offloading, frame chunking,
+the image-only indicator for any batch, and per-step callbacks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_precision_offload import RecordingOffloader
+
+from sgm import offload
+from sgm.inference.video import build_value_dict, load_video_model, sample_video
+from sgm.modules.diffusionmodules.guiders import IdentityGuider
+from test_video_sampling import ARCH, ARCH_CONFIG, TINY_CONFIG
+
+FRAMES = 3
+PARTS = ("conditioner", "model", "first_stage_model")
+
+
+@pytest.fixture(scope="module")
+def arch(tmp_path_factory):
+    from open_clip.factory import add_model_config
+
+    folder = tmp_path_factory.mktemp("video_open_clip")
+    (folder / f"{ARCH}.json").write_text(json.dumps(ARCH_CONFIG))
+    add_model_config(folder)
+    return ARCH
+
+
+def _model(**kwargs) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = load_video_model(TINY_CONFIG, None, "cpu", num_frames=FRAMES, num_steps=2,
+                             **kwargs)
+    with torch.no_grad():  # zero-initialised output layers would hide the network
+        for param in model.model.parameters():
+            if not param.any():
+                param.normal_(0.0, 0.05)
+    return model
+
+
+@pytest.fixture(scope="module")
+def model(arch):
+    return _model()
+
+
+def _values(seed: int = 1) -> dict:
+    rng = np.random.RandomState(seed)
+    image = torch.from_numpy(rng.uniform(-1, 1, (1, 3, 64, 64)).astype(np.float32))
+    return build_value_dict(image, 0.02, generator=torch.Generator().manual_seed(seed))
+
+
+def _sample(model, **kwargs) -> torch.Tensor:
+    return sample_video(model, _values(), FRAMES, generator=torch.Generator().manual_seed(3),
+                        decoding_t=2, **kwargs)
+
+
+def test_indicator_follows_the_batch_and_chunk_sizes_are_restored(model, monkeypatch):
+    shapes, decodes, steps = [], [], []
+    net = model.model.diffusion_model
+    hooks = [
+        net.register_forward_pre_hook(
+            lambda m, a, kw: shapes.append(tuple(kw["image_only_indicator"].shape)),
+            with_kwargs=True,
+        ),
+        model.first_stage_model.decoder.register_forward_pre_hook(
+            lambda m, a: decodes.append(a[0].shape[0])
+        ),
+    ]
+    (encoder,) = [e for e in model.conditioner.embedders if e.input_key == "cond_frames"]
+    try:
+        _sample(model, callback=steps.append, encoding_t=1)
+        assert shapes == [(2, FRAMES)] * 2  # guidance doubles the one video
+        assert decodes == [2, 1]  # decoding_t frames at a time
+        assert [s["i"] for s in steps] == [0, 1]
+        assert model.en_and_decode_n_samples_a_time is None
+        assert encoder.en_and_decode_n_samples_a_time is None
+        shapes.clear()
+        monkeypatch.setattr(model.sampler, "guider", IdentityGuider())
+        frames = _sample(model)
+        assert shapes == [(1, FRAMES)] * 2 and frames.shape == (FRAMES, 3, 64, 64)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def test_bf16_runs_the_network_in_bf16_and_the_autoencoders_in_float32(model):
+    net_out, decoded, encoded = [], [], []
+    hooks = [
+        model.model.diffusion_model.register_forward_hook(
+            lambda m, a, out: net_out.append(out.dtype)),
+        model.first_stage_model.decoder.register_forward_hook(
+            lambda m, a, out: decoded.append(out.dtype)),
+        model.conditioner.embedders[3].encoder.encoder.register_forward_hook(
+            lambda m, a, out: encoded.append(out.dtype)),
+    ]
+    try:
+        exact = _sample(model)
+        net_out.clear(), decoded.clear(), encoded.clear()
+        mixed = _sample(model, dtype="bf16")
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert net_out == [torch.bfloat16] * 2
+    assert set(decoded) == set(encoded) == {torch.float32}
+    assert torch.isfinite(mixed).all() and 0 < (mixed - exact).abs().max() < 0.05
+
+
+def test_offloaded_video_model_gives_the_same_frames(model):
+    reference = _sample(model)
+    offloader = offload.offload_engine(model, "cpu", offloader=RecordingOffloader())
+    names = {id(getattr(model, p)): p for p in PARTS}
+    runs = []
+    watched = {"conditioner": model.conditioner.embedders,
+               "model": [model.model.diffusion_model],
+               "first_stage_model": [model.first_stage_model.decoder]}
+    hooks = [
+        module.register_forward_pre_hook(
+            lambda m, a, name=name: runs.append((name, {names[i] for i in offloader.on_device}))
+        )
+        for name, modules in watched.items() for module in modules
+    ]
+    try:
+        frames = _sample(model)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        offloader.remove()
+    assert torch.equal(frames, reference)
+    assert {name for name, _ in runs} == set(PARTS)
+    assert all(on_device == {name} for name, on_device in runs), runs
+    assert offloader.on_device == set()
+
+
+def test_load_video_model_dtype_offload_and_half_weights(model):
+    low = _model(dtype="bf16", offload=True, half_weights=True)
+    assert low.compute_dtype == torch.bfloat16
+    assert offload.execution_device(low) == torch.device("cpu")
+    assert next(low.model.parameters()).dtype == torch.bfloat16
+    assert {p.dtype for p in low.first_stage_model.parameters()} == {torch.float32}
+    assert {p.dtype for p in low.conditioner.parameters()} == {torch.float32}
+    frames = _sample(low)
+    assert torch.isfinite(frames).all()
+    assert (frames - _sample(model, dtype="bf16")).abs().max() < 0.05
