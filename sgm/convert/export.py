@@ -9,10 +9,15 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, InputError
-from ._components import layout
-from ._engine import build_engine, engine_params, load_config
+from ._components import Layout, layout
+from ._engine import build_engine, engine_params, load_config, shapes
 from ._folders import check_new_output, new_folder, save_component
 from ._pipeline import write_extras
+from ._probe import trace
+
+# Tensors the diffusers layout has no place for (none is read by sampling), kept beside
+# the components so that converting back gives the original file exactly.
+EXTRA_WEIGHTS = "sgm_extra_weights.safetensors"
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +29,16 @@ def _check_aliases(state: dict[str, torch.Tensor], aliases: dict[str, str]) -> N
         if differs:
             logger.warning("%s* differs from %s*; the diffusers folder keeps only %s* (the "
                            "weights sampling runs)", copy, source, source)
+
+
+def unplaced_keys(plan: Layout, engine_shapes: dict[str, tuple[int, ...]]) -> list[str]:
+    """Engine keys no component holds (and that are neither copies nor constants)."""
+    read = set()
+    for component in plan.components:
+        read |= {entry.source for entry in trace(component.convert, engine_shapes).values()}
+    derived = (*plan.aliases, "denoiser.")
+    return [k for k in engine_shapes if k not in read and not k.startswith(derived)
+            and not k.endswith("position_ids")]
 
 
 def to_diffusers(
@@ -57,4 +72,9 @@ def to_diffusers(
             logger.info("writing %s (%s)", component.name, component.class_name)
             save_component(component, component.convert(state), folder / component.name)
         write_extras(folder, plan, params)
+        extra = unplaced_keys(plan, shapes(engine.state_dict()))
+        if extra:
+            from safetensors.torch import save_file
+
+            save_file({k: state[k].contiguous() for k in extra}, folder / EXTRA_WEIGHTS)
     return output

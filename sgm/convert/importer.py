@@ -84,6 +84,18 @@ def _fill(key: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     return torch.zeros(shape, dtype=dtype)
 
 
+def _extra_weights(folder: Path, wanted: dict[str, tuple]) -> dict[str, torch.Tensor]:
+    """Tensors a previous export kept beside the components (see ``EXTRA_WEIGHTS``)."""
+    from ..checkpoint import load_state_dict
+    from .export import EXTRA_WEIGHTS
+
+    path = folder / EXTRA_WEIGHTS
+    if not path.is_file():
+        return {}
+    extra = load_state_dict(path)
+    return {k: v for k, v in extra.items() if k in wanted and tuple(v.shape) == wanted[k]}
+
+
 def _prefixes(keys: list[str]) -> str:
     groups = Counter(".".join(k.split(".")[:4]) for k in keys)
     return ", ".join(f"{p}* ({n})" for p, n in sorted(groups.items()))
@@ -114,6 +126,8 @@ def import_state(folder: Path, cfg: Any) -> tuple[dict[str, torch.Tensor], list[
         state.update(denoiser_buffers(cfg))
     dtype = Counter(v.dtype for v in state.values()).most_common(1)[0][0]
     unplaced = [k for k in engine_shapes if k not in state]
+    state.update(_extra_weights(folder, {k: engine_shapes[k] for k in unplaced}))
+    unplaced = [k for k in unplaced if k not in state]
     for key in unplaced:
         state[key] = _fill(key, engine_shapes[key], dtype)
     wrong = [k for k in engine_shapes if tuple(state[k].shape) != engine_shapes[k]]
