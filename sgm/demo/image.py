@@ -1,0 +1,214 @@
+"""Text-to-image, image-to-image, refiner and Turbo requests of the image demo pages:
+which file each model needs, checked requests, and the sampling calls (through
+``sgm.inference.api.SamplingPipeline``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from ..errors import InputError
+from ..inference.api import (
+    SD_XL_BASE_RATIOS,
+    Discretization,
+    Guider,
+    ModelArchitecture,
+    Sampler,
+    SamplingParams,
+    SamplingPipeline,
+    SamplingSpec,
+    infer_spec,
+    model_specs,
+    text_to_image_refined,
+)
+from .options import DemoOptions, ModelFiles, model_files
+
+IMAGE_VERSIONS = {
+    "SDXL-base-1.0": ModelArchitecture.SDXL_V1_BASE,
+    "SDXL-base-0.9": ModelArchitecture.SDXL_V0_9_BASE,
+    "SD-2.1": ModelArchitecture.SD_2_1,
+    "SD-2.1-768": ModelArchitecture.SD_2_1_768,
+    "SDXL-refiner-0.9": ModelArchitecture.SDXL_V0_9_REFINER,
+    "SDXL-refiner-1.0": ModelArchitecture.SDXL_V1_REFINER,
+}
+TURBO_VERSIONS = {
+    "SDXL-Turbo": ModelArchitecture.SDXL_TURBO,
+    "SD-Turbo": ModelArchitecture.SD_TURBO,
+}
+REFINER_FOR = {"SDXL-base-1.0": "SDXL-refiner-1.0", "SDXL-base-0.9": "SDXL-refiner-0.9"}
+DEFAULT_PROMPT = "Astronaut in a jungle, cold color palette, muted colors, detailed, 8k"
+TURBO_PROMPT = "A cinematic shot of a baby racoon wearing an intricate italian priest robe."
+SDXL_SIZES = list(SD_XL_BASE_RATIOS.values())
+
+
+@dataclass(frozen=True)
+class ImageModel:
+    """A model of the image pages: its files and sampling spec."""
+
+    version: str
+    files: ModelFiles
+    spec: SamplingSpec
+
+
+def released_config_dir() -> str:
+    """sgm's ``configs/inference`` folder."""
+    from pathlib import Path
+
+    from ..util import get_configs_path
+
+    return str(Path(get_configs_path(), "inference"))
+
+
+def image_model(version: str, options: DemoOptions, selected: bool = True) -> ImageModel:
+    """The files and spec of ``version`` (a key of IMAGE_VERSIONS or TURBO_VERSIONS).
+
+    The latent factor is read from the config, so small local configs keep their own."""
+    from omegaconf import OmegaConf
+
+    from ..errors import ConfigError
+
+    arch = {**IMAGE_VERSIONS, **TURBO_VERSIONS}.get(version)
+    if arch is None:
+        known = ", ".join([*IMAGE_VERSIONS, *TURBO_VERSIONS])
+        raise InputError(f"unknown model version {version!r}; expected one of {known}")
+    spec = model_specs[arch]
+    files = model_files(version, spec.config, spec.ckpt, released_config_dir(), options,
+                        selected)
+    try:
+        factor = infer_spec(OmegaConf.load(files.config), files.ckpt).factor
+    except Exception as error:  # a config that does not describe an image model
+        raise ConfigError(f"{files.config}: not an image model config ({error})") from None
+    return ImageModel(version, files,
+                      replace(spec, factor=factor, ckpt=str(files.ckpt), config=str(files.config)))
+
+
+def load_pipeline(model: ImageModel, device: str = "auto", low_vram: bool = False) -> SamplingPipeline:
+    """Build ``model`` on ``device``; ``low_vram`` keeps its parts on the host between uses
+    (and halves the network's weights on an accelerator)."""
+    return SamplingPipeline(config=str(model.files.config), ckpt=model.files.ckpt,
+                            spec=model.spec, device=device, offload=low_vram)
+
+
+@dataclass
+class ImageRequest:
+    """What the page asks for; :func:`check_request` validates it before any sampling."""
+
+    prompt: str = DEFAULT_PROMPT
+    negative_prompt: str = ""
+    width: int = 1024
+    height: int = 1024
+    steps: int = 50
+    sampler: str = Sampler.EULER_EDM.value
+    discretization: str = Discretization.LEGACY_DDPM.value
+    guider: str = Guider.VANILLA.value
+    scale: float = 5.0
+    seed: int = 42
+    num_samples: int = 1
+    strength: float = 0.75
+    sigma_min: float = 0.03
+    sigma_max: float = 14.61
+    rho: float = 3.0
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = 999.0
+    s_noise: float = 1.0
+    eta: float = 1.0
+    order: int = 4
+    refiner_strength: float = 0.15
+    finish_with_refiner: bool = True
+
+
+def _whole(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or int(value) != value or value < low:
+        raise InputError(f"{name} must be a whole number >= {low}, got {value!r}")
+    return int(value)
+
+
+def check_request(request: ImageRequest, image: Any = None, refiner: bool = False) -> SamplingParams:
+    """The ``SamplingParams`` of a valid request, else an ``InputError`` naming the field."""
+    _whole("seed", request.seed, 0)
+    _whole("number of samples", request.num_samples, 1)
+    if not isinstance(request.prompt, str):
+        raise InputError("prompt must be text")
+    if image is not None and not 0.0 < float(request.strength) <= 1.0:
+        raise InputError(f"img2img strength must be in (0, 1], got {request.strength!r}")
+    if refiner and not 0.0 < float(request.refiner_strength) <= 1.0:
+        raise InputError(f"refiner strength must be in (0, 1], got {request.refiner_strength!r}")
+    fields = ("width", "height", "steps", "sampler", "discretization", "guider", "scale",
+              "sigma_min", "sigma_max", "rho", "s_churn", "s_tmin", "s_tmax", "s_noise",
+              "eta", "order")
+    values = {name: getattr(request, name) for name in fields}
+    if image is not None:
+        values["img2img_strength"] = float(request.strength)
+    return SamplingParams(**values, orig_width=request.width, orig_height=request.height)
+
+
+def init_image_tensor(image: Any, device: Any = "cpu") -> torch.Tensor:
+    """An uploaded image (file-like, path or PIL) as ``(1, 3, H, W)`` in [-1, 1], sides cut
+    to multiples of 64; an unreadable file is an ``InputError``."""
+    from PIL import Image, UnidentifiedImageError
+
+    from ..inference.helpers import get_input_image_tensor
+
+    if image is None:
+        raise InputError("img2img needs an input image: upload one first")
+    if not isinstance(image, Image.Image):
+        name = getattr(image, "name", image)
+        try:
+            with Image.open(image) as opened:
+                opened.load()
+                image = opened.convert("RGB")
+        except (OSError, UnidentifiedImageError, ValueError) as error:
+            raise InputError(f"input image {name}: not a readable image ({error})") from None
+    return get_input_image_tensor(image, device)
+
+
+def generate(
+    base: SamplingPipeline,
+    request: ImageRequest,
+    image: torch.Tensor | None = None,
+    refiner: SamplingPipeline | None = None,
+) -> dict[str, torch.Tensor]:
+    """Sample a checked request; returns ``{"samples": (N, 3, H, W)}`` in [0, 1] and, with a
+    refiner, the base's images as ``"base"``. Everything is checked before sampling."""
+    params = check_request(request, image, refiner is not None)
+    negative = request.negative_prompt
+    n, seed = int(request.num_samples), int(request.seed)
+    if image is not None:
+        if refiner is not None:
+            raise InputError("the refiner follows text-to-image only; switch it off for img2img")
+        samples = base.image_to_image(params, image, request.prompt, negative, n, seed=seed)
+        return {"samples": samples}
+    if refiner is None:
+        return {"samples": base.text_to_image(params, request.prompt, negative, n, seed=seed)}
+    refiner._check(replace(params, img2img_strength=float(request.refiner_strength)), sized=False)
+    if request.finish_with_refiner:
+        out = text_to_image_refined(base, refiner, params, request.prompt, negative, n,
+                                    seed=seed, refiner_strength=float(request.refiner_strength))
+        return {"samples": out}
+    first, latents = base.text_to_image(params, request.prompt, negative, n,
+                                        return_latents=True, seed=seed)
+    second = replace(params, img2img_strength=float(request.refiner_strength))
+    out = refiner.refiner(second, latents, request.prompt, negative, n, seed=seed)
+    return {"samples": out, "base": first}
+
+
+def turbo_request(prompt: str, steps: int, seed: int, width: int, height: int) -> ImageRequest:
+    """A Turbo request (1..4 steps, no guidance) checked before sampling."""
+    from ..inference.turbo import check_turbo_steps
+
+    check_turbo_steps(steps)
+    request = ImageRequest(prompt=prompt, steps=int(steps), seed=int(seed), width=width,
+                           height=height, guider=Guider.IDENTITY.value)
+    check_request(request)
+    return request
+
+
+def to_pil(samples: torch.Tensor) -> list[Any]:
+    """``(N, 3, H, W)`` in [0, 1] as PIL images."""
+    from PIL import Image
+
+    array = (samples.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    return [Image.fromarray(a.permute(1, 2, 0).cpu().numpy()) for a in array]
