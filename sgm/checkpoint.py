@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import zipfile
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field

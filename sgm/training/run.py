@@ -10,8 +10,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..errors import ConfigError
 from ..config_overrides import KNOWN_SECTIONS
+from ..errors import ConfigError
 from ..util import instantiate_from_config, load_configs
 from . import trainer_args
 from .cli import RunPaths, exit_code_for, resolve_paths
