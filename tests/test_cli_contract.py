@@ -8,7 +8,8 @@ about a second (two where a device or a checkpoint is checked, which imports tor
 To cover a new command line, add rows to ``ROWS``: ``(script, kind, argv, culprit)``.
 ``argv`` and ``culprit`` may use the placeholders of ``_materials`` (``{file}``: an
 existing regular file, ``{missing}``: a path that does not exist, ``{image}``: a small
-PNG, ``{config}``: a tiny training config, ...). ``kind`` is one of ``KINDS``; every
+PNG, ``{frames}``: a folder of PNG frames,
+``{config}``: a tiny training config, ...). ``kind`` is one of ``KINDS``; every
 script should have a row of each kind its flags allow.
 """
 
@@ -32,6 +33,9 @@ KINDS = ("missing path", "wrong type", "out of range", "unknown flag", "file as 
 MAIN = "main.py"
 VIDEO = "scripts/sampling/simple_video_sample.py"
 TOY = "scripts/demo/toy_demo.py"
+SV4D = "scripts/sampling/simple_video_sample_4d.py"
+SV4D2 = "scripts/sampling/simple_video_sample_4d2.py"
+PACK = "scripts/data/pack_shards.py"
 
 ROWS: list[tuple[str, str, list[str], str]] = [
     # ---------------------------------------------------------------- main.py
@@ -108,6 +112,34 @@ ROWS: list[tuple[str, str, list[str], str]] = [
     (TOY, "bad config", ["--config", "{list_yaml}", "--outdir", "out"], "{list_yaml}"),
     (TOY, "bad checkpoint", ["--checkpoint", "{run}/random/checkpoints/last.ckpt",
                              "--outdir", "out"], "truncated or corrupt"),
+    # ------------------------------------------------- simple_video_sample_4d / 4d2
+    (SV4D, "missing path", ["--input_path={missing}.mp4"], "{missing}.mp4"),
+    (SV4D, "missing path", ["--input_path={frames}", "--config={missing}.yaml"],
+     "{missing}.yaml"),
+    (SV4D, "wrong type", ["--input_path={image}"], "{image}"),
+    (SV4D, "wrong type", ["--input_path={frames}", "--num_steps=x"], "--num_steps"),
+    (SV4D, "out of range", ["--input_path={frames}", "--img_size=100"], "--img_size"),
+    (SV4D, "out of range", ["--input_path={frames}", "--image_frame_ratio=0"],
+     "--image_frame_ratio"),
+    (SV4D, "unknown flag", ["--input_path={frames}", "--num_step=3"], "--num_step=3"),
+    (SV4D, "file as folder", ["--input_path={frames}", "--output_folder={file}"], "{file}"),
+    (SV4D, "unavailable device", ["--input_path={frames}", "--device=cuda"], "--device"),
+    (SV4D2, "missing path", ["--input_path={frames}", "--config={missing}.yaml"],
+     "{missing}.yaml"),
+    (SV4D2, "wrong type", ["--input_path={frames}", "--n_frames=abc"], "--n_frames"),
+    (SV4D2, "out of range", ["--input_path={frames}", "--num_steps=-2"], "--num_steps"),
+    (SV4D2, "unknown flag", ["--input_path={frames}", "--n_frame=3"], "--n_frame=3"),
+    (SV4D2, "file as folder", ["--input_path={frames}", "--output_folder={file}/x"],
+     "{file}"),
+    (SV4D2, "unavailable device", ["--input_path={frames}", "--device=bogus"], "--device"),
+    # ---------------------------------------------------------------- data/pack_shards
+    (PACK, "missing path", ["{missing}", "shards"], "{missing}"),
+    (PACK, "wrong type", ["{frames}", "shards", "--max_shard_mb=abc"], "--max_shard_mb"),
+    (PACK, "out of range", ["{frames}", "shards", "--max_samples_per_shard=0"],
+     "--max_samples_per_shard"),
+    (PACK, "unknown flag", ["{frames}", "shards", "--max_shard=3"], "--max_shard=3"),
+    (PACK, "file as folder", ["{frames}", "{file}"], "{file}"),
+    (PACK, "file as folder", ["{file}", "shards"], "{file}"),
 ]
 
 # Rows that only make sense on a machine without the named hardware.
@@ -133,6 +165,9 @@ def _materials(tmp: Path) -> dict[str, str]:
 
     (tmp / "taken.txt").write_text("a file, not a folder\n")
     Image.new("RGB", (70, 100), (120, 30, 200)).save(tmp / "input.png")
+    (tmp / "frames").mkdir()
+    for i in range(3):
+        Image.new("RGB", (64, 64), (40 * i, 90, 200)).save(tmp / "frames" / f"{i:03d}.png")
     (tmp / "list.yaml").write_text("- model: {}\n- data: {}\n")
     (tmp / "bad.yaml").write_text("model: [1, 2\n")
     weights = {"model.diffusion_model.out.weight": torch.ones(2, 2)}
@@ -152,7 +187,7 @@ def _materials(tmp: Path) -> dict[str, str]:
     _save_run(run / "code",
               lambda c: torch.save({**full, "payload": _Code()}, c / "last.ckpt"))
     return {"file": str(tmp / "taken.txt"), "missing": str(tmp / "absent" / "nothing"),
-            "image": str(tmp / "input.png"), "config": str(TINY),
+            "image": str(tmp / "input.png"), "frames": str(tmp / "frames"), "config": str(TINY),
             "list_yaml": str(tmp / "list.yaml"), "bad_yaml": str(tmp / "bad.yaml"),
             "run": str(run)}
 
