@@ -21,7 +21,7 @@ ARCH_CONFIG = {  # two text layers: SDXL and SD 2.1 read the penultimate one
                  "layers": 2},
 }
 VAE = {"attn_type": "vanilla", "double_z": True, "z_channels": 4, "resolution": 16,
-       "in_channels": 3, "out_ch": 3, "ch": 16, "ch_mult": [1, 2], "num_res_blocks": 1,
+       "in_channels": 3, "out_ch": 3, "ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1,
        "attn_resolutions": [], "dropout": 0.0}
 UNET = {"model_channels": 32, "channel_mult": [1, 2], "attention_resolutions": [2],
         "num_res_blocks": 1, "num_head_channels": 16, "transformer_depth": 1,
@@ -169,6 +169,7 @@ def tiny_video_config(shards: Path, num_frames: int = 3, size: int = 16):
     net.adm_in_channels = 3 * 256
     net.use_checkpoint = True
     params.loss_fn_config.params.sigma_sampler_config.params.num_frames = num_frames
+    params.sampler_config.params.guider_config.params.num_frames = num_frames
     mapper = cfg.data.params.train.datapipeline.postprocessors[0].params
     mapper.num_frames, mapper.size, mapper.fps = num_frames, size, 6
     _data(cfg, shards, 2)
