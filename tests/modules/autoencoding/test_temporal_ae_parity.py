@@ -1,15 +1,16 @@
 """SVD's VideoDecoder against diffusers' TemporalDecoder (AutoencoderKLTemporalDecoder).
 
-diffusers ships no converter for this decoder, so the key map lives here.
+diffusers ships no converter for this decoder; the key map is the library's
+(``sgm.convert.svd_keys``).
 """
 
-import re
 from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
+from sgm.convert.svd_keys import convert_video_decoder as to_diffusers
 from sgm.modules.autoencoding.temporal_ae import VideoDecoder, VideoResBlock
 from sgm.modules.diffusionmodules.model import AttnBlock, Decoder
 from sgm.util import instantiate_from_config
@@ -19,57 +20,7 @@ TINY = dict(
     double_z=True, z_channels=4, resolution=32, in_channels=3, out_ch=3, ch=32,
     ch_mult=[1, 2], num_res_blocks=2, attn_resolutions=[], dropout=0.0,
 )
-
 # diffusers builds its mid block from layers_per_block resnets, so num_res_blocks=2 here.
-# sgm VideoResBlock attribute -> diffusers SpatioTemporalResBlock attribute.
-RESBLOCK_MAP = {
-    "norm1": "spatial_res_block.norm1",
-    "conv1": "spatial_res_block.conv1",
-    "norm2": "spatial_res_block.norm2",
-    "conv2": "spatial_res_block.conv2",
-    "nin_shortcut": "spatial_res_block.conv_shortcut",
-    "time_stack.in_layers.0": "temporal_res_block.norm1",
-    "time_stack.in_layers.2": "temporal_res_block.conv1",
-    "time_stack.out_layers.0": "temporal_res_block.norm2",
-    "time_stack.out_layers.3": "temporal_res_block.conv2",
-    "mix_factor": "time_mixer.mix_factor",
-}
-ATTN_MAP = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
-
-
-def sgm_to_diffusers_decoder_key(key: str, num_levels: int) -> str:
-    """Key of an sgm VideoDecoder -> key of diffusers' TemporalDecoder."""
-    fixed = {"conv_in": "conv_in", "norm_out": "conv_norm_out",
-             "conv_out.time_mix_conv": "time_conv_out", "conv_out": "conv_out"}
-    for old, new in fixed.items():
-        if key.startswith(old + "."):
-            return new + key[len(old):]
-    if m := re.fullmatch(r"mid\.block_([12])\.(.+)", key):
-        return f"mid_block.resnets.{int(m[1]) - 1}.{_resblock(m[2])}"
-    if m := re.fullmatch(r"mid\.attn_1\.(\w+)\.(\w+)", key):
-        return f"mid_block.attentions.0.{ATTN_MAP[m[1]]}.{m[2]}"
-    if m := re.fullmatch(r"up\.(\d+)\.block\.(\d+)\.(.+)", key):
-        return f"up_blocks.{num_levels - 1 - int(m[1])}.resnets.{m[2]}.{_resblock(m[3])}"
-    if m := re.fullmatch(r"up\.(\d+)\.upsample\.conv\.(\w+)", key):
-        return f"up_blocks.{num_levels - 1 - int(m[1])}.upsamplers.0.conv.{m[2]}"
-    raise KeyError(key)
-
-
-def _resblock(rest: str) -> str:
-    for old, new in RESBLOCK_MAP.items():
-        if rest == old or rest.startswith(old + "."):
-            return new + rest[len(old):]
-    raise KeyError(rest)
-
-
-def to_diffusers(state: dict, num_levels: int) -> dict:
-    out = {}
-    for key, value in state.items():
-        new = sgm_to_diffusers_decoder_key(key, num_levels)
-        if re.search(r"attentions\.0\.to_[qkv]\.weight|to_out\.0\.weight", new):
-            value = value[:, :, 0, 0]
-        out[new] = value
-    return out
 
 
 def _randomize(model):

@@ -15,9 +15,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from sgm.convert.svd_keys import svd_unet_key_map as make_key_map
 from sgm.util import instantiate_from_config
-
-from _svd_key_map import make_key_map
 
 ROOT = Path(__file__).resolve().parents[3]
 CONFIGS = ROOT / "scripts" / "sampling" / "configs"

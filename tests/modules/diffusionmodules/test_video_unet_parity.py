@@ -1,8 +1,8 @@
 """VideoUNet (SVD) against diffusers' UNetSpatioTemporalConditionModel, same weights.
 
-diffusers ships no SVD checkpoint converter, so the sgm -> diffusers key map lives
-here; it is the same map as diffusers' ``scripts/convert_svd_to_diffusers.py``
-(checkpoint layout ``input_blocks.N.M`` -> ``down_blocks.L.resnets.I`` ...).
+diffusers ships no SVD checkpoint converter, so the sgm -> diffusers key map is the
+library's (``sgm.convert.svd_keys``), the layout of diffusers' repository script
+``convert_svd_to_diffusers.py`` (``input_blocks.N.M`` -> ``down_blocks.L.resnets.I`` ...).
 Loading strictly in both directions proves the map covers every key.
 """
 
@@ -11,10 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sgm.convert.svd_keys import svd_unet_key_map as make_key_map
 from sgm.modules.diffusionmodules.util import timestep_embedding
 from sgm.modules.diffusionmodules.video_model import VideoUNet
-
-from _svd_key_map import make_key_map
 
 pytest.importorskip("diffusers")
 
