@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import REPO
+from demo_support import REPO
 
 PAGE = str(REPO / "scripts" / "demo" / "sampling.py")
 
