@@ -88,8 +88,8 @@ class Offloader:
             return
         module, self.resident = self.resident, None
         self._to_host(module)
-        if self.empty_cache and self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        if self.empty_cache and _is_accelerator(self.device):
+            torch.accelerator.empty_cache()
 
     def remove(self) -> None:
         """Undo :meth:`register` for every module (they stay where they are)."""
@@ -169,24 +169,32 @@ def offload_engine(
     return offloader
 
 
+def _is_accelerator(device: torch.device) -> bool:
+    """Is ``device`` on the machine's accelerator (CUDA, ...)? MPS keeps no peak stats."""
+    from .util import accelerator_type
+
+    return device.type not in ("cpu", "mps", "meta") and device.type == accelerator_type()
+
+
 def reset_peak_memory(device: torch.device | str) -> None:
-    """Start counting peak accelerator memory afresh (CUDA only; otherwise nothing)."""
+    """Start counting peak accelerator memory afresh (CUDA; elsewhere nothing)."""
     device = torch.device(device)
-    if device.type == "cuda" and torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats(device)
+    if _is_accelerator(device):
+        torch.accelerator.reset_peak_memory_stats(device)
 
 
 def peak_memory(device: torch.device | str) -> int | None:
-    """Peak bytes allocated on a CUDA ``device`` since the last reset (None elsewhere)."""
+    """Peak bytes allocated on an accelerator ``device`` (CUDA) since the last reset;
+    None on CPU and MPS."""
     device = torch.device(device)
-    if device.type != "cuda" or not torch.cuda.is_available():
+    if not _is_accelerator(device):
         return None
-    return int(torch.cuda.max_memory_allocated(device))
+    return int(torch.accelerator.max_memory_allocated(device))
 
 
 def peak_memory_report(device: torch.device | str) -> str | None:
-    """``"peak CUDA memory: X.XX GiB"`` for a CUDA device, None elsewhere."""
+    """``"peak CUDA memory: X.XX GiB"`` on an accelerator, None elsewhere."""
     peak = peak_memory(device)
     if peak is None:
         return None
-    return f"peak CUDA memory: {peak / 2**30:.2f} GiB"
+    return f"peak {torch.device(device).type.upper()} memory: {peak / 2**30:.2f} GiB"

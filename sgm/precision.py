@@ -59,21 +59,30 @@ def parse_dtype(
 ) -> torch.dtype:
     """The compute dtype for ``name`` (``auto``, ``fp32``, ``fp16``, ``bf16``, or a dtype).
 
-    ``auto`` (or None) gives fp16 on CUDA and fp32 elsewhere; without ``device`` it
-    looks at the machine's accelerator. Raises ``InputError`` naming the bad value.
+    ``auto`` (or None) gives fp16 on the machine's accelerator (CUDA) and fp32 on the
+    CPU and on MPS; without ``device`` it looks at the machine's accelerator. Raises
+    ``InputError`` naming the bad value.
     """
     if isinstance(name, torch.dtype):
         if name not in DTYPES.values():
             raise InputError(f"dtype {name} is not supported; use one of {DTYPE_NAMES}")
         return name
     if name is None or name == "auto":
-        return torch.float16 if device_of(device).type == "cuda" else torch.float32
+        return _auto_dtype(device_of(device))
     key = str(name).lower()
     if key not in DTYPES:
         raise InputError(
             f"dtype {name!r} is not supported; use one of {', '.join(DTYPE_NAMES)}"
         )
     return DTYPES[key]
+
+
+def _auto_dtype(device: torch.device) -> torch.dtype:
+    from .util import accelerator_type
+
+    if device.type in ("cpu", "mps", "meta") or device.type != accelerator_type():
+        return torch.float32
+    return torch.float16
 
 
 def autocast(

@@ -96,7 +96,8 @@ def test_video_unet_casts_y_to_the_embedding_dtype():
     assert out.dtype == torch.bfloat16 and torch.equal(out, expected)
 
 
-def test_parse_dtype_names_auto_and_errors():
+def test_parse_dtype_names_auto_and_errors(monkeypatch):
+    monkeypatch.setattr("sgm.util.accelerator_type", lambda: "cuda")
     assert precision.parse_dtype("fp32") is torch.float32
     assert precision.parse_dtype("FP16") is torch.float16
     assert precision.parse_dtype("bf16", "cpu") is torch.bfloat16
@@ -104,6 +105,9 @@ def test_parse_dtype_names_auto_and_errors():
     assert precision.parse_dtype("auto", "cpu") is torch.float32
     assert precision.parse_dtype("auto", "cuda:1") is torch.float16
     assert precision.parse_dtype(None, "mps") is torch.float32
+    assert precision.parse_dtype(None) is torch.float16  # the machine's accelerator
+    monkeypatch.setattr("sgm.util.accelerator_type", lambda: None)
+    assert precision.parse_dtype(None) is torch.float32
     assert precision.parse_dtype("auto", torch.zeros(1)) is torch.float32
     with pytest.raises(InputError, match="'half'.*auto, fp32, fp16, bf16"):
         precision.parse_dtype("half")
