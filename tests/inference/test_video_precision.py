@@ -143,3 +143,18 @@ def test_load_video_model_dtype_offload_and_half_weights(model):
     frames = _sample(low)
     assert torch.isfinite(frames).all()
     assert (frames - _sample(model, dtype="bf16")).abs().max() < 0.05
+
+
+@pytest.mark.gpu
+def test_gpu_clip_image_embedder_runs_under_autocast(model):
+    """As in the original, the CLIP image tower autocasts on the accelerator even when
+    the caller opened no autocast; its output comes back in the input's dtype."""
+    embedder = model.conditioner.embedders[0].open_clip.to("cuda")
+    seen = []
+    hook = embedder.model.visual.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    try:
+        out = embedder(torch.rand(2, 3, 64, 64, device="cuda") * 2 - 1)
+    finally:
+        hook.remove()
+        embedder.to("cpu")
+    assert seen == [torch.float16] and out.dtype == torch.float32

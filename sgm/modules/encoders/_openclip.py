@@ -283,6 +283,7 @@ class FrozenOpenCLIPImageEmbedder(AbstractEmbModel):
         x = (x + 1.0) / 2.0
         return kornia.enhance.normalize(x, self.mean.to(x), self.std.to(x))
 
+    @autocast
     def forward(self, image: torch.Tensor, no_dropout: bool = False) -> Any:
         z = self.encode_with_vision_transformer(image)
         tokens = None
