@@ -45,8 +45,13 @@ def build_engine(config: Any, device: str | torch.device = "meta") -> nn.Module:
     for key in _NOT_WEIGHTS:
         model.params.pop(key, None)
     model.params["use_ema"] = False
-    with torch.device(device):
-        return instantiate_from_config(model)
+    try:
+        with torch.device(device):
+            return instantiate_from_config(model)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise ConfigError(f"cannot build the model of the config: {error}") from None
 
 
 def denoiser_buffers(config: Any) -> dict[str, torch.Tensor]:
