@@ -1,7 +1,7 @@
 """Forward latency and peak memory: sgm VideoUNet vs diffusers UNetSpatioTemporalConditionModel.
 
-Both networks hold the same tensors (the sgm -> diffusers SVD key map the parity tests use,
-``tests/modules/diffusionmodules/_svd_key_map.py``) and see the same inputs, dtype and
+Both networks hold the same tensors (the sgm -> diffusers SVD key map of
+``sgm.convert.svd_keys``, which the parity tests use too) and see the same inputs, dtype and
 thread count. The architecture is SVD's (scripts/sampling/configs/svd.yaml) with
 ``model_channels`` reduced so it fits a CPU.
 
@@ -25,9 +25,7 @@ from _common import interleaved, memory_in_fresh_process, print_summary, report_
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 CONFIG = os.path.join(ROOT, "scripts", "sampling", "configs", "svd.yaml")
-sys.path.insert(0, os.path.join(ROOT, "tests", "modules", "diffusionmodules"))
-
-from _svd_key_map import make_key_map  # noqa: E402
+from sgm.convert.svd_keys import svd_unet_key_map as make_key_map  # noqa: E402
 
 TIME_EMBED_DIM = 256  # fps_id, motion_bucket_id, cond_aug: 3 x 256 = adm_in_channels
 
