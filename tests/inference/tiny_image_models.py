@@ -11,10 +11,9 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def make_clip_folder(folder: Path) -> Path:
-    """A tiny CLIP text model in the Hugging Face layout, with the CLIP tokenizer."""
+    """A tiny CLIP text model in the Hugging Face layout, without tokenizer files: the
+    embedder then uses CLIP-L's tokenizer, as for the released SDXL configs."""
     from transformers import CLIPTextConfig, CLIPTextModel
-
-    from sgm.modules.encoders._tokenizers import build_hf_clip_tokenizer
 
     config = CLIPTextConfig(
         vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -23,7 +22,6 @@ def make_clip_folder(folder: Path) -> Path:
     )
     torch.manual_seed(2)
     CLIPTextModel(config).save_pretrained(folder)
-    build_hf_clip_tokenizer().save_pretrained(folder)
     return folder
 
 
