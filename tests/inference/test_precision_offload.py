@@ -173,6 +173,50 @@ def test_pipeline_offload_flag_and_bad_dtype(tiny):
         SamplingPipeline(config=config, ckpt=Path("/nonexistent"), dtype="fp8")
 
 
+READS = ("__bool__", "item", "tolist", "__float__", "__int__", "__index__", "numpy", "cpu")
+
+
+def trap_host_reads(sampler, monkeypatch, armed: list) -> None:
+    """Inside the sampler's loop, any read of a tensor's value by Python raises (on an
+    accelerator each would be a host synchronisation)."""
+    plain = sampler.get_sigma_gen
+
+    def steps(num_sigmas):
+        indices = list(plain(num_sigmas))
+        armed.append(len(indices))
+        with monkeypatch.context() as patch:
+            for name in READS:
+                def refuse(self, *args, _name=name, **kwargs):
+                    raise AssertionError(f"Tensor.{_name} inside the sampling loop")
+
+                patch.setattr(torch.Tensor, name, refuse)
+            yield from indices
+
+    monkeypatch.setattr(sampler, "get_sigma_gen", steps)
+
+
+@pytest.fixture(scope="module")
+def pipe32(tiny):
+    config, ckpt = tiny
+    return SamplingPipeline(config=config, ckpt=ckpt, device="cpu", dtype="fp32")
+
+
+@pytest.mark.parametrize("sampler", list(Sampler), ids=[s.value for s in Sampler])
+def test_whole_engine_sampling_loop_never_reads_the_device(pipe32, sampler, monkeypatch):
+    """Network, DiscreteDenoiser and classifier-free guidance included."""
+    reference = pipe32.text_to_image(_params(sampler=sampler), "a red cube", seed=1)
+    build, armed = pipe32._sampler, []
+
+    def trapped(*args, **kwargs):
+        built = build(*args, **kwargs)
+        trap_host_reads(built, monkeypatch, armed)
+        return built
+
+    monkeypatch.setattr(pipe32, "_sampler", trapped)
+    out = pipe32.text_to_image(_params(sampler=sampler), "a red cube", seed=1)
+    assert armed == [2] and torch.equal(out, reference)
+
+
 def test_peak_memory_report_is_cuda_only():
     assert offload.peak_memory("cpu") is None
     assert offload.peak_memory_report("cpu") is None

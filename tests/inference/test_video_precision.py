@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_precision_offload import RecordingOffloader
+from test_precision_offload import RecordingOffloader, trap_host_reads
 
 from sgm import offload
 from sgm.inference.video import build_value_dict, load_video_model, sample_video
@@ -83,6 +83,15 @@ def test_indicator_follows_the_batch_and_chunk_sizes_are_restored(model, monkeyp
     finally:
         for hook in hooks:
             hook.remove()
+
+
+def test_video_sampling_loop_never_reads_the_device(model, monkeypatch):
+    """VideoUNet, the video denoiser and the per-frame guider included."""
+    reference = _sample(model)
+    armed = []
+    trap_host_reads(model.sampler, monkeypatch, armed)
+    frames = _sample(model)
+    assert armed == [2] and torch.equal(frames, reference)
 
 
 def test_bf16_runs_the_network_in_bf16_and_the_autoencoders_in_float32(model):
