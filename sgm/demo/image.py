@@ -4,6 +4,8 @@ which file each model needs, checked requests, and the sampling calls (through
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -165,6 +167,17 @@ def init_image_tensor(image: Any, device: Any = "cpu") -> torch.Tensor:
     return get_input_image_tensor(image, device)
 
 
+@contextlib.contextmanager
+def seeded(seed: int, device: Any) -> Iterator[None]:
+    """Seed the global generators (restored afterwards) for the draws a pipeline does not
+    take from its own seeded generator (e.g. the first stage's posterior sample in img2img)."""
+    device = torch.device(device)
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(seed))
+        yield
+
+
 def generate(
     base: SamplingPipeline,
     request: ImageRequest,
@@ -174,6 +187,12 @@ def generate(
     """Sample a checked request; returns ``{"samples": (N, 3, H, W)}`` in [0, 1] and, with a
     refiner, the base's images as ``"base"``. Everything is checked before sampling."""
     params = check_request(request, image, refiner is not None)
+    with seeded(request.seed, base.device):
+        return _generate(base, request, params, image, refiner)
+
+
+def _generate(base: SamplingPipeline, request: ImageRequest, params: SamplingParams,
+              image: torch.Tensor | None, refiner: SamplingPipeline | None) -> dict[str, torch.Tensor]:
     negative = request.negative_prompt
     n, seed = int(request.num_samples), int(request.seed)
     if image is not None:

@@ -86,7 +86,8 @@ def main(script: str | os.PathLike) -> None:
 
     request = ImageRequest()
     base = models[0]
-    _size_widgets(base, request)
+    if mode == "txt2img":
+        _size_widgets(base, request)
     request.prompt = st.text_area("Prompt", DEFAULT_PROMPT, key="prompt")
     if base.spec.is_legacy:
         request.negative_prompt = st.text_input("Negative prompt", "", key="negative")
@@ -116,8 +117,10 @@ def main(script: str | os.PathLike) -> None:
         return
     samples = result["samples"]
     if "base" in result:
-        st.image(to_pil(result["base"]), caption=["base"] * len(result["base"]))
-    st.image(to_pil(samples), caption=[f"seed {request.seed}"] * len(samples))
+        st.image(to_pil(result["base"]), caption=["base"] * len(result["base"]),
+                 output_format="PNG")
+    st.image(to_pil(samples), caption=[f"seed {request.seed}"] * len(samples),
+             output_format="PNG")
     if save:
         paths = run_checked(lambda: _save(options, version, mode, samples, request))
         if paths:
@@ -129,8 +132,9 @@ def _sample(models: list[ImageModel], request: ImageRequest, upload: Any,
     from .image import check_request
 
     image = None
-    if upload is not None or st.session_state.get("mode") == "img2img":
+    if st.session_state.get("mode") == "img2img":
         image = init_image_tensor(upload)
+        request.height, request.width = (int(s) for s in image.shape[-2:])
     check_request(request, image, len(models) > 1)
     pipelines = [_pipeline(m, options, low_vram) for m in models]
     if image is not None:
