@@ -120,6 +120,22 @@ def test_diffusers_reads_our_file_and_gives_our_output(trained):
     assert (ours - expected).abs().max().item() <= 1e-4
 
 
+@pytest.mark.parametrize("pipeline", ["StableDiffusionPipeline", "StableDiffusionXLPipeline"])
+def test_diffusers_load_lora_weights_path_reads_our_file(trained, pipeline):
+    """What ``pipe.load_lora_weights(path)`` runs: ``lora_state_dict`` + ``load_lora_into_unet``."""
+    import diffusers
+
+    net, path = trained
+    cls = getattr(diffusers, pipeline)
+    state_dict, alphas = cls.lora_state_dict(str(path))
+    theirs = to_diffusers(unet(), UNET)
+    cls.load_lora_into_unet(state_dict, alphas, unet=theirs)
+    x, t, context = unet_inputs()
+    with torch.no_grad():
+        expected = theirs(x, t, encoder_hidden_states=context).sample
+    assert (out(net) - expected).abs().max().item() <= 1e-4
+
+
 def test_two_adapters_add_up_and_all_files_are_checked_first(trained, tmp_path):
     net, path = trained
     base = out(unet())
@@ -173,3 +189,52 @@ def test_patterns_are_suffixes_or_regexes():
     assert names[0] == "input_blocks.1.1.transformer_blocks.0.attn2.to_k"
     assert sum(n.endswith(".transformer_blocks.0.attn2.to_k") for n in names) == 7
     assert sum(n.endswith(".1.proj_in") for n in names) == 7 and len(names) == 14
+
+
+SDXL_TINY = dict(  # sd_xl_base structure: no attention at the first level, deeper last level
+    in_channels=4, out_channels=4, model_channels=32, attention_resolutions=[4, 2],
+    num_res_blocks=2, channel_mult=[1, 2, 2], num_head_channels=16,
+    use_linear_in_transformer=True, transformer_depth=[1, 1, 2], context_dim=2048,
+    num_classes="sequential", adm_in_channels=64 + 6 * 256,
+)
+
+
+def test_sdxl_structured_adapter_reads_in_diffusers(tmp_path):
+    from sgm.modules.diffusionmodules.util import timestep_embedding
+
+    net = unet(SDXL_TINY)
+    add_lora(net, {"rank": 2, "alpha": 1, "target_modules": ["to_q", "to_k", "to_v", "to_out.0",
+                                                            "ff.net.2", "proj_in"]})
+    with torch.no_grad():
+        for p in lora_parameters(net):
+            p.normal_(0, 0.2)
+    path = save_lora(net, tmp_path / "sdxl.lora.safetensors")
+    theirs = to_diffusers(unet(SDXL_TINY), SDXL_TINY)
+    theirs.load_lora_adapter(str(path), prefix="unet")
+    g = torch.Generator().manual_seed(4)
+    x, t = torch.randn(2, 4, 16, 16, generator=g), torch.tensor([20.0, 600.0])
+    context = torch.randn(2, 3, 2048, generator=g)
+    text_embeds = torch.randn(2, 64, generator=g)
+    time_ids = torch.tensor([[512.0, 512, 0, 0, 512, 512], [768, 1024, 8, 16, 512, 512]])
+    y = torch.cat([text_embeds, timestep_embedding(time_ids.flatten(), 256).reshape(2, -1)], 1)
+    with torch.no_grad():
+        ours = net(x, t, context=context, y=y)
+        expected = theirs(x, t, encoder_hidden_states=context, added_cond_kwargs={
+            "text_embeds": text_embeds, "time_ids": time_ids}).sample
+        base = unet(SDXL_TINY)(x, t, context=context, y=y)
+    assert_differs(ours, base, 1e-2)
+    assert (ours - expected).abs().max().item() <= 1e-4 * max(1.0, expected.abs().max().item())
+
+
+def test_bf16_network_takes_the_adapter_in_its_dtype(trained):
+    """Half-precision inference (as on a GPU): adapters follow the base layers' dtype."""
+    net, path = trained
+    low = unet().to(torch.bfloat16)
+    load_lora(low, path)
+    assert {p.dtype for p in lora_parameters(low)} == {torch.bfloat16}
+    x, t, context = unet_inputs()
+    with torch.no_grad():
+        got = low(x.bfloat16(), t, context=context.bfloat16()).float()
+    expected = out(net)
+    assert (got - expected).abs().max() <= 0.05 * expected.abs().max()
+    assert_differs(got, out(unet()), 0.1)  # and the adapter does act
