@@ -82,14 +82,31 @@ def check_component(folder: Path, component: Component) -> None:
         raise InputError(f"{where}: no weights file (.safetensors or .bin)")
 
 
+_SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
+
+
+def stored_dtype(where: Path) -> torch.dtype:
+    """The floating dtype the component's weights are stored in (float32 if unknown)."""
+    from safetensors import safe_open
+
+    for path in sorted(where.glob("*.safetensors")):
+        with safe_open(str(path), "pt") as f:
+            for key in f.keys():
+                dtype = _SAFETENSORS_DTYPES.get(f.get_slice(key).get_dtype())
+                if dtype is not None:
+                    return dtype
+    return torch.float32
+
+
 def load_component(folder: Path, component: Component) -> dict[str, torch.Tensor]:
     """The component's weights, through its own library's loader, in the key layout
     the converters use; any missing or mismatched weight is an error."""
     cls, _ = _classes(component)
     where = folder / component.name
+    dtype = {"torch_dtype" if component.library == "diffusers" else "dtype": stored_dtype(where)}
     try:
         model, info = cls.from_pretrained(str(where), local_files_only=True,
-                                          output_loading_info=True)
+                                          output_loading_info=True, **dtype)
     except (OSError, ValueError, RuntimeError, KeyError) as error:
         message = " ".join(str(error).split())[:300]
         raise CheckpointError(f"{where}: cannot load {component.class_name}: {message}") from None

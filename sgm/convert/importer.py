@@ -122,9 +122,10 @@ def import_state(folder: Path, cfg: Any) -> tuple[dict[str, torch.Tensor], list[
         for key in engine_shapes:
             if key.startswith(copy):
                 state[key] = state[source + key[len(copy):]].clone()
-    if any(k.startswith("denoiser.") for k in engine_shapes):
-        state.update(denoiser_buffers(cfg))
     dtype = Counter(v.dtype for v in state.values()).most_common(1)[0][0]
+    if any(k.startswith("denoiser.") for k in engine_shapes):
+        buffers = denoiser_buffers(cfg)
+        state.update({k: v.to(dtype) if v.is_floating_point() else v for k, v in buffers.items()})
     unplaced = [k for k in engine_shapes if k not in state]
     state.update(_extra_weights(folder, {k: engine_shapes[k] for k in unplaced}))
     unplaced = [k for k in unplaced if k not in state]

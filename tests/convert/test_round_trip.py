@@ -107,3 +107,17 @@ def test_scheduler_sigmas_match_the_denoiser(engine_file, exported):
     svd = EulerDiscreteScheduler.from_pretrained(exported("svd") / "scheduler")
     assert svd.config.use_karras_sigmas and svd.config.sigma_max == 700.0
     assert svd.config.prediction_type == "v_prediction"
+
+
+def test_half_precision_round_trip(engine_file, tmp_path):
+    """fp16 weights stay fp16 both ways, bit for bit."""
+    from safetensors.torch import save_file
+
+    config, ckpt, _ = engine_file("sdxl_refiner")
+    half = {k: v.half() if v.is_floating_point() else v for k, v in load_file(ckpt).items()}
+    save_file(half, tmp_path / "half.safetensors")
+    folder = to_diffusers(tmp_path / "half.safetensors", config, tmp_path / "diffusers")
+    back = load_file(to_sgm(folder, tmp_path / "back.safetensors", config=config))
+    assert back.keys() == half.keys()
+    for key, value in half.items():
+        assert back[key].dtype == value.dtype and torch.equal(back[key], value), key
