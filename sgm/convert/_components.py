@@ -16,7 +16,8 @@ from . import _networks as net
 
 FAMILIES = {
     "sd2": ["FrozenOpenCLIPEmbedder"],
-    "sdxl_base": ["FrozenCLIPEmbedder", "FrozenOpenCLIPEmbedder2"] + ["ConcatTimestepEmbedderND"] * 3,
+    "sdxl_base": ["FrozenCLIPEmbedder", "FrozenOpenCLIPEmbedder2"]
+    + ["ConcatTimestepEmbedderND"] * 3,
     "sdxl_refiner": ["FrozenOpenCLIPEmbedder2"] + ["ConcatTimestepEmbedderND"] * 3,
     "svd": ["FrozenOpenCLIPImagePredictionEmbedder", "ConcatTimestepEmbedderND",
             "ConcatTimestepEmbedderND", "VideoPredictionEmbedderWithEncoder",

@@ -200,6 +200,7 @@ def convert_temporal_vae(
     encoder.update(_sub(state, encoder_prefix + "quant_conv.", "quant_conv."))
     config = {**config, "up_block_types": []}
     out = convert_ldm_vae_checkpoint(encoder, config)
-    decoder = convert_video_decoder(_sub(state, VAE + "decoder."), len(config["block_out_channels"]))
+    levels = len(config["block_out_channels"])
+    decoder = convert_video_decoder(_sub(state, VAE + "decoder."), levels)
     out.update({f"decoder.{k}": v for k, v in decoder.items()})
     return out

@@ -120,7 +120,8 @@ def check_bijection(
             continue
         hits = torch.zeros(torch.Size(shapes[source]).numel(), dtype=torch.int32)
         for entry in entries:
-            hits.index_add_(0, _index_map(entry, shapes[source]), torch.ones(1, dtype=torch.int32).expand(torch.Size(entry.shape).numel()))
+            index = _index_map(entry, shapes[source])
+            hits.index_add_(0, index, torch.ones_like(index, dtype=torch.int32))
         if not bool((hits == 1).all()):
             raise CheckpointError(f"{source}: converted tensors do not cover it exactly once")
 

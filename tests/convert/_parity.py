@@ -55,7 +55,8 @@ def unet_outputs(family: str, engine, pipe, frames: int = 3):
     ids = _ids(n_ids, gen)
     y = torch.cat([pooled, timestep_embedding(ids.flatten(), id_dim).reshape(2, -1)], dim=1)
     added = {"text_embeds": pooled, "time_ids": ids}
-    return ours(x, timesteps=t, context=ctx, y=y), pipe.unet(x, t, ctx, added_cond_kwargs=added).sample
+    theirs = pipe.unet(x, t, ctx, added_cond_kwargs=added).sample
+    return ours(x, timesteps=t, context=ctx, y=y), theirs
 
 
 def vae_outputs(family: str, engine, pipe, frames: int = 3):

@@ -84,8 +84,9 @@ def test_outputs_mixing_two_sources_are_refused():
 
 
 def test_library_maps_reject_unknown_keys():
-    assert svd_unet_key_map(2)("input_blocks.3.0.op.weight") == "down_blocks.0.downsamplers.0.conv.weight"
-    assert video_decoder_key_map(4)("up.0.upsample.conv.bias") == "up_blocks.3.upsamplers.0.conv.bias"
+    unet, decoder = svd_unet_key_map(2), video_decoder_key_map(4)
+    assert unet("input_blocks.3.0.op.weight") == "down_blocks.0.downsamplers.0.conv.weight"
+    assert decoder("up.0.upsample.conv.bias") == "up_blocks.3.upsamplers.0.conv.bias"
     with pytest.raises(KeyError):
         svd_unet_key_map(2)("something.else.weight")
     with pytest.raises(KeyError):
