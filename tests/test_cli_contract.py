@@ -36,6 +36,9 @@ TOY = "scripts/demo/toy_demo.py"
 SV4D = "scripts/sampling/simple_video_sample_4d.py"
 SV4D2 = "scripts/sampling/simple_video_sample_4d2.py"
 PACK = "scripts/data/pack_shards.py"
+IMAGE = "scripts/sampling/simple_image_sample.py"
+CONVERT = "scripts/convert.py"
+DETECT = "scripts/demo/detect.py"
 
 ROWS: list[tuple[str, str, list[str], str]] = [
     # ---------------------------------------------------------------- main.py
@@ -140,6 +143,29 @@ ROWS: list[tuple[str, str, list[str], str]] = [
     (PACK, "unknown flag", ["{frames}", "shards", "--max_shard=3"], "--max_shard=3"),
     (PACK, "file as folder", ["{frames}", "{file}"], "{file}"),
     (PACK, "file as folder", ["{file}", "shards"], "{file}"),
+    # ---------------------------------------------------------- simple_image_sample
+    (IMAGE, "missing path", ["--ckpt={missing}.safetensors"], "{missing}.safetensors"),
+    (IMAGE, "missing path", [], "sd_xl_base_1.0.safetensors"),
+    (IMAGE, "wrong type", ["--width=abc"], "--width"),
+    (IMAGE, "out of range", ["--steps=0"], "--steps"),
+    (IMAGE, "unknown flag", ["--stepz=3"], "--stepz=3"),
+    (IMAGE, "file as folder", ["--output_folder={file}"], "{file}"),
+    (IMAGE, "unavailable device", ["--device=cuda"], "--device"),
+    # ---------------------------------------------------------------- convert
+    (CONVERT, "missing path", ["to_diffusers", "{missing}.safetensors", "out",
+                               "--config", "{config}"], "{missing}.safetensors"),
+    (CONVERT, "missing path", ["to_sgm", "{missing}", "out.safetensors"], "{missing}"),
+    (CONVERT, "wrong type", ["to_sgm", "{frames}", "out.safetensors"], "model_index.json"),
+    (CONVERT, "wrong type", ["to_sgm", "{diffusers}", "out.bin"], "out.bin"),
+    (CONVERT, "out of range", ["to_diffusers", "{file}", "{frames}", "--config", "{config}"],
+     "nothing is overwritten"),
+    (CONVERT, "unknown flag", ["to_sgm", "--bogus", "{diffusers}", "out.safetensors"],
+     "--bogus"),
+    (CONVERT, "unknown flag", ["to_onnx", "x"], "to_onnx"),
+    (CONVERT, "file as folder", ["to_sgm", "{file}", "out.safetensors"], "{file}"),
+    # ---------------------------------------------------------------- demo/detect
+    (DETECT, "missing path", [], "PATH"),
+    (DETECT, "unknown flag", ["--bogus", "{image}"], "--bogus"),
 ]
 
 # Rows that only make sense on a machine without the named hardware.
@@ -166,6 +192,8 @@ def _materials(tmp: Path) -> dict[str, str]:
     (tmp / "taken.txt").write_text("a file, not a folder\n")
     Image.new("RGB", (70, 100), (120, 30, 200)).save(tmp / "input.png")
     (tmp / "frames").mkdir()
+    (tmp / "diffusers").mkdir()
+    (tmp / "diffusers" / "model_index.json").write_text("{}\n")
     for i in range(3):
         Image.new("RGB", (64, 64), (40 * i, 90, 200)).save(tmp / "frames" / f"{i:03d}.png")
     (tmp / "list.yaml").write_text("- model: {}\n- data: {}\n")
@@ -188,6 +216,7 @@ def _materials(tmp: Path) -> dict[str, str]:
               lambda c: torch.save({**full, "payload": _Code()}, c / "last.ckpt"))
     return {"file": str(tmp / "taken.txt"), "missing": str(tmp / "absent" / "nothing"),
             "image": str(tmp / "input.png"), "frames": str(tmp / "frames"), "config": str(TINY),
+            "diffusers": str(tmp / "diffusers"),
             "list_yaml": str(tmp / "list.yaml"), "bad_yaml": str(tmp / "bad.yaml"),
             "run": str(run)}
 
