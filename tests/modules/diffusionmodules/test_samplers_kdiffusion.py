@@ -1,5 +1,6 @@
 """Samplers against k-diffusion's (same sigmas, same denoiser, same noise).
 
+Outputs are equal bit for bit (LinearMultistep within 2e-6: its weights are exact here).
 Documented differences from k-diffusion, each tested below:
 - the start: sgm samplers take unit noise and scale it by sqrt(1 + sigma_0^2);
   k-diffusion takes the scaled start, so it gets x * sqrt(1 + sigma_0^2);
@@ -120,7 +121,17 @@ def test_matches_k_diffusion(K, disc, name, kwargs, kd_name, kd_kwargs):
     theirs = getattr(K, kd_name)(
         mixture_denoiser, _kd_start(sampler, x), sigmas, disable=True, **kd_kwargs
     )
-    assert (ours - theirs).abs().max().item() <= 1e-5
+    _assert_matches(name, ours, theirs)
+
+
+def _assert_matches(name, ours, theirs):
+    """Bit for bit; LMS within 2e-6 relative to the scale (its weights are exact here,
+    k-diffusion integrates them numerically with epsrel=1e-4)."""
+    if name == "LinearMultistepSampler":
+        scale = max(1.0, theirs.abs().max().item())
+        assert (ours - theirs).abs().max().item() <= 2e-6 * scale
+    else:
+        assert torch.equal(ours, theirs)
 
 
 def test_guided_sampling_matches_k_diffusion_cfg(K):
@@ -305,7 +316,7 @@ def test_every_sampler_forwards_kwargs_and_reports_steps_like_k_diffusion(
         kd_den, _kd_start(sampler, x), sampler.discretization(STEPS), extra_args=extra,
         callback=kd_steps.append, disable=True,
     )
-    assert (ours - theirs).abs().max().item() <= 1e-5
+    _assert_matches(name, ours, theirs)
     assert len(ours_den.calls) == len(kd_den.calls) >= STEPS
     assert all(c["shift"] is extra["shift"] and c["gain"] == 0.9 for c in ours_den.calls)
     assert len(ours_steps) == len(kd_steps) == STEPS
@@ -314,8 +325,8 @@ def test_every_sampler_forwards_kwargs_and_reports_steps_like_k_diffusion(
         assert mine["i"] == kd["i"]
         assert torch.equal(mine["sigma"], kd["sigma"])
         assert torch.equal(mine["sigma_hat"], kd["sigma_hat"])
-        assert (mine["x"] - kd["x"]).abs().max().item() <= 1e-5
-        assert (mine["denoised"] - kd["denoised"]).abs().max().item() <= 1e-5
+        _assert_matches(name, mine["x"], kd["x"])
+        _assert_matches(name, mine["denoised"], kd["denoised"])
 
 
 @pytest.mark.parametrize("name", [c[0] for c in CONTRACT])
