@@ -98,12 +98,16 @@ class Chromium:
     def wait_for(self, expression: str, timeout: float = 60) -> Any:
         """Poll a JavaScript expression until it is truthy; its value, or TimeoutError."""
         deadline = time.monotonic() + timeout
+        last_error = None
         while time.monotonic() < deadline:
-            value = self.evaluate(expression)
+            try:
+                value = self.evaluate(expression)
+            except RuntimeError as error:  # e.g. the page is still navigating
+                value, last_error = None, error
             if value:
                 return value
             time.sleep(0.25)
-        raise TimeoutError(f"page never satisfied: {expression}")
+        raise TimeoutError(f"page never satisfied: {expression} (last error: {last_error})")
 
     def screenshot(self, path: Path) -> Path:
         data = self.call("Page.captureScreenshot", format="png")["data"]
