@@ -156,6 +156,7 @@ def missing_checkpoint(files: ModelFiles) -> str | None:
         return (f"{files.label}: checkpoint {files.ckpt} not found (set by --ckpt / "
                 f"{ENV['ckpt']}). Nothing is downloaded.")
     return (
-        f"{files.label}: checkpoint {files.ckpt.name} not found. Put it at {files.ckpt} "
+        f"{files.label}: checkpoint {files.ckpt.name} not found. Put it at "
+        f"{files.ckpt.absolute()} "
         f"(folder set by --checkpoints / {ENV['checkpoints']}); nothing is downloaded."
     )
