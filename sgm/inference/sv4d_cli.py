@@ -182,21 +182,16 @@ def uint8_video(frames: np.ndarray) -> Any:
 
 
 def load_engine(config: Path, ckpt: Path, args: Any, num_frames: int, half: bool) -> Any:
-    """Build and load an engine with the command line's device, dtype and low-VRAM mode."""
-    import inspect
-
+    """Build and load an engine with the command line's device, dtype and low-VRAM mode;
+    ``half`` stores the network in the half compute dtype on an accelerator (the
+    original's SV4D script halves its network)."""
     from .video import load_video_model
 
-    options: dict[str, Any] = {"device": args.device, "num_frames": num_frames,
-                               "num_steps": args.num_steps, "verbose": args.verbose}
-    accepted = inspect.signature(load_video_model).parameters
-    if "dtype" in accepted:
-        options["dtype"] = args.dtype
-    if "offload" in accepted:
-        options["offload"] = args.low_vram
-    if half and "half_weights" in accepted and str(args.device) != "cpu":
-        options["half_weights"] = True
-    return load_video_model(config, ckpt, **options)
+    return load_video_model(
+        config, ckpt, device=args.device, num_frames=num_frames, num_steps=args.num_steps,
+        verbose=args.verbose, dtype=args.dtype, offload=args.low_vram,
+        half_weights=True if half and str(args.device) != "cpu" else None,
+    )
 
 
 def release(model: Any) -> None:
