@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 _ATTR = "_sgm_offloader"
 ENGINE_PARTS = ("conditioner", "model", "first_stage_model")
+_CONTAINERS = (torch.nn.ModuleList, torch.nn.ModuleDict, torch.nn.Sequential)
 
 
 class Offloader:
@@ -111,7 +112,7 @@ def _entry_points(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """``module``, its children, and the members of child containers (embedders)."""
     yield module
     for child in module.children():
-        if isinstance(child, (torch.nn.ModuleList, torch.nn.ModuleDict, torch.nn.Sequential)):
+        if isinstance(child, _CONTAINERS):
             yield from child.children()
         yield child
 
@@ -141,7 +142,7 @@ def _offloader_of(model: torch.nn.Module) -> Offloader | None:
 
 @contextlib.contextmanager
 def released(model: torch.nn.Module) -> Iterator[None]:
-    """On leaving the block, move an offloaded ``model``'s resident part back to the host."""
+    """On leaving the block, move an offloaded ``model``'s resident part to the host."""
     try:
         yield
     finally:

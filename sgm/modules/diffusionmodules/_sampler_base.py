@@ -197,8 +197,7 @@ class BaseDiffusionSampler:
                 out = self.loop_step(step, x, denoiser, cond, uc, state, **denoiser_kwargs)
                 x = out.x
                 if callback is not None:
-                    callback({
-                        "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i] * (out.gamma + 1),
-                        "x": out.x_seen, "denoised": out.denoised,
-                    })
+                    sigma_hat = sigmas[i] * (out.gamma + 1)
+                    callback({"i": i, "sigma": sigmas[i], "sigma_hat": sigma_hat,
+                              "x": out.x_seen, "denoised": out.denoised})
         return x
