@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import CheckpointError, ConfigError
 from ._config import (
     ATTENTION_PROJECTIONS,
     SPATIAL_ATTENTION,
@@ -50,22 +51,26 @@ def add_lora(model: nn.Module, config: Mapping[str, Any] | LoraSettings | None =
     add_adapter(network, targets, settings, name)
     if settings.init_from is not None:
         plan = plan_adapter(network, settings.init_from)
-        _copy_weights(network, plan, name)
+        if plan.settings.rank != settings.rank:
+            raise ConfigError(f"lora_config.init_from {settings.init_from} has rank "
+                              f"{plan.settings.rank}, lora_config.rank is {settings.rank}")
+        # same function as the file: (alpha / rank) * B here == (file alpha / rank) * B there
+        _copy_weights(network, plan, name,
+                      plan.settings.lora_alpha / settings.lora_alpha)
     return targets
 
 
-def _copy_weights(network: nn.Module, plan: AdapterPlan, name: str) -> None:
+def _copy_weights(network: nn.Module, plan: AdapterPlan, name: str,
+                  b_factor: float = 1.0) -> None:
     layers = dict(lora_layers(network))
     with torch.no_grad():
         for module, (a, b) in plan.weights.items():
             layer = layers.get(module)
             if layer is None or name not in layer.lora_A:
-                from ..errors import CheckpointError
-
                 raise CheckpointError(f"{plan.path}: layer {module!r} has no adapter here "
                                       "(target_modules differ from the file's)")
             layer.lora_A[name].weight.copy_(a)
-            layer.lora_B[name].weight.copy_(b)
+            layer.lora_B[name].weight.copy_(b * b_factor)
 
 
 def _free_name(network: nn.Module) -> str:

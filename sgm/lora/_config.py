@@ -93,8 +93,17 @@ def is_temporal(name: str) -> bool:
 
 
 def adaptable_modules(network: nn.Module) -> dict[str, nn.Module]:
-    """Layers an adapter can wrap: Linear and Conv layers, by module name."""
-    return {n: m for n, m in network.named_modules() if n and type(m) in ADAPTABLE}
+    """Layers an adapter can wrap: Linear and Conv layers by module name (a layer that
+    already holds adapters counts under its own name, as its base layer)."""
+    out = {}
+    for name, module in network.named_modules():
+        if not name or name.endswith(".base_layer") or ".lora_" in name:
+            continue
+        if hasattr(module, "get_base_layer") and hasattr(module, "lora_A"):
+            module = module.get_base_layer()
+        if type(module) in ADAPTABLE:
+            out[name] = module
+    return out
 
 
 def _short(name: str) -> str:

@@ -142,6 +142,9 @@ def test_two_adapters_add_up_and_all_files_are_checked_first(trained, tmp_path):
     two = unet()
     assert apply_lora_specs(two, [(path, 0.5), (path, 0.5)]) == ["lora0", "lora1"]
     assert torch.allclose(out(two), out(net), atol=1e-5)
+    one_by_one = unet()
+    assert [load_lora(one_by_one, path, 0.25) for _ in range(4)] == [f"lora{i}" for i in range(4)]
+    assert torch.allclose(out(one_by_one), out(net), atol=1e-5)
     bad = tmp_path / "other.lora.safetensors"
     save_lora(train_adapter(unet(OTHER_UNET), steps=1, context_dim=40), bad)
     target = unet()

@@ -187,3 +187,21 @@ def test_sampling_pipeline_lora_parameter(tmp_path):
     assert (expected - base).abs().max() > 1e-2
     assert torch.allclose(got, expected, atol=1e-5)
     assert not any(p.requires_grad for p in half.model.parameters())
+
+
+def test_training_can_start_from_an_exported_adapter(tmp_path):
+    from sgm.lora import save_lora
+
+    trained = build(lora={"rank": 4, "alpha": 8})
+    with torch.no_grad():
+        for p in lora_parameters(trained):
+            p.normal_(0, 0.2)
+    path = save_lora(trained, tmp_path / "start.lora.safetensors")
+    again = build(lora={"rank": 4, "alpha": 2, "init_from": str(path)})
+    x, t, c = torch.randn(2, 1, 8, 8), torch.tensor([3.0, 700.0]), torch.randn(2, 1, 24)
+    with torch.no_grad():
+        assert torch.allclose(again.model.diffusion_model(x, t, context=c),
+                              trained.model.diffusion_model(x, t, context=c), atol=1e-5)
+    assert all(p.requires_grad for p in lora_parameters(again))
+    with pytest.raises(ConfigError, match="has rank 4, lora_config.rank is 2"):
+        build(lora={"rank": 2, "init_from": str(path)})
