@@ -237,6 +237,9 @@ def validate(args: argparse.Namespace) -> Job:
         name = REFINERS[args.version] if args.refiner == "auto" else args.refiner
         refiner = _model(name, args.refiner_ckpt, args.refiner_config, args.checkpoints)
     width, height = _size(args, base, image)
+    if args.negative_prompt and not base.spec.is_legacy:
+        logger.warning("--negative_prompt is ignored by %s (%s)", args.version,
+                       "no guidance" if turbo else "its negative text embedding is zero")
     params = SamplingParams(
         width=width, height=height, steps=steps, sampler=Sampler(args.sampler),
         discretization=Discretization(args.discretization), scale=args.cfg_scale,

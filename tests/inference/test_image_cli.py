@@ -217,6 +217,36 @@ def test_turbo(cli, models, tmp_path, capsys, sigmas_seen, version, steps, sampl
     np.testing.assert_allclose(sigmas_seen, list(levels) * samples, rtol=1e-5)
 
 
+def test_lora_flag_reaches_the_network(cli, models, tmp_path, capsys):
+    """An adapter at scale 0 leaves the pixels as they are; at scale 1 it changes them."""
+    from omegaconf import OmegaConf
+    from PIL import Image
+
+    from sgm.lora import add_lora, lora_parameters, save_lora
+    from sgm.util import instantiate_from_config
+
+    engine = instantiate_from_config(OmegaConf.load(models[1]["sdxl_base_1.0"]).model)
+    add_lora(engine, {"rank": 4})
+    with torch.no_grad():
+        for param in lora_parameters(engine):
+            param.normal_(0.0, 0.5)
+    adapter = save_lora(engine, tmp_path / "style.lora.safetensors")
+    argv = ["--steps", "2", "--prompt", "a cat", "--width", "256", "--height", "256"]
+    pixels, texts = [], []
+    for name, extra in (("plain", []), ("zero", ["--lora", f"{adapter}:0"]),
+                        ("full", ["--lora", str(adapter)])):
+        code, (path,), _ = _run(cli, capsys, _args(models, "sdxl_base_1.0", tmp_path / name,
+                                                    *argv, *extra))
+        assert code == 0
+        with Image.open(path) as image:
+            pixels.append(np.asarray(image))
+            texts.append(dict(image.text))
+    assert np.array_equal(pixels[0], pixels[1])
+    assert np.abs(pixels[0].astype(int) - pixels[2]).mean() > 1.0
+    assert "lora" not in texts[0]
+    assert texts[2]["lora"] == "style.lora.safetensors:1.0"
+
+
 # --------------------------------------------------------------------------- bad input
 
 

@@ -39,6 +39,10 @@ def write_tiny_model(
     config.model.params.conditioner_config.params.emb_models[0].params.version = str(clip_dir)
     torch.manual_seed(seed)
     engine = instantiate_from_config(config.model)
+    with torch.no_grad():  # the UNet's zero-initialised output layers would make it return 0
+        for param in engine.model.parameters():
+            if param.dim() > 1 and not param.any():
+                torch.nn.init.kaiming_uniform_(param, a=5**0.5)
     folder.mkdir(parents=True, exist_ok=True)
     ckpt = folder / ckpt_name
     save_file({k: v.contiguous() for k, v in engine.state_dict().items()}, str(ckpt))
