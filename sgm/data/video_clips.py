@@ -43,23 +43,35 @@ def _av():
 
 def decode_frames(data: bytes, sample: Mapping, field: str, num_frames: int, fps: float,
                   rng: random.Random, random_start: bool) -> tuple[np.ndarray, float]:
-    """``num_frames`` RGB frames (T, H, W, 3) ``1/fps`` seconds apart; and the source fps."""
+    """``num_frames`` RGB frames (T, H, W, 3) ``1/fps`` seconds apart; and the source fps.
+
+    When the container states its frame count, decoding stops after the last frame used.
+    """
     av = _av()
     try:
         with av.open(io.BytesIO(data)) as container:
             stream = container.streams.video[0]
             source_fps = float(stream.average_rate or stream.guessed_rate or 0) or fps
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+            step = source_fps / fps
+            needed = math.floor((num_frames - 1) * step) + 1
+            total = int(stream.frames or 0)
+            start = None
+            if total >= needed:
+                start = rng.randint(0, total - needed) if random_start else 0
+            frames = []
+            for frame in container.decode(stream):
+                frames.append(frame.to_ndarray(format="rgb24"))
+                if start is not None and len(frames) >= start + needed:
+                    break
     except (av.error.FFmpegError, IndexError, ValueError) as error:
         raise InputError(f"{where(sample)}: field {field!r} is not a readable video "
                          f"({error})") from None
-    step = source_fps / fps
-    needed = math.floor((num_frames - 1) * step) + 1
     if len(frames) < needed:
         raise InputError(
             f"{where(sample)}: video has {len(frames)} frames at {source_fps:g} fps, shorter "
             f"than the clip ({num_frames} frames at {fps:g} fps need {needed})")
-    start = rng.randint(0, len(frames) - needed) if random_start else 0
+    if start is None or start + needed > len(frames):
+        start = rng.randint(0, len(frames) - needed) if random_start else 0
     index = [start + math.floor(i * step) for i in range(num_frames)]
     return np.stack([frames[i] for i in index]), source_fps
 

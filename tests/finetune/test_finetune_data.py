@@ -111,3 +111,30 @@ def test_per_clip_sigmas_and_flatten():
     with pytest.raises(InputError, match=r"\(B, T, C, H, W\)"):
         FlattenVideoBatch()({"frames": torch.zeros(2, 3, 4, 4), "fps_id": [1, 2],
                              "motion_bucket_id": [1, 2], "cond_aug": [0.0, 0.0]})
+
+
+def test_video_shard_without_a_video_names_the_field(tmp_path):
+    shard = tmp_path / "novideo.tar"
+    with tarfile.open(shard, "w") as tar:
+        data = b'{"motion_bucket_id": 3}'
+        info = tarfile.TarInfo("000007.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    mapper = {"target": "sgm.data.video_clips.VideoClipSample", "params": {"num_frames": 2}}
+    with pytest.raises(InputError, match=r"novideo\.tar, sample '000007': missing field "
+                                          r"'mp4/webm/mkv/mov/avi' \(it has \['json'\]\)"):
+        next(iter(build_loader(_pipeline([shard], mapper), {"batch_size": 1})))
+
+
+def test_random_clip_starts_stay_inside_the_video(tmp_path):
+    shard = write_video_shard(tmp_path / "v.tar", [20], fps=24)
+    with tarfile.open(shard) as tar:
+        data = tar.extractfile("000000.mp4").read()
+    starts = set()
+    for seed in range(12):
+        out = VideoClipSample(num_frames=3, fps=4, size=8, seed=seed, cond_aug=0.0)(
+            {"mp4": data, "__key__": "k"})
+        levels = ((out["frames"].mean(dim=(1, 2, 3)) + 1) * 127.5 / 8).round().tolist()
+        assert levels[1] - levels[0] == 6 and levels[2] - levels[1] == 6  # 24 -> 4 fps
+        starts.add(levels[0])
+    assert starts <= set(range(0, 20 - 12)) and len(starts) > 1
