@@ -64,13 +64,24 @@ DEFAULT_PROMPT = "Astronaut in a jungle, cold color palette, muted colors, detai
 BUCKETS = ", ".join(f"{w}x{h}" for w, h in SD_XL_BASE_RATIOS.values())
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default only when it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, "", []):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog=f"SDXL's trained sizes (width x height): {BUCKETS}.",
+        formatter_class=_HelpFormatter,
     )
     model = parser.add_argument_group("model")
-    model.add_argument("--version", choices=list(VERSIONS), default="sdxl_base_1.0")
+    model.add_argument("--version", choices=list(VERSIONS), default="sdxl_base_1.0",
+                       metavar="VERSION", help=f"one of {', '.join(VERSIONS)}")
     model.add_argument("--checkpoints", type=Path, default=Path("checkpoints"),
                        help="folder holding the released checkpoint files")
     model.add_argument("--ckpt", type=existing_file,
@@ -78,24 +89,29 @@ def build_parser() -> ArgumentParser:
     model.add_argument("--config", type=existing_file,
                        help="model config (default: the released one in configs/inference)")
     text = parser.add_argument_group("prompts")
-    text.add_argument("--prompt", help=f"default: {DEFAULT_PROMPT!r}")
+    text.add_argument("--prompt", help=f"the text prompt (if none: {DEFAULT_PROMPT!r})")
     text.add_argument("--negative_prompt", default="",
                       help="SD 2.1 and refiners only: SDXL base zeroes the negative text")
     text.add_argument("--prompts_file", type=existing_file,
                       help="a text file with one prompt a line (instead of --prompt)")
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--width", type=positive_int,
-                          help="default: the model's size; SDXL is trained on the sizes below")
-    sampling.add_argument("--height", type=positive_int, help="default: the model's size")
+                          help="a multiple of 64 (if none: the model's size, or the init "
+                          "image's); SDXL is trained on the sizes below")
+    sampling.add_argument("--height", type=positive_int, help="a multiple of 64")
     sampling.add_argument("--steps", type=positive_int,
-                          help="default: 50, Turbo 1 (at most 4)")
-    sampling.add_argument("--sampler", choices=[s.value for s in Sampler],
-                          default=Sampler.EULER_EDM.value)
-    sampling.add_argument("--discretization", choices=[d.value for d in Discretization],
-                          default=Discretization.LEGACY_DDPM.value)
+                          help="sampling steps (if none: 50; Turbo: 1, at most 4)")
+    samplers = [s.value for s in Sampler]
+    sampling.add_argument("--sampler", choices=samplers, default=Sampler.EULER_EDM.value,
+                          metavar="NAME", help=", ".join(samplers))
+    discretizations = [d.value for d in Discretization]
+    sampling.add_argument("--discretization", choices=discretizations, metavar="NAME",
+                          default=Discretization.LEGACY_DDPM.value,
+                          help=", ".join(discretizations))
     sampling.add_argument("--cfg_scale", type=positive_float, default=5.0,
                           help="classifier-free guidance scale (Turbo: none)")
-    sampling.add_argument("--seed", type=non_negative_int, default=42)
+    sampling.add_argument("--seed", type=non_negative_int, default=42,
+                          help="seed of the first image of each prompt (then +1, +2, ...)")
     sampling.add_argument("--num_samples", type=positive_int, default=1,
                           help="images per prompt")
     img2img = parser.add_argument_group("image-to-image and refiner")
@@ -103,9 +119,10 @@ def build_parser() -> ArgumentParser:
                          help="start from this image (image-to-image)")
     img2img.add_argument("--strength", type=unit_interval, default=0.75,
                          help="how much of the init image is re-noised, in (0, 1]")
-    img2img.add_argument("--refiner", nargs="?", const="auto",
+    img2img.add_argument("--refiner", nargs="?", const="auto", metavar="VERSION",
                          choices=["auto", "sdxl_refiner_0.9", "sdxl_refiner_1.0"],
-                         help="finish SDXL base samples with the refiner (auto: same release)")
+                         help="finish SDXL base samples with a refiner: sdxl_refiner_0.9, "
+                         "sdxl_refiner_1.0 or auto (the base's release, when no VERSION)")
     img2img.add_argument("--refiner_strength", type=unit_interval, default=0.15,
                          help="the part of the schedule the refiner denoises, in (0, 1]")
     img2img.add_argument("--refiner_ckpt", type=existing_file,
@@ -113,7 +130,7 @@ def build_parser() -> ArgumentParser:
     img2img.add_argument("--refiner_config", type=existing_file, help="refiner model config")
     out = parser.add_argument_group("output and device")
     out.add_argument("--output_folder", type=output_folder,
-                     help="default: outputs/simple_image_sample/<version>")
+                     help="where the PNGs go (if none: outputs/simple_image_sample/<version>)")
     add_device_args(out)
     add_lora_arg(out)
     out.add_argument("--verbose", action="store_true")
