@@ -1,0 +1,196 @@
+"""Shared pieces of the whole-pipeline benchmarks (sample_sdxl.py, sample_svd.py).
+
+Random weights for an engine, an in-memory diffusers pipeline built from the engine's
+tensors (the converters of ``sgm.convert``, the same ones ``to_diffusers`` writes to a
+folder), device-aware timing, peak memory (resident set on CPU, allocator peak on CUDA)
+and the summary every benchmark prints.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from unet import PeakRSS
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> None:
+    """Weights of a sensible scale: ``N(0, 1/fan_in)`` for matrices and kernels, small
+    biases, norm scales around 1, mixing factors spread out; buffers (sigma tables,
+    position ids) untouched. Zero-initialised output layers become non-zero, so every
+    part of the network shapes the result."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not p.is_floating_point():
+                continue
+            if p.ndim > 1:
+                fan_in = p[0].numel()
+                value = torch.randn(p.shape, generator=gen) / math.sqrt(fan_in)
+            else:
+                value = torch.randn(p.shape, generator=gen) * 0.02
+                last = name.rsplit(".", 2)
+                if name.endswith("weight") and len(last) > 1 and (
+                    "norm" in last[-2] or last[-2].startswith("ln")
+                ):
+                    value += 1.0
+            if name.endswith("mix_factor"):
+                value = torch.randn(p.shape, generator=gen)
+            if name.endswith("logit_scale"):
+                value = torch.full(p.shape, math.log(100.0))
+            p.copy_(value.to(p.device, p.dtype))
+
+
+def diffusers_pipeline(engine: torch.nn.Module, params: Mapping[str, Any],
+                       device: torch.device, dtype: torch.dtype) -> Any:
+    """The diffusers pipeline of ``engine`` built in memory: each component converted
+    from the engine's state dict exactly as ``sgm.convert.to_diffusers`` does it."""
+    import diffusers
+    from sgm.convert._components import layout
+    from sgm.convert._encoders import flat_text_keys
+    from sgm.convert._folders import build_model
+    from sgm.convert._pipeline import _feature_extractor, scheduler_config
+    from sgm.modules.encoders._tokenizers import build_hf_clip_tokenizer
+
+    plan = layout(engine, params)
+    state = {k: v.float() for k, v in engine.state_dict().items()}
+    parts: dict[str, Any] = {}
+    for component in plan.components:
+        model = build_model(component)
+        converted = component.convert(state)
+        if component.class_name.startswith("CLIPText"):
+            converted = flat_text_keys(model, converted)
+        model.load_state_dict(dict(converted), strict=True, assign=True)
+        parts[component.name] = model.to(device, dtype).eval()
+        if component.name.startswith("text_encoder"):
+            tokenizer = build_hf_clip_tokenizer(component.config["max_position_embeddings"])
+            if component.pad_token is not None:
+                tokenizer.pad_token = component.pad_token
+            parts[component.name.replace("text_encoder", "tokenizer")] = tokenizer
+    parts["scheduler"] = diffusers.EulerDiscreteScheduler.from_config(
+        scheduler_config(params, plan.family)
+    )
+    if plan.family == "svd":
+        import tempfile
+
+        from transformers import CLIPImageProcessor
+
+        with tempfile.TemporaryDirectory() as tmp:
+            _feature_extractor(os.path.join(tmp, "fe"))
+            parts["feature_extractor"] = CLIPImageProcessor.from_pretrained(
+                os.path.join(tmp, "fe"))
+    else:
+        parts.update(add_watermarker=False, force_zeros_for_empty_prompt=True)
+    return getattr(diffusers, plan.pipeline)(**parts)
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    """Seconds of one call of ``fn`` (the device finished), and its output."""
+    synchronize(device)
+    start = time.perf_counter()
+    out = fn()
+    synchronize(device)
+    return time.perf_counter() - start, out
+
+
+def interleaved(runs: Mapping[str, Callable[[], Any]], repeats: int,
+                device: torch.device, warmup: int = 1) -> dict[str, list[float]]:
+    """name -> seconds per run; ``warmup`` runs each, then A B, B A, A B, ..."""
+    for fn in runs.values():
+        for _ in range(warmup):
+            timed(fn, device)
+    names = list(runs)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(repeats):
+        for name in names if i % 2 == 0 else names[::-1]:
+            seconds[name].append(timed(runs[name], device)[0])
+    return seconds
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def peak_of_run(fn: Callable[[], Any], device: torch.device) -> tuple[float, float]:
+    """(MiB above the pre-run level during one warm call, MiB at the process peak):
+    the allocator's on CUDA, the resident set on CPU."""
+    fn()  # warm-up: kernels, libraries and caches become resident
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+        return (peak - before) / 2**20, peak / 2**20
+    with PeakRSS() as mem:
+        fn()
+    return mem.delta / 2**20, high_water_mib()
+
+
+def high_water_mib() -> float:
+    """This process's resident-set peak (``VmHWM``; unlike ``ru_maxrss`` it does not
+    inherit the parent's peak across fork + exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def peak_in_fresh_process(script: str, argv: list[str], name: str) -> tuple[float, float]:
+    """``peak_of_run`` of side ``name`` in a new process running ``script``."""
+    cmd = [sys.executable, script, *argv, "--child", name]
+    # A fixed mmap threshold makes freed tensors leave the resident set at once.
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise RuntimeError(f"{name} memory run failed:\n{done.stderr[-3000:]}")
+    run_mib, total_mib = done.stdout.split()[-2:]
+    return float(run_mib), float(total_mib)
+
+
+def child_report(fn: Callable[[], Any], device: torch.device) -> None:
+    """The child side of ``peak_in_fresh_process``."""
+    run_mib, total_mib = peak_of_run(fn, device)
+    print(f"{run_mib:.3f} {total_mib:.3f}")
+
+
+# --------------------------------------------------------------------------- output
+
+
+def max_abs_diff(ours: torch.Tensor, theirs: torch.Tensor) -> tuple[float, float]:
+    """(max |ours - theirs|, max |theirs|) in float32."""
+    ours, theirs = ours.float().cpu(), theirs.float().cpu()
+    return float((ours - theirs).abs().max()), float(theirs.abs().max())
+
+
+def summary(seconds: Mapping[str, list[float]], peaks: Mapping[str, tuple[float, float]],
+            ours: str = "sgm", theirs: str = "diffusers") -> str:
+    """Median / best / peak per side, then the ``ratio`` line (last)."""
+    lines, medians = [], {}
+    for name, runs in seconds.items():
+        medians[name] = statistics.median(runs)
+        run_mib, total_mib = peaks[name]
+        lines.append(f"{name:>10}: median {medians[name]:8.3f} s  best {min(runs):8.3f} s  "
+                     f"(n={len(runs)})  peak +{run_mib:8.1f} MiB during a run, "
+                     f"{total_mib:8.1f} MiB process peak")
+    time_ratio = medians[ours] / medians[theirs]
+    mem_ratio = peaks[ours][0] / max(peaks[theirs][0], 1e-9)
+    lines.append(f"ratio {ours}/{theirs}: time {time_ratio:.3f}, memory {mem_ratio:.3f}")
+    return "\n".join(lines)
