@@ -10,8 +10,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from _tiny_models import FAMILIES, randomize
+
 CONFIGS = Path(__file__).resolve().parent / "configs"
-FAMILIES = ("sd21", "sdxl_base", "sdxl_refiner", "svd")
 TEXT = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 3}
 VISION = {"image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 32}
 ARCHS = {
@@ -77,22 +78,6 @@ def config_path(archs, clip_l_dir, tmp_path_factory):
         return path
 
     return make
-
-
-def randomize(model: torch.nn.Module, seed: int) -> None:
-    """Random weights of moderate size; norm scales around 1, mixing factors spread."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.state_dict().items():
-            if not p.is_floating_point() or name.endswith("sigmas"):
-                continue
-            scale = 0.2 if p.ndim > 1 else 0.05
-            p.copy_(torch.randn(p.shape, generator=gen) * scale)
-            if "norm" in name.rsplit(".", 2)[-2] or ".ln_" in name:
-                if name.endswith("weight"):
-                    p.add_(1.0)
-            if name.endswith(("mix_factor", "logit_scale")):
-                p.copy_(torch.randn(p.shape, generator=gen))
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from sgm.convert import to_diffusers, to_sgm
 from sgm.convert._engine import build_engine, load_config
 
 from _parity import all_outputs, close
-from conftest import FAMILIES, randomize
+from _tiny_models import FAMILIES, randomize
 
 pytest.importorskip("diffusers")
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
