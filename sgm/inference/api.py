@@ -395,7 +395,7 @@ class SamplingPipeline:
                 raise InputError("Turbo models do not hand off to a refiner")
             return sample_turbo(
                 self.model, prompt, params.steps, params.height, params.width,
-                0 if seed is None else seed, samples, self.specs.channels,
+                _turbo_seed(seed), samples, self.specs.channels,
                 self.specs.factor, return_latents=return_latents, callback=callback,
             )
         sampler = self._sampler(params)
@@ -492,6 +492,14 @@ class SamplingPipeline:
             skip_encode=True, return_latents=return_latents, seed=seed, add_noise=add_noise,
             callback=callback,
         )
+
+
+def _turbo_seed(seed: int | None) -> int:
+    """Turbo noise comes from NumPy seeds; without one, draw it from torch's global stream
+    (so ``torch.manual_seed`` still reproduces a run)."""
+    if seed is not None:
+        return int(seed)
+    return int(torch.randint(0, 2**31 - 1, ()).item())
 
 
 def text_to_image_refined(
