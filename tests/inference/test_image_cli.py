@@ -17,6 +17,8 @@ import torch
 from sgm.inference.watermark import WATERMARK_BITS
 from sgm.modules.diffusionmodules.denoiser import Denoiser
 
+pytestmark = pytest.mark.inference
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "sampling" / "simple_image_sample.py"
 DETECT = ROOT / "scripts" / "demo" / "detect.py"
