@@ -118,6 +118,46 @@ def test_cli_end_to_end_writes_playable_mp4_and_never_overwrites(tiny, arch_dir,
         "000000.jpg", "000000.mp4", "000001.jpg", "000001.mp4"]
 
 
+def _engine_and_lora(folder: Path) -> tuple[Path, Path]:
+    """A toy engine whose zero-initialised layers (output convolutions) are filled, so
+    that its attention reaches the output, and a LoRA file that changes that attention."""
+    from safetensors.torch import save_file
+
+    from sgm.lora import add_lora, lora_parameters, save_lora
+
+    torch.manual_seed(4)
+    model = load_video_model(TINY_CONFIG, None, "cpu", num_frames=3, num_steps=2)
+    with torch.no_grad():
+        for param in model.model.parameters():
+            if not param.any():
+                param.copy_(torch.randn_like(param) * 0.05)
+    ckpt = folder / "engine.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, ckpt)
+    add_lora(model, {"rank": 4})
+    with torch.no_grad():
+        for param in lora_parameters(model):
+            param.copy_(torch.randn_like(param) * 0.5)
+    return ckpt, save_lora(model, folder / "toy.lora.safetensors")
+
+
+def test_cli_lora_flag_applies_the_adapter_at_its_scale(arch_dir, tmp_path):
+    ckpt, lora = _engine_and_lora(tmp_path)
+    image = _png(tmp_path / "input.png")
+    out = tmp_path / "out"
+    common = dict(input_path=str(image), config=str(TINY_CONFIG), ckpt=str(ckpt), num_frames=3,
+                  num_steps=2, decoding_t=2, output_folder=str(out), device="cpu")
+    sample = _script_module().sample
+    sample(**common)
+    sample(**common, lora=[(lora, 0.0)])
+    flags = [f"--{k}={v}" for k, v in common.items()] + [f"--lora={lora}:1.0"]
+    result = _run(tmp_path, *flags, launcher_dir=arch_dir)
+    assert result.returncode == 0, result.stderr
+    plain, scale_0, scale_1 = (_read_mp4(out / f"00000{i}.mp4")[1].astype(int)
+                               for i in range(3))
+    assert np.array_equal(plain, scale_0)  # an adapter at scale 0 changes nothing
+    assert np.abs(plain - scale_1).mean() > 1.0
+
+
 def test_cli_missing_checkpoint_is_one_line_and_exit_2(tmp_path):
     result = _run(tmp_path, f"--input_path={_png(tmp_path / 'x.png')}", "--version=svd_xt")
     assert result.returncode == 2
