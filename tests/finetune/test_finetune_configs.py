@@ -10,7 +10,8 @@ from sgm.util import instantiate_from_config, load_configs
 ROOT = FINETUNE.parents[2]
 RELEASED = {"sd_2_1": ROOT / "configs" / "inference" / "sd_2_1.yaml",
             "sdxl_base": ROOT / "configs" / "inference" / "sd_xl_base.yaml",
-            "svd": ROOT / "scripts" / "sampling" / "configs" / "svd.yaml"}
+            "svd": ROOT / "scripts" / "sampling" / "configs" / "svd.yaml",
+            "svd_xt": ROOT / "scripts" / "sampling" / "configs" / "svd_xt.yaml"}
 
 
 def _keys(config) -> dict:
@@ -27,6 +28,14 @@ def test_finetune_config_builds_the_released_state_dict(name, tmp_path):
     assert cfg.model.params.ckpt_path.startswith("checkpoints/")
     assert cfg.lightning.trainer.precision == "bf16-mixed"
     assert cfg.model.params.network_config.params.use_checkpoint
+    if name.startswith("svd"):  # clip length agrees everywhere it appears
+        frames = 25 if name == "svd_xt" else 14
+        params = cfg.model.params
+        assert cfg.data.params.train.datapipeline.postprocessors[0].params.num_frames == frames
+        assert params.loss_fn_config.params.sigma_sampler_config.params.num_frames == frames
+        assert params.sampler_config.params.guider_config.params.num_frames == frames
+        assert [e.params.n_copies for e in params.conditioner_config.params.emb_models
+                if "n_copies" in e.params] == [frames, frames]
     released = OmegaConf.load(RELEASED[name]).model
     released.params.pop("sampler_config", None)  # sampling scripts fill it in; no weights
     assert _keys(cfg.model) == _keys(released)
