@@ -16,6 +16,7 @@ from .image import (
     SDXL_SIZES,
     ImageModel,
     ImageRequest,
+    check_request,
     generate,
     image_model,
     init_image_tensor,
@@ -129,8 +130,6 @@ def main(script: str | os.PathLike) -> None:
 
 def _sample(models: list[ImageModel], request: ImageRequest, upload: Any,
             options: DemoOptions, low_vram: bool) -> dict:
-    from .image import check_request
-
     image = None
     if st.session_state.get("mode") == "img2img":
         image = init_image_tensor(upload)
