@@ -113,6 +113,8 @@ def demo_options(
             value = environ[variable]
         if value is not None:
             values[name] = value if name == "device" else Path(value)
+    if "device" in values:
+        values["device"] = _device(values["device"])
     options = DemoOptions(**values)
     for name in ("checkpoints", "configs"):
         folder = getattr(options, name)
@@ -121,6 +123,18 @@ def demo_options(
     if options.config is not None and not options.config.is_file():
         raise ConfigError(f"model config not found: {options.config}")
     return options
+
+
+def _device(text: str) -> str:
+    """``text`` if it names a device this machine has (``sgm.cli.device_arg``)."""
+    import argparse
+
+    from ..cli import device_arg
+
+    try:
+        return device_arg(str(text))
+    except argparse.ArgumentTypeError as error:
+        raise InputError(f"device: {error}") from None
 
 
 def model_files(

@@ -31,6 +31,8 @@ def test_bad_flags_and_files_are_one_line_errors(tmp_path):
         demo_options(["--nope"], environ={}, prog="page.py")
     with pytest.raises(ConfigError, match="model config not found"):
         demo_options(["--config", str(tmp_path / "missing.yaml")], environ={})
+    with pytest.raises(InputError, match="device: 'gpu9' is not a device"):
+        demo_options(environ={"SGM_DEMO_DEVICE": "gpu9"})
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="checkpoints folder .* is a file"):
         demo_options(environ={"SGM_DEMO_CHECKPOINTS": str(tmp_path / "file")})
