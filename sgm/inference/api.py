@@ -263,6 +263,9 @@ class SamplingPipeline:
             checkpoint, instead of ``model_id``.
         spec: sizes and flags for a custom model (default: read from its config).
         lora: LoRA adapters to apply, as ``(path, scale)`` pairs (``sgm.lora``).
+        compile_model: compile the network with ``torch.compile`` (the engine's
+            ``compile_model``; in place, so state-dict keys stay the same). The first
+            sampling run pays the compilation.
     """
 
     def __init__(
@@ -278,10 +281,12 @@ class SamplingPipeline:
         lora: list[tuple[str | os.PathLike, float]] | None = None,
         dtype: str | torch.dtype | None = "auto",
         offload: bool = False,
+        compile_model: bool = False,
     ) -> None:
         self.device = torch.device(resolve_device(device))
         self.dtype = precision.parse_dtype(dtype, self.device)
         self.offload = bool(offload)
+        self.compile_model = bool(compile_model)
         if model_id is not None:
             self.specs = self._released_spec(model_id)
             if config_path is None:
@@ -318,6 +323,10 @@ class SamplingPipeline:
                 "model_path= / ckpt=)"
             )
         model_config = self.config["model"] if "model" in self.config else self.config
+        if self.compile_model:
+            from omegaconf import OmegaConf
+
+            model_config = OmegaConf.merge(model_config, {"params": {"compile_model": True}})
         model = instantiate_from_config(model_config, key="model")
         if hasattr(model, "init_from_ckpt"):
             model.init_from_ckpt(self.ckpt, strict=True)

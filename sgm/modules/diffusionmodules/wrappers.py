@@ -11,17 +11,27 @@ from torch import nn
 OPENAIUNETWRAPPER = "sgm.modules.diffusionmodules.wrappers.OpenAIWrapper"
 
 
-class IdentityWrapper(nn.Module):
-    """Calls ``diffusion_model`` unchanged; ``compile_model`` compiles it in place.
+def compile_network(network: nn.Module) -> nn.Module:
+    """``torch.compile`` the network's ``forward`` in place and return the network.
 
-    In-place compilation (``nn.Module.compile``) keeps the ``diffusion_model.*``
-    state-dict keys of the uncompiled module.
+    The module itself stays in the tree, so its state-dict keys do not change (wrapping
+    it in ``torch.compile(network)`` would add ``_orig_mod.``). ``nn.Module.compile``
+    is not used: it compiles ``Module._call_impl``, a frame TorchDynamo skips, so with
+    current torch nothing would be compiled. Compilation happens at the first call.
+    """
+    network.forward = torch.compile(network.forward)
+    return network
+
+
+class IdentityWrapper(nn.Module):
+    """Calls ``diffusion_model`` unchanged; ``compile_model`` compiles its forward in
+    place (:func:`compile_network`), keeping the ``diffusion_model.*`` state-dict keys.
     """
 
     def __init__(self, diffusion_model: nn.Module, compile_model: bool = False) -> None:
         super().__init__()
         if compile_model:
-            diffusion_model.compile()
+            compile_network(diffusion_model)
         self.diffusion_model = diffusion_model
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
