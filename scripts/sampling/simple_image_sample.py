@@ -254,6 +254,9 @@ def validate(args: argparse.Namespace) -> Job:
         name = REFINERS[args.version] if args.refiner == "auto" else args.refiner
         refiner = _model(name, args.refiner_ckpt, args.refiner_config, args.checkpoints)
     width, height = _size(args, base, image)
+    if refiner is not None and int(args.refiner_strength * (steps + 1)) < 2:
+        logger.warning("--refiner_strength %s of %d steps leaves the refiner no step; raise "
+                       "--steps or --refiner_strength", args.refiner_strength, steps)
     if args.negative_prompt and not base.spec.is_legacy:
         logger.warning("--negative_prompt is ignored by %s (%s)", args.version,
                        "no guidance" if turbo else "its negative text embedding is zero")
