@@ -27,26 +27,33 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> None:
     biases, norm scales around 1, mixing factors spread out; buffers (sigma tables,
     position ids) untouched. Zero-initialised output layers become non-zero, so every
     part of the network shapes the result."""
-    gen = torch.Generator().manual_seed(seed)
+    gens: dict[torch.device, torch.Generator] = {}
     with torch.no_grad():
         for name, p in model.named_parameters():
             if not p.is_floating_point():
                 continue
+            if p.device not in gens:  # drawn where the weights live (fast on a GPU)
+                gens[p.device] = torch.Generator(p.device).manual_seed(seed)
+            gen = gens[p.device]
+
+            def randn(shape, gen=gen, device=p.device):
+                return torch.randn(shape, generator=gen, device=device)
+
             if p.ndim > 1:
                 fan_in = p[0].numel()
-                value = torch.randn(p.shape, generator=gen) / math.sqrt(fan_in)
+                value = randn(p.shape) / math.sqrt(fan_in)
             else:
-                value = torch.randn(p.shape, generator=gen) * 0.02
+                value = randn(p.shape) * 0.02
                 last = name.rsplit(".", 2)
                 if name.endswith("weight") and len(last) > 1 and (
                     "norm" in last[-2] or last[-2].startswith("ln")
                 ):
                     value += 1.0
             if name.endswith("mix_factor"):
-                value = torch.randn(p.shape, generator=gen)
+                value = randn(p.shape)
             if name.endswith("logit_scale"):
                 value = torch.full(p.shape, math.log(100.0))
-            p.copy_(value.to(p.device, p.dtype))
+            p.copy_(value.to(p.dtype))
 
 
 def diffusers_pipeline(engine: torch.nn.Module, params: Mapping[str, Any],
@@ -56,7 +63,7 @@ def diffusers_pipeline(engine: torch.nn.Module, params: Mapping[str, Any],
     import diffusers
     from sgm.convert._components import layout
     from sgm.convert._encoders import flat_text_keys
-    from sgm.convert._folders import build_model
+    from sgm.convert._folders import _classes
     from sgm.convert._pipeline import _feature_extractor, scheduler_config
     from sgm.modules.encoders._tokenizers import build_hf_clip_tokenizer
 
@@ -64,11 +71,14 @@ def diffusers_pipeline(engine: torch.nn.Module, params: Mapping[str, Any],
     state = {k: v.float() for k, v in engine.state_dict().items()}
     parts: dict[str, Any] = {}
     for component in plan.components:
-        model = build_model(component)
+        cls, config_cls = _classes(component)
+        with torch.device(device):  # real buffers (position ids), unlike the meta device
+            model = cls(**component.config) if config_cls is None else cls(
+                config_cls(**component.config))
         converted = component.convert(state)
         if component.class_name.startswith("CLIPText"):
             converted = flat_text_keys(model, converted)
-        model.load_state_dict(dict(converted), strict=True, assign=True)
+        model.load_state_dict(dict(converted), strict=True)
         parts[component.name] = model.to(device, dtype).eval()
         if component.name.startswith("text_encoder"):
             tokenizer = build_hf_clip_tokenizer(component.config["max_position_embeddings"])
@@ -110,17 +120,27 @@ def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
 
 
 def interleaved(runs: Mapping[str, Callable[[], Any]], repeats: int,
-                device: torch.device, warmup: int = 1) -> dict[str, list[float]]:
-    """name -> seconds per run; ``warmup`` runs each, then A B, B A, A B, ..."""
+                device: torch.device, warmup: int = 1
+                ) -> tuple[dict[str, list[float]], dict[str, tuple[float, float]]]:
+    """(name -> seconds per run, name -> CUDA peak as ``peak_of_run`` gives it, empty on
+    CPU); ``warmup`` runs each, then A B, B A, A B, ..."""
     for fn in runs.values():
         for _ in range(warmup):
             timed(fn, device)
     names = list(runs)
     seconds: dict[str, list[float]] = {name: [] for name in names}
+    peaks: dict[str, tuple[float, float]] = {}
     for i in range(repeats):
         for name in names if i % 2 == 0 else names[::-1]:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+                before = torch.cuda.memory_allocated(device)
             seconds[name].append(timed(runs[name], device)[0])
-    return seconds
+            if device.type == "cuda":
+                peak = torch.cuda.max_memory_allocated(device)
+                old = peaks.get(name, (0.0, 0.0))
+                peaks[name] = (max(old[0], (peak - before) / 2**20), max(old[1], peak / 2**20))
+    return seconds, peaks
 
 
 # --------------------------------------------------------------------------- memory
@@ -191,6 +211,7 @@ def summary(seconds: Mapping[str, list[float]], peaks: Mapping[str, tuple[float,
                      f"(n={len(runs)})  peak +{run_mib:8.1f} MiB during a run, "
                      f"{total_mib:8.1f} MiB process peak")
     time_ratio = medians[ours] / medians[theirs]
-    mem_ratio = peaks[ours][0] / max(peaks[theirs][0], 1e-9)
-    lines.append(f"ratio {ours}/{theirs}: time {time_ratio:.3f}, memory {mem_ratio:.3f}")
+    # in-process resident-set deltas are ~0 (freed memory stays in the allocator)
+    mem = (f"{peaks[ours][0] / peaks[theirs][0]:.3f}" if peaks[theirs][0] >= 1.0 else "n/a")
+    lines.append(f"ratio {ours}/{theirs}: time {time_ratio:.3f}, memory {mem}")
     return "\n".join(lines)

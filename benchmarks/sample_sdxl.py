@@ -27,6 +27,7 @@ import sys
 import tempfile
 
 import sgm  # noqa: F401  (must precede diffusers)
+from sgm.modules.diffusionmodules.wrappers import compile_network
 import torch
 from omegaconf import OmegaConf
 
@@ -128,12 +129,12 @@ def load_from_files(args, workdir: str, side: str):
     return pipe.to(args.device)
 
 
-def build_in_memory(args):
+def build_in_memory(args, workdir: str):
     """``--gpu``: engine with random weights on the device, and its diffusers twin."""
     from sgm import precision
     from sgm.convert._engine import build_engine, engine_params
 
-    config = make_config(args, None)
+    config = make_config(args, None if args.full else register_text_towers(workdir))
     engine = build_engine(config, device=args.device).eval()
     randomize(engine, seed=0)
     pipe = diffusers_pipeline(engine, engine_params(config), torch.device(args.device),
@@ -246,13 +247,13 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="sgm_bench_sdxl_") as workdir:
         if args.in_memory:
-            engine, pipe = build_in_memory(args)
+            engine, pipe = build_in_memory(args, workdir)
         else:
             prepare_files(args, workdir)
             engine = load_from_files(args, workdir, "sgm")
             pipe = load_from_files(args, workdir, "diffusers")
         if args.compile == "both":
-            pipe.unet.compile()
+            compile_network(pipe.unet)
         n_params = sum(p.numel() for p in engine.model.parameters())
         print(f"SDXL base architecture{'' if args.full else ' scaled down'} (UNet "
               f"{n_params / 1e6:.0f}M params), {args.size}x{args.size} px, {args.steps} "
@@ -260,12 +261,13 @@ def main() -> None:
               f"{args.threads} threads, compile={args.compile}, median of {args.repeats}")
         runs = make_runs(args, engine, pipe)
         check_same(runs, args)
-        seconds = interleaved(runs, args.repeats, torch.device(args.device), warmup=0)
-        if args.in_memory:
+        seconds, peaks = interleaved(runs, args.repeats, torch.device(args.device), warmup=0)
+        # CUDA: the allocator's peaks during the timed runs; CPU: resident set
+        if not peaks and args.in_memory:
             peaks = {name: peak_of_run(fn, torch.device(args.device))
                      for name, fn in runs.items()}
-        else:
-            argv = [a for a in sys.argv[1:]] + ["--workdir", workdir]
+        elif not peaks:
+            argv = sys.argv[1:] + ["--workdir", workdir]
             del engine, pipe, runs
             peaks = {name: peak_in_fresh_process(__file__, argv, name)
                      for name in ("sgm", "diffusers")}

@@ -31,6 +31,7 @@ import sys
 import tempfile
 
 import sgm  # noqa: F401  (must precede diffusers)
+from sgm.modules.diffusionmodules.wrappers import compile_network
 import numpy as np
 import torch
 from omegaconf import OmegaConf
@@ -133,12 +134,14 @@ def load_from_files(args, workdir: str, side: str):
     return pipe.to(args.device)
 
 
-def build_in_memory(args):
+def build_in_memory(args, workdir: str):
     """``--gpu``: engine with random weights on the device, and its diffusers twin."""
     from sgm import precision
     from sgm.convert._engine import engine_params
     from sgm.util import instantiate_from_config
 
+    if not args.full:
+        register_image_tower(workdir)
     config = make_config(args)
     params = config.model.params
     params.sampler_config.params.num_steps = args.steps
@@ -255,13 +258,13 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="sgm_bench_svd_") as workdir:
         if args.in_memory:
-            engine, pipe = build_in_memory(args)
+            engine, pipe = build_in_memory(args, workdir)
         else:
             prepare_files(args, workdir)
             engine = load_from_files(args, workdir, "sgm")
             pipe = load_from_files(args, workdir, "diffusers")
         if args.compile == "both":
-            pipe.unet.compile()
+            compile_network(pipe.unet)
         n_params = sum(p.numel() for p in engine.model.parameters())
         print(f"{'SVD-XT' if args.full else 'SVD scaled down'} (video UNet "
               f"{n_params / 1e6:.0f}M params), {args.frames} frames {args.height}x"
@@ -277,11 +280,12 @@ def main() -> None:
         if not diff <= tol:
             sys.exit(f"outputs differ by {diff:.2e} > {tol:g}: timings would compare "
                      "different work")
-        seconds = interleaved(runs, args.repeats, torch.device(args.device), warmup=0)
-        if args.in_memory:
+        seconds, peaks = interleaved(runs, args.repeats, torch.device(args.device), warmup=0)
+        # CUDA: the allocator's peaks during the timed runs; CPU: resident set
+        if not peaks and args.in_memory:
             peaks = {name: peak_of_run(fn, torch.device(args.device))
                      for name, fn in runs.items()}
-        else:
+        elif not peaks:
             del engine, pipe, runs
             argv = sys.argv[1:] + ["--workdir", workdir, "--sigmas", json.dumps(sigmas)]
             peaks = {name: peak_in_fresh_process(__file__, argv, name)
