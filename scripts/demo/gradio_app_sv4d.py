@@ -1,0 +1,57 @@
+"""SV4D novel-view video page (Gradio).
+
+    python scripts/demo/gradio_app_sv4d.py [--checkpoints DIR] [--device cuda] [--share]
+
+Reads ``checkpoints/sv4d.safetensors`` and ``checkpoints/sv3d_u.safetensors`` (nothing is
+downloaded; the page says where a missing file goes) and writes
+``outputs/demo/sv4d/{n:06d}_t000.mp4`` (SV3D's views of the first frame) and
+``{n:06d}_grid.mp4`` (the input view and the eight novel views, 3 x 3). A small local model
+runs with ``--configs DIR`` (configs under the released names) or ``--config/--ckpt``
+(the SV4D model). Served on localhost only unless ``--share`` / ``--server_name`` say
+otherwise.
+"""
+
+from __future__ import annotations
+
+import sgm  # noqa: F401  (first: sets up imports before the heavy packages)
+
+import sys
+from collections.abc import Sequence
+
+from sgm.cli import ArgumentParser, multiple_of, positive_int, run
+
+
+def build_parser() -> ArgumentParser:
+    from sgm.demo.options import add_page_arguments
+
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_page_arguments(parser)
+    parser.add_argument("--img_size", type=multiple_of(64), default=576)
+    parser.add_argument("--sv3d_version", choices=("sv3d_u", "sv3d_p"), default="sv3d_u")
+    parser.add_argument("--low_vram", action="store_true",
+                        help="keep the models on the host, move parts to the device as they run")
+    parser.add_argument("--server_name", default="127.0.0.1")
+    parser.add_argument("--port", type=positive_int, default=7860)
+    parser.add_argument("--share", action="store_true",
+                        help="also serve through a public Gradio link (off by default)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def serve() -> None:
+        from sgm.demo.gradio_sv4d import Sv4dApp, build_demo
+        from sgm.demo.options import demo_options
+
+        app = Sv4dApp(demo_options(parsed=args), img_size=args.img_size,
+                      sv3d_version=args.sv3d_version, low_vram=args.low_vram)
+        demo = build_demo(app)
+        demo.queue(max_size=4).launch(share=args.share, server_name=args.server_name,
+                                      server_port=args.port)
+
+    return run(serve, prog="gradio_app_sv4d.py")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
