@@ -39,6 +39,7 @@ PACK = "scripts/data/pack_shards.py"
 IMAGE = "scripts/sampling/simple_image_sample.py"
 CONVERT = "scripts/convert.py"
 DETECT = "scripts/demo/detect.py"
+GRADIO = "scripts/demo/gradio_app.py"
 
 ROWS: list[tuple[str, str, list[str], str]] = [
     # ---------------------------------------------------------------- main.py
@@ -166,10 +167,17 @@ ROWS: list[tuple[str, str, list[str], str]] = [
     # ---------------------------------------------------------------- demo/detect
     (DETECT, "missing path", [], "PATH"),
     (DETECT, "unknown flag", ["--bogus", "{image}"], "--bogus"),
+    # ------------------------------------------- demo/gradio_app (must not start serving)
+    (GRADIO, "wrong type", ["--port=abc"], "--port"),
+    (GRADIO, "out of range", ["--num_steps=0"], "--num_steps"),
+    (GRADIO, "unknown flag", ["--portt=1"], "--portt=1"),
+    (GRADIO, "unavailable device", ["--device=cuda"], "cuda"),
 ]
 
 # Rows that only make sense on a machine without the named hardware.
 NEEDS_NO_CUDA = ("--accelerator", "accelerator=cuda", "--device=cuda")
+# Streamlit pages (scripts/demo/sampling.py, video_sampling.py, turbo.py) show bad input in
+# the page rather than exiting; their page tests cover that.
 
 
 class _Code:
