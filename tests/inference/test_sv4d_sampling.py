@@ -223,3 +223,33 @@ def test_window_conditioning(tiny_sv4d2, multi_view):
     assert extra["image_only_indicator"].shape == (2, n)
     assert bool(c["cond_view"].any()) == multi_view
     assert (extra["image_only_indicator"] == float(multi_view)).all()
+
+
+def test_encoding_t_and_decoding_t_bound_the_chunks(tiny_sv4d2, monkeypatch):
+    """Conditioning frames are encoded ``encoding_t`` at a time, latents decoded
+    ``decoding_t`` at a time; the model's own settings come back afterwards."""
+    from sgm.inference.sv4d_sampling import encoding_chunks
+
+    spec = sv4d.SPECS["sv4d2"]
+    encoded, decoded = [], []
+    for embedder in tiny_sv4d2.conditioner.embedders:
+        if hasattr(embedder, "en_and_decode_n_samples_a_time"):
+            encode = embedder.encoder.encode
+            monkeypatch.setattr(embedder.encoder, "encode",
+                                lambda x, f=encode: encoded.append(len(x)) or f(x))
+    decode = tiny_sv4d2.first_stage_model.decode
+    monkeypatch.setattr(tiny_sv4d2.first_stage_model, "decode",
+                        lambda z, f=decode, **kw: decoded.append(len(z)) or f(z, **kw))
+    saved = [e.en_and_decode_n_samples_a_time for e in tiny_sv4d2.conditioner.embedders
+             if hasattr(e, "en_and_decode_n_samples_a_time")]
+    motion, views = torch.zeros(spec.n_time, 3, 64, 64), torch.zeros(spec.n_view, 3, 64, 64)
+    cams = (np.zeros(spec.n_frames), np.zeros(spec.n_frames))
+    with encoding_chunks(tiny_sv4d2, 5):
+        sv4d.condition(tiny_sv4d2, motion, views, *cams, "cpu")
+    # c and uc: 48 conditioning frames, 4 views, 12 motion frames, 5 at a time
+    assert encoded == 2 * ([5] * 9 + [3] + [4] + [5, 5, 2])
+    assert [e.en_and_decode_n_samples_a_time for e in tiny_sv4d2.conditioner.embedders
+            if hasattr(e, "en_and_decode_n_samples_a_time")] == saved
+    images = sv4d.decode(tiny_sv4d2, torch.zeros(11, 4, 8, 8), 4)
+    assert decoded == [4, 4, 3] and images.shape == (11, 3, 64, 64)
+    assert images.min() >= -1 and images.max() <= 1
