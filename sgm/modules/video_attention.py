@@ -164,8 +164,13 @@ def frame_embed_mlp(dim_in: int, channels: int) -> nn.Sequential:
 
 
 def broadcast_context(context: torch.Tensor, n: int) -> torch.Tensor:
-    """Repeat each row ``n`` times, row-major: ``(B, ...) -> (B*n, ...)``."""
-    return context.repeat_interleave(n, dim=0)
+    """Repeat each row ``n`` times, row-major: ``(B, ...) -> (B*n, ...)``.
+
+    Read-only result: a view without copying when ``B == 1`` (the attention's key and
+    value projections read it once either way), else one copy.
+    """
+    expanded = context.unsqueeze(1).expand(context.shape[0], n, *context.shape[1:])
+    return expanded.reshape(context.shape[0] * n, *context.shape[1:])
 
 
 class _FrameKwargsMixin:

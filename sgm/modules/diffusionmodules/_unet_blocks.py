@@ -55,6 +55,17 @@ class TimestepBlock(nn.Module):
         return self(x, emb)
 
 
+def call_layer(
+    layer: nn.Module, x: torch.Tensor, emb: torch.Tensor, context=None, **kwargs
+) -> torch.Tensor:
+    """One child of a ``TimestepEmbedSequential``: ``emb``/``context``/extras go to the
+    layers that take them (``forward_with_context``), ``x`` alone to the others."""
+    hook = getattr(type(layer), "forward_with_context", None)
+    if hook is None:
+        return layer(x)
+    return hook(layer, x, emb, context, **kwargs)
+
+
 class TimestepEmbedSequential(nn.Sequential, TimestepBlock):
     """A sequence passing ``emb``/``context``/extras to the children that take them."""
 
@@ -62,11 +73,7 @@ class TimestepEmbedSequential(nn.Sequential, TimestepBlock):
         self, x: torch.Tensor, emb: torch.Tensor, context=None, **kwargs
     ) -> torch.Tensor:
         for layer in self:
-            hook = getattr(type(layer), "forward_with_context", None)
-            if hook is None:
-                x = layer(x)
-            else:
-                x = hook(layer, x, emb, context, **kwargs)
+            x = call_layer(layer, x, emb, context, **kwargs)
         return x
 
     def forward_with_context(

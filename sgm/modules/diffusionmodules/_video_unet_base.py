@@ -14,7 +14,9 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError
-from ._unet_blocks import Downsample, Timestep, TimestepEmbedSequential, Upsample
+from ._unet_blocks import (
+    Downsample, Timestep, TimestepEmbedSequential, Upsample, call_layer,
+)
 from .util import conv_nd, linear, normalization, timestep_embedding, zero_module
 
 
@@ -169,5 +171,9 @@ class VideoUNetBase(nn.Module):
             skips.append(h)
         h = self.middle_block(h, emb, **kwargs)
         for module in self.output_blocks:
-            h = module(torch.cat([h, skips.pop()], dim=1), emb, **kwargs)
+            h = torch.cat([h, skips.pop()], dim=1)
+            # Layer by layer, so that the concatenation (an argument of the block's
+            # first layer only) is freed before the block's transformer runs.
+            for layer in module:
+                h = call_layer(layer, h, emb, **kwargs)
         return self.out(h.type(x.dtype))
