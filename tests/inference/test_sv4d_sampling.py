@@ -253,3 +253,27 @@ def test_encoding_t_and_decoding_t_bound_the_chunks(tiny_sv4d2, monkeypatch):
     images = sv4d.decode(tiny_sv4d2, torch.zeros(11, 4, 8, 8), 4)
     assert decoded == [4, 4, 3] and images.shape == (11, 3, 64, 64)
     assert images.min() >= -1 and images.max() <= 1
+
+
+def test_sv3d_reference_puts_the_input_view_first_and_routes_cameras(tiny_sv4d2):
+    """SV3D_p's orbit of a frame: 21 views, the input view first (rolled from last),
+    the camera values of :func:`orbit_rad` in its vector (closed-form embedding)."""
+    from sgm.inference.helpers import get_unique_embedder_keys_from_conditioner
+    from sgm.inference.video import build_value_dict, build_video_batch, load_video_model
+
+    torch.manual_seed(0)
+    sv3d = load_video_model(CONFIGS / "sv3d_p_tiny.yaml", None, "cpu", 21, 1)
+    image = torch.rand(3, 64, 64) * 2 - 1
+    polars, azimuths = sv4d.orbit_rad(21, np.linspace(0, 20, 21).tolist(), None)
+    views = sv4d.sv3d_reference(sv3d, image, polars, azimuths,
+                                torch.Generator().manual_seed(0), decoding_t=7)
+    assert views.shape == (21, 3, 64, 64) and views.min() >= -1 and views.max() <= 1
+    torch.testing.assert_close(views[0], image.clamp(-1, 1), atol=1e-6, rtol=0)
+    values = build_value_dict(image[None], 1e-5, polars_rad=polars.tolist(),
+                              azimuths_rad=azimuths.tolist())
+    keys = get_unique_embedder_keys_from_conditioner(sv3d.conditioner)
+    vector = sv3d.conditioner(build_video_batch(keys, values, 21, "cpu"))["vector"]
+    torch.testing.assert_close(vector[:, 32:80], _camera_embedding(polars, 48), atol=1e-6,
+                               rtol=0)
+    torch.testing.assert_close(vector[:, 80:], _camera_embedding(azimuths, 48), atol=1e-6,
+                               rtol=0)
