@@ -94,7 +94,8 @@ class Sv4dApp:
         with self.lock:
             reference = sv4d.sv3d_reference(
                 self._model("sv3d"), tensor[0], polars if camera else None,
-                azimuths if camera else None, generator, int(decoding_t))
+                azimuths if camera else None, generator, int(decoding_t),
+                num_steps=int(num_steps))
             grid = sv4d.sample_sv4d(self._model("sv4d"), tensor, reference, polars, azimuths,
                                     int(num_steps), generator, device, int(decoding_t),
                                     int(encoding_t))

@@ -111,10 +111,12 @@ def sv3d_reference(
     fps_id: int = 6,
     motion_bucket_id: int = 127,
     cond_aug: float = 1e-5,
+    num_steps: int | None = None,
 ) -> torch.Tensor:
     """SV3D's 21-view orbit of ``image`` ``(3, H, W)`` in [-1, 1], rolled so that the input
     view comes first: ``(21, 3, H, W)`` in [-1, 1] on the host. ``polars``/``azimuths``
-    (SV3D_p only) as :func:`orbit_rad` gives them."""
+    (SV3D_p only) as :func:`orbit_rad` gives them; ``num_steps`` overrides the model's
+    sampler for this call."""
     from .video import build_value_dict, sample_video
 
     values = build_value_dict(
@@ -122,8 +124,15 @@ def sv3d_reference(
         None if polars is None else polars.tolist(),
         None if azimuths is None else azimuths.tolist(),
     )
-    frames = sample_video(sv3d_model, values, SV3D_VIEWS, generator=generator,
-                          decoding_t=decoding_t, replace_last_with_input=True)
+    saved = sv3d_model.sampler.num_steps
+    if num_steps is not None:
+        check_steps(num_steps)
+        sv3d_model.sampler.num_steps = int(num_steps)
+    try:
+        frames = sample_video(sv3d_model, values, SV3D_VIEWS, generator=generator,
+                              decoding_t=decoding_t, replace_last_with_input=True)
+    finally:
+        sv3d_model.sampler.num_steps = saved
     return torch.roll(frames.float().cpu() * 2 - 1, 1, 0)
 
 
