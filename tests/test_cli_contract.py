@@ -40,6 +40,7 @@ IMAGE = "scripts/sampling/simple_image_sample.py"
 CONVERT = "scripts/convert.py"
 DETECT = "scripts/demo/detect.py"
 GRADIO = "scripts/demo/gradio_app.py"
+GRADIO_4D = "scripts/demo/gradio_app_sv4d.py"
 
 ROWS: list[tuple[str, str, list[str], str]] = [
     # ---------------------------------------------------------------- main.py
@@ -172,6 +173,11 @@ ROWS: list[tuple[str, str, list[str], str]] = [
     (GRADIO, "out of range", ["--num_steps=0"], "--num_steps"),
     (GRADIO, "unknown flag", ["--portt=1"], "--portt=1"),
     (GRADIO, "unavailable device", ["--device=cuda"], "cuda"),
+    (GRADIO_4D, "wrong type", ["--port=abc"], "--port"),
+    (GRADIO_4D, "out of range", ["--img_size=100"], "--img_size"),
+    (GRADIO_4D, "out of range", ["--sv3d_version=sv3d_x"], "--sv3d_version"),
+    (GRADIO_4D, "unknown flag", ["--portt=1"], "--portt=1"),
+    (GRADIO_4D, "unavailable device", ["--device=cuda"], "cuda"),
 ]
 
 # Rows that only make sense on a machine without the named hardware.
