@@ -28,6 +28,7 @@ from ._unet_blocks import (
     TimestepBlock,
     TimestepEmbedSequential,
     Upsample,
+    call_layer,
 )
 from .util import conv_nd, linear, normalization, timestep_embedding, zero_module
 
@@ -380,5 +381,9 @@ class UNetModel(nn.Module):
             hs.append(h)
         h = self.middle_block(h, emb, context)
         for module in self.output_blocks:
-            h = module(torch.cat([h, hs.pop()], dim=1), emb, context)
+            h = torch.cat([h, hs.pop()], dim=1)
+            # Layer by layer, so that the concatenation (an argument of the block's
+            # first layer only) is freed before the block's transformer runs.
+            for layer in module:
+                h = call_layer(layer, h, emb, context)
         return self.out(h.type(x.dtype))
