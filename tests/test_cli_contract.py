@@ -182,8 +182,9 @@ ROWS: list[tuple[str, str, list[str], str]] = [
 
 # Rows that only make sense on a machine without the named hardware.
 NEEDS_NO_CUDA = ("--accelerator", "accelerator=cuda", "--device=cuda")
-# Streamlit pages (scripts/demo/sampling.py, video_sampling.py, turbo.py) show bad input in
-# the page rather than exiting; their page tests cover that.
+# Streamlit pages show bad input in the page rather than exiting; their page tests cover it.
+STREAMLIT_PAGES = ("scripts/demo/sampling.py", "scripts/demo/video_sampling.py",
+                   "scripts/demo/turbo.py")
 
 
 class _Code:
@@ -254,6 +255,13 @@ def test_every_kind_is_named_and_scripts_exist():
     for script, kind, _, _ in ROWS:
         assert kind in KINDS, kind
         assert (ROOT / script).is_file(), script
+
+
+def test_every_command_line_has_rows():
+    scripts = {MAIN} | {str(p.relative_to(ROOT)) for p in (ROOT / "scripts").rglob("*.py")
+                         if not p.name.startswith("_")}
+    missing = scripts - {row[0] for row in ROWS} - set(STREAMLIT_PAGES)
+    assert not missing, f"add bad-input rows for {sorted(missing)}"
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[_row_id(r) for r in ROWS])
