@@ -10,12 +10,13 @@ latents of the whole clip stay on the host::
     frames = video_io.read_frames("camel.gif", 21)
     frames = video_io.frames_to_tensor(video_io.preprocess_frames(
         video_io.ping_pong(frames, 21), 576, 0.9))
+    device = resolve_device("auto")          # sgm.util.resolve_device
     model = load_video_model("scripts/sampling/configs/sv4d2.yaml",
-                             "checkpoints/sv4d2.safetensors", device="cuda")
+                             "checkpoints/sv4d2.safetensors", device=device)
     polars, azimuths = sv4d.orbit_rad(5, 0.0, sv4d.SPECS["sv4d2"].azimuths_deg)
     grid = sv4d.sample_sv4d2(model, sv4d.SPECS["sv4d2"], frames, polars, azimuths,
                              num_steps=50, generator=torch.Generator().manual_seed(23),
-                             device="cuda")
+                             device=device)
 
 - SV4D (:func:`sample_sv4d`): SV3D gives the views of frame 0 (:func:`sv3d_reference`),
   an anchor pass samples frames 4, 8, ..., 20, then dense windows ``[t0, t0 + 4]`` are
