@@ -22,9 +22,10 @@ ARCHS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True, scope="module")
 def offline():
-    """Opening a socket fails the test; the Hub is offline."""
+    """Opening a socket fails the test; the Hub is offline (per module: later test folders
+    that serve pages on localhost must not inherit it)."""
 
     def refuse(*args, **kwargs):
         raise AssertionError(f"network access attempted: {args!r}")
