@@ -192,6 +192,29 @@ def device_arg(text: str) -> str:
     return str(device)
 
 
+def float_list(text: str) -> float | list[float]:
+    """One number, or a list: ``10``, ``10,20,30`` or ``[10, 20, 30]``."""
+    parts = [p for p in text.strip().strip("[]()").split(",") if p.strip()]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or a list of numbers") \
+            from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r} holds no numbers")
+    return values[0] if len(values) == 1 and "," not in text else values
+
+
+def boolean(text: str) -> bool:
+    """``true``/``false`` (also yes/no, 1/0)."""
+    lowered = text.lower()
+    if lowered in ("true", "yes", "1"):
+        return True
+    if lowered in ("false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
 def lora_arg(text: str) -> tuple[Path, float]:
     """``PATH[:SCALE]``: a LoRA adapter file and its strength (default 1.0)."""
     path, scale = text, 1.0

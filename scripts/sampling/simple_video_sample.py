@@ -174,28 +174,6 @@ def _watermark(frames: Any) -> Any:
         return frames
 
 
-def _floats(text: str) -> float | list[float]:
-    """One number, or a list: ``10``, ``10,20,30`` or ``[10, 20, 30]``."""
-    parts = [p for p in text.strip().strip("[]()").split(",") if p.strip()]
-    try:
-        values = [float(p) for p in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number or a list of numbers") \
-            from None
-    if not values:
-        raise argparse.ArgumentTypeError(f"{text!r} holds no numbers")
-    return values[0] if len(values) == 1 and "," not in text else values
-
-
-def _bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("true", "yes", "1"):
-        return True
-    if lowered in ("false", "no", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
-
-
 def get_parser() -> argparse.ArgumentParser:
     """The command line (the flags of ``sample``; ``--flag=value`` or ``--flag value``)."""
     p = cli.ArgumentParser(prog="simple_video_sample.py", description=__doc__.splitlines()[0])
@@ -214,13 +192,13 @@ def get_parser() -> argparse.ArgumentParser:
                    help="frames decoded at a time")
     p.add_argument("--output_folder", type=cli.output_folder, default=None,
                    help="default: outputs/simple_video_sample/<version>")
-    p.add_argument("--elevations_deg", type=_floats, default=10.0,
+    p.add_argument("--elevations_deg", type=cli.float_list, default=10.0,
                    help="sv3d_p: one elevation, or one per frame")
-    p.add_argument("--azimuths_deg", type=_floats, default=None,
+    p.add_argument("--azimuths_deg", type=cli.float_list, default=None,
                    help="sv3d_p: one azimuth per frame (default: an even orbit)")
     p.add_argument("--image_frame_ratio", type=cli.unit_interval, default=None,
                    help="sv3d: fraction of the frame the object fills")
-    p.add_argument("--verbose", type=_bool, nargs="?", const=True, default=False)
+    p.add_argument("--verbose", type=cli.boolean, nargs="?", const=True, default=False)
     p.add_argument("--config", type=cli.existing_file, default=None,
                    help="model config (default: configs/<version>.yaml)")
     p.add_argument("--ckpt", type=cli.existing_file, default=None,

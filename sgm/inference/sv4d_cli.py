@@ -26,28 +26,6 @@ OUTPUT_FPS = 10
 # --------------------------------------------------------------------------- flags
 
 
-def float_list(text: str) -> float | list[float]:
-    """One number, or a list: ``10``, ``10,20,30`` or ``[10, 20, 30]``."""
-    parts = [p for p in text.strip().strip("[]()").split(",") if p.strip()]
-    try:
-        values = [float(p) for p in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number or a list of numbers") \
-            from None
-    if not values:
-        raise argparse.ArgumentTypeError(f"{text!r} holds no numbers")
-    return values[0] if len(values) == 1 and "," not in text else values
-
-
-def boolean(text: str) -> bool:
-    """``true``/``false`` (also yes/no, 1/0)."""
-    lowered = text.lower()
-    if lowered in ("true", "yes", "1"):
-        return True
-    if lowered in ("false", "no", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
-
 
 def add_common_args(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
     """The flags both SV4D scripts take, with the script's ``defaults``."""
@@ -64,15 +42,15 @@ def add_common_args(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -
                    help="frames encoded at a time (lower it if memory runs out)")
     p.add_argument("--decoding_t", type=cli.positive_int, default=4,
                    help="frames decoded at a time (lower it if memory runs out)")
-    p.add_argument("--elevations_deg", type=float_list, default=defaults["elevations_deg"],
+    p.add_argument("--elevations_deg", type=cli.float_list, default=defaults["elevations_deg"],
                    help="one elevation, or one per view")
-    p.add_argument("--azimuths_deg", type=float_list, default=None,
+    p.add_argument("--azimuths_deg", type=cli.float_list, default=None,
                    help="one azimuth per view (default: the release's)")
     p.add_argument("--image_frame_ratio", type=cli.unit_interval,
                    default=defaults["image_frame_ratio"],
                    help="fraction of the frame the object fills")
-    p.add_argument("--verbose", type=boolean, nargs="?", const=True, default=False)
-    p.add_argument("--remove_bg", type=boolean, nargs="?", const=True, default=False,
+    p.add_argument("--verbose", type=cli.boolean, nargs="?", const=True, default=False)
+    p.add_argument("--remove_bg", type=cli.boolean, nargs="?", const=True, default=False,
                    help="cut the background out with rembg (extra: sgm[rembg])")
     p.add_argument("--config", type=cli.existing_file, default=None,
                    help="model config (default: the release's)")
