@@ -1,12 +1,13 @@
 # make demo: train the toy class-conditional model on the embedded dataset, sample a grid.
 # make test: the whole CPU test suite.
+# make lint: ruff's linter and formatter check over the tree.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 CONSTRAINTS := -c requirements/constraints-cpu.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo clean
+.PHONY: install test lint demo clean
 
 $(STAMP): pyproject.toml requirements/constraints-cpu.txt requirements/extras-nodeps.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -19,6 +20,10 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 demo: $(STAMP)
 	$(PY) scripts/demo/toy_demo.py

@@ -7,7 +7,6 @@ parsed and checked before torch or Lightning is imported.
 
 import sys
 
-import sgm  # noqa: F401  (must precede pytorch_lightning: installs the torchvision hook)
 from sgm.training.cli import get_parser, main
 
 _CALLBACKS = ("ImageLogger", "SetupCallback", "SignalCheckpoint")

@@ -10,11 +10,15 @@ import time
 from collections.abc import Callable
 
 import torch
-
 from unet import PeakRSS
 
 __all__ = [
-    "PeakRSS", "interleaved", "memory_in_fresh_process", "print_summary", "report_memory", "timed"
+    "PeakRSS",
+    "interleaved",
+    "memory_in_fresh_process",
+    "print_summary",
+    "report_memory",
+    "timed",
 ]
 
 

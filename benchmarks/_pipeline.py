@@ -18,7 +18,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-
 from unet import PeakRSS
 
 
@@ -45,8 +44,10 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> None:
             else:
                 value = randn(p.shape) * 0.02
                 last = name.rsplit(".", 2)
-                if name.endswith("weight") and len(last) > 1 and (
-                    "norm" in last[-2] or last[-2].startswith("ln")
+                if (
+                    name.endswith("weight")
+                    and len(last) > 1
+                    and ("norm" in last[-2] or last[-2].startswith("ln"))
                 ):
                     value += 1.0
             if name.endswith("mix_factor"):
@@ -56,11 +57,13 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> None:
             p.copy_(value.to(p.dtype))
 
 
-def diffusers_pipeline(engine: torch.nn.Module, params: Mapping[str, Any],
-                       device: torch.device, dtype: torch.dtype) -> Any:
+def diffusers_pipeline(
+    engine: torch.nn.Module, params: Mapping[str, Any], device: torch.device, dtype: torch.dtype
+) -> Any:
     """The diffusers pipeline of ``engine`` built in memory: each component converted
     from the engine's state dict exactly as ``sgm.convert.to_diffusers`` does it."""
     import diffusers
+
     from sgm.convert._components import layout
     from sgm.convert._encoders import flat_text_keys
     from sgm.convert._folders import _classes
@@ -73,8 +76,11 @@ def diffusers_pipeline(engine: torch.nn.Module, params: Mapping[str, Any],
     for component in plan.components:
         cls, config_cls = _classes(component)
         with torch.device(device):  # real buffers (position ids), unlike the meta device
-            model = cls(**component.config) if config_cls is None else cls(
-                config_cls(**component.config))
+            model = (
+                cls(**component.config)
+                if config_cls is None
+                else cls(config_cls(**component.config))
+            )
         converted = component.convert(state)
         if component.class_name.startswith("CLIPText"):
             converted = flat_text_keys(model, converted)
@@ -95,8 +101,7 @@ def diffusers_pipeline(engine: torch.nn.Module, params: Mapping[str, Any],
 
         with tempfile.TemporaryDirectory() as tmp:
             _feature_extractor(os.path.join(tmp, "fe"))
-            parts["feature_extractor"] = CLIPImageProcessor.from_pretrained(
-                os.path.join(tmp, "fe"))
+            parts["feature_extractor"] = CLIPImageProcessor.from_pretrained(os.path.join(tmp, "fe"))
     else:
         parts.update(add_watermarker=False, force_zeros_for_empty_prompt=True)
     return getattr(diffusers, plan.pipeline)(**parts)
@@ -119,9 +124,9 @@ def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
     return time.perf_counter() - start, out
 
 
-def interleaved(runs: Mapping[str, Callable[[], Any]], repeats: int,
-                device: torch.device, warmup: int = 1
-                ) -> tuple[dict[str, list[float]], dict[str, tuple[float, float]]]:
+def interleaved(
+    runs: Mapping[str, Callable[[], Any]], repeats: int, device: torch.device, warmup: int = 1
+) -> tuple[dict[str, list[float]], dict[str, tuple[float, float]]]:
     """(name -> seconds per run, name -> CUDA peak as ``peak_of_run`` gives it, empty on
     CPU); ``warmup`` runs each, then A B, B A, A B, ..."""
     for fn in runs.values():
@@ -200,18 +205,24 @@ def max_abs_diff(ours: torch.Tensor, theirs: torch.Tensor) -> tuple[float, float
     return float((ours - theirs).abs().max()), float(theirs.abs().max())
 
 
-def summary(seconds: Mapping[str, list[float]], peaks: Mapping[str, tuple[float, float]],
-            ours: str = "sgm", theirs: str = "diffusers") -> str:
+def summary(
+    seconds: Mapping[str, list[float]],
+    peaks: Mapping[str, tuple[float, float]],
+    ours: str = "sgm",
+    theirs: str = "diffusers",
+) -> str:
     """Median / best / peak per side, then the ``ratio`` line (last)."""
     lines, medians = [], {}
     for name, runs in seconds.items():
         medians[name] = statistics.median(runs)
         run_mib, total_mib = peaks[name]
-        lines.append(f"{name:>10}: median {medians[name]:8.3f} s  best {min(runs):8.3f} s  "
-                     f"(n={len(runs)})  peak +{run_mib:8.1f} MiB during a run, "
-                     f"{total_mib:8.1f} MiB process peak")
+        lines.append(
+            f"{name:>10}: median {medians[name]:8.3f} s  best {min(runs):8.3f} s  "
+            f"(n={len(runs)})  peak +{run_mib:8.1f} MiB during a run, "
+            f"{total_mib:8.1f} MiB process peak"
+        )
     time_ratio = medians[ours] / medians[theirs]
     # in-process resident-set deltas are ~0 (freed memory stays in the allocator)
-    mem = (f"{peaks[ours][0] / peaks[theirs][0]:.3f}" if peaks[theirs][0] >= 1.0 else "n/a")
+    mem = f"{peaks[ours][0] / peaks[theirs][0]:.3f}" if peaks[theirs][0] >= 1.0 else "n/a"
     lines.append(f"ratio {ours}/{theirs}: time {time_ratio:.3f}, memory {mem}")
     return "\n".join(lines)

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import sgm  # noqa: F401  (must precede diffusers)
+
+# isort: split
 import torch
 from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
@@ -72,9 +74,7 @@ def image_unet(config: str, latent: int, context: int, adm: int | None, batch: i
         text, time_ids = torch.randn(batch, 1280), torch.randn(batch, (adm - 1280) // 256)
         y = torch.randn(batch, adm)
         extra = {"text_embeds": text, "time_ids": time_ids}
-        return (lambda: ours(x, t, ctx, y)), (
-            lambda: theirs(x, t, ctx, added_cond_kwargs=extra)
-        )
+        return (lambda: ours(x, t, ctx, y)), (lambda: theirs(x, t, ctx, added_cond_kwargs=extra))
 
     return build
 
@@ -156,10 +156,16 @@ def vae_decoder(latent: int):
 
 
 WORKLOADS = [
-    Workload("sd2.1 unet", image_unet("configs/inference/sd_2_1_768.yaml", 96, 1024, None),
-             "768x768, batch 1"),
-    Workload("sdxl unet", image_unet("configs/inference/sd_xl_base.yaml", 128, 2048, 2816),
-             "1024x1024, batch 1"),
+    Workload(
+        "sd2.1 unet",
+        image_unet("configs/inference/sd_2_1_768.yaml", 96, 1024, None),
+        "768x768, batch 1",
+    ),
+    Workload(
+        "sdxl unet",
+        image_unet("configs/inference/sd_xl_base.yaml", 128, 2048, 2816),
+        "1024x1024, batch 1",
+    ),
     Workload("svd-xt unet", video_unet(25, 72, 128), "25 frames 576x1024"),
     Workload("sdxl vae decode", vae_decoder(128), "1024x1024"),
 ]
@@ -168,12 +174,17 @@ WORKLOADS = [
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="run the workloads whose name contains this")
-    parser.add_argument("--peak-tflops", type=float, default=989.0,
-                        help="accelerator's dense fp16/bf16 rate (H100 SXM: 989)")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=989.0,
+        help="accelerator's dense fp16/bf16 rate (H100 SXM: 989)",
+    )
     args = parser.parse_args()
     totals = {}
-    print(f"{'network':<18}{'size':<22}{'sgm TFLOP':>11}{'diffusers':>11}{'ratio':>8}"
-          f"{'floor ms':>10}")
+    print(
+        f"{'network':<18}{'size':<22}{'sgm TFLOP':>11}{'diffusers':>11}{'ratio':>8}{'floor ms':>10}"
+    )
     for workload in WORKLOADS:
         if args.only and args.only not in workload.name:
             continue
@@ -182,8 +193,10 @@ def main() -> None:
             ours, theirs = count(run_ours), count(run_theirs)
         floor_ms = ours / (args.peak_tflops * 1e12) * 1e3
         totals[workload.name] = ours
-        print(f"{workload.name:<18}{workload.description:<22}{ours / 1e12:11.3f}"
-              f"{theirs / 1e12:11.3f}{ours / theirs:8.4f}{floor_ms:10.2f}")
+        print(
+            f"{workload.name:<18}{workload.description:<22}{ours / 1e12:11.3f}"
+            f"{theirs / 1e12:11.3f}{ours / theirs:8.4f}{floor_ms:10.2f}"
+        )
     # Whole runs: every step runs the network on the conditional and unconditional batch.
     runs = {
         "SDXL 1024x1024, 30 steps, CFG": 30 * 2 * totals.get("sdxl unet", 0)
@@ -192,8 +205,10 @@ def main() -> None:
     }
     for name, flop in runs.items():
         if flop:
-            print(f"compute floor of {name} at {args.peak_tflops:g} TFLOP/s: "
-                  f"{flop / (args.peak_tflops * 1e12):.2f} s (network{' + decode' if 'SDXL' in name else ''})")
+            print(
+                f"compute floor of {name} at {args.peak_tflops:g} TFLOP/s: "
+                f"{flop / (args.peak_tflops * 1e12):.2f} s (network{' + decode' if 'SDXL' in name else ''})"
+            )
 
 
 if __name__ == "__main__":

@@ -14,8 +14,10 @@ import re
 import sys
 from pathlib import Path
 
-SIDE = re.compile(r"^\s*(sgm|diffusers): median\s+([\d.]+) s\s+best\s+([\d.]+) s.*?peak \+\s*"
-                  r"([\d.]+) MiB during a run")
+SIDE = re.compile(
+    r"^\s*(sgm|diffusers): median\s+([\d.]+) s\s+best\s+([\d.]+) s.*?peak \+\s*"
+    r"([\d.]+) MiB during a run"
+)
 RATIO = re.compile(r"^ratio sgm/diffusers: time ([\d.]+), memory (\S+)")
 SAME = re.compile(r"^same output: (.*)$")
 FLOOR = re.compile(r"^compute floor of (SDXL|SVD-XT)[^:]*: ([\d.]+) s")
@@ -26,7 +28,9 @@ def parse(log: str) -> dict[str, str]:
     for line in log.splitlines():
         if m := SIDE.match(line):
             side, median, best, peak = m.groups()
-            out[side] = f"{float(median):.2f} s (best {float(best):.2f}), +{float(peak) / 1024:.2f} GiB"
+            out[side] = (
+                f"{float(median):.2f} s (best {float(best):.2f}), +{float(peak) / 1024:.2f} GiB"
+            )
         elif m := RATIO.match(line):
             out["time"], out["memory"] = m.groups()
         elif m := SAME.match(line):
@@ -37,8 +41,9 @@ def parse(log: str) -> dict[str, str]:
 
 
 def table(folder: Path, device: str) -> str:
-    rows = [line.split("\t") for line in (folder / "rows.tsv").read_text().splitlines()
-            if line.strip()]
+    rows = [
+        line.split("\t") for line in (folder / "rows.tsv").read_text().splitlines() if line.strip()
+    ]
     floors: dict[str, str] = {}
     parsed = {}
     for name, status, floor_key, log, command in rows:
@@ -46,9 +51,11 @@ def table(folder: Path, device: str) -> str:
         parsed[name] = parse(text)
         floors.update({k: v for k, v in parsed[name].items() if k.startswith("floor:")})
     date = datetime.date.today().isoformat()
-    lines = ["| workload | device | sgm | diffusers | time ratio | memory ratio | "
-             "compute floor | output check | command | date |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| workload | device | sgm | diffusers | time ratio | memory ratio | "
+        "compute floor | output check | command | date |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, status, floor_key, log, command in rows:
         if name == "flops":
             continue
@@ -58,7 +65,8 @@ def table(folder: Path, device: str) -> str:
         lines.append(
             f"| {name} | {device} | {ours} | {theirs} | {got.get('time', '-')} | "
             f"{got.get('memory', '-')} | {floors.get('floor:' + floor_key, '-')} | "
-            f"{got.get('same', '-')} | `{command}` | {date} |")
+            f"{got.get('same', '-')} | `{command}` | {date} |"
+        )
     return "\n".join(lines) + "\n"
 
 

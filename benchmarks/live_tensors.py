@@ -21,6 +21,8 @@ import weakref
 from collections import Counter
 
 import sgm  # noqa: F401  (must precede diffusers)
+
+# isort: split
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten

@@ -27,13 +27,21 @@ import sys
 import tempfile
 
 import sgm  # noqa: F401  (must precede diffusers)
+
+# isort: split
 from sgm.modules.diffusionmodules.wrappers import compile_network
 import torch
 from omegaconf import OmegaConf
 
 from _pipeline import (
-    child_report, diffusers_pipeline, interleaved, max_abs_diff, peak_in_fresh_process,
-    peak_of_run, randomize, summary,
+    child_report,
+    diffusers_pipeline,
+    interleaved,
+    max_abs_diff,
+    peak_in_fresh_process,
+    peak_of_run,
+    randomize,
+    summary,
 )
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -41,13 +49,18 @@ CONFIG = os.path.join(ROOT, "configs", "inference", "sd_xl_base.yaml")
 PROMPT = "a photograph of an astronaut riding a horse on the moon"
 BIGG = "sgm-bench-bigg"
 # Scaled-down text towers: real depths, small widths.
-CLIP_L = {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 12,
-          "num_attention_heads": 2}
-BIGG_TEXT = {"context_length": 77, "vocab_size": 49408, "width": 192, "heads": 3,
-             "layers": 32}
-BIGG_ARCH = {"embed_dim": 192, "text_cfg": BIGG_TEXT,
-             "vision_cfg": {"image_size": 224, "layers": 1, "width": 64,
-                            "head_width": 32, "patch_size": 32}}
+CLIP_L = {
+    "hidden_size": 128,
+    "intermediate_size": 512,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 2,
+}
+BIGG_TEXT = {"context_length": 77, "vocab_size": 49408, "width": 192, "heads": 3, "layers": 32}
+BIGG_ARCH = {
+    "embed_dim": 192,
+    "text_cfg": BIGG_TEXT,
+    "vision_cfg": {"image_size": 224, "layers": 1, "width": 64, "head_width": 32, "patch_size": 32},
+}
 TOLERANCE = 2e-3  # max abs difference of the [0, 1] images (fp32); fp16: 5e-2
 
 
@@ -64,9 +77,14 @@ def register_text_towers(workdir: str) -> str:
         with open(os.path.join(arch_dir, f"{BIGG}.json"), "w") as f:
             json.dump(BIGG_ARCH, f)
         CLIPTextConfig(
-            vocab_size=49408, max_position_embeddings=77, hidden_act="quick_gelu",
-            projection_dim=CLIP_L["hidden_size"], bos_token_id=0, eos_token_id=2,
-            pad_token_id=1, **CLIP_L,
+            vocab_size=49408,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+            projection_dim=CLIP_L["hidden_size"],
+            bos_token_id=0,
+            eos_token_id=2,
+            pad_token_id=1,
+            **CLIP_L,
         ).save_pretrained(clip_dir)
     add_model_config(arch_dir)
     return clip_dir
@@ -108,8 +126,11 @@ def prepare_files(args, workdir: str) -> None:
     randomize(engine, seed=0)
     state = {k: v.contiguous() for k, v in engine.state_dict().items()}
     save_file(state, os.path.join(workdir, "model.safetensors"))
-    to_diffusers(os.path.join(workdir, "model.safetensors"),
-                 os.path.join(workdir, "config.yaml"), os.path.join(workdir, "diffusers"))
+    to_diffusers(
+        os.path.join(workdir, "model.safetensors"),
+        os.path.join(workdir, "config.yaml"),
+        os.path.join(workdir, "diffusers"),
+    )
 
 
 def load_from_files(args, workdir: str, side: str):
@@ -117,14 +138,19 @@ def load_from_files(args, workdir: str, side: str):
     if side == "sgm":
         from sgm.inference.api import SamplingPipeline
 
-        pipe = SamplingPipeline(config=os.path.join(workdir, "config.yaml"),
-                                ckpt=os.path.join(workdir, "model.safetensors"),
-                                device=args.device, dtype=args.sgm_dtype, use_fp16=False)
+        pipe = SamplingPipeline(
+            config=os.path.join(workdir, "config.yaml"),
+            ckpt=os.path.join(workdir, "model.safetensors"),
+            device=args.device,
+            dtype=args.sgm_dtype,
+            use_fp16=False,
+        )
         return pipe.model
     from diffusers import StableDiffusionXLPipeline
 
     pipe = StableDiffusionXLPipeline.from_pretrained(
-        os.path.join(workdir, "diffusers"), add_watermarker=False)
+        os.path.join(workdir, "diffusers"), add_watermarker=False
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(args.device)
 
@@ -137,8 +163,7 @@ def build_in_memory(args, workdir: str):
     config = make_config(args, None if args.full else register_text_towers(workdir))
     engine = build_engine(config, device=args.device).eval()
     randomize(engine, seed=0)
-    pipe = diffusers_pipeline(engine, engine_params(config), torch.device(args.device),
-                              args.dtype)
+    pipe = diffusers_pipeline(engine, engine_params(config), torch.device(args.device), args.dtype)
     pipe.set_progress_bar_config(disable=True)
     if args.dtype != torch.float32:
         engine.conditioner.to(dtype=args.dtype)
@@ -156,22 +181,29 @@ def make_runs(args, engine, pipe):
     sampler = EulerEDMSampler(
         num_steps=args.steps,
         discretization_config={"target": f"{diff}.discretizer.LegacyDDPMDiscretization"},
-        guider_config={"target": f"{diff}.guiders.VanillaCFG",
-                       "params": {"scale": args.guidance}},
+        guider_config={"target": f"{diff}.guiders.VanillaCFG", "params": {"scale": args.guidance}},
     )
     sigmas = sampler.discretization(args.steps).tolist()  # descending, final 0
     h = w = args.size
     noise = torch.randn(1, 4, h // 8, w // 8, generator=torch.Generator().manual_seed(1))
-    value_dict = {"prompt": PROMPT, "negative_prompt": "", "orig_height": h, "orig_width": w,
-                  "crop_coords_top": 0, "crop_coords_left": 0, "target_height": h,
-                  "target_width": w}
+    value_dict = {
+        "prompt": PROMPT,
+        "negative_prompt": "",
+        "orig_height": h,
+        "orig_width": w,
+        "crop_coords_top": 0,
+        "crop_coords_left": 0,
+        "target_height": h,
+        "target_width": w,
+    }
     device = torch.device(args.device)
     if pipe is not None:
         # sgm starts from noise * sqrt(1 + sigma_0^2); diffusers multiplies the given
         # latents by init_noise_sigma, which is that value for "leading" spacing (the
         # spacing itself is unused when sigmas are given).
         pipe.scheduler = type(pipe.scheduler).from_config(
-            pipe.scheduler.config, timestep_spacing="leading")
+            pipe.scheduler.config, timestep_spacing="leading"
+        )
     latents = noise.to(device, getattr(pipe, "dtype", torch.float32))
     captured = {}
 
@@ -180,15 +212,33 @@ def make_runs(args, engine, pipe):
         return kwargs
 
     def run_sgm():
-        return do_sample(engine, sampler, value_dict, 1, h, w, 4, 8,
-                         force_uc_zero_embeddings=["txt"], noise=noise.to(device),
-                         return_latents=True, dtype=args.sgm_dtype)
+        return do_sample(
+            engine,
+            sampler,
+            value_dict,
+            1,
+            h,
+            w,
+            4,
+            8,
+            force_uc_zero_embeddings=["txt"],
+            noise=noise.to(device),
+            return_latents=True,
+            dtype=args.sgm_dtype,
+        )
 
     def run_diffusers():
         with torch.no_grad():
-            image = pipe(PROMPT, height=h, width=w, sigmas=sigmas,
-                         guidance_scale=args.guidance, latents=latents, output_type="pt",
-                         callback_on_step_end=keep_latents).images
+            image = pipe(
+                PROMPT,
+                height=h,
+                width=w,
+                sigmas=sigmas,
+                guidance_scale=args.guidance,
+                latents=latents,
+                output_type="pt",
+                callback_on_step_end=keep_latents,
+            ).images
         return image, captured["latents"]
 
     return {"sgm": run_sgm, "diffusers": run_diffusers}
@@ -199,9 +249,11 @@ def check_same(runs, args) -> None:
     lat_diff, lat_scale = max_abs_diff(lat_a, lat_b)
     img_diff, _ = max_abs_diff(img_a, img_b)
     tol = TOLERANCE if args.sgm_dtype == "fp32" else 5e-2
-    print(f"same output: latents max abs diff {lat_diff:.2e} (scale {lat_scale:.2e}), "
-          f"image max abs diff {img_diff:.2e} (tolerance {tol:g}, image in [0, 1], "
-          f"std {float(img_b.float().std()):.3f})")
+    print(
+        f"same output: latents max abs diff {lat_diff:.2e} (scale {lat_scale:.2e}), "
+        f"image max abs diff {img_diff:.2e} (tolerance {tol:g}, image in [0, 1], "
+        f"std {float(img_b.float().std()):.3f})"
+    )
     if not img_diff <= tol:
         message = f"outputs differ by {img_diff:.2e} > {tol:g}"
         if args.sgm_dtype == "fp32":  # exact arithmetic: a real difference, stop
@@ -214,8 +266,11 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small and few: < 2 min on 2 cores")
     parser.add_argument("--gpu", action="store_true", help="real sizes, fp16, CUDA")
-    parser.add_argument("--in-memory", action="store_true",
-                        help="build both sides in memory, as --gpu does (no files)")
+    parser.add_argument(
+        "--in-memory",
+        action="store_true",
+        help="build both sides in memory, as --gpu does (no files)",
+    )
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--size", type=int, default=None, help="image side in pixels")
     parser.add_argument("--guidance", type=float, default=5.0)
@@ -223,11 +278,18 @@ def parse_args(argv=None):
     parser.add_argument("--vae-channels", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--compile", choices=["none", "sgm", "both"], default="none",
-                        help="torch.compile the network: sgm's (compile_model) or both")
-    parser.add_argument("--bf16", action="store_true",
-                        help="CPU: sgm computes in bfloat16 (autocast; first stage float32), "
-                             "diffusers stays float32 (the output check allows 5e-2)")
+    parser.add_argument(
+        "--compile",
+        choices=["none", "sgm", "both"],
+        default="none",
+        help="torch.compile the network: sgm's (compile_model) or both",
+    )
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="CPU: sgm computes in bfloat16 (autocast; first stage float32), "
+        "diffusers stays float32 (the output check allows 5e-2)",
+    )
     parser.add_argument("--child", choices=["sgm", "diffusers"], help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -261,22 +323,24 @@ def main() -> None:
         if args.compile == "both":
             compile_network(pipe.unet)
         n_params = sum(p.numel() for p in engine.model.parameters())
-        print(f"SDXL base architecture{'' if args.full else ' scaled down'} (UNet "
-              f"{n_params / 1e6:.0f}M params), {args.size}x{args.size} px, {args.steps} "
-              f"Euler steps, CFG {args.guidance}, {args.dtype}, {args.device}, "
-              f"{args.threads} threads, compile={args.compile}, median of {args.repeats}")
+        print(
+            f"SDXL base architecture{'' if args.full else ' scaled down'} (UNet "
+            f"{n_params / 1e6:.0f}M params), {args.size}x{args.size} px, {args.steps} "
+            f"Euler steps, CFG {args.guidance}, {args.dtype}, {args.device}, "
+            f"{args.threads} threads, compile={args.compile}, median of {args.repeats}"
+        )
         runs = make_runs(args, engine, pipe)
         check_same(runs, args)
         seconds, peaks = interleaved(runs, args.repeats, torch.device(args.device), warmup=0)
         # CUDA: the allocator's peaks during the timed runs; CPU: resident set
         if not peaks and args.in_memory:
-            peaks = {name: peak_of_run(fn, torch.device(args.device))
-                     for name, fn in runs.items()}
+            peaks = {name: peak_of_run(fn, torch.device(args.device)) for name, fn in runs.items()}
         elif not peaks:
             argv = sys.argv[1:] + ["--workdir", workdir]
             del engine, pipe, runs
-            peaks = {name: peak_in_fresh_process(__file__, argv, name)
-                     for name in ("sgm", "diffusers")}
+            peaks = {
+                name: peak_in_fresh_process(__file__, argv, name) for name in ("sgm", "diffusers")
+            }
         print(summary(seconds, peaks))
 
 

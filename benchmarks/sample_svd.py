@@ -31,25 +31,39 @@ import sys
 import tempfile
 
 import sgm  # noqa: F401  (must precede diffusers)
+
+# isort: split
 from sgm.modules.diffusionmodules.wrappers import compile_network
 import numpy as np
 import torch
 from omegaconf import OmegaConf
 
 from _pipeline import (
-    child_report, diffusers_pipeline, interleaved, max_abs_diff, peak_in_fresh_process,
-    peak_of_run, randomize, summary,
+    child_report,
+    diffusers_pipeline,
+    interleaved,
+    max_abs_diff,
+    peak_in_fresh_process,
+    peak_of_run,
+    randomize,
+    summary,
 )
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 CONFIGS = os.path.join(ROOT, "scripts", "sampling", "configs")
 VITH = "sgm-bench-vith"
 # ViT-H/14's structure (patch 14 at 224 px) at a small width and depth.
-VITH_ARCH = {"embed_dim": 128,
-             "vision_cfg": {"image_size": 224, "layers": 8, "width": 128, "head_width": 64,
-                            "patch_size": 14},
-             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64,
-                          "heads": 1, "layers": 1}}
+VITH_ARCH = {
+    "embed_dim": 128,
+    "vision_cfg": {
+        "image_size": 224,
+        "layers": 8,
+        "width": 128,
+        "head_width": 64,
+        "patch_size": 14,
+    },
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1},
+}
 SEED = 3
 FPS, MOTION, COND_AUG = 7, 127, 0.02
 TOLERANCE = 2e-3  # max abs difference of the [0, 1] frames (fp32); fp16: 5e-2
@@ -80,9 +94,11 @@ def make_config(args):
     unet.spatial_transformer_attn_type = "softmax"
     embedders = params.conditioner_config.params.emb_models
     embedders[0].params.open_clip_embedding_config.params.arch = VITH
-    ddconfigs = [embedders[3].params.encoder_config.params.ddconfig,
-                 params.first_stage_config.params.encoder_config.params,
-                 params.first_stage_config.params.decoder_config.params]
+    ddconfigs = [
+        embedders[3].params.encoder_config.params.ddconfig,
+        params.first_stage_config.params.encoder_config.params,
+        params.first_stage_config.params.decoder_config.params,
+    ]
     for dd in ddconfigs:
         dd.ch = args.vae_channels
         dd.attn_type = "vanilla"
@@ -97,7 +113,7 @@ def tie_aliases(engine, params) -> None:
     with torch.no_grad():
         for copy, source in layout(engine, params).aliases.items():
             for key in [k for k in state if k.startswith(copy)]:
-                state[key].copy_(state[source + key[len(copy):]])
+                state[key].copy_(state[source + key[len(copy) :]])
 
 
 def prepare_files(args, workdir: str) -> None:
@@ -114,8 +130,11 @@ def prepare_files(args, workdir: str) -> None:
     tie_aliases(engine, engine_params(config))
     state = {k: v.contiguous() for k, v in engine.state_dict().items()}
     save_file(state, os.path.join(workdir, "model.safetensors"))
-    to_diffusers(os.path.join(workdir, "model.safetensors"),
-                 os.path.join(workdir, "config.yaml"), os.path.join(workdir, "diffusers"))
+    to_diffusers(
+        os.path.join(workdir, "model.safetensors"),
+        os.path.join(workdir, "config.yaml"),
+        os.path.join(workdir, "diffusers"),
+    )
 
 
 def load_from_files(args, workdir: str, side: str):
@@ -123,10 +142,14 @@ def load_from_files(args, workdir: str, side: str):
     if side == "sgm":
         from sgm.inference.video import load_video_model
 
-        return load_video_model(os.path.join(workdir, "config.yaml"),
-                                os.path.join(workdir, "model.safetensors"),
-                                device=args.device, num_frames=args.frames,
-                                num_steps=args.steps, dtype=args.sgm_dtype)
+        return load_video_model(
+            os.path.join(workdir, "config.yaml"),
+            os.path.join(workdir, "model.safetensors"),
+            device=args.device,
+            num_frames=args.frames,
+            num_steps=args.steps,
+            dtype=args.sgm_dtype,
+        )
     from diffusers import StableVideoDiffusionPipeline
 
     pipe = StableVideoDiffusionPipeline.from_pretrained(os.path.join(workdir, "diffusers"))
@@ -150,8 +173,7 @@ def build_in_memory(args, workdir: str):
         engine = instantiate_from_config(config.model).eval()
     randomize(engine, seed=0)
     tie_aliases(engine, engine_params(config))
-    pipe = diffusers_pipeline(engine, engine_params(config), torch.device(args.device),
-                              args.dtype)
+    pipe = diffusers_pipeline(engine, engine_params(config), torch.device(args.device), args.dtype)
     pipe.set_progress_bar_config(disable=True)
     if args.dtype != torch.float32:
         precision.cast_network(engine, args.dtype)
@@ -187,10 +209,17 @@ def make_runs(args, engine, pipe):
 
         def run_sgm():
             gen = torch.Generator().manual_seed(SEED)
-            values = build_value_dict(image, COND_AUG, fps_id=FPS - 1,
-                                      motion_bucket_id=MOTION, generator=gen)
-            return sample_video(engine, values, args.frames, generator=gen,
-                                decoding_t=args.frames, dtype=args.sgm_dtype)
+            values = build_value_dict(
+                image, COND_AUG, fps_id=FPS - 1, motion_bucket_id=MOTION, generator=gen
+            )
+            return sample_video(
+                engine,
+                values,
+                args.frames,
+                generator=gen,
+                decoding_t=args.frames,
+                dtype=args.sgm_dtype,
+            )
 
         runs["sgm"] = run_sgm
     else:
@@ -200,12 +229,22 @@ def make_runs(args, engine, pipe):
 
         def run_diffusers():
             with torch.no_grad():
-                out = pipe(pil, height=h, width=w, num_frames=args.frames, sigmas=sigmas,
-                           min_guidance_scale=1.0, max_guidance_scale=max_scale, fps=FPS,
-                           motion_bucket_id=MOTION, noise_aug_strength=COND_AUG,
-                           decode_chunk_size=args.frames, output_type="pt",
-                           generator=torch.Generator().manual_seed(SEED),
-                           latents=latents.to(device, pipe.unet.dtype))
+                out = pipe(
+                    pil,
+                    height=h,
+                    width=w,
+                    num_frames=args.frames,
+                    sigmas=sigmas,
+                    min_guidance_scale=1.0,
+                    max_guidance_scale=max_scale,
+                    fps=FPS,
+                    motion_bucket_id=MOTION,
+                    noise_aug_strength=COND_AUG,
+                    decode_chunk_size=args.frames,
+                    output_type="pt",
+                    generator=torch.Generator().manual_seed(SEED),
+                    latents=latents.to(device, pipe.unet.dtype),
+                )
             return out.frames[0]
 
         runs["diffusers"] = run_diffusers
@@ -216,21 +255,32 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small and few: < 2 min on 2 cores")
     parser.add_argument("--gpu", action="store_true", help="SVD-XT real size, fp16, CUDA")
-    parser.add_argument("--in-memory", action="store_true",
-                        help="build both sides in memory, as --gpu does (no files)")
+    parser.add_argument(
+        "--in-memory",
+        action="store_true",
+        help="build both sides in memory, as --gpu does (no files)",
+    )
     parser.add_argument("--frames", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--size", type=int, default=None,
-                        help="square side in pixels (default 576x1024 with --gpu)")
+    parser.add_argument(
+        "--size", type=int, default=None, help="square side in pixels (default 576x1024 with --gpu)"
+    )
     parser.add_argument("--model-channels", type=int, default=64)
     parser.add_argument("--vae-channels", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--compile", choices=["none", "sgm", "both"], default="none",
-                        help="torch.compile the network: sgm's (compile_model) or both")
-    parser.add_argument("--bf16", action="store_true",
-                        help="CPU: sgm computes in bfloat16 (autocast; first stage float32), "
-                             "diffusers stays float32 (the output check allows 5e-2)")
+    parser.add_argument(
+        "--compile",
+        choices=["none", "sgm", "both"],
+        default="none",
+        help="torch.compile the network: sgm's (compile_model) or both",
+    )
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="CPU: sgm computes in bfloat16 (autocast; first stage float32), "
+        "diffusers stays float32 (the output check allows 5e-2)",
+    )
     parser.add_argument("--child", choices=["sgm", "diffusers"], help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     parser.add_argument("--sigmas", type=json.loads, help=argparse.SUPPRESS)
@@ -241,8 +291,9 @@ def parse_args(argv=None):
     args.sgm_dtype = "fp16" if args.gpu else "bf16" if args.bf16 else "fp32"
     args.in_memory = args.in_memory or args.gpu
     args.max_guidance = 3.0 if args.full else 2.5
-    frames, steps, size, repeats = ((25, 25, None, 3) if args.gpu else
-                                    (4, 3, 64, 3) if args.quick else (8, 10, 128, 5))
+    frames, steps, size, repeats = (
+        (25, 25, None, 3) if args.gpu else (4, 3, 64, 3) if args.quick else (8, 10, 128, 5)
+    )
     args.frames = args.frames or frames
     args.steps = args.steps or steps
     args.repeats = args.repeats or repeats
@@ -269,17 +320,21 @@ def main() -> None:
         if args.compile == "both":
             compile_network(pipe.unet)
         n_params = sum(p.numel() for p in engine.model.parameters())
-        print(f"{'SVD-XT' if args.full else 'SVD scaled down'} (video UNet "
-              f"{n_params / 1e6:.0f}M params), {args.frames} frames {args.height}x"
-              f"{args.width} px, {args.steps} Euler steps, guidance 1 -> "
-              f"{args.max_guidance}, {args.dtype}, {args.device}, {args.threads} threads, "
-              f"compile={args.compile}, median of {args.repeats}")
+        print(
+            f"{'SVD-XT' if args.full else 'SVD scaled down'} (video UNet "
+            f"{n_params / 1e6:.0f}M params), {args.frames} frames {args.height}x"
+            f"{args.width} px, {args.steps} Euler steps, guidance 1 -> "
+            f"{args.max_guidance}, {args.dtype}, {args.device}, {args.threads} threads, "
+            f"compile={args.compile}, median of {args.repeats}"
+        )
         runs, sigmas = make_runs(args, engine, pipe)
         ours, theirs = runs["sgm"](), runs["diffusers"]()
         diff, _ = max_abs_diff(ours, theirs)
         tol = TOLERANCE if args.sgm_dtype == "fp32" else 5e-2
-        print(f"same output: frames max abs diff {diff:.2e} (tolerance {tol:g}, frames in "
-              f"[0, 1], std {float(theirs.float().std()):.3f})")
+        print(
+            f"same output: frames max abs diff {diff:.2e} (tolerance {tol:g}, frames in "
+            f"[0, 1], std {float(theirs.float().std()):.3f})"
+        )
         if not diff <= tol:
             message = f"outputs differ by {diff:.2e} > {tol:g}"
             if args.sgm_dtype == "fp32":  # exact arithmetic: a real difference, stop
@@ -289,13 +344,13 @@ def main() -> None:
         seconds, peaks = interleaved(runs, args.repeats, torch.device(args.device), warmup=0)
         # CUDA: the allocator's peaks during the timed runs; CPU: resident set
         if not peaks and args.in_memory:
-            peaks = {name: peak_of_run(fn, torch.device(args.device))
-                     for name, fn in runs.items()}
+            peaks = {name: peak_of_run(fn, torch.device(args.device)) for name, fn in runs.items()}
         elif not peaks:
             del engine, pipe, runs
             argv = sys.argv[1:] + ["--workdir", workdir, "--sigmas", json.dumps(sigmas)]
-            peaks = {name: peak_in_fresh_process(__file__, argv, name)
-                     for name in ("sgm", "diffusers")}
+            peaks = {
+                name: peak_in_fresh_process(__file__, argv, name) for name in ("sgm", "diffusers")
+            }
         print(summary(seconds, peaks))
 
 

@@ -22,13 +22,13 @@ import time
 import warnings
 
 import sgm  # noqa: F401  (must precede diffusers)
+
+# isort: split
 import torch
 import torchvision  # noqa: F401
 from omegaconf import OmegaConf
 
-CONFIG = os.path.join(
-    os.path.dirname(__file__), "..", "configs", "inference", "sd_xl_base.yaml"
-)
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "inference", "sd_xl_base.yaml")
 
 
 def rss_bytes() -> int:
@@ -125,9 +125,7 @@ def peak_memory_in_fresh_process(args, name: str) -> float:
     cmd += ["--dtype", str(args.dtype).split(".")[-1]]
     # A fixed mmap threshold makes freed tensors leave the resident set at once.
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    out = subprocess.run(
-        cmd, capture_output=True, text=True, check=True, env=env
-    ).stdout
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
     return int(out.split()[-1]) / 2**20
 
 
@@ -148,9 +146,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument(
-        "--memory-of", choices=["sgm", "diffusers"], help=argparse.SUPPRESS
-    )
+    parser.add_argument("--memory-of", choices=["sgm", "diffusers"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.dtype = getattr(torch, args.dtype)
     torch.set_num_threads(args.threads)
@@ -169,9 +165,7 @@ def main() -> None:
     timed(run_ours, ours)  # warm-up
     timed(run_theirs, theirs)
     results = {"sgm": [], "diffusers": []}
-    for i in range(
-        args.repeats
-    ):  # interleaved, alternating order: load hits both alike
+    for i in range(args.repeats):  # interleaved, alternating order: load hits both alike
         pairs = [("sgm", run_ours, ours), ("diffusers", run_theirs, theirs)]
         for name, fn, model in pairs if i % 2 == 0 else pairs[::-1]:
             results[name].append(timed(fn, model))

@@ -19,6 +19,8 @@ import sys
 import warnings
 
 import sgm  # noqa: F401  (must precede diffusers)
+
+# isort: split
 import torch
 from omegaconf import OmegaConf
 

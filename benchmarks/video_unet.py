@@ -18,6 +18,8 @@ import os
 import sys
 
 import sgm  # noqa: F401  (must precede diffusers)
+
+# isort: split
 import torch
 from omegaconf import OmegaConf
 

@@ -11,8 +11,6 @@ written atomically and never overwrite anything.
 
 from __future__ import annotations
 
-import sgm  # noqa: F401  (first: sets up imports before the heavy packages)
-
 import argparse
 import sys
 from collections.abc import Sequence
@@ -49,25 +47,37 @@ def new_safetensors(text: str) -> Path:
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="convert.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--verbose", action="store_true", help="debug logging")
-    directions = parser.add_subparsers(dest="direction", required=True,
-                                       metavar="{to_sgm,to_diffusers}")
+    directions = parser.add_subparsers(
+        dest="direction", required=True, metavar="{to_sgm,to_diffusers}"
+    )
     to_sgm = directions.add_parser(
-        "to_sgm", help="diffusers folder -> one sgm .safetensors (released layout)",
+        "to_sgm",
+        help="diffusers folder -> one sgm .safetensors (released layout)",
         description="Convert a diffusers folder to one .safetensors that the config "
-        "loads strictly.")
+        "loads strictly.",
+    )
     to_sgm.add_argument("folder", type=diffusers_folder, help="diffusers model folder")
     to_sgm.add_argument("output", type=new_safetensors, help="new .safetensors file")
-    to_sgm.add_argument("--config", type=existing_file, default=None,
-                        help="sgm model config (default: the released config of the "
-                        "folder's family)")
+    to_sgm.add_argument(
+        "--config",
+        type=existing_file,
+        default=None,
+        help="sgm model config (default: the released config of the folder's family)",
+    )
     to_diffusers = directions.add_parser(
-        "to_diffusers", help="sgm checkpoint + config -> diffusers folder",
+        "to_diffusers",
+        help="sgm checkpoint + config -> diffusers folder",
         description="Convert an sgm checkpoint to a diffusers folder that "
-        "DiffusionPipeline.from_pretrained loads.")
+        "DiffusionPipeline.from_pretrained loads.",
+    )
     to_diffusers.add_argument("checkpoint", type=existing_file, help=".safetensors or .ckpt")
     to_diffusers.add_argument("output", type=new_path, help="new diffusers folder")
-    to_diffusers.add_argument("--config", type=existing_file, required=True,
-                              help="the sgm model config the checkpoint belongs to")
+    to_diffusers.add_argument(
+        "--config",
+        type=existing_file,
+        required=True,
+        help="the sgm model config the checkpoint belongs to",
+    )
     return parser
 
 

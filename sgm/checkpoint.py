@@ -96,8 +96,13 @@ def _read_safetensors_header(path: Path) -> list[str]:
 
 # Messages of torch's weights-only unpickler that mean "this file asks to import or call
 # Python code"; any other unpickling failure means the bytes are not a valid checkpoint.
-CODE_MARKERS = ("GLOBAL", "global", "unrecognized function", "Can only create new object",
-                "Can only build")
+CODE_MARKERS = (
+    "GLOBAL",
+    "global",
+    "unrecognized function",
+    "Can only create new object",
+    "Can only build",
+)
 
 
 def _load_pickle(path: Path, mmap: bool = False) -> object:
@@ -113,8 +118,7 @@ def _load_pickle(path: Path, mmap: bool = False) -> object:
                 "code. Convert it to .safetensors, or re-save only its state_dict."
             ) from None
         raise CheckpointError(
-            f"{path}: not a readable checkpoint (truncated or corrupt?): "
-            f"{_first_line(error)}"
+            f"{path}: not a readable checkpoint (truncated or corrupt?): {_first_line(error)}"
         ) from None
     except RuntimeError as error:
         if mmap and "mmap" in str(error):  # older, non-zip files cannot be mapped
@@ -247,20 +251,16 @@ def remap_legacy_keys(
     for old, new in LEGACY_PREFIXES:
         if any(k.startswith(old) for k in out) and any(k.startswith(new) for k in expected):
             if not any(k.startswith(old) for k in expected):
-                out = {(new + k[len(old):] if k.startswith(old) else k): v for k, v in out.items()}
+                out = {(new + k[len(old) :] if k.startswith(old) else k): v for k, v in out.items()}
     return out
 
 
-def compare_state_dict(
-    model: nn.Module, state_dict: Mapping[str, torch.Tensor]
-) -> LoadReport:
+def compare_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> LoadReport:
     """Missing, unexpected and wrong-shape keys of ``state_dict`` against ``model``."""
     own = model.state_dict()
     report = LoadReport(
         missing=[
-            k
-            for k in own
-            if k not in state_dict and not ("." + k).endswith(OPTIONAL_KEY_SUFFIXES)
+            k for k in own if k not in state_dict and not ("." + k).endswith(OPTIONAL_KEY_SUFFIXES)
         ],
         unexpected=[k for k in state_dict if k not in own],
     )
@@ -288,9 +288,7 @@ def load_state_dict_into(
     state_dict = remap_legacy_keys(state_dict, model.state_dict().keys())
     if prefixes:
         own = model.state_dict().keys()
-        state_dict = {
-            k: v for k, v in state_dict.items() if k in own or not k.startswith(prefixes)
-        }
+        state_dict = {k: v for k, v in state_dict.items() if k in own or not k.startswith(prefixes)}
     report = compare_state_dict(model, state_dict)
     if not report.ok and strict:
         raise CheckpointError(

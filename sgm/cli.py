@@ -198,8 +198,7 @@ def float_list(text: str) -> float | list[float]:
     try:
         values = [float(p) for p in parts]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number or a list of numbers") \
-            from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or a list of numbers") from None
     if not values:
         raise argparse.ArgumentTypeError(f"{text!r} holds no numbers")
     return values[0] if len(values) == 1 and "," not in text else values

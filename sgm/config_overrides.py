@@ -30,9 +30,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     from yaml import YAMLError
 
     if not isinstance(text, str) or "=" not in text:
-        raise ConfigError(
-            f"override {text!r} is not key=value (e.g. model.params.use_ema=true)"
-        )
+        raise ConfigError(f"override {text!r} is not key=value (e.g. model.params.use_ema=true)")
     key, _, raw = text.partition("=")
     key = key.strip()
     if not key or any(not part.strip() for part in key.split(".")) or " " in key:
@@ -96,8 +94,9 @@ def _checked(config: Any, key: str, value: Any, text: str) -> Any:
     return value
 
 
-def _mismatch(config: Any, parts: list[str], value: Any, current: Any, text: str,
-              error: ConfigError) -> Any:
+def _mismatch(
+    config: Any, parts: list[str], value: Any, current: Any, text: str, error: ConfigError
+) -> Any:
     """A value of another type than the config holds: the constructor signature decides."""
     expected = _signature_type(config, parts, text)
     kind, optional = expected if expected is not None else (None, False)
@@ -168,8 +167,9 @@ def _signature_type(config: Any, parts: list[str], text: str) -> tuple[type | No
     if name not in params:
         if any(p.kind is p.VAR_KEYWORD for p in params.values()):
             return None
-        accepted = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD,
-                                                                  p.KEYWORD_ONLY)]
+        accepted = [
+            n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        ]
         raise ConfigError(
             f"override {text!r}: {target} has no parameter {name!r}; accepted: "
             f"{', '.join(accepted)}"

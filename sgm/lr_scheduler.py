@@ -76,7 +76,10 @@ class LambdaWarmUpCosineScheduler2:
         verbosity_interval: int = 0,
     ):
         lists = dict(
-            warm_up_steps=warm_up_steps, f_min=f_min, f_max=f_max, f_start=f_start,
+            warm_up_steps=warm_up_steps,
+            f_min=f_min,
+            f_max=f_max,
+            f_start=f_start,
             cycle_lengths=cycle_lengths,
         )
         lengths = {name: len(value) for name, value in lists.items()}

@@ -54,9 +54,7 @@ def device_of(where: DeviceLike | None) -> torch.device:
     return torch.device(where)
 
 
-def parse_dtype(
-    name: str | torch.dtype | None, device: DeviceLike | None = None
-) -> torch.dtype:
+def parse_dtype(name: str | torch.dtype | None, device: DeviceLike | None = None) -> torch.dtype:
     """The compute dtype for ``name`` (``auto``, ``fp32``, ``fp16``, ``bf16``, or a dtype).
 
     ``auto`` (or None) gives fp16 on the machine's accelerator (CUDA) and fp32 on the
@@ -71,9 +69,7 @@ def parse_dtype(
         return _auto_dtype(device_of(device))
     key = str(name).lower()
     if key not in DTYPES:
-        raise InputError(
-            f"dtype {name!r} is not supported; use one of {', '.join(DTYPE_NAMES)}"
-        )
+        raise InputError(f"dtype {name!r} is not supported; use one of {', '.join(DTYPE_NAMES)}")
     return DTYPES[key]
 
 

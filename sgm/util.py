@@ -48,9 +48,7 @@ def append_dims(x: torch.Tensor, target_dims: int) -> torch.Tensor:
     """Append trailing singleton dimensions until ``x`` has ``target_dims`` dims."""
     dims_to_append = target_dims - x.ndim
     if dims_to_append < 0:
-        raise ValueError(
-            f"input has {x.ndim} dims but target_dims is {target_dims}, which is less"
-        )
+        raise ValueError(f"input has {x.ndim} dims but target_dims is {target_dims}, which is less")
     return x[(...,) + (None,) * dims_to_append]
 
 
@@ -209,9 +207,7 @@ def _argument_device(args: tuple, kwargs: dict) -> Any:
 # --------------------------------------------------------------------------- configs
 
 
-def get_obj_from_str(
-    string: str, reload: bool = False, invalidate_cache: bool = True
-) -> Any:
+def get_obj_from_str(string: str, reload: bool = False, invalidate_cache: bool = True) -> Any:
     """Import ``"package.module.Name"`` and return ``Name``."""
     if not isinstance(string, str) or "." not in string:
         raise ConfigError(f"target must be a dotted path 'module.Name', got {string!r}")
@@ -222,9 +218,7 @@ def get_obj_from_str(
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
         if error.name and (module_name + ".").startswith(error.name + "."):
-            raise ConfigError(
-                f"cannot import {string!r} (no module {error.name})"
-            ) from None
+            raise ConfigError(f"cannot import {string!r} (no module {error.name})") from None
         raise ConfigError(
             f"cannot import {string!r}: importing {module_name} needs the missing "
             f"package {error.name!r}"

@@ -5,10 +5,10 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import sgm  # noqa: E402,F401  (must precede Lightning / open_clip / diffusers)
-
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+import sgm  # noqa: E402,F401  (must precede Lightning / open_clip / diffusers)
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

@@ -60,7 +60,10 @@ def test_strict_mismatch_is_reported_by_prefix(tmp_path, weights):
         load_checkpoint_into(model, path)
     message = str(info.value)
     assert "first_stage_model.decoder.*: 4 missing" in message
-    assert "cond_stage_model.extra.*: 1 unexpected" in message or "cond_stage_model.extra.weight: 1 unexpected" in message
+    assert (
+        "cond_stage_model.extra.*: 1 unexpected" in message
+        or "cond_stage_model.extra.weight: 1 unexpected" in message
+    )
     assert re.search(r"model\.0\.\*: 1 wrong shape", message)
     assert "model [8, 4], checkpoint [8, 5]" in message
     assert _same(model.state_dict(), before), "a failed strict load must change nothing"
@@ -190,8 +193,13 @@ def test_random_bytes_are_corrupt_not_code(tmp_path, prefix):
 
 
 def _training_state(weights):
-    return {"state_dict": weights, "optimizer_states": [{"state": {}}], "loops": {},
-            "epoch": 2, "global_step": 7}
+    return {
+        "state_dict": weights,
+        "optimizer_states": [{"state": {}}],
+        "loops": {},
+        "epoch": 2,
+        "global_step": 7,
+    }
 
 
 def test_training_checkpoint_is_accepted_for_resume(tmp_path, weights):

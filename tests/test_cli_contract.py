@@ -27,8 +27,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "configs" / "tiny_train.yaml"
 
-KINDS = ("missing path", "wrong type", "out of range", "unknown flag", "file as folder",
-         "unavailable device", "bad config", "bad checkpoint")
+KINDS = (
+    "missing path",
+    "wrong type",
+    "out of range",
+    "unknown flag",
+    "file as folder",
+    "unavailable device",
+    "bad config",
+    "bad checkpoint",
+)
 
 MAIN = "main.py"
 VIDEO = "scripts/sampling/simple_video_sample.py"
@@ -49,58 +57,99 @@ ROWS: list[tuple[str, str, list[str], str]] = [
     (MAIN, "missing path", ["--resume_from_checkpoint", "{missing}.ckpt"], "{missing}.ckpt"),
     (MAIN, "wrong type", ["--max_steps", "abc"], "--max_steps"),
     (MAIN, "wrong type", ["--seed", "x"], "--seed"),
-    (MAIN, "wrong type", ["--base", "{config}", "--logdir", "logs",
-                          "model.params.network_config.params.num_res_blocks=two"],
-     "num_res_blocks=two"),
-    (MAIN, "wrong type", ["--base", "{config}", "--logdir", "logs",
-                          "model.params.use_ema", "true"], "model.params.use_ema"),
+    (
+        MAIN,
+        "wrong type",
+        [
+            "--base",
+            "{config}",
+            "--logdir",
+            "logs",
+            "model.params.network_config.params.num_res_blocks=two",
+        ],
+        "num_res_blocks=two",
+    ),
+    (
+        MAIN,
+        "wrong type",
+        ["--base", "{config}", "--logdir", "logs", "model.params.use_ema", "true"],
+        "model.params.use_ema",
+    ),
     (MAIN, "out of range", ["--max_steps", "-5"], "--max_steps"),
     (MAIN, "out of range", ["--accumulate_grad_batches", "0"], "--accumulate_grad_batches"),
-    (MAIN, "out of range", ["--base", "{config}", "--logdir", "logs",
-                            "lightning.trainer.max_steps=-5"], "lightning.trainer.max_steps"),
+    (
+        MAIN,
+        "out of range",
+        ["--base", "{config}", "--logdir", "logs", "lightning.trainer.max_steps=-5"],
+        "lightning.trainer.max_steps",
+    ),
     (MAIN, "unknown flag", ["--max_step", "5"], "--max_step"),
-    (MAIN, "unknown flag", ["--base", "{config}", "--logdir", "logs",
-                            "modle.params.use_ema=true"], "'modle'"),
-    (MAIN, "unknown flag", ["--base", "{config}", "--logdir", "logs",
-                            "model.params.bogus_key=1"], "bogus_key"),
+    (
+        MAIN,
+        "unknown flag",
+        ["--base", "{config}", "--logdir", "logs", "modle.params.use_ema=true"],
+        "'modle'",
+    ),
+    (
+        MAIN,
+        "unknown flag",
+        ["--base", "{config}", "--logdir", "logs", "model.params.bogus_key=1"],
+        "bogus_key",
+    ),
     (MAIN, "file as folder", ["--base", "{config}", "--logdir", "{file}"], "{file}"),
-    (MAIN, "unavailable device", ["--base", "{config}", "--accelerator", "gpu"],
-     "--accelerator"),
-    (MAIN, "unavailable device", ["--base", "{config}", "--logdir", "logs",
-                                  "lightning.trainer.accelerator=cuda"], "accelerator"),
+    (MAIN, "unavailable device", ["--base", "{config}", "--accelerator", "gpu"], "--accelerator"),
+    (
+        MAIN,
+        "unavailable device",
+        ["--base", "{config}", "--logdir", "logs", "lightning.trainer.accelerator=cuda"],
+        "accelerator",
+    ),
     (MAIN, "bad config", ["--base", "{list_yaml}"], "{list_yaml}"),
     (MAIN, "bad config", ["--base", "{bad_yaml}"], "{bad_yaml}"),
     (MAIN, "bad checkpoint", ["--resume", "{run}/truncated"], "truncated or corrupt"),
     (MAIN, "bad checkpoint", ["--resume", "{run}/random"], "truncated or corrupt"),
     (MAIN, "bad checkpoint", ["--resume", "{run}/bare"], "weights only"),
-    (MAIN, "bad checkpoint", ["--resume", "{run}/safetensors/checkpoints/last.safetensors"],
-     "weights only"),
+    (
+        MAIN,
+        "bad checkpoint",
+        ["--resume", "{run}/safetensors/checkpoints/last.safetensors"],
+        "weights only",
+    ),
     (MAIN, "bad checkpoint", ["--resume", "{run}/code"], "arbitrary code"),
     # ------------------------------------------------------ simple_video_sample
     (VIDEO, "missing path", ["--input_path={missing}.png"], "{missing}.png"),
-    (VIDEO, "missing path", ["--input_path={image}", "--ckpt={missing}.safetensors"],
-     "{missing}.safetensors"),
-    (VIDEO, "missing path", ["--input_path={image}", "--config={missing}.yaml"],
-     "{missing}.yaml"),
+    (
+        VIDEO,
+        "missing path",
+        ["--input_path={image}", "--ckpt={missing}.safetensors"],
+        "{missing}.safetensors",
+    ),
+    (VIDEO, "missing path", ["--input_path={image}", "--config={missing}.yaml"], "{missing}.yaml"),
     (VIDEO, "missing path", ["--input_path={image}"], "checkpoints/svd.safetensors"),
-    (VIDEO, "missing path", ["--input_path={image}", "--lora={missing}.safetensors:0.5"],
-     "{missing}.safetensors"),
+    (
+        VIDEO,
+        "missing path",
+        ["--input_path={image}", "--lora={missing}.safetensors:0.5"],
+        "{missing}.safetensors",
+    ),
     (VIDEO, "wrong type", ["--input_path={image}", "--num_frames=abc"], "--num_frames"),
     (VIDEO, "wrong type", ["--input_path={image}", "--num_steps=x"], "--num_steps"),
-    (VIDEO, "wrong type", ["--input_path={image}", "--elevations_deg=high"],
-     "--elevations_deg"),
+    (VIDEO, "wrong type", ["--input_path={image}", "--elevations_deg=high"], "--elevations_deg"),
     (VIDEO, "wrong type", ["--input_path={file}", "--ckpt={file}"], "{file}"),
     (VIDEO, "out of range", ["--input_path={image}", "--num_frames=0"], "--num_frames"),
     (VIDEO, "out of range", ["--input_path={image}", "--num_frames=-3"], "--num_frames"),
     (VIDEO, "out of range", ["--input_path={image}", "--num_steps=-1"], "--num_steps"),
-    (VIDEO, "out of range", ["--input_path={image}", "--image_frame_ratio=2"],
-     "--image_frame_ratio"),
+    (
+        VIDEO,
+        "out of range",
+        ["--input_path={image}", "--image_frame_ratio=2"],
+        "--image_frame_ratio",
+    ),
     (VIDEO, "out of range", ["--input_path={image}", "--version=svd_xxl"], "--version"),
     (VIDEO, "out of range", ["--input_path={image}", "--dtype=fp8"], "--dtype"),
     (VIDEO, "unknown flag", ["--input_path={image}", "--num_frame=3"], "--num_frame=3"),
     (VIDEO, "file as folder", ["--input_path={image}", "--output_folder={file}"], "{file}"),
-    (VIDEO, "file as folder", ["--input_path={image}", "--output_folder={file}/below"],
-     "{file}"),
+    (VIDEO, "file as folder", ["--input_path={image}", "--output_folder={file}/below"], "{file}"),
     (VIDEO, "unavailable device", ["--input_path={image}", "--device=bogus"], "--device"),
     (VIDEO, "unavailable device", ["--input_path={image}", "--device=cuda"], "--device"),
     # ---------------------------------------------------------------- toy_demo
@@ -115,33 +164,42 @@ ROWS: list[tuple[str, str, list[str], str]] = [
     (TOY, "file as folder", ["--outdir", "{file}"], "{file}"),
     (TOY, "file as folder", ["--logdir", "{file}"], "{file}"),
     (TOY, "bad config", ["--config", "{list_yaml}", "--outdir", "out"], "{list_yaml}"),
-    (TOY, "bad checkpoint", ["--checkpoint", "{run}/random/checkpoints/last.ckpt",
-                             "--outdir", "out"], "truncated or corrupt"),
+    (
+        TOY,
+        "bad checkpoint",
+        ["--checkpoint", "{run}/random/checkpoints/last.ckpt", "--outdir", "out"],
+        "truncated or corrupt",
+    ),
     # ------------------------------------------------- simple_video_sample_4d / 4d2
     (SV4D, "missing path", ["--input_path={missing}.mp4"], "{missing}.mp4"),
-    (SV4D, "missing path", ["--input_path={frames}", "--config={missing}.yaml"],
-     "{missing}.yaml"),
+    (SV4D, "missing path", ["--input_path={frames}", "--config={missing}.yaml"], "{missing}.yaml"),
     (SV4D, "wrong type", ["--input_path={image}"], "{image}"),
     (SV4D, "wrong type", ["--input_path={frames}", "--num_steps=x"], "--num_steps"),
     (SV4D, "out of range", ["--input_path={frames}", "--img_size=100"], "--img_size"),
-    (SV4D, "out of range", ["--input_path={frames}", "--image_frame_ratio=0"],
-     "--image_frame_ratio"),
+    (
+        SV4D,
+        "out of range",
+        ["--input_path={frames}", "--image_frame_ratio=0"],
+        "--image_frame_ratio",
+    ),
     (SV4D, "unknown flag", ["--input_path={frames}", "--num_step=3"], "--num_step=3"),
     (SV4D, "file as folder", ["--input_path={frames}", "--output_folder={file}"], "{file}"),
     (SV4D, "unavailable device", ["--input_path={frames}", "--device=cuda"], "--device"),
-    (SV4D2, "missing path", ["--input_path={frames}", "--config={missing}.yaml"],
-     "{missing}.yaml"),
+    (SV4D2, "missing path", ["--input_path={frames}", "--config={missing}.yaml"], "{missing}.yaml"),
     (SV4D2, "wrong type", ["--input_path={frames}", "--n_frames=abc"], "--n_frames"),
     (SV4D2, "out of range", ["--input_path={frames}", "--num_steps=-2"], "--num_steps"),
     (SV4D2, "unknown flag", ["--input_path={frames}", "--n_frame=3"], "--n_frame=3"),
-    (SV4D2, "file as folder", ["--input_path={frames}", "--output_folder={file}/x"],
-     "{file}"),
+    (SV4D2, "file as folder", ["--input_path={frames}", "--output_folder={file}/x"], "{file}"),
     (SV4D2, "unavailable device", ["--input_path={frames}", "--device=bogus"], "--device"),
     # ---------------------------------------------------------------- data/pack_shards
     (PACK, "missing path", ["{missing}", "shards"], "{missing}"),
     (PACK, "wrong type", ["{frames}", "shards", "--max_shard_mb=abc"], "--max_shard_mb"),
-    (PACK, "out of range", ["{frames}", "shards", "--max_samples_per_shard=0"],
-     "--max_samples_per_shard"),
+    (
+        PACK,
+        "out of range",
+        ["{frames}", "shards", "--max_samples_per_shard=0"],
+        "--max_samples_per_shard",
+    ),
     (PACK, "unknown flag", ["{frames}", "shards", "--max_shard=3"], "--max_shard=3"),
     (PACK, "file as folder", ["{frames}", "{file}"], "{file}"),
     (PACK, "file as folder", ["{file}", "shards"], "{file}"),
@@ -154,15 +212,22 @@ ROWS: list[tuple[str, str, list[str], str]] = [
     (IMAGE, "file as folder", ["--output_folder={file}"], "{file}"),
     (IMAGE, "unavailable device", ["--device=cuda"], "--device"),
     # ---------------------------------------------------------------- convert
-    (CONVERT, "missing path", ["to_diffusers", "{missing}.safetensors", "out",
-                               "--config", "{config}"], "{missing}.safetensors"),
+    (
+        CONVERT,
+        "missing path",
+        ["to_diffusers", "{missing}.safetensors", "out", "--config", "{config}"],
+        "{missing}.safetensors",
+    ),
     (CONVERT, "missing path", ["to_sgm", "{missing}", "out.safetensors"], "{missing}"),
     (CONVERT, "wrong type", ["to_sgm", "{frames}", "out.safetensors"], "model_index.json"),
     (CONVERT, "wrong type", ["to_sgm", "{diffusers}", "out.bin"], "out.bin"),
-    (CONVERT, "out of range", ["to_diffusers", "{file}", "{frames}", "--config", "{config}"],
-     "nothing is overwritten"),
-    (CONVERT, "unknown flag", ["to_sgm", "--bogus", "{diffusers}", "out.safetensors"],
-     "--bogus"),
+    (
+        CONVERT,
+        "out of range",
+        ["to_diffusers", "{file}", "{frames}", "--config", "{config}"],
+        "nothing is overwritten",
+    ),
+    (CONVERT, "unknown flag", ["to_sgm", "--bogus", "{diffusers}", "out.safetensors"], "--bogus"),
     (CONVERT, "unknown flag", ["to_onnx", "x"], "to_onnx"),
     (CONVERT, "file as folder", ["to_sgm", "{file}", "out.safetensors"], "{file}"),
     # ---------------------------------------------------------------- demo/detect
@@ -183,8 +248,11 @@ ROWS: list[tuple[str, str, list[str], str]] = [
 # Rows that only make sense on a machine without the named hardware.
 NEEDS_NO_CUDA = ("--accelerator", "accelerator=cuda", "--device=cuda")
 # Streamlit pages show bad input in the page rather than exiting; their page tests cover it.
-STREAMLIT_PAGES = ("scripts/demo/sampling.py", "scripts/demo/video_sampling.py",
-                   "scripts/demo/turbo.py")
+STREAMLIT_PAGES = (
+    "scripts/demo/sampling.py",
+    "scripts/demo/video_sampling.py",
+    "scripts/demo/turbo.py",
+)
 
 
 class _Code:
@@ -225,15 +293,19 @@ def _materials(tmp: Path) -> dict[str, str]:
     _save_run(run / "truncated", truncated)
     _save_run(run / "random", lambda c: (c / "last.ckpt").write_bytes(os.urandom(4096)))
     _save_run(run / "bare", lambda c: torch.save({"state_dict": weights}, c / "last.ckpt"))
-    _save_run(run / "safetensors",
-              lambda c: save_file(weights, str(c / "last.safetensors")))
-    _save_run(run / "code",
-              lambda c: torch.save({**full, "payload": _Code()}, c / "last.ckpt"))
-    return {"file": str(tmp / "taken.txt"), "missing": str(tmp / "absent" / "nothing"),
-            "image": str(tmp / "input.png"), "frames": str(tmp / "frames"), "config": str(TINY),
-            "diffusers": str(tmp / "diffusers"),
-            "list_yaml": str(tmp / "list.yaml"), "bad_yaml": str(tmp / "bad.yaml"),
-            "run": str(run)}
+    _save_run(run / "safetensors", lambda c: save_file(weights, str(c / "last.safetensors")))
+    _save_run(run / "code", lambda c: torch.save({**full, "payload": _Code()}, c / "last.ckpt"))
+    return {
+        "file": str(tmp / "taken.txt"),
+        "missing": str(tmp / "absent" / "nothing"),
+        "image": str(tmp / "input.png"),
+        "frames": str(tmp / "frames"),
+        "config": str(TINY),
+        "diffusers": str(tmp / "diffusers"),
+        "list_yaml": str(tmp / "list.yaml"),
+        "bad_yaml": str(tmp / "bad.yaml"),
+        "run": str(run),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -242,8 +314,10 @@ def materials(tmp_path_factory) -> dict[str, str]:
 
 
 def _tree(folder: Path) -> dict[str, int]:
-    return {str(p.relative_to(folder)): (p.stat().st_size if p.is_file() else -1)
-            for p in sorted(folder.rglob("*"))}
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size if p.is_file() else -1)
+        for p in sorted(folder.rglob("*"))
+    }
 
 
 def _row_id(row: tuple[str, str, list[str], str]) -> str:
@@ -258,8 +332,11 @@ def test_every_kind_is_named_and_scripts_exist():
 
 
 def test_every_command_line_has_rows():
-    scripts = {MAIN} | {str(p.relative_to(ROOT)) for p in (ROOT / "scripts").rglob("*.py")
-                         if not p.name.startswith("_")}
+    scripts = {MAIN} | {
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "scripts").rglob("*.py")
+        if not p.name.startswith("_")
+    }
     missing = scripts - {row[0] for row in ROWS} - set(STREAMLIT_PAGES)
     assert not missing, f"add bad-input rows for {sorted(missing)}"
 
@@ -277,8 +354,14 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(row, materials, tmp_pat
     before, materials_before = _tree(cwd), _tree(watched)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("SGM_RUN_NOW", None)
-    result = subprocess.run([sys.executable, str(ROOT / script), *argv], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / script), *argv],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
     assert "Traceback" not in result.stderr + result.stdout

@@ -76,7 +76,9 @@ def test_run_turns_library_errors_into_exit_2(capsys):
         raise CheckpointError("checkpoint not found: checkpoints/x.safetensors\nmore detail")
 
     assert cli.run(fail, prog="tool") == 2
-    assert capsys.readouterr().err == "error: tool: checkpoint not found: checkpoints/x.safetensors\n"
+    assert (
+        capsys.readouterr().err == "error: tool: checkpoint not found: checkpoints/x.safetensors\n"
+    )
     assert cli.run(lambda: None) == 0
     with pytest.raises(ZeroDivisionError):
         cli.run(lambda: 1 / 0)

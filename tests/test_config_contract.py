@@ -9,9 +9,7 @@ from omegaconf import OmegaConf
 from sgm.util import _check_params, get_obj_from_str
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(
-    [*ROOT.glob("configs/**/*.yaml"), *ROOT.glob("scripts/sampling/configs/*.yaml")]
-)
+CONFIGS = sorted([*ROOT.glob("configs/**/*.yaml"), *ROOT.glob("scripts/sampling/configs/*.yaml")])
 # Data mappers of the original's external data package resolve to sgm.data.mappers.
 ALIASES = {"sdata.mappers.": "sgm.data.mappers."}
 
@@ -41,7 +39,7 @@ def test_every_target_resolves_with_accepted_params(path, monkeypatch):
         target = str(node.target)
         for old, new in ALIASES.items():
             if target.startswith(old):
-                target = new + target[len(old):]
+                target = new + target[len(old) :]
         obj = get_obj_from_str(target)
         params = node.get("params") or {}
         # Sampling scripts inject some values (e.g. the guider's num_frames), so only

@@ -76,10 +76,18 @@ VIT_H_DROPPED = {
 # Persistent DDPM schedule buffers of ldm's LatentDiffusion, saved in SD 2.x ``.ckpt``
 # files next to ``model_ema.decay``/``model_ema.num_updates``.
 LDM_SCHEDULE_BUFFERS = (
-    "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
-    "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod",
-    "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod", "posterior_variance",
-    "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
+    "betas",
+    "alphas_cumprod",
+    "alphas_cumprod_prev",
+    "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod",
+    "sqrt_recip_alphas_cumprod",
+    "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance",
+    "posterior_log_variance_clipped",
+    "posterior_mean_coef1",
+    "posterior_mean_coef2",
 )
 
 
@@ -171,20 +179,35 @@ def clip_text_model(kind: str):
     if kind == "clip_l":
         cls = CLIPTextModel
         config = CLIPTextConfig(
-            hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-            num_attention_heads=12, hidden_act="quick_gelu", projection_dim=768, **common,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            hidden_act="quick_gelu",
+            projection_dim=768,
+            **common,
         )
     elif kind == "bigg":
         cls = CLIPTextModelWithProjection
         config = CLIPTextConfig(
-            hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
-            num_attention_heads=20, hidden_act="gelu", projection_dim=1280, **common,
+            hidden_size=1280,
+            intermediate_size=5120,
+            num_hidden_layers=32,
+            num_attention_heads=20,
+            hidden_act="gelu",
+            projection_dim=1280,
+            **common,
         )
     else:  # SD 2.x text encoder: ViT-H-14's text tower without its last block.
         cls = CLIPTextModel
         config = CLIPTextConfig(
-            hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
-            num_attention_heads=16, hidden_act="gelu", projection_dim=512, **common,
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=23,
+            num_attention_heads=16,
+            hidden_act="gelu",
+            projection_dim=512,
+            **common,
         )
     with torch.device("meta"):
         return cls(config)
@@ -255,7 +278,9 @@ def test_vae_converts_to_diffusers_layout(engines, name):
     engine, config = engines(name)
     state, trace = states(engine)
     vae_config = sfu.create_vae_diffusers_config_from_ldm(
-        config, trace, image_size=IMAGE_SIZES[name],
+        config,
+        trace,
+        image_size=IMAGE_SIZES[name],
         scaling_factor=config["model"]["params"]["scale_factor"],
     )
     converted = sfu.convert_ldm_vae_checkpoint(trace, vae_config)
@@ -291,8 +316,10 @@ def test_sdxl_clip_l_converts_to_transformers_layout(engines):
 
 @pytest.mark.parametrize(
     "name, prefix",
-    [("sd_xl_base", "conditioner.embedders.1.model."),
-     ("sd_xl_refiner", "conditioner.embedders.0.model.")],
+    [
+        ("sd_xl_base", "conditioner.embedders.1.model."),
+        ("sd_xl_refiner", "conditioner.embedders.0.model."),
+    ],
 )
 def test_sdxl_bigg_converts_to_transformers_layout(engines, name, prefix):
     from diffusers.loaders import single_file_utils as sfu
@@ -379,7 +406,9 @@ def test_sigma_table_matches_diffusers_scheduler(engines, name):
 
     engine, _ = engines(name)
     scheduler = EulerDiscreteScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
         beta_schedule="scaled_linear",
     )
     expected = scheduler.sigmas[:-1].flip(0).float()

@@ -11,8 +11,14 @@ from sgm.util import instantiate_from_config, load_configs
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING = ROOT / "configs" / "example_training"
 TOY = sorted((TRAINING / "toy").glob("*.yaml"))
-LATENT = [TRAINING / n for n in
-          ("imagenet-f8_cond.yaml", "txt2img-clipl.yaml", "txt2img-clipl-legacy-ucg-training.yaml")]
+LATENT = [
+    TRAINING / n
+    for n in (
+        "imagenet-f8_cond.yaml",
+        "txt2img-clipl.yaml",
+        "txt2img-clipl-legacy-ucg-training.yaml",
+    )
+]
 
 
 @contextmanager
@@ -47,22 +53,34 @@ def test_toy_config_builds_and_takes_a_step(path):
     unet = cfg.model.params.network_config.params
     label_emb = "model.diffusion_model.label_emb.0.0.weight"
     if unet.get("num_classes") == "sequential":
-        assert model.state_dict()[label_emb].shape == (4 * unet.model_channels, unet.adm_in_channels)
+        assert model.state_dict()[label_emb].shape == (
+            4 * unet.model_channels,
+            unet.adm_in_channels,
+        )
     assert model.use_ema == bool(cfg.model.params.get("use_ema", False))
 
 
 @pytest.mark.parametrize("path", LATENT, ids=lambda p: p.stem)
 def test_latent_config_builds_on_meta(path, tmp_path):
-    cfg = load_configs([path], ["model.params.first_stage_config.params.ckpt_path=null",
-                                f"data.params.train.datapipeline.urls=[{tmp_path}]"])
+    cfg = load_configs(
+        [path],
+        [
+            "model.params.first_stage_config.params.ckpt_path=null",
+            f"data.params.train.datapipeline.urls=[{tmp_path}]",
+        ],
+    )
     with parameters_on_meta():
         model = instantiate_from_config(cfg.model, key="model")
     sd = model.state_dict()
     unet = cfg.model.params.network_config.params
     assert sd["model.diffusion_model.label_emb.0.0.weight"].shape == (
-        4 * unet.model_channels, unet.adm_in_channels)
-    assert sd["model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
-              ].shape[1] == unet.context_dim
+        4 * unet.model_channels,
+        unet.adm_in_channels,
+    )
+    assert (
+        sd["model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"].shape[1]
+        == unet.context_dim
+    )
     assert sd["first_stage_model.encoder.conv_in.weight"].shape == (128, 3, 3, 3)
     assert sd["denoiser.sigmas"].shape == (1000,)
     assert model.scale_factor == pytest.approx(0.13025)

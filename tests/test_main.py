@@ -21,9 +21,15 @@ TINY_OVERRIDES = str(ROOT / "tests" / "configs" / "tiny_train_overrides.yaml")
 def _main(*args, **kwargs):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("SGM_RUN_NOW", None)
-    return subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            **kwargs)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "main.py"), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
 
 
 def _finish(proc, timeout=240):
@@ -38,8 +44,19 @@ def _ckpt(path):
 @pytest.fixture(scope="module")
 def first_run_and_log(tmp_path_factory):
     logs = tmp_path_factory.mktemp("logs")
-    code, out = _finish(_main("--base", TINY, TINY_OVERRIDES, "--logdir", str(logs), "-n", "tiny",
-                              "model.params.scale_factor=0.5", "lightning.trainer.max_steps=4"))
+    code, out = _finish(
+        _main(
+            "--base",
+            TINY,
+            TINY_OVERRIDES,
+            "--logdir",
+            str(logs),
+            "-n",
+            "tiny",
+            "model.params.scale_factor=0.5",
+            "lightning.trainer.max_steps=4",
+        )
+    )
     assert code == 0, out[-3000:]
     (logdir,) = logs.glob("*_tiny")
     return logdir, out
@@ -80,9 +97,16 @@ def test_resume_continues_step_and_optimizer(first_run):
 
 
 def test_sigterm_saves_checkpoint_and_exits(tmp_path):
-    proc = _main("--base", TINY, "--logdir", str(tmp_path), "-n", "term",
-                 "lightning.trainer.max_steps=100000",
-                 "lightning.callbacks.image_logger.params.disabled=true")
+    proc = _main(
+        "--base",
+        TINY,
+        "--logdir",
+        str(tmp_path),
+        "-n",
+        "term",
+        "lightning.trainer.max_steps=100000",
+        "lightning.callbacks.image_logger.params.disabled=true",
+    )
     deadline = time.time() + 180
     while not list(tmp_path.glob("*_term/configs/*-project.yaml")):
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
@@ -137,49 +161,83 @@ def _refused(argv, culprit, tmp_path, capsys, monkeypatch):
 
 
 def test_override_of_wrong_type_names_key_value_and_type(tmp_path, capsys, monkeypatch):
-    line = _refused(["--base", TINY, "--logdir", str(tmp_path),
-                     "model.params.network_config.params.num_res_blocks=two"],
-                    "num_res_blocks=two", tmp_path, capsys, monkeypatch)
+    line = _refused(
+        [
+            "--base",
+            TINY,
+            "--logdir",
+            str(tmp_path),
+            "model.params.network_config.params.num_res_blocks=two",
+        ],
+        "num_res_blocks=two",
+        tmp_path,
+        capsys,
+        monkeypatch,
+    )
     assert "expected an integer" in line
 
 
 def test_override_without_equals_is_refused(tmp_path, capsys, monkeypatch):
-    _refused(["--base", TINY, "--logdir", str(tmp_path), "model.params.use_ema", "true"],
-             "model.params.use_ema=VALUE", tmp_path, capsys, monkeypatch)
+    _refused(
+        ["--base", TINY, "--logdir", str(tmp_path), "model.params.use_ema", "true"],
+        "model.params.use_ema=VALUE",
+        tmp_path,
+        capsys,
+        monkeypatch,
+    )
 
 
 def test_override_of_unknown_section_lists_the_known_ones(tmp_path, capsys, monkeypatch):
-    line = _refused(["--base", TINY, "--logdir", str(tmp_path), "modle.params.use_ema=true"],
-                    "'modle'", tmp_path, capsys, monkeypatch)
+    line = _refused(
+        ["--base", TINY, "--logdir", str(tmp_path), "modle.params.use_ema=true"],
+        "'modle'",
+        tmp_path,
+        capsys,
+        monkeypatch,
+    )
     assert "data, lightning, model" in line
 
 
 @pytest.mark.parametrize("value", ["-5", "abc"])
 def test_max_steps_out_of_range_or_not_a_number(value, tmp_path, capsys, monkeypatch):
-    line = _refused(["--base", TINY, "--logdir", str(tmp_path), "--max_steps", value],
-                    "--max_steps", tmp_path, capsys, monkeypatch)
+    line = _refused(
+        ["--base", TINY, "--logdir", str(tmp_path), "--max_steps", value],
+        "--max_steps",
+        tmp_path,
+        capsys,
+        monkeypatch,
+    )
     assert "not supported between" not in line
 
 
 def test_accelerator_that_this_machine_lacks(tmp_path, capsys, monkeypatch):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    _refused(["--base", TINY, "--logdir", str(tmp_path), "--accelerator", "gpu"],
-             "--accelerator", tmp_path, capsys, monkeypatch)
+    _refused(
+        ["--base", TINY, "--logdir", str(tmp_path), "--accelerator", "gpu"],
+        "--accelerator",
+        tmp_path,
+        capsys,
+        monkeypatch,
+    )
 
 
 def test_logdir_that_is_a_file(tmp_path, capsys, monkeypatch):
     taken = tmp_path / "taken"
     taken.write_text("x")
-    _refused(["--base", TINY, "--logdir", str(taken)], str(taken), tmp_path, capsys,
-             monkeypatch)
+    _refused(["--base", TINY, "--logdir", str(taken)], str(taken), tmp_path, capsys, monkeypatch)
 
 
 def test_config_whose_top_level_is_a_list(tmp_path, capsys, monkeypatch):
     config = tmp_path / "list.yaml"
     config.write_text("- model: {}\n")
-    _refused(["--base", str(config), "--logdir", str(tmp_path / "logs")], "list.yaml",
-             tmp_path, capsys, monkeypatch)
+    _refused(
+        ["--base", str(config), "--logdir", str(tmp_path / "logs")],
+        "list.yaml",
+        tmp_path,
+        capsys,
+        monkeypatch,
+    )
 
 
 def _run_folder(tmp_path, write):
@@ -192,8 +250,10 @@ def _run_folder(tmp_path, write):
 
 
 def _truncated(ckpts):
-    torch.save({"state_dict": {"w": torch.ones(64)}, "optimizer_states": [], "loops": {}},
-               ckpts / "last.ckpt")
+    torch.save(
+        {"state_dict": {"w": torch.ones(64)}, "optimizer_states": [], "loops": {}},
+        ckpts / "last.ckpt",
+    )
     data = (ckpts / "last.ckpt").read_bytes()
     (ckpts / "last.ckpt").write_bytes(data[: len(data) // 2])
 
@@ -204,14 +264,24 @@ def _safetensors(ckpts):
     save_file({"w": torch.ones(2)}, str(ckpts / "last.safetensors"))
 
 
-@pytest.mark.parametrize("write, target, culprit", [
-    (_truncated, "run", "truncated or corrupt"),
-    (lambda c: torch.save({"state_dict": {"w": torch.ones(2)}}, c / "last.ckpt"), "run",
-     "weights only"),
-    (_safetensors, "checkpoints/last.safetensors", "weights only"),
-    (lambda c: (c / "last.ckpt").write_bytes(os.urandom(4096)), "checkpoints/last.ckpt",
-     "truncated or corrupt"),
-], ids=["truncated", "bare-state-dict", "safetensors", "random-bytes"])
+@pytest.mark.parametrize(
+    "write, target, culprit",
+    [
+        (_truncated, "run", "truncated or corrupt"),
+        (
+            lambda c: torch.save({"state_dict": {"w": torch.ones(2)}}, c / "last.ckpt"),
+            "run",
+            "weights only",
+        ),
+        (_safetensors, "checkpoints/last.safetensors", "weights only"),
+        (
+            lambda c: (c / "last.ckpt").write_bytes(os.urandom(4096)),
+            "checkpoints/last.ckpt",
+            "truncated or corrupt",
+        ),
+    ],
+    ids=["truncated", "bare-state-dict", "safetensors", "random-bytes"],
+)
 def test_resume_from_unusable_checkpoint(write, target, culprit, tmp_path, capsys, monkeypatch):
     run = _run_folder(tmp_path, write)
     path = run if target == "run" else run / target
@@ -222,9 +292,18 @@ def test_resume_from_unusable_checkpoint(write, target, culprit, tmp_path, capsy
 def test_failed_run_leaves_no_run_folder(tmp_path):
     # The network expects 3 channels, the data has 1: the run fails in its first step,
     # after the run folder was set up.
-    code, out = _finish(_main("--base", TINY, "--logdir", str(tmp_path), "-n", "broken",
-                              "model.params.network_config.params.in_channels=3",
-                              "lightning.trainer.max_steps=2"))
+    code, out = _finish(
+        _main(
+            "--base",
+            TINY,
+            "--logdir",
+            str(tmp_path),
+            "-n",
+            "broken",
+            "model.params.network_config.params.in_channels=3",
+            "lightning.trainer.max_steps=2",
+        )
+    )
     assert code != 0
     assert "Run folder" in out, out[-3000:]
     assert list(tmp_path.iterdir()) == []

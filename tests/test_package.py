@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -34,7 +33,18 @@ def test_lightning_and_open_clip_import_after_sgm():
 @pytest.mark.slow
 def test_wheel_contains_configs(tmp_path):
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(ROOT),
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+        ],
         check=True,
     )
     (wheel,) = tmp_path.glob("sgm-*.whl")

@@ -57,8 +57,11 @@ def test_first_stage_is_float32_under_the_callers_autocast(name):
 
 def _video_embedder(disable: bool) -> torch.nn.Module:
     config = OmegaConf.load(CONFIGS / "video_tiny_svd.yaml")
-    (emb,) = [e for e in config.model.params.conditioner_config.params.emb_models
-              if e.input_key == "cond_frames"]
+    (emb,) = [
+        e
+        for e in config.model.params.conditioner_config.params.emb_models
+        if e.input_key == "cond_frames"
+    ]
     emb.params.disable_encoder_autocast = disable
     torch.manual_seed(3)
     return instantiate_from_config(emb).eval()
@@ -157,9 +160,7 @@ def test_cast_network_keeps_ema_and_first_stage_float32():
     engine = _engine("video_tiny_svd.yaml", use_ema=True)
     precision.cast_network(engine, "bf16")
     assert {p.dtype for p in engine.model.parameters()} == {torch.bfloat16}
-    assert {b.dtype for b in engine.model_ema.buffers() if b.is_floating_point()} == {
-        torch.float32
-    }
+    assert {b.dtype for b in engine.model_ema.buffers() if b.is_floating_point()} == {torch.float32}
     assert {p.dtype for p in engine.first_stage_model.parameters()} == {torch.float32}
     shadow = dict(engine.model_ema.named_buffers())
     name, shadow_name = next(iter(engine.model_ema.m_name2s_name.items()))

@@ -32,7 +32,9 @@ NODE = f"{__name__}.Node"
 
 
 def test_builds_target_with_params():
-    obj = instantiate_from_config({"target": "torch.nn.Linear", "params": {"in_features": 3, "out_features": 2}})
+    obj = instantiate_from_config(
+        {"target": "torch.nn.Linear", "params": {"in_features": 3, "out_features": 2}}
+    )
     assert isinstance(obj, torch.nn.Linear) and obj.weight.shape == (2, 3)
 
 
@@ -74,14 +76,22 @@ def test_bad_module_names_the_nested_location():
     with pytest.raises(ConfigError) as info:
         instantiate_from_config(cfg, key="model")
     assert str(info.value) == (
-        "model.params.child_config: cannot import 'sgm.modules.foo.Bar' "
-        "(no module sgm.modules.foo)"
+        "model.params.child_config: cannot import 'sgm.modules.foo.Bar' (no module sgm.modules.foo)"
     )
 
 
 def test_bad_attribute_in_list_location():
-    cfg = {"target": NODE, "params": {"child_config": {"target": LEAF, "params": {"size": 1}}, "children": [{"target": "torch.nn.NoSuchLayer"}]}}
-    with pytest.raises(ConfigError, match=r"model\.params\.children\.0: cannot import 'torch\.nn\.NoSuchLayer' \(module torch\.nn has no attribute 'NoSuchLayer'\)"):
+    cfg = {
+        "target": NODE,
+        "params": {
+            "child_config": {"target": LEAF, "params": {"size": 1}},
+            "children": [{"target": "torch.nn.NoSuchLayer"}],
+        },
+    }
+    with pytest.raises(
+        ConfigError,
+        match=r"model\.params\.children\.0: cannot import 'torch\.nn\.NoSuchLayer' \(module torch\.nn has no attribute 'NoSuchLayer'\)",
+    ):
         instantiate_from_config(cfg, key="model")
 
 

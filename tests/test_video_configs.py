@@ -17,7 +17,10 @@ from sgm.util import instantiate_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
 VIDEO_CONFIGS = sorted(
-    [*(ROOT / "scripts/sampling/configs").glob("*.yaml"), *(ROOT / "configs/inference").glob("sv*.yaml")]
+    [
+        *(ROOT / "scripts/sampling/configs").glob("*.yaml"),
+        *(ROOT / "configs/inference").glob("sv*.yaml"),
+    ]
 )
 NETWORK_KEYS = {"VideoUNet": 1428, "SpatialUNetModelWithTime": (1908, 1924)}
 

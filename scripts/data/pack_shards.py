@@ -9,8 +9,6 @@ and images without a caption file, are reported and skipped.
 
 from __future__ import annotations
 
-import sgm  # noqa: F401  (first: sets up imports before the heavy packages)
-
 import argparse
 import sys
 from collections.abc import Sequence
@@ -36,14 +34,25 @@ def build_parser() -> cli.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("source", type=_folder, help="folder of images (or videos)")
     parser.add_argument("output", type=cli.output_folder, help="folder for the shards")
-    parser.add_argument("--videos", action="store_true",
-                        help="pack videos (mp4, webm, mov, mkv, avi) instead of images")
+    parser.add_argument(
+        "--videos",
+        action="store_true",
+        help="pack videos (mp4, webm, mov, mkv, avi) instead of images",
+    )
     parser.add_argument("--max_samples_per_shard", type=cli.positive_int, default=1000)
-    parser.add_argument("--max_shard_mb", type=cli.positive_float, default=1024.0,
-                        help="start a new shard once this size is reached")
+    parser.add_argument(
+        "--max_shard_mb",
+        type=cli.positive_float,
+        default=1024.0,
+        help="start a new shard once this size is reached",
+    )
     parser.add_argument("--prefix", type=_prefix, default="shard", help="shard file name prefix")
-    parser.add_argument("--caption_ext", type=_prefix, default="txt",
-                        help="extension of the caption file beside each image")
+    parser.add_argument(
+        "--caption_ext",
+        type=_prefix,
+        default="txt",
+        help="extension of the caption file beside each image",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -51,14 +60,22 @@ def build_parser() -> cli.ArgumentParser:
 def pack(args: argparse.Namespace) -> None:
     from sgm.data.shard_writer import pack_folder
 
-    report = pack_folder(args.source, args.output, videos=args.videos,
-                         max_count=args.max_samples_per_shard,
-                         max_bytes=int(args.max_shard_mb * (1 << 20)), prefix=args.prefix,
-                         caption_ext=args.caption_ext, progress=not args.quiet)
+    report = pack_folder(
+        args.source,
+        args.output,
+        videos=args.videos,
+        max_count=args.max_samples_per_shard,
+        max_bytes=int(args.max_shard_mb * (1 << 20)),
+        prefix=args.prefix,
+        caption_ext=args.caption_ext,
+        progress=not args.quiet,
+    )
     if not report.samples:
         raise InputError(f"no readable files in {args.source} ({len(report.skipped)} skipped)")
-    print(f"wrote {report.samples} samples into {len(report.shards)} shard(s) in "
-          f"{args.output}; skipped {len(report.skipped)} file(s)")
+    print(
+        f"wrote {report.samples} samples into {len(report.shards)} shard(s) in "
+        f"{args.output}; skipped {len(report.skipped)} file(s)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

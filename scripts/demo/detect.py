@@ -11,8 +11,6 @@ summary line; the exit status is 0 unless the command line itself is wrong.
 
 from __future__ import annotations
 
-import sgm  # noqa: F401  (first: sets up imports before the heavy packages)
-
 import glob
 import sys
 from collections import Counter
@@ -32,8 +30,9 @@ def expand(patterns: Sequence[str]) -> Iterator[tuple[str, str | None]]:
     for pattern in patterns:
         path = Path(pattern).expanduser()
         if path.is_dir():
-            images = sorted(p for p in path.iterdir()
-                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            images = sorted(
+                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
             if not images:
                 yield str(path), "folder holds no images"
             for image in images:
@@ -41,8 +40,7 @@ def expand(patterns: Sequence[str]) -> Iterator[tuple[str, str | None]]:
         elif path.exists():
             yield str(path), None
         elif glob.has_magic(pattern):
-            matches = sorted(m for m in glob.glob(str(path), recursive=True)
-                             if Path(m).is_file())
+            matches = sorted(m for m in glob.glob(str(path), recursive=True) if Path(m).is_file())
             if not matches:
                 yield pattern, "no file matches"
             for match in matches:
@@ -85,8 +83,9 @@ def detect(patterns: Sequence[str]) -> Counter:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("paths", nargs="+", metavar="PATH",
-                        help="image files, folders of images or glob patterns")
+    parser.add_argument(
+        "paths", nargs="+", metavar="PATH", help="image files, folders of images or glob patterns"
+    )
     args = parser.parse_args(argv)
     return run(lambda: detect(args.paths), prog="detect.py")
 

@@ -13,8 +13,6 @@ otherwise.
 
 from __future__ import annotations
 
-import sgm  # noqa: F401  (first: sets up imports before the heavy packages)
-
 import sys
 from collections.abc import Sequence
 
@@ -28,12 +26,18 @@ def build_parser() -> ArgumentParser:
     add_page_arguments(parser)
     parser.add_argument("--img_size", type=multiple_of(64), default=576)
     parser.add_argument("--sv3d_version", choices=("sv3d_u", "sv3d_p"), default="sv3d_u")
-    parser.add_argument("--low_vram", action="store_true",
-                        help="keep the models on the host, move parts to the device as they run")
+    parser.add_argument(
+        "--low_vram",
+        action="store_true",
+        help="keep the models on the host, move parts to the device as they run",
+    )
     parser.add_argument("--server_name", default="127.0.0.1")
     parser.add_argument("--port", type=positive_int, default=7860)
-    parser.add_argument("--share", action="store_true",
-                        help="also serve through a public Gradio link (off by default)")
+    parser.add_argument(
+        "--share",
+        action="store_true",
+        help="also serve through a public Gradio link (off by default)",
+    )
     return parser
 
 
@@ -44,11 +48,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sgm.demo.gradio_sv4d import Sv4dApp, build_demo
         from sgm.demo.options import demo_options
 
-        app = Sv4dApp(demo_options(parsed=args), img_size=args.img_size,
-                      sv3d_version=args.sv3d_version, low_vram=args.low_vram)
+        app = Sv4dApp(
+            demo_options(parsed=args),
+            img_size=args.img_size,
+            sv3d_version=args.sv3d_version,
+            low_vram=args.low_vram,
+        )
         demo = build_demo(app)
-        demo.queue(max_size=4).launch(share=args.share, server_name=args.server_name,
-                                      server_port=args.port)
+        demo.queue(max_size=4).launch(
+            share=args.share, server_name=args.server_name, server_port=args.port
+        )
 
     return run(serve, prog="gradio_app_sv4d.py")
 

@@ -6,7 +6,6 @@ Checkpoints are read from ``checkpoints/`` under their released names; see
 ``sgm.demo.options`` for the flags and ``SGM_DEMO_*`` variables.
 """
 
-import sgm  # noqa: F401  (first: sets up imports before the heavy packages)
 from sgm.demo.st_sampling import main
 
 main(__file__)

@@ -13,8 +13,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import sgm  # noqa: F401  (must precede pytorch_lightning: installs the torchvision hook)
-
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "example_training" / "toy" / "digits_cond.yaml"
 
@@ -24,28 +22,35 @@ def get_parser() -> argparse.ArgumentParser:
     from sgm import cli
 
     p = cli.ArgumentParser(prog="toy_demo.py", description=__doc__.splitlines()[0])
-    p.add_argument("--config", type=cli.existing_file, default=str(CONFIG),
-                   help="training config")
-    p.add_argument("--minutes", type=cli.positive_float, default=5.0,
-                   help="training time budget")
-    p.add_argument("--max-steps", type=cli.positive_int, default=1500,
-                   help="training step budget")
-    p.add_argument("--per-class", type=cli.positive_int, default=10,
-                   help="samples per class (grid row)")
-    p.add_argument("--cfg-scale", type=cli.non_negative_float, default=None,
-                   help="guidance scale override")
-    p.add_argument("--sample-steps", type=cli.positive_int, default=None,
-                   help="sampler steps override")
-    p.add_argument("--outdir", type=cli.output_folder, default="outputs/toy_demo",
-                   help="where the PNG goes")
-    p.add_argument("--logdir", type=cli.output_folder, default="logs",
-                   help="folder of training run folders")
+    p.add_argument("--config", type=cli.existing_file, default=str(CONFIG), help="training config")
+    p.add_argument("--minutes", type=cli.positive_float, default=5.0, help="training time budget")
+    p.add_argument("--max-steps", type=cli.positive_int, default=1500, help="training step budget")
+    p.add_argument(
+        "--per-class", type=cli.positive_int, default=10, help="samples per class (grid row)"
+    )
+    p.add_argument(
+        "--cfg-scale", type=cli.non_negative_float, default=None, help="guidance scale override"
+    )
+    p.add_argument(
+        "--sample-steps", type=cli.positive_int, default=None, help="sampler steps override"
+    )
+    p.add_argument(
+        "--outdir", type=cli.output_folder, default="outputs/toy_demo", help="where the PNG goes"
+    )
+    p.add_argument(
+        "--logdir", type=cli.output_folder, default="logs", help="folder of training run folders"
+    )
     p.add_argument("--seed", type=cli.non_negative_int, default=23)
     p.add_argument("--upscale", type=cli.positive_int, default=4, help="pixel size in the PNG")
-    p.add_argument("--checkpoint", type=cli.existing_file, default=None,
-                   help="skip training: sample from this checkpoint of the same config")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="config overrides, as for main.py")
+    p.add_argument(
+        "--checkpoint",
+        type=cli.existing_file,
+        default=None,
+        help="skip training: sample from this checkpoint of the same config",
+    )
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, as for main.py"
+    )
     return p
 
 
@@ -77,15 +82,30 @@ def train_or_load(args: argparse.Namespace, extra: list[str]):
     from sgm.training.cli import get_parser
     from sgm.training.run import build, fit_or_clean_up
 
-    opt = get_parser().parse_args([
-        "--base", str(args.config), "--logdir", str(args.logdir), "-n", "toy_demo",
-        "--no-test", "--seed", str(args.seed), "--max_time", _time_limit(args.minutes)])
+    opt = get_parser().parse_args(
+        [
+            "--base",
+            str(args.config),
+            "--logdir",
+            str(args.logdir),
+            "-n",
+            "toy_demo",
+            "--no-test",
+            "--seed",
+            str(args.seed),
+            "--max_time",
+            _time_limit(args.minutes),
+        ]
+    )
     built = build(opt, _overrides(args, extra))
     if args.checkpoint:
         built.model.init_from_ckpt(args.checkpoint)
         return built, 0
-    print(f"training {Path(args.config).name} for up to {args.minutes:g} min / "
-          f"{args.max_steps} steps; run folder {built.paths.logdir}", flush=True)
+    print(
+        f"training {Path(args.config).name} for up to {args.minutes:g} min / "
+        f"{args.max_steps} steps; run folder {built.paths.logdir}",
+        flush=True,
+    )
     return built, fit_or_clean_up(opt, built)
 
 
@@ -131,16 +151,20 @@ def demo(args: argparse.Namespace, extra: list[str]) -> int:
     model, data = built.model.eval(), built.data
     data.setup("fit")
     shape = tuple(data.train_dataset.images.shape[1:])
-    images, labels = sample_per_class(model, len(data.classes), args.per_class, shape,
-                                      seed=args.seed)
+    images, labels = sample_per_class(
+        model, len(data.classes), args.per_class, shape, seed=args.seed
+    )
     classifier = fit_classifier(data.dataset)
     accuracy = classifier.accuracy(images, labels)
     what = args.checkpoint or f"trained {built.trainer.global_step} steps"
-    print(f"{what}: an independent classifier (logistic regression, "
-          f"{classifier.real_accuracy:.1%} on held-out real {data.dataset}) labels "
-          f"{accuracy:.1%} of the samples as their conditioning class")
-    path = write_grid(images, args.per_class, args.upscale,
-                      Path(args.outdir) / f"{data.dataset}_cfg_grid.png")
+    print(
+        f"{what}: an independent classifier (logistic regression, "
+        f"{classifier.real_accuracy:.1%} on held-out real {data.dataset}) labels "
+        f"{accuracy:.1%} of the samples as their conditioning class"
+    )
+    path = write_grid(
+        images, args.per_class, args.upscale, Path(args.outdir) / f"{data.dataset}_cfg_grid.png"
+    )
     print(f"one row per class ({', '.join(data.classes)}):")
     print(path)
     return 0

@@ -6,7 +6,6 @@ Checkpoints: ``checkpoints/sd_xl_turbo_1.0.safetensors`` and
 ``checkpoints/sd_turbo.safetensors``; see ``sgm.demo.options`` for the flags.
 """
 
-import sgm  # noqa: F401  (first: sets up imports before the heavy packages)
 from sgm.demo.st_turbo import main
 
 main(__file__)

@@ -12,8 +12,6 @@ overwritten. Image ``k`` of a prompt uses seed ``--seed + k``.
 
 from __future__ import annotations
 
-import sgm  # noqa: F401  (first: sets up imports before the heavy packages)
-
 import argparse
 import logging
 import sys
@@ -80,57 +78,118 @@ def build_parser() -> ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     model = parser.add_argument_group("model")
-    model.add_argument("--version", choices=list(VERSIONS), default="sdxl_base_1.0",
-                       metavar="VERSION", help=f"one of {', '.join(VERSIONS)}")
-    model.add_argument("--checkpoints", type=Path, default=Path("checkpoints"),
-                       help="folder holding the released checkpoint files")
-    model.add_argument("--ckpt", type=existing_file,
-                       help="checkpoint file (default: the released name in --checkpoints)")
-    model.add_argument("--config", type=existing_file,
-                       help="model config (default: the released one in configs/inference)")
+    model.add_argument(
+        "--version",
+        choices=list(VERSIONS),
+        default="sdxl_base_1.0",
+        metavar="VERSION",
+        help=f"one of {', '.join(VERSIONS)}",
+    )
+    model.add_argument(
+        "--checkpoints",
+        type=Path,
+        default=Path("checkpoints"),
+        help="folder holding the released checkpoint files",
+    )
+    model.add_argument(
+        "--ckpt",
+        type=existing_file,
+        help="checkpoint file (default: the released name in --checkpoints)",
+    )
+    model.add_argument(
+        "--config",
+        type=existing_file,
+        help="model config (default: the released one in configs/inference)",
+    )
     text = parser.add_argument_group("prompts")
     text.add_argument("--prompt", help=f"the text prompt (if none: {DEFAULT_PROMPT!r})")
-    text.add_argument("--negative_prompt", default="",
-                      help="SD 2.1 and refiners only: SDXL base zeroes the negative text")
-    text.add_argument("--prompts_file", type=existing_file,
-                      help="a text file with one prompt a line (instead of --prompt)")
+    text.add_argument(
+        "--negative_prompt",
+        default="",
+        help="SD 2.1 and refiners only: SDXL base zeroes the negative text",
+    )
+    text.add_argument(
+        "--prompts_file",
+        type=existing_file,
+        help="a text file with one prompt a line (instead of --prompt)",
+    )
     sampling = parser.add_argument_group("sampling")
-    sampling.add_argument("--width", type=positive_int,
-                          help="a multiple of 64 (if none: the model's size, or the init "
-                          "image's); SDXL is trained on the sizes below")
+    sampling.add_argument(
+        "--width",
+        type=positive_int,
+        help="a multiple of 64 (if none: the model's size, or the init "
+        "image's); SDXL is trained on the sizes below",
+    )
     sampling.add_argument("--height", type=positive_int, help="a multiple of 64")
-    sampling.add_argument("--steps", type=positive_int,
-                          help="sampling steps (if none: 50; Turbo: 1, at most 4)")
+    sampling.add_argument(
+        "--steps", type=positive_int, help="sampling steps (if none: 50; Turbo: 1, at most 4)"
+    )
     samplers = [s.value for s in Sampler]
-    sampling.add_argument("--sampler", choices=samplers, default=Sampler.EULER_EDM.value,
-                          metavar="NAME", help=", ".join(samplers))
+    sampling.add_argument(
+        "--sampler",
+        choices=samplers,
+        default=Sampler.EULER_EDM.value,
+        metavar="NAME",
+        help=", ".join(samplers),
+    )
     discretizations = [d.value for d in Discretization]
-    sampling.add_argument("--discretization", choices=discretizations, metavar="NAME",
-                          default=Discretization.LEGACY_DDPM.value,
-                          help=", ".join(discretizations))
-    sampling.add_argument("--cfg_scale", type=positive_float, default=5.0,
-                          help="classifier-free guidance scale (Turbo: none)")
-    sampling.add_argument("--seed", type=non_negative_int, default=42,
-                          help="seed of the first image of each prompt (then +1, +2, ...)")
-    sampling.add_argument("--num_samples", type=positive_int, default=1,
-                          help="images per prompt")
+    sampling.add_argument(
+        "--discretization",
+        choices=discretizations,
+        metavar="NAME",
+        default=Discretization.LEGACY_DDPM.value,
+        help=", ".join(discretizations),
+    )
+    sampling.add_argument(
+        "--cfg_scale",
+        type=positive_float,
+        default=5.0,
+        help="classifier-free guidance scale (Turbo: none)",
+    )
+    sampling.add_argument(
+        "--seed",
+        type=non_negative_int,
+        default=42,
+        help="seed of the first image of each prompt (then +1, +2, ...)",
+    )
+    sampling.add_argument("--num_samples", type=positive_int, default=1, help="images per prompt")
     img2img = parser.add_argument_group("image-to-image and refiner")
-    img2img.add_argument("--init_image", type=existing_file,
-                         help="start from this image (image-to-image)")
-    img2img.add_argument("--strength", type=unit_interval, default=0.75,
-                         help="how much of the init image is re-noised, in (0, 1]")
-    img2img.add_argument("--refiner", nargs="?", const="auto", metavar="VERSION",
-                         choices=["auto", "sdxl_refiner_0.9", "sdxl_refiner_1.0"],
-                         help="finish SDXL base samples with a refiner: sdxl_refiner_0.9, "
-                         "sdxl_refiner_1.0 or auto (the base's release, when no VERSION)")
-    img2img.add_argument("--refiner_strength", type=unit_interval, default=0.15,
-                         help="the part of the schedule the refiner denoises, in (0, 1]")
-    img2img.add_argument("--refiner_ckpt", type=existing_file,
-                         help="refiner checkpoint (default: its released name in --checkpoints)")
+    img2img.add_argument(
+        "--init_image", type=existing_file, help="start from this image (image-to-image)"
+    )
+    img2img.add_argument(
+        "--strength",
+        type=unit_interval,
+        default=0.75,
+        help="how much of the init image is re-noised, in (0, 1]",
+    )
+    img2img.add_argument(
+        "--refiner",
+        nargs="?",
+        const="auto",
+        metavar="VERSION",
+        choices=["auto", "sdxl_refiner_0.9", "sdxl_refiner_1.0"],
+        help="finish SDXL base samples with a refiner: sdxl_refiner_0.9, "
+        "sdxl_refiner_1.0 or auto (the base's release, when no VERSION)",
+    )
+    img2img.add_argument(
+        "--refiner_strength",
+        type=unit_interval,
+        default=0.15,
+        help="the part of the schedule the refiner denoises, in (0, 1]",
+    )
+    img2img.add_argument(
+        "--refiner_ckpt",
+        type=existing_file,
+        help="refiner checkpoint (default: its released name in --checkpoints)",
+    )
     img2img.add_argument("--refiner_config", type=existing_file, help="refiner model config")
     out = parser.add_argument_group("output and device")
-    out.add_argument("--output_folder", type=output_folder,
-                     help="where the PNGs go (if none: outputs/simple_image_sample/<version>)")
+    out.add_argument(
+        "--output_folder",
+        type=output_folder,
+        help="where the PNGs go (if none: outputs/simple_image_sample/<version>)",
+    )
     add_device_args(out)
     add_lora_arg(out)
     out.add_argument("--verbose", action="store_true")
@@ -223,15 +282,19 @@ def _size(args: argparse.Namespace, model: Model, image: Any) -> tuple[int, int]
     unit = "pixels" if model.spec.factor > 1 else "(latent pixels)"
     for name in ("width", "height"):
         value = getattr(args, name)
-        check(value is None or value % multiple == 0,
-              f"--{name} {value} is not a multiple of {multiple} {unit}")
+        check(
+            value is None or value % multiple == 0,
+            f"--{name} {value} is not a multiple of {multiple} {unit}",
+        )
     width, height = args.width, args.height
     if image is not None:
         w, h = image.size
         width = width or max(w - w % multiple, 0)
         height = height or max(h - h % multiple, 0)
-        check(width > 0 and height > 0,
-              f"init image {args.init_image} ({w}x{h}) is smaller than {multiple} pixels")
+        check(
+            width > 0 and height > 0,
+            f"init image {args.init_image} ({w}x{h}) is smaller than {multiple} pixels",
+        )
     return width or model.spec.width, height or model.spec.height
 
 
@@ -242,10 +305,14 @@ def validate(args: argparse.Namespace) -> Job:
     if turbo:
         check(steps <= 4, f"--steps {steps}: {args.version} samples in 1 to 4 steps")
         check(args.init_image is None, f"--init_image: {args.version} does text-to-image only")
-    check(args.refiner is None or args.version in REFINERS,
-          f"--refiner: only the SDXL base models ({', '.join(REFINERS)}) hand off to a refiner")
-    check(args.refiner is None or args.init_image is None,
-          "--refiner works with text-to-image only (leave out --init_image)")
+    check(
+        args.refiner is None or args.version in REFINERS,
+        f"--refiner: only the SDXL base models ({', '.join(REFINERS)}) hand off to a refiner",
+    )
+    check(
+        args.refiner is None or args.init_image is None,
+        "--refiner works with text-to-image only (leave out --init_image)",
+    )
     prompts = _prompts(args)
     image = None if args.init_image is None else _init_image(args.init_image)
     base = _model(args.version, args.ckpt, args.config, args.checkpoints)
@@ -255,16 +322,28 @@ def validate(args: argparse.Namespace) -> Job:
         refiner = _model(name, args.refiner_ckpt, args.refiner_config, args.checkpoints)
     width, height = _size(args, base, image)
     if refiner is not None and int(args.refiner_strength * (steps + 1)) < 2:
-        logger.warning("--refiner_strength %s of %d steps leaves the refiner no step; raise "
-                       "--steps or --refiner_strength", args.refiner_strength, steps)
+        logger.warning(
+            "--refiner_strength %s of %d steps leaves the refiner no step; raise "
+            "--steps or --refiner_strength",
+            args.refiner_strength,
+            steps,
+        )
     if args.negative_prompt and not base.spec.is_legacy:
-        logger.warning("--negative_prompt is ignored by %s (%s)", args.version,
-                       "no guidance" if turbo else "its negative text embedding is zero")
+        logger.warning(
+            "--negative_prompt is ignored by %s (%s)",
+            args.version,
+            "no guidance" if turbo else "its negative text embedding is zero",
+        )
     params = SamplingParams(
-        width=width, height=height, steps=steps, sampler=Sampler(args.sampler),
-        discretization=Discretization(args.discretization), scale=args.cfg_scale,
+        width=width,
+        height=height,
+        steps=steps,
+        sampler=Sampler(args.sampler),
+        discretization=Discretization(args.discretization),
+        scale=args.cfg_scale,
         img2img_strength=args.strength if image is not None else 1.0,
-        orig_width=width, orig_height=height,
+        orig_width=width,
+        orig_height=height,
     )
     if image is not None and image.size != (width, height):
         image = image.resize((width, height))
@@ -280,21 +359,29 @@ def validate(args: argparse.Namespace) -> Job:
 
 def _metadata(args: argparse.Namespace, job: Job) -> dict[str, str]:
     meta = {
-        "negative_prompt": args.negative_prompt, "model": args.version,
-        "checkpoint": job.base.ckpt.name, "width": job.width, "height": job.height,
-        "steps": job.params.steps, "software": "sgm simple_image_sample",
+        "negative_prompt": args.negative_prompt,
+        "model": args.version,
+        "checkpoint": job.base.ckpt.name,
+        "width": job.width,
+        "height": job.height,
+        "steps": job.params.steps,
+        "software": "sgm simple_image_sample",
     }
     if job.base.is_turbo:
         meta["sampler"] = "SubstepSampler (Euler ancestral, no guidance)"
         meta.pop("negative_prompt")
     else:
-        meta.update(sampler=args.sampler, discretization=args.discretization,
-                    cfg_scale=args.cfg_scale)
+        meta.update(
+            sampler=args.sampler, discretization=args.discretization, cfg_scale=args.cfg_scale
+        )
     if job.init_image is not None:
         meta.update(init_image=args.init_image.name, strength=args.strength)
     if job.refiner is not None:
-        meta.update(refiner=job.refiner.version, refiner_checkpoint=job.refiner.ckpt.name,
-                    refiner_strength=args.refiner_strength)
+        meta.update(
+            refiner=job.refiner.version,
+            refiner_checkpoint=job.refiner.ckpt.name,
+            refiner_strength=args.refiner_strength,
+        )
     if args.lora:
         meta["lora"] = ", ".join(f"{path.name}:{scale}" for path, scale in args.lora)
     return {k: str(v) for k, v in meta.items()}
@@ -307,8 +394,13 @@ def _pipeline(model: Model, args: argparse.Namespace, lora: bool) -> Any:
     if lora and args.lora:
         options["lora"] = [(path, scale) for path, scale in args.lora]
     return SamplingPipeline(
-        config=str(model.config), ckpt=model.ckpt, spec=model.spec, device=args.device,
-        dtype=args.dtype, offload=args.low_vram, **options,
+        config=str(model.config),
+        ckpt=model.ckpt,
+        spec=model.spec,
+        device=args.device,
+        dtype=args.dtype,
+        offload=args.low_vram,
+        **options,
     )
 
 
@@ -329,12 +421,18 @@ def sample(args: argparse.Namespace) -> list[str]:
             seed = args.seed + k
             if refiner is not None:
                 out = text_to_image_refined(
-                    base, refiner, job.params, prompt, args.negative_prompt, seed=seed,
+                    base,
+                    refiner,
+                    job.params,
+                    prompt,
+                    args.negative_prompt,
+                    seed=seed,
                     refiner_strength=args.refiner_strength,
                 )
             elif image is not None:
-                out = base.image_to_image(job.params, image, prompt, args.negative_prompt,
-                                          seed=seed)
+                out = base.image_to_image(
+                    job.params, image, prompt, args.negative_prompt, seed=seed
+                )
             else:
                 out = base.text_to_image(job.params, prompt, args.negative_prompt, seed=seed)
             meta = {"prompt": prompt, "seed": str(seed), **job.meta}

@@ -8,8 +8,6 @@ Writes ``{count:06d}.mp4`` (and the processed input as ``{count:06d}.jpg``) to
 
 from __future__ import annotations
 
-import sgm  # noqa: F401  (first: sets up imports before the heavy packages)
-
 import argparse
 import logging
 import sys
@@ -100,8 +98,11 @@ def sample(
     Everything is checked before the model loads; nothing is written for a failed input.
     """
     _check_args(version, fps_id, motion_bucket_id)
-    for name, value in (("num_frames", num_frames), ("num_steps", num_steps),
-                        ("decoding_t", decoding_t)):
+    for name, value in (
+        ("num_frames", num_frames),
+        ("num_steps", num_steps),
+        ("decoding_t", decoding_t),
+    ):
         if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
             raise InputError(f"{name} must be a positive integer, got {value!r}")
     frames_default, steps_default = VERSIONS[version]
@@ -115,8 +116,10 @@ def sample(
     config = Path(config) if config else CONFIGS / f"{version}.yaml"
     ckpt = Path(ckpt) if ckpt else Path("checkpoints") / f"{version}.safetensors"
     if not ckpt.is_file():
-        raise CheckpointError(f"checkpoint not found: expected {ckpt} "
-                              f"(download {ckpt.name} into checkpoints/ or pass --ckpt)")
+        raise CheckpointError(
+            f"checkpoint not found: expected {ckpt} "
+            f"(download {ckpt.name} into checkpoints/ or pass --ckpt)"
+        )
     inputs = _inputs(input_path)
     folder = _checked_folder(output_folder or Path("outputs/simple_video_sample") / version)
     polars = azimuths = None
@@ -126,16 +129,22 @@ def sample(
         polars, azimuths = sv3d_orbit(num_frames, elevations_deg, azimuths_deg)
     import torch
 
-    from sgm.inference.video import (build_value_dict, load_video_model, prepare_sv3d_image,
-                                     prepare_svd_image, sample_video, save_video)
-    from sgm.util import resolve_device
-
+    from sgm.inference.video import (
+        build_value_dict,
+        load_video_model,
+        prepare_sv3d_image,
+        prepare_svd_image,
+        sample_video,
+        save_video,
+    )
     from sgm.precision import parse_dtype
+    from sgm.util import resolve_device
 
     device = resolve_device(device)
     parse_dtype(dtype, device)
-    model = load_video_model(config, ckpt, device, num_frames, num_steps, verbose,
-                             dtype=dtype, offload=low_vram)
+    model = load_video_model(
+        config, ckpt, device, num_frames, num_steps, verbose, dtype=dtype, offload=low_vram
+    )
     if lora:
         from sgm.lora import apply_lora_specs
 
@@ -144,10 +153,17 @@ def sample(
     for path in inputs:
         image = prepare_sv3d_image(path, image_frame_ratio) if sv3d else prepare_svd_image(path)
         generator = torch.Generator().manual_seed(int(seed))
-        values = build_value_dict(image, cond_aug, fps_id, motion_bucket_id, generator,
-                                  polars, azimuths)
-        frames = sample_video(model, values, num_frames, generator=generator,
-                              decoding_t=decoding_t, replace_last_with_input=sv3d)
+        values = build_value_dict(
+            image, cond_aug, fps_id, motion_bucket_id, generator, polars, azimuths
+        )
+        frames = sample_video(
+            model,
+            values,
+            num_frames,
+            generator=generator,
+            decoding_t=decoding_t,
+            replace_last_with_input=sv3d,
+        )
         frames = _watermark(frames)
         folder.mkdir(parents=True, exist_ok=True)
         stem = _next_stem(folder)
@@ -177,32 +193,69 @@ def _watermark(frames: Any) -> Any:
 def get_parser() -> argparse.ArgumentParser:
     """The command line (the flags of ``sample``; ``--flag=value`` or ``--flag value``)."""
     p = cli.ArgumentParser(prog="simple_video_sample.py", description=__doc__.splitlines()[0])
-    p.add_argument("--input_path", type=cli.existing_path, default="assets/test_image.png",
-                   help="an image, or a folder of images")
-    p.add_argument("--num_frames", type=cli.positive_int, default=None,
-                   help="frames per video (default: the version's)")
-    p.add_argument("--num_steps", type=cli.positive_int, default=None,
-                   help="sampling steps (default: the version's)")
+    p.add_argument(
+        "--input_path",
+        type=cli.existing_path,
+        default="assets/test_image.png",
+        help="an image, or a folder of images",
+    )
+    p.add_argument(
+        "--num_frames",
+        type=cli.positive_int,
+        default=None,
+        help="frames per video (default: the version's)",
+    )
+    p.add_argument(
+        "--num_steps",
+        type=cli.positive_int,
+        default=None,
+        help="sampling steps (default: the version's)",
+    )
     p.add_argument("--version", choices=list(VERSIONS), default="svd")
     p.add_argument("--fps_id", type=cli.non_negative_int, default=6)
     p.add_argument("--motion_bucket_id", type=cli.non_negative_int, default=127)
     p.add_argument("--cond_aug", type=cli.non_negative_float, default=0.02)
     p.add_argument("--seed", type=cli.non_negative_int, default=23)
-    p.add_argument("--decoding_t", type=cli.positive_int, default=14,
-                   help="frames decoded at a time")
-    p.add_argument("--output_folder", type=cli.output_folder, default=None,
-                   help="default: outputs/simple_video_sample/<version>")
-    p.add_argument("--elevations_deg", type=cli.float_list, default=10.0,
-                   help="sv3d_p: one elevation, or one per frame")
-    p.add_argument("--azimuths_deg", type=cli.float_list, default=None,
-                   help="sv3d_p: one azimuth per frame (default: an even orbit)")
-    p.add_argument("--image_frame_ratio", type=cli.unit_interval, default=None,
-                   help="sv3d: fraction of the frame the object fills")
+    p.add_argument(
+        "--decoding_t", type=cli.positive_int, default=14, help="frames decoded at a time"
+    )
+    p.add_argument(
+        "--output_folder",
+        type=cli.output_folder,
+        default=None,
+        help="default: outputs/simple_video_sample/<version>",
+    )
+    p.add_argument(
+        "--elevations_deg",
+        type=cli.float_list,
+        default=10.0,
+        help="sv3d_p: one elevation, or one per frame",
+    )
+    p.add_argument(
+        "--azimuths_deg",
+        type=cli.float_list,
+        default=None,
+        help="sv3d_p: one azimuth per frame (default: an even orbit)",
+    )
+    p.add_argument(
+        "--image_frame_ratio",
+        type=cli.unit_interval,
+        default=None,
+        help="sv3d: fraction of the frame the object fills",
+    )
     p.add_argument("--verbose", type=cli.boolean, nargs="?", const=True, default=False)
-    p.add_argument("--config", type=cli.existing_file, default=None,
-                   help="model config (default: configs/<version>.yaml)")
-    p.add_argument("--ckpt", type=cli.existing_file, default=None,
-                   help="checkpoint (default: checkpoints/<version>.safetensors)")
+    p.add_argument(
+        "--config",
+        type=cli.existing_file,
+        default=None,
+        help="model config (default: configs/<version>.yaml)",
+    )
+    p.add_argument(
+        "--ckpt",
+        type=cli.existing_file,
+        default=None,
+        help="checkpoint (default: checkpoints/<version>.safetensors)",
+    )
     cli.add_device_args(p)
     cli.add_lora_arg(p)
     return p
@@ -214,8 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     cli.setup_logging(args.verbose)
     options = dict(vars(args))
     loras = options.pop("lora")
-    return cli.run(lambda: print("\n".join(sample(**options, lora=loras))),
-                   prog="simple_video_sample.py")
+    return cli.run(
+        lambda: print("\n".join(sample(**options, lora=loras))), prog="simple_video_sample.py"
+    )
 
 
 if __name__ == "__main__":

@@ -11,8 +11,6 @@ never overwritten.
 
 from __future__ import annotations
 
-import sgm  # noqa: F401  (first: sets up imports before the heavy packages)
-
 import argparse
 import logging
 import sys
@@ -38,24 +36,37 @@ def sample(args: argparse.Namespace) -> list[Path]:
     polars, azimuths = sv4d.orbit_rad(sv4d.SV3D_VIEWS, args.elevations_deg, args.azimuths_deg)
     config = Path(args.config) if args.config else sv4d_cli.CONFIGS / "sv4d.yaml"
     sv4d_cli.check_window(sv4d_cli.load_config(config), config, N_TIME, N_VIEW)
-    sv3d_config = (Path(args.sv3d_config) if args.sv3d_config
-                   else sv4d_cli.CONFIGS / f"{args.sv3d_version}.yaml")
+    sv3d_config = (
+        Path(args.sv3d_config)
+        if args.sv3d_config
+        else sv4d_cli.CONFIGS / f"{args.sv3d_version}.yaml"
+    )
     sv4d_cli.load_config(sv3d_config)
     ckpt = sv4d_cli.check_checkpoint(args.ckpt or "checkpoints/sv4d.safetensors")
     sv3d_ckpt = sv4d_cli.check_checkpoint(
-        args.sv3d_ckpt or f"checkpoints/{args.sv3d_version}.safetensors", "--sv3d_ckpt")
+        args.sv3d_ckpt or f"checkpoints/{args.sv3d_version}.safetensors", "--sv3d_ckpt"
+    )
 
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
-    processed = sv4d_cli.prepare_input(frames, args.img_size, args.image_frame_ratio,
-                                       args.remove_bg)
+    processed = sv4d_cli.prepare_input(
+        frames, args.img_size, args.image_frame_ratio, args.remove_bg
+    )
     video = video_io.frames_to_tensor(processed)
 
     sv3d = sv4d_cli.load_engine(sv3d_config, sv3d_ckpt, args, sv4d.SV3D_VIEWS, half=False)
     camera = args.sv3d_version == "sv3d_p"
     reference = sv4d.sv3d_reference(
-        sv3d, video[0], polars if camera else None, azimuths if camera else None,
-        generator, args.decoding_t, args.fps_id, args.motion_bucket_id, args.cond_aug)
+        sv3d,
+        video[0],
+        polars if camera else None,
+        azimuths if camera else None,
+        generator,
+        args.decoding_t,
+        args.fps_id,
+        args.motion_bucket_id,
+        args.cond_aug,
+    )
     sv4d_cli.release(sv3d)
     del sv3d
 
@@ -64,15 +75,27 @@ def sample(args: argparse.Namespace) -> list[Path]:
         from sgm.lora import apply_lora_specs
 
         apply_lora_specs(model, args.lora)
-    grid = sv4d.sample_sv4d(model, video, reference, polars, azimuths, args.num_steps,
-                            generator, args.device, args.decoding_t, args.encoding_t,
-                            verbose=args.verbose)
+    grid = sv4d.sample_sv4d(
+        model,
+        video,
+        reference,
+        polars,
+        azimuths,
+        args.num_steps,
+        generator,
+        args.device,
+        args.decoding_t,
+        args.encoding_t,
+        verbose=args.verbose,
+    )
     sv4d_cli.release(model)
     del model
 
     first_frame = [grid[0][v] for v in range(N_VIEW + 1)]
-    videos = {"_process_input.mp4": sv4d_cli.uint8_video(processed),
-              "_t000.mp4": ((torch.stack(first_frame) + 1) / 2).clamp(0, 1)}
+    videos = {
+        "_process_input.mp4": sv4d_cli.uint8_video(processed),
+        "_t000.mp4": ((torch.stack(first_frame) + 1) / 2).clamp(0, 1),
+    }
     for v in range(1, N_VIEW + 1):
         videos[f"_v{v:03d}.mp4"] = sv4d.view_video(grid, v)
     videos["_diag.mp4"] = sv4d.diagonal_video(grid)
@@ -81,24 +104,39 @@ def sample(args: argparse.Namespace) -> list[Path]:
 
 def get_parser() -> argparse.ArgumentParser:
     """The original's flags (``--flag=value`` or ``--flag value``) plus device options."""
-    p = cli.ArgumentParser(prog="simple_video_sample_4d.py",
-                           description=__doc__.splitlines()[0])
-    sv4d_cli.add_common_args(p, {
-        "input_path": "assets/sv4d_videos/test_video1.mp4", "output_folder": "outputs/sv4d",
-        "num_steps": 20, "elevations_deg": 10.0, "image_frame_ratio": 0.917,
-    })
+    p = cli.ArgumentParser(prog="simple_video_sample_4d.py", description=__doc__.splitlines()[0])
+    sv4d_cli.add_common_args(
+        p,
+        {
+            "input_path": "assets/sv4d_videos/test_video1.mp4",
+            "output_folder": "outputs/sv4d",
+            "num_steps": 20,
+            "elevations_deg": 10.0,
+            "image_frame_ratio": 0.917,
+        },
+    )
     p.add_argument("--sv3d_version", choices=SV3D_VERSIONS, default="sv3d_u")
     p.add_argument("--fps_id", type=cli.non_negative_int, default=6, help="SV3D's fps_id")
-    p.add_argument("--motion_bucket_id", type=cli.non_negative_int, default=127,
-                   help="SV3D's motion_bucket_id")
-    p.add_argument("--cond_aug", type=cli.non_negative_float, default=1e-5,
-                   help="SV3D's conditioning noise")
-    p.add_argument("--ckpt", default=None,
-                   help="SV4D checkpoint (default: checkpoints/sv4d.safetensors)")
-    p.add_argument("--sv3d_config", type=cli.existing_file, default=None,
-                   help="SV3D config (default: the release's for --sv3d_version)")
-    p.add_argument("--sv3d_ckpt", default=None,
-                   help="SV3D checkpoint (default: checkpoints/<sv3d_version>.safetensors)")
+    p.add_argument(
+        "--motion_bucket_id", type=cli.non_negative_int, default=127, help="SV3D's motion_bucket_id"
+    )
+    p.add_argument(
+        "--cond_aug", type=cli.non_negative_float, default=1e-5, help="SV3D's conditioning noise"
+    )
+    p.add_argument(
+        "--ckpt", default=None, help="SV4D checkpoint (default: checkpoints/sv4d.safetensors)"
+    )
+    p.add_argument(
+        "--sv3d_config",
+        type=cli.existing_file,
+        default=None,
+        help="SV3D config (default: the release's for --sv3d_version)",
+    )
+    p.add_argument(
+        "--sv3d_ckpt",
+        default=None,
+        help="SV3D checkpoint (default: checkpoints/<sv3d_version>.safetensors)",
+    )
     return p
 
 
@@ -106,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     """Parse and check every flag, then sample; bad input: one line, exit code 2."""
     args = cli.parse(get_parser(), argv)
     cli.setup_logging(args.verbose)
-    return cli.run(lambda: print("\n".join(map(str, sample(args)))),
-                   prog="simple_video_sample_4d.py")
+    return cli.run(
+        lambda: print("\n".join(map(str, sample(args)))), prog="simple_video_sample_4d.py"
+    )
 
 
 if __name__ == "__main__":

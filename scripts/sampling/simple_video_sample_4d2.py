@@ -12,8 +12,6 @@ never overwritten.
 
 from __future__ import annotations
 
-import sgm  # noqa: F401  (first: sets up imports before the heavy packages)
-
 import argparse
 import logging
 import sys
@@ -36,15 +34,18 @@ def _release(model_path: Path, config: Path | None) -> tuple[object, Path]:
         if spec is None:
             raise InputError(
                 f"model file name {model_path.name} selects no config: name it "
-                "sv4d2.safetensors or sv4d2_8views.safetensors, or pass --config")
+                "sv4d2.safetensors or sv4d2_8views.safetensors, or pass --config"
+            )
         config = sv4d_cli.CONFIGS / f"{name}.yaml"
     loaded = sv4d_cli.load_config(config)
     if spec is None:
         spec = spec_of_config(loaded)
         if spec is None:
-            raise ConfigError(f"{config}: N_TIME x N_VIEW = {loaded.get('N_TIME')} x "
-                              f"{loaded.get('N_VIEW')} matches no SV4D 2.0 release "
-                              "(12 x 4 or 5 x 8)")
+            raise ConfigError(
+                f"{config}: N_TIME x N_VIEW = {loaded.get('N_TIME')} x "
+                f"{loaded.get('N_VIEW')} matches no SV4D 2.0 release "
+                "(12 x 4 or 5 x 8)"
+            )
     sv4d_cli.check_window(loaded, config, spec.n_time, spec.n_view)
     return spec, config
 
@@ -59,8 +60,9 @@ def sample(args: argparse.Namespace) -> list[Path]:
     model_path = Path(args.model_path)
     spec, config = _release(model_path, Path(args.config) if args.config else None)
     if args.n_frames < spec.n_time:
-        raise InputError(f"n_frames must be at least {spec.n_time} for {spec.name}, "
-                         f"got {args.n_frames}")
+        raise InputError(
+            f"n_frames must be at least {spec.n_time} for {spec.name}, got {args.n_frames}"
+        )
     frames = sv4d_cli.read_input(args.input_path, args.n_frames)
     azimuths_deg = args.azimuths_deg if args.azimuths_deg is not None else spec.azimuths_deg
     polars, azimuths = sv4d.orbit_rad(spec.n_view + 1, args.elevations_deg, azimuths_deg)
@@ -68,17 +70,28 @@ def sample(args: argparse.Namespace) -> list[Path]:
 
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
-    processed = sv4d_cli.prepare_input(frames, args.img_size, args.image_frame_ratio,
-                                       args.remove_bg)
+    processed = sv4d_cli.prepare_input(
+        frames, args.img_size, args.image_frame_ratio, args.remove_bg
+    )
     video = video_io.frames_to_tensor(processed)
     model = sv4d_cli.load_engine(config, ckpt, args, spec.n_frames, half=False)
     if args.lora:
         from sgm.lora import apply_lora_specs
 
         apply_lora_specs(model, args.lora)
-    grid = sv4d.sample_sv4d2(model, spec, video, polars, azimuths, args.num_steps,
-                             generator, args.device, args.decoding_t, args.encoding_t,
-                             verbose=args.verbose)
+    grid = sv4d.sample_sv4d2(
+        model,
+        spec,
+        video,
+        polars,
+        azimuths,
+        args.num_steps,
+        generator,
+        args.device,
+        args.decoding_t,
+        args.encoding_t,
+        verbose=args.verbose,
+    )
     sv4d_cli.release(model)
     del model
 
@@ -91,19 +104,28 @@ def sample(args: argparse.Namespace) -> list[Path]:
 
 def get_parser() -> argparse.ArgumentParser:
     """The original's flags (``--flag=value`` or ``--flag value``) plus device options."""
-    p = cli.ArgumentParser(prog="simple_video_sample_4d2.py",
-                           description=__doc__.splitlines()[0])
-    sv4d_cli.add_common_args(p, {
-        "input_path": "assets/sv4d_videos/camel.gif", "output_folder": "outputs",
-        "num_steps": 50, "elevations_deg": 0.0, "image_frame_ratio": 0.9,
-    })
-    p.add_argument("--model_path", default="checkpoints/sv4d2.safetensors",
-                   help="sv4d2.safetensors or sv4d2_8views.safetensors (the name picks "
-                        "the config)")
-    p.add_argument("--ckpt", dest="model_path", default=argparse.SUPPRESS,
-                   help="same as --model_path")
-    p.add_argument("--n_frames", type=cli.positive_int, default=21,
-                   help="input and output video frames")
+    p = cli.ArgumentParser(prog="simple_video_sample_4d2.py", description=__doc__.splitlines()[0])
+    sv4d_cli.add_common_args(
+        p,
+        {
+            "input_path": "assets/sv4d_videos/camel.gif",
+            "output_folder": "outputs",
+            "num_steps": 50,
+            "elevations_deg": 0.0,
+            "image_frame_ratio": 0.9,
+        },
+    )
+    p.add_argument(
+        "--model_path",
+        default="checkpoints/sv4d2.safetensors",
+        help="sv4d2.safetensors or sv4d2_8views.safetensors (the name picks the config)",
+    )
+    p.add_argument(
+        "--ckpt", dest="model_path", default=argparse.SUPPRESS, help="same as --model_path"
+    )
+    p.add_argument(
+        "--n_frames", type=cli.positive_int, default=21, help="input and output video frames"
+    )
     return p
 
 
@@ -111,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     """Parse and check every flag, then sample; bad input: one line, exit code 2."""
     args = cli.parse(get_parser(), argv)
     cli.setup_logging(args.verbose)
-    return cli.run(lambda: print("\n".join(map(str, sample(args)))),
-                   prog="simple_video_sample_4d2.py")
+    return cli.run(
+        lambda: print("\n".join(map(str, sample(args)))), prog="simple_video_sample_4d2.py"
+    )
 
 
 if __name__ == "__main__":

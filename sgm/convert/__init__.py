@@ -17,5 +17,4 @@ from .export import to_diffusers
 from .importer import released_config, to_sgm
 from .svd_keys import svd_unet_key_map, video_decoder_key_map
 
-__all__ = ["released_config", "svd_unet_key_map", "to_diffusers", "to_sgm",
-           "video_decoder_key_map"]
+__all__ = ["released_config", "svd_unet_key_map", "to_diffusers", "to_sgm", "video_decoder_key_map"]

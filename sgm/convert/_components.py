@@ -19,9 +19,13 @@ FAMILIES = {
     "sdxl_base": ["FrozenCLIPEmbedder", "FrozenOpenCLIPEmbedder2"]
     + ["ConcatTimestepEmbedderND"] * 3,
     "sdxl_refiner": ["FrozenOpenCLIPEmbedder2"] + ["ConcatTimestepEmbedderND"] * 3,
-    "svd": ["FrozenOpenCLIPImagePredictionEmbedder", "ConcatTimestepEmbedderND",
-            "ConcatTimestepEmbedderND", "VideoPredictionEmbedderWithEncoder",
-            "ConcatTimestepEmbedderND"],
+    "svd": [
+        "FrozenOpenCLIPImagePredictionEmbedder",
+        "ConcatTimestepEmbedderND",
+        "ConcatTimestepEmbedderND",
+        "VideoPredictionEmbedderWithEncoder",
+        "ConcatTimestepEmbedderND",
+    ],
 }
 PIPELINES = {
     "sd2": "StableDiffusionPipeline",
@@ -29,10 +33,18 @@ PIPELINES = {
     "sdxl_refiner": "StableDiffusionXLImg2ImgPipeline",
     "svd": "StableVideoDiffusionPipeline",
 }
-NETWORKS = {"sd2": "UNetModel", "sdxl_base": "UNetModel", "sdxl_refiner": "UNetModel",
-            "svd": "VideoUNet"}
-FIRST_STAGES = {"sd2": "AutoencoderKL", "sdxl_base": "AutoencoderKL",
-                "sdxl_refiner": "AutoencoderKL", "svd": "AutoencodingEngine"}
+NETWORKS = {
+    "sd2": "UNetModel",
+    "sdxl_base": "UNetModel",
+    "sdxl_refiner": "UNetModel",
+    "svd": "VideoUNet",
+}
+FIRST_STAGES = {
+    "sd2": "AutoencoderKL",
+    "sdxl_base": "AutoencoderKL",
+    "sdxl_refiner": "AutoencoderKL",
+    "svd": "AutoencodingEngine",
+}
 
 
 @dataclass
@@ -68,11 +80,15 @@ def family_of(engine: nn.Module) -> str:
     for family, expected in FAMILIES.items():
         if embedders == expected:
             if network != NETWORKS[family]:
-                raise ConfigError(f"network {network} is not supported with the {family} "
-                                  f"conditioner (expected {NETWORKS[family]})")
+                raise ConfigError(
+                    f"network {network} is not supported with the {family} "
+                    f"conditioner (expected {NETWORKS[family]})"
+                )
             if first != FIRST_STAGES[family]:
-                raise ConfigError(f"first stage {first} is not supported for {family} "
-                                  f"(expected {FIRST_STAGES[family]})")
+                raise ConfigError(
+                    f"first stage {first} is not supported for {family} "
+                    f"(expected {FIRST_STAGES[family]})"
+                )
             return family
     raise ConfigError(
         f"conditioner embedders [{', '.join(embedders)}] match no family diffusers has a "
@@ -81,8 +97,11 @@ def family_of(engine: nn.Module) -> str:
 
 
 def _time_embed_dim(engine: nn.Module, family: str) -> int | None:
-    sizes = [e.outdim for e in engine.conditioner.embedders
-             if type(e).__name__ == "ConcatTimestepEmbedderND"]
+    sizes = [
+        e.outdim
+        for e in engine.conditioner.embedders
+        if type(e).__name__ == "ConcatTimestepEmbedderND"
+    ]
     if not sizes:
         return None
     if len(set(sizes)) > 1:
@@ -98,8 +117,9 @@ def _unet(engine: nn.Module, params: Mapping[str, Any], family: str) -> Componen
         frames = guider.get("params", {}).get("num_frames", 14)
         config = net.video_unet_config(p, embed, frames)
         convert = functools.partial(net.convert_video_unet, num_res_blocks=p["num_res_blocks"])
-        return Component("unet", "diffusers", "UNetSpatioTemporalConditionModel", config,
-                         convert, (net.UNET,))
+        return Component(
+            "unet", "diffusers", "UNetSpatioTemporalConditionModel", config, convert, (net.UNET,)
+        )
     config = net.unet2d_config(p, embed)
     convert = functools.partial(net.convert_unet2d, config=config)
     return Component("unet", "diffusers", "UNet2DConditionModel", config, convert, (net.UNET,))
@@ -115,14 +135,15 @@ def _vae(engine: nn.Module, params: Mapping[str, Any], family: str) -> Component
     scale = params.get("scale_factor", 1.0)
     if family == "svd":
         index = [type(e).__name__ for e in engine.conditioner.embedders].index(
-            "VideoPredictionEmbedderWithEncoder")
+            "VideoPredictionEmbedderWithEncoder"
+        )
         encoder = f"conditioner.embedders.{index}.encoder."
         config = net.temporal_vae_config(dd, scale)
-        convert = functools.partial(net.convert_temporal_vae, config=config,
-                                    encoder_prefix=encoder)
+        convert = functools.partial(net.convert_temporal_vae, config=config, encoder_prefix=encoder)
         prefixes = (encoder + "encoder.", encoder + "quant_conv.", net.VAE + "decoder.")
-        return Component("vae", "diffusers", "AutoencoderKLTemporalDecoder", config, convert,
-                         prefixes)
+        return Component(
+            "vae", "diffusers", "AutoencoderKLTemporalDecoder", config, convert, prefixes
+        )
     embed_dim = params["first_stage_config"]["params"]["embed_dim"]
     config = net.vae_config(dd, embed_dim, scale)
     convert = functools.partial(net.convert_vae, config=config)
@@ -137,8 +158,16 @@ def _text_encoders(engine: nn.Module, family: str) -> list[Component]:
         if kind == "FrozenCLIPEmbedder":
             prefix = f"conditioner.embedders.{i}.transformer."
             convert = functools.partial(enc.convert_clip_text, prefix=prefix)
-            out.append(Component(names[len(out)], "transformers", "CLIPTextModel",
-                                 enc.clip_text_config(embedder), convert, (prefix,)))
+            out.append(
+                Component(
+                    names[len(out)],
+                    "transformers",
+                    "CLIPTextModel",
+                    enc.clip_text_config(embedder),
+                    convert,
+                    (prefix,),
+                )
+            )
         elif kind in ("FrozenOpenCLIPEmbedder", "FrozenOpenCLIPEmbedder2"):
             prefix = f"conditioner.embedders.{i}.model."
             layers = len(embedder.model.transformer.resblocks)
@@ -146,29 +175,45 @@ def _text_encoders(engine: nn.Module, family: str) -> list[Component]:
             # before the last block and has no projection.
             sd2 = family == "sd2"
             if sd2 and embedder.layer != "penultimate":
-                raise ConfigError("FrozenOpenCLIPEmbedder with layer 'last' has no "
-                                  "diffusers equivalent (SD 2.x reads 'penultimate')")
+                raise ConfigError(
+                    "FrozenOpenCLIPEmbedder with layer 'last' has no "
+                    "diffusers equivalent (SD 2.x reads 'penultimate')"
+                )
             keep = layers - 1 if sd2 else layers
-            convert = functools.partial(enc.convert_open_clip_text, prefix=prefix,
-                                        num_layers=keep, projection=not sd2)
-            out.append(Component(
-                names[len(out)], "transformers",
-                "CLIPTextModel" if sd2 else "CLIPTextModelWithProjection",
-                enc.open_clip_text_config(embedder, keep), convert, (prefix,), pad_token="!",
-            ))
+            convert = functools.partial(
+                enc.convert_open_clip_text, prefix=prefix, num_layers=keep, projection=not sd2
+            )
+            out.append(
+                Component(
+                    names[len(out)],
+                    "transformers",
+                    "CLIPTextModel" if sd2 else "CLIPTextModelWithProjection",
+                    enc.open_clip_text_config(embedder, keep),
+                    convert,
+                    (prefix,),
+                    pad_token="!",
+                )
+            )
     return out
 
 
 def _image_encoder(engine: nn.Module) -> Component:
     embedder = engine.conditioner.embedders[0].open_clip
     if embedder.max_crops > 0 or embedder.output_tokens:
-        raise ConfigError("FrozenOpenCLIPImageEmbedder with crops or token outputs has no "
-                          "diffusers equivalent")
+        raise ConfigError(
+            "FrozenOpenCLIPImageEmbedder with crops or token outputs has no diffusers equivalent"
+        )
     prefix = "conditioner.embedders.0.open_clip.model.visual."
     config = enc.open_clip_vision_config(embedder.model.visual)
     convert = functools.partial(enc.convert_image_encoder, prefix=prefix)
-    return Component("image_encoder", "transformers", "CLIPVisionModelWithProjection", config,
-                     convert, ("conditioner.embedders.0.open_clip.model.",))
+    return Component(
+        "image_encoder",
+        "transformers",
+        "CLIPVisionModelWithProjection",
+        config,
+        convert,
+        ("conditioner.embedders.0.open_clip.model.",),
+    )
 
 
 def layout(engine: nn.Module, params: Mapping[str, Any]) -> Layout:

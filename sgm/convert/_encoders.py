@@ -108,5 +108,6 @@ def nested_text_keys(model: nn.Module, state: Mapping[str, torch.Tensor]) -> Sta
     """The inverse of :func:`flat_text_keys`: a loaded model's keys as ``text_model.*``."""
     if hasattr(model, "text_model") or hasattr(model, "vision_model"):
         return dict(state)
-    return {k if k.startswith("text_projection") else f"text_model.{k}": v
-            for k, v in state.items()}
+    return {
+        k if k.startswith("text_projection") else f"text_model.{k}": v for k, v in state.items()
+    }

@@ -33,8 +33,10 @@ def _classes(component: Component) -> tuple[type, type | None]:
         return getattr(diffusers, component.class_name), None
     import transformers
 
-    return (getattr(transformers, component.class_name),
-            getattr(transformers, _CONFIG_CLASSES[component.class_name]))
+    return (
+        getattr(transformers, component.class_name),
+        getattr(transformers, _CONFIG_CLASSES[component.class_name]),
+    )
 
 
 def build_model(component: Component) -> nn.Module:
@@ -46,8 +48,9 @@ def build_model(component: Component) -> nn.Module:
         return cls(config_cls(**component.config))
 
 
-def save_component(component: Component, converted: Mapping[str, torch.Tensor],
-                   folder: Path) -> None:
+def save_component(
+    component: Component, converted: Mapping[str, torch.Tensor], folder: Path
+) -> None:
     """Load ``converted`` strictly into the component's model and save it to ``folder``."""
     model = build_model(component)
     if component.class_name.startswith("CLIPText"):
@@ -76,8 +79,10 @@ def check_component(folder: Path, component: Component) -> None:
     config = read_json(where / "config.json")
     found = config.get("_class_name") or (config.get("architectures") or [None])[0]
     if found != component.class_name:
-        raise InputError(f"{where}: {found or 'unknown class'} is not supported here "
-                         f"(expected {component.class_name})")
+        raise InputError(
+            f"{where}: {found or 'unknown class'} is not supported here "
+            f"(expected {component.class_name})"
+        )
     if not any(p.suffix in WEIGHT_SUFFIXES for p in where.iterdir()):
         raise InputError(f"{where}: no weights file (.safetensors or .bin)")
 
@@ -105,13 +110,17 @@ def load_component(folder: Path, component: Component) -> dict[str, torch.Tensor
     where = folder / component.name
     dtype = {"torch_dtype" if component.library == "diffusers" else "dtype": stored_dtype(where)}
     try:
-        model, info = cls.from_pretrained(str(where), local_files_only=True,
-                                          output_loading_info=True, **dtype)
+        model, info = cls.from_pretrained(
+            str(where), local_files_only=True, output_loading_info=True, **dtype
+        )
     except (OSError, ValueError, RuntimeError, KeyError) as error:
         message = " ".join(str(error).split())[:300]
         raise CheckpointError(f"{where}: cannot load {component.class_name}: {message}") from None
-    bad = [k for k in [*info.get("missing_keys", []), *info.get("unexpected_keys", [])]
-           if not k.endswith("position_ids")]
+    bad = [
+        k
+        for k in [*info.get("missing_keys", []), *info.get("unexpected_keys", [])]
+        if not k.endswith("position_ids")
+    ]
     bad += [k for k, *_ in info.get("mismatched_keys", [])]
     if bad:
         raise CheckpointError(f"{where}: weights missing or of the wrong shape: {sorted(bad)[:5]}")
@@ -154,4 +163,3 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-

@@ -42,15 +42,21 @@ def _check_unet(p: Mapping[str, Any], what: str) -> None:
     middle = p.get("transformer_depth_middle")
     last = depth[-1] if isinstance(depth, list) else depth
     if middle is not None and middle != last:
-        raise ConfigError(f"{what}: transformer_depth_middle={middle} differs from the last "
-                          f"level's depth {last}; diffusers' UNet has no such option")
+        raise ConfigError(
+            f"{what}: transformer_depth_middle={middle} differs from the last "
+            f"level's depth {last}; diffusers' UNet has no such option"
+        )
     context = p.get("context_dim")
     if isinstance(context, list) and len(set(context)) > 1:
-        raise ConfigError(f"{what}: context_dim {context} differs per level; diffusers' "
-                          "UNet has one cross-attention width")
+        raise ConfigError(
+            f"{what}: context_dim {context} differs per level; diffusers' "
+            "UNet has one cross-attention width"
+        )
     if p.get("disable_self_attentions") or p.get("num_attention_blocks"):
-        raise ConfigError(f"{what}: disable_self_attentions/num_attention_blocks are not "
-                          "supported by the conversion")
+        raise ConfigError(
+            f"{what}: disable_self_attentions/num_attention_blocks are not "
+            "supported by the conversion"
+        )
 
 
 def unet2d_config(p: Mapping[str, Any], time_embed_dim: int | None) -> dict[str, Any]:
@@ -76,14 +82,21 @@ def unet2d_config(p: Mapping[str, Any], time_embed_dim: int | None) -> dict[str,
     }
     num_classes = p.get("num_classes")
     if num_classes == "sequential" and time_embed_dim is not None:
-        config.update(addition_embed_type="text_time", addition_time_embed_dim=time_embed_dim,
-                      projection_class_embeddings_input_dim=p["adm_in_channels"])
+        config.update(
+            addition_embed_type="text_time",
+            addition_time_embed_dim=time_embed_dim,
+            projection_class_embeddings_input_dim=p["adm_in_channels"],
+        )
     elif num_classes == "sequential":
-        config.update(class_embed_type="projection",
-                      projection_class_embeddings_input_dim=p["adm_in_channels"])
+        config.update(
+            class_embed_type="projection",
+            projection_class_embeddings_input_dim=p["adm_in_channels"],
+        )
     elif num_classes is not None:
-        raise ConfigError(f"UNetModel: num_classes={num_classes!r} is not supported by the "
-                          "conversion (None or 'sequential')")
+        raise ConfigError(
+            f"UNetModel: num_classes={num_classes!r} is not supported by the "
+            "conversion (None or 'sequential')"
+        )
     return config
 
 
@@ -93,28 +106,34 @@ def convert_unet2d(state: Mapping[str, torch.Tensor], config: Mapping[str, Any])
     return convert_ldm_unet_checkpoint(_sub(state, UNET, UNET), dict(config))
 
 
-def video_unet_config(
-    p: Mapping[str, Any], time_embed_dim: int, num_frames: int
-) -> dict[str, Any]:
+def video_unet_config(p: Mapping[str, Any], time_embed_dim: int, num_frames: int) -> dict[str, Any]:
     """``UNetSpatioTemporalConditionModel`` config for an sgm ``VideoUNet``."""
     _check_unet(p, "VideoUNet")
-    expected = {"extra_ff_mix_layer": True, "use_spatial_context": True,
-                "merge_strategy": "learned_with_images", "video_kernel_size": [3, 1, 1],
-                "num_classes": "sequential"}
+    expected = {
+        "extra_ff_mix_layer": True,
+        "use_spatial_context": True,
+        "merge_strategy": "learned_with_images",
+        "video_kernel_size": [3, 1, 1],
+        "num_classes": "sequential",
+    }
     for key, value in expected.items():
         if p.get(key) != value:
-            raise ConfigError(f"VideoUNet: {key}={p.get(key)!r}; diffusers' "
-                              f"UNetSpatioTemporalConditionModel implements {value!r} only")
+            raise ConfigError(
+                f"VideoUNet: {key}={p.get(key)!r}; diffusers' "
+                f"UNetSpatioTemporalConditionModel implements {value!r} only"
+            )
     levels = _attention_levels(p)
     return {
         "sample_size": 96,
         "in_channels": p["in_channels"],
         "out_channels": p["out_channels"],
         "block_out_channels": [p["model_channels"] * m for m in p["channel_mult"]],
-        "down_block_types": ["CrossAttnDownBlockSpatioTemporal" if a else
-                             "DownBlockSpatioTemporal" for a in levels],
-        "up_block_types": ["CrossAttnUpBlockSpatioTemporal" if a else
-                           "UpBlockSpatioTemporal" for a in levels[::-1]],
+        "down_block_types": [
+            "CrossAttnDownBlockSpatioTemporal" if a else "DownBlockSpatioTemporal" for a in levels
+        ],
+        "up_block_types": [
+            "CrossAttnUpBlockSpatioTemporal" if a else "UpBlockSpatioTemporal" for a in levels[::-1]
+        ],
         "layers_per_block": p["num_res_blocks"],
         "cross_attention_dim": _context_dim(p),
         "num_attention_heads": _heads(p),
@@ -132,10 +151,13 @@ def convert_video_unet(state: Mapping[str, torch.Tensor], num_res_blocks: int) -
 
 def _check_ddconfig(dd: Mapping[str, Any], what: str) -> None:
     if dd.get("attn_resolutions"):
-        raise ConfigError(f"{what}: attn_resolutions={dd['attn_resolutions']}; diffusers' "
-                          "VAE has attention in the middle block only")
+        raise ConfigError(
+            f"{what}: attn_resolutions={dd['attn_resolutions']}; diffusers' "
+            "VAE has attention in the middle block only"
+        )
     if not dd.get("double_z", True) or dd.get("attn_type", "vanilla") not in (
-        "vanilla", "vanilla-xformers"
+        "vanilla",
+        "vanilla-xformers",
     ):
         raise ConfigError(f"{what}: only double_z VAEs with vanilla attention convert")
 
@@ -144,8 +166,10 @@ def vae_config(dd: Mapping[str, Any], embed_dim: int, scale_factor: float) -> di
     """``AutoencoderKL`` config for an sgm KL autoencoder with ``ddconfig`` ``dd``."""
     _check_ddconfig(dd, "first_stage_model")
     if embed_dim != dd["z_channels"]:
-        raise ConfigError(f"first_stage_model: embed_dim={embed_dim} differs from "
-                          f"z_channels={dd['z_channels']}; diffusers' VAE needs them equal")
+        raise ConfigError(
+            f"first_stage_model: embed_dim={embed_dim} differs from "
+            f"z_channels={dd['z_channels']}; diffusers' VAE needs them equal"
+        )
     levels = len(dd["ch_mult"])
     return {
         "in_channels": dd["in_channels"],
@@ -160,8 +184,9 @@ def vae_config(dd: Mapping[str, Any], embed_dim: int, scale_factor: float) -> di
     }
 
 
-def convert_vae(state: Mapping[str, torch.Tensor], config: Mapping[str, Any],
-                prefix: str = VAE) -> State:
+def convert_vae(
+    state: Mapping[str, torch.Tensor], config: Mapping[str, Any], prefix: str = VAE
+) -> State:
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
     return convert_ldm_vae_checkpoint(_sub(state, prefix, VAE), dict(config))

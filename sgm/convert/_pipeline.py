@@ -32,8 +32,10 @@ def scheduler_config(params: Mapping[str, Any], family: str) -> dict[str, Any]:
     denoiser = params["denoiser_config"]
     scaling = _short(denoiser["params"].get("scaling_config"))
     if scaling not in _PREDICTION:
-        raise ConfigError(f"denoiser scaling {scaling or '?'} has no diffusers prediction type "
-                          f"(supported: {', '.join(_PREDICTION)})")
+        raise ConfigError(
+            f"denoiser scaling {scaling or '?'} has no diffusers prediction type "
+            f"(supported: {', '.join(_PREDICTION)})"
+        )
     config: dict[str, Any] = {
         "_class_name": "EulerDiscreteScheduler",
         "num_train_timesteps": 1000,
@@ -49,24 +51,33 @@ def scheduler_config(params: Mapping[str, Any], family: str) -> dict[str, Any]:
     if family != "svd":
         disc = denoiser["params"].get("discretization_config", {})
         if _short(disc) != "LegacyDDPMDiscretization":
-            raise ConfigError(f"discretization {_short(disc) or '?'} is not supported for "
-                              "discrete denoisers (LegacyDDPMDiscretization)")
+            raise ConfigError(
+                f"discretization {_short(disc) or '?'} is not supported for "
+                "discrete denoisers (LegacyDDPMDiscretization)"
+            )
         p = disc.get("params", {})
-        config.update(beta_start=p.get("linear_start", 0.00085),
-                      beta_end=p.get("linear_end", 0.012),
-                      num_train_timesteps=p.get("num_timesteps", 1000))
+        config.update(
+            beta_start=p.get("linear_start", 0.00085),
+            beta_end=p.get("linear_end", 0.012),
+            num_train_timesteps=p.get("num_timesteps", 1000),
+        )
         return config
     sampler = params.get("sampler_config", {}).get("params", {})
     disc = sampler.get("discretization_config", {"target": "EDMDiscretization"})
     if _short(disc) != "EDMDiscretization":
-        raise ConfigError(f"discretization {_short(disc)} is not supported for SVD "
-                          "(EDMDiscretization)")
+        raise ConfigError(
+            f"discretization {_short(disc)} is not supported for SVD (EDMDiscretization)"
+        )
     p = disc.get("params", {})
     if p.get("rho", 7.0) != 7.0:
         raise ConfigError(f"EDMDiscretization rho={p['rho']}; diffusers' Karras sigmas use 7")
-    config.update(use_karras_sigmas=True, timestep_type="continuous",
-                  timestep_spacing="leading", sigma_min=p.get("sigma_min", 0.002),
-                  sigma_max=p.get("sigma_max", 80.0))
+    config.update(
+        use_karras_sigmas=True,
+        timestep_type="continuous",
+        timestep_spacing="leading",
+        sigma_min=p.get("sigma_min", 0.002),
+        sigma_max=p.get("sigma_max", 80.0),
+    )
     return config
 
 
@@ -74,20 +85,32 @@ def model_index(layout: Layout) -> dict[str, Any]:
     """``model_index.json`` of the pipeline."""
     import diffusers
 
-    index: dict[str, Any] = {"_class_name": layout.pipeline,
-                             "_diffusers_version": diffusers.__version__}
+    index: dict[str, Any] = {
+        "_class_name": layout.pipeline,
+        "_diffusers_version": diffusers.__version__,
+    }
     for component in layout.components:
         index[component.name] = [component.library, component.class_name]
         if component.name.startswith("text_encoder"):
             index[component.name.replace("text_encoder", "tokenizer")] = [
-                "transformers", "CLIPTokenizer"]
+                "transformers",
+                "CLIPTokenizer",
+            ]
     index["scheduler"] = ["diffusers", "EulerDiscreteScheduler"]
     if layout.family == "sd2":
-        index.update(safety_checker=[None, None], feature_extractor=[None, None],
-                     image_encoder=[None, None], requires_safety_checker=False)
+        index.update(
+            safety_checker=[None, None],
+            feature_extractor=[None, None],
+            image_encoder=[None, None],
+            requires_safety_checker=False,
+        )
     elif layout.family == "sdxl_refiner":
-        index.update(text_encoder=[None, None], tokenizer=[None, None],
-                     requires_aesthetics_score=True, force_zeros_for_empty_prompt=False)
+        index.update(
+            text_encoder=[None, None],
+            tokenizer=[None, None],
+            requires_aesthetics_score=True,
+            force_zeros_for_empty_prompt=False,
+        )
     elif layout.family == "sdxl_base":
         index.update(force_zeros_for_empty_prompt=True)
     elif layout.family == "svd":
@@ -119,7 +142,10 @@ def _feature_extractor(folder: Path) -> None:
     from ..modules.encoders._openclip import CLIP_MEAN, CLIP_STD
 
     processor = CLIPImageProcessor(
-        size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224},
-        image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD), resample=3,
+        size={"shortest_edge": 224},
+        crop_size={"height": 224, "width": 224},
+        image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
+        resample=3,
     )
     processor.save_pretrained(folder)

@@ -24,11 +24,19 @@ logger = logging.getLogger(__name__)
 
 def _check_aliases(state: dict[str, torch.Tensor], aliases: dict[str, str]) -> None:
     for copy, source in aliases.items():
-        differs = [k for k in state if k.startswith(copy)
-                   and not torch.equal(state[k], state[source + k[len(copy):]])]
+        differs = [
+            k
+            for k in state
+            if k.startswith(copy) and not torch.equal(state[k], state[source + k[len(copy) :]])
+        ]
         if differs:
-            logger.warning("%s* differs from %s*; the diffusers folder keeps only %s* (the "
-                           "weights sampling runs)", copy, source, source)
+            logger.warning(
+                "%s* differs from %s*; the diffusers folder keeps only %s* (the "
+                "weights sampling runs)",
+                copy,
+                source,
+                source,
+            )
 
 
 def unplaced_keys(plan: Layout, engine_shapes: dict[str, tuple[int, ...]]) -> list[str]:
@@ -37,8 +45,11 @@ def unplaced_keys(plan: Layout, engine_shapes: dict[str, tuple[int, ...]]) -> li
     for component in plan.components:
         read |= {entry.source for entry in trace(component.convert, engine_shapes).values()}
     derived = (*plan.aliases, "denoiser.")
-    return [k for k in engine_shapes if k not in read and not k.startswith(derived)
-            and not k.endswith("position_ids")]
+    return [
+        k
+        for k in engine_shapes
+        if k not in read and not k.startswith(derived) and not k.endswith("position_ids")
+    ]
 
 
 def to_diffusers(
@@ -64,8 +75,9 @@ def to_diffusers(
     state = remap_legacy_keys(load_state_dict(checkpoint), engine.state_dict().keys())
     report = compare_state_dict(engine, state)
     if not report.ok:
-        raise CheckpointError(f"{checkpoint} does not match {config}: "
-                              + "; ".join(report.summary().splitlines()[:3]))
+        raise CheckpointError(
+            f"{checkpoint} does not match {config}: " + "; ".join(report.summary().splitlines()[:3])
+        )
     _check_aliases(state, plan.aliases)
     with new_folder(output) as folder:
         for component in plan.components:

@@ -12,8 +12,14 @@ import torch
 
 from ..errors import CheckpointError, InputError
 from ._components import PIPELINES, Component, layout
-from ._engine import build_engine, denoiser_buffers, engine_params, load_config, shapes
-from ._engine import write_safetensors
+from ._engine import (
+    build_engine,
+    denoiser_buffers,
+    engine_params,
+    load_config,
+    shapes,
+    write_safetensors,
+)
 from ._folders import check_component, check_new_output, load_component, read_json
 from ._probe import KeyTable, check_bijection, invert, trace
 
@@ -33,9 +39,11 @@ def released_config(folder: str | os.PathLike) -> Path:
     if pipeline == "StableDiffusionPipeline":
         text = read_json(folder / "text_encoder" / "config.json")
         if text.get("hidden_size") != 1024:
-            raise InputError(f"{folder / 'text_encoder'}: {text.get('architectures')} with "
-                             f"hidden_size {text.get('hidden_size')} is not SD 2.x (1024); "
-                             "SD 1.x is not supported")
+            raise InputError(
+                f"{folder / 'text_encoder'}: {text.get('architectures')} with "
+                f"hidden_size {text.get('hidden_size')} is not SD 2.x (1024); "
+                "SD 1.x is not supported"
+            )
         scheduler = read_json(folder / "scheduler" / "scheduler_config.json")
         v = scheduler.get("prediction_type") == "v_prediction"
         name = "sd_2_1_768" if v else "sd_2_1"
@@ -45,8 +53,10 @@ def released_config(folder: str | os.PathLike) -> Path:
         frames = read_json(folder / "unet" / "config.json").get("num_frames", 14)
         name = "svd_xt" if frames == 25 else "svd"
     else:
-        raise InputError(f"{folder / 'model_index.json'}: pipeline {pipeline} is not supported "
-                         f"(supported: {', '.join(sorted(set(PIPELINES.values())))})")
+        raise InputError(
+            f"{folder / 'model_index.json'}: pipeline {pipeline} is not supported "
+            f"(supported: {', '.join(sorted(set(PIPELINES.values())))})"
+        )
     configs = Path(get_configs_path())
     for where in (configs / "inference", configs.parent / "scripts" / "sampling" / "configs"):
         if (where / f"{name}.yaml").is_file():
@@ -60,19 +70,24 @@ def _component_table(component: Component, engine_shapes: dict[str, tuple]) -> K
     return {k: v for k, v in table.items() if not k.endswith("position_ids")}
 
 
-def _import_component(folder: Path, component: Component, engine_shapes: dict[str, tuple]
-                      ) -> dict[str, torch.Tensor]:
+def _import_component(
+    folder: Path, component: Component, engine_shapes: dict[str, tuple]
+) -> dict[str, torch.Tensor]:
     table = _component_table(component, engine_shapes)
     weights = load_component(folder, component)
     where = folder / component.name
     missing, unexpected = sorted(set(table) - set(weights)), sorted(set(weights) - set(table))
     if missing or unexpected:
-        raise CheckpointError(f"{where}: does not match the config (missing {missing[:3]}, "
-                              f"unexpected {unexpected[:3]}); is --config the right one?")
+        raise CheckpointError(
+            f"{where}: does not match the config (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}); is --config the right one?"
+        )
     for key, entry in table.items():
         if tuple(weights[key].shape) != entry.shape:
-            raise CheckpointError(f"{where}: {key} has shape {tuple(weights[key].shape)}, the "
-                                  f"config expects {entry.shape}; is --config the right one?")
+            raise CheckpointError(
+                f"{where}: {key} has shape {tuple(weights[key].shape)}, the "
+                f"config expects {entry.shape}; is --config the right one?"
+            )
     sources = {e.source for e in table.values()}
     check_bijection(table, engine_shapes, set(engine_shapes) - sources)
     return invert(table, weights, engine_shapes)
@@ -110,8 +125,10 @@ def import_state(folder: Path, cfg: Any) -> tuple[dict[str, torch.Tensor], list[
     index = read_json(folder / "model_index.json")
     found, expected = index.get("_class_name"), plan.pipeline
     if found != expected and not (found in _XL and expected in _XL):
-        raise InputError(f"{folder / 'model_index.json'}: pipeline {found} does not match the "
-                         f"config ({plan.family}: {expected})")
+        raise InputError(
+            f"{folder / 'model_index.json'}: pipeline {found} does not match the "
+            f"config ({plan.family}: {expected})"
+        )
     for component in plan.components:
         check_component(folder, component)
     engine_shapes = shapes(engine.state_dict())
@@ -121,7 +138,7 @@ def import_state(folder: Path, cfg: Any) -> tuple[dict[str, torch.Tensor], list[
     for copy, source in plan.aliases.items():
         for key in engine_shapes:
             if key.startswith(copy):
-                state[key] = state[source + key[len(copy):]].clone()
+                state[key] = state[source + key[len(copy) :]].clone()
     dtype = Counter(v.dtype for v in state.values()).most_common(1)[0][0]
     if any(k.startswith("denoiser.") for k in engine_shapes):
         buffers = denoiser_buffers(cfg)
@@ -152,6 +169,9 @@ def to_sgm(
     cfg = load_config(config if config is not None else released_config(folder))
     state, unplaced = import_state(folder, cfg)
     if unplaced:
-        logger.info("not in the diffusers layout, written as constants or zeros (never read "
-                    "by sampling): %s", _prefixes(unplaced))
+        logger.info(
+            "not in the diffusers layout, written as constants or zeros (never read "
+            "by sampling): %s",
+            _prefixes(unplaced),
+        )
     return write_safetensors(state, output)

@@ -58,8 +58,13 @@ class DictLoader(pl.LightningDataModule):
         extra = {}
         if self.num_workers > 0:
             extra = dict(prefetch_factor=self.prefetch_factor, persistent_workers=True)
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, **extra)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            **extra,
+        )
 
     def train_dataloader(self) -> DataLoader:
         self._ensure()

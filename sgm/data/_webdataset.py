@@ -69,7 +69,7 @@ def _postprocessor(config: Any, where: str) -> Callable:
         try:
             import sdata  # noqa: F401
         except ImportError:
-            name = config["target"][len(SDATA_PREFIX):]
+            name = config["target"][len(SDATA_PREFIX) :]
             config = {**config, "target": f"sgm.data.mappers.{name}"}
     return instantiate_from_config(config, key=where)
 
@@ -88,8 +88,10 @@ def collate(samples: list[dict]) -> dict:
             batch[key] = torch.from_numpy(np.stack(values))
         elif isinstance(first, (bool, int, float, np.number)):
             batch[key] = torch.tensor(values)
-        elif isinstance(first, (list, tuple)) and first and all(
-            isinstance(v, (int, float)) for v in first
+        elif (
+            isinstance(first, (list, tuple))
+            and first
+            and all(isinstance(v, (int, float)) for v in first)
         ):
             batch[key] = torch.tensor(values)
         else:
@@ -104,16 +106,22 @@ def build_dataset(pipeline: dict, loader: dict, dummy: bool, where: str) -> Any:
     options = dict(pipeline.get("pipeline_config") or {})
     unknown = set(options) - set(PIPELINE_KEYS)
     if unknown:
-        raise ConfigError(f"{where}.datapipeline.pipeline_config: unknown keys "
-                          f"{sorted(unknown)}; accepted {list(PIPELINE_KEYS)}")
+        raise ConfigError(
+            f"{where}.datapipeline.pipeline_config: unknown keys "
+            f"{sorted(unknown)}; accepted {list(PIPELINE_KEYS)}"
+        )
     urls = expand_urls(pipeline.get("urls"), where)
     resampled = bool(options.get("resampled", False))
     shardshuffle = options.get("shardshuffle") or False
     dataset = wds.WebDataset(
-        urls, resampled=resampled, shardshuffle=False if resampled else shardshuffle,
+        urls,
+        resampled=resampled,
+        shardshuffle=False if resampled else shardshuffle,
         nodesplitter=None if resampled else wds.split_by_node,
-        workersplitter=wds.split_by_worker, empty_check=False,
-        handler=wds.warn_and_continue, seed=options.get("seed"),
+        workersplitter=wds.split_by_worker,
+        empty_check=False,
+        handler=wds.warn_and_continue,
+        seed=options.get("seed"),
     )
     if options.get("sample_shuffle"):
         dataset = dataset.shuffle(int(options["sample_shuffle"]))
@@ -123,8 +131,9 @@ def build_dataset(pipeline: dict, loader: dict, dummy: bool, where: str) -> Any:
         dataset = dataset.map(_postprocessor(config, f"{where}.datapipeline.postprocessors.{i}"))
     if dummy:
         dataset = _Repeat(dataset)
-    dataset = dataset.batched(int(loader["batch_size"]), collation_fn=collate,
-                              partial=bool(loader.get("partial", True)))
+    dataset = dataset.batched(
+        int(loader["batch_size"]), collation_fn=collate, partial=bool(loader.get("partial", True))
+    )
     for i, config in enumerate(pipeline.get("batch_postprocessors") or []):
         step = _postprocessor(config, f"{where}.datapipeline.batch_postprocessors.{i}")
         dataset = dataset.compose(wds.map(step))
@@ -158,10 +167,17 @@ def build_loader(pipeline: Any, loader: Any, dummy: bool = False, where: str = "
         raise ConfigError(f"{where}.loader: missing key 'batch_size'")
     unknown = set(loader) - set(LOADER_KEYS)
     if unknown:
-        raise ConfigError(f"{where}.loader: unknown keys {sorted(unknown)}; "
-                          f"accepted {list(LOADER_KEYS)}")
+        raise ConfigError(
+            f"{where}.loader: unknown keys {sorted(unknown)}; accepted {list(LOADER_KEYS)}"
+        )
     dataset = build_dataset(pipeline, loader, dummy, where)
     workers = int(loader.get("num_workers", 0))
     extra = {"prefetch_factor": loader.get("prefetch_factor", 2)} if workers > 0 else {}
-    return wds.WebLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                         pin_memory=bool(loader.get("pin_memory", False)), **extra)
+    return wds.WebLoader(
+        dataset,
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=bool(loader.get("pin_memory", False)),
+        **extra,
+    )

@@ -67,11 +67,14 @@ class CIFAR10Loader(DictLoader):
             logger.warning(
                 "CIFAR-10 python batches not found in %r (set data.params.root or $%s); "
                 "using the embedded animal-mnist silhouettes at 3x32x32 instead.",
-                self.root, ENV_VAR,
+                self.root,
+                ENV_VAR,
             )
             fallback = EmbeddedLoader(self.batch_size, dataset="animal", size=32, channels=3)
             return fallback._make_datasets()
-        made = [ImageLabelDataset(*read_batches(folder, names))
-                for names in (TRAIN_BATCHES, TEST_BATCHES)]
+        made = [
+            ImageLabelDataset(*read_batches(folder, names))
+            for names in (TRAIN_BATCHES, TEST_BATCHES)
+        ]
         logger.info("CIFAR-10 from %s: %d train, %d test", folder, *map(len, made))
         return made[0], made[1]

@@ -46,8 +46,9 @@ def _plain(config: Any) -> dict:
 def _check_split(name: str, config: dict) -> None:
     for key in ("datapipeline", "loader"):
         if key not in config:
-            raise ConfigError(f"data.params.{name}: missing key {key!r} "
-                              "(expected 'datapipeline' and 'loader')")
+            raise ConfigError(
+                f"data.params.{name}: missing key {key!r} (expected 'datapipeline' and 'loader')"
+            )
 
 
 class StableDataModuleFromConfig(pl.LightningDataModule):
@@ -80,8 +81,9 @@ class StableDataModuleFromConfig(pl.LightningDataModule):
         self.dummy = bool(dummy)
 
     def _build(self, config: dict, split: str) -> Any:
-        return build_loader(config["datapipeline"], config["loader"], dummy=self.dummy,
-                            where=f"data.params.{split}")
+        return build_loader(
+            config["datapipeline"], config["loader"], dummy=self.dummy, where=f"data.params.{split}"
+        )
 
     def train_dataloader(self) -> Any:
         return self._build(self.train_config, "train")

@@ -21,7 +21,16 @@ from ._safe_pickle import load_numpy_pickle
 logger = logging.getLogger(__name__)
 
 ANIMAL_CLASSES = (
-    "bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra",
+    "bear",
+    "bird",
+    "cat",
+    "cow",
+    "dog",
+    "elephant",
+    "giraffe",
+    "horse",
+    "sheep",
+    "zebra",
 )
 DIGIT_CLASSES = tuple(str(i) for i in range(10))
 EMBEDDED = ("animal", "digits")
@@ -98,8 +107,9 @@ class ImageLabelDataset(Dataset):
         elif x.ndim == 4 and x.shape[-1] in (1, 3):
             x = x.permute(0, 3, 1, 2)
         if size is not None and tuple(x.shape[-2:]) != (size, size):
-            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear",
-                                                antialias=True, align_corners=False)
+            x = torch.nn.functional.interpolate(
+                x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
             x = x.clamp(-1.0, 1.0)
         self.images = x.contiguous()
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))

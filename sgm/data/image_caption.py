@@ -53,16 +53,20 @@ def _pil(image: Any, sample: Mapping, field: str) -> Any:
             image = Image.open(io.BytesIO(image))
             image.load()
         except Exception as error:  # noqa: BLE001 - any decoder failure names the sample
-            raise InputError(f"{where(sample)}: field {field!r} is not a readable image "
-                             f"({error})") from None
+            raise InputError(
+                f"{where(sample)}: field {field!r} is not a readable image ({error})"
+            ) from None
     if not isinstance(image, Image.Image):
-        raise InputError(f"{where(sample)}: field {field!r} holds {type(image).__name__}, "
-                         "not an image (decode with 'pil' or leave it as bytes)")
+        raise InputError(
+            f"{where(sample)}: field {field!r} holds {type(image).__name__}, "
+            "not an image (decode with 'pil' or leave it as bytes)"
+        )
     return image.convert("RGB")
 
 
-def resize_crop(image: Any, target: tuple[int, int], random_crop: bool,
-                rng: random.Random) -> tuple[torch.Tensor, list[int]]:
+def resize_crop(
+    image: Any, target: tuple[int, int], random_crop: bool, rng: random.Random
+) -> tuple[torch.Tensor, list[int]]:
     """Resize ``image`` (PIL) so it covers ``target`` (H, W), crop to it; the tensor
     (3, H, W) in [-1, 1] and the crop's ``[top, left]`` in the resized image."""
     from PIL import Image
@@ -92,9 +96,14 @@ class ImageCaptionSample:
         seed: seed of the crop positions (``None``: from the global ``random``).
     """
 
-    def __init__(self, size: int | Sequence[int] = 1024,
-                 image_keys: Sequence[str] = IMAGE_KEYS, caption_key: str = "txt",
-                 random_crop: bool = True, seed: int | None = None):
+    def __init__(
+        self,
+        size: int | Sequence[int] = 1024,
+        image_keys: Sequence[str] = IMAGE_KEYS,
+        caption_key: str = "txt",
+        random_crop: bool = True,
+        seed: int | None = None,
+    ):
         self.size = _size(size)
         self.image_keys = tuple(image_keys)
         self.caption_key = caption_key

@@ -24,8 +24,10 @@ def _image_hw(image: Any) -> tuple[int, int]:
 
 def _get(sample: Mapping, key: str) -> Any:
     if key not in sample:
-        raise InputError(f"sample {sample.get('__key__', '?')!r} has no key {key!r}; "
-                         f"it has {sorted(k for k in sample if not k.startswith('__'))}")
+        raise InputError(
+            f"sample {sample.get('__key__', '?')!r} has no key {key!r}; "
+            f"it has {sorted(k for k in sample if not k.startswith('__'))}"
+        )
     return sample[key]
 
 
@@ -36,8 +38,12 @@ class TorchVisionImageTransforms:
     as ``[height, width]`` unless the sample already has it.
     """
 
-    def __init__(self, transforms: Sequence[Any], key: str = "jpg",
-                 original_size_key: str = "original_size_as_tuple"):
+    def __init__(
+        self,
+        transforms: Sequence[Any],
+        key: str = "jpg",
+        original_size_key: str = "original_size_as_tuple",
+    ):
         from ..util import instantiate_from_config
 
         self.key = key
@@ -64,11 +70,15 @@ class Rescaler:
     def __call__(self, sample: dict) -> dict:
         x = _get(sample, self.key)
         if not isinstance(x, torch.Tensor):
-            raise InputError(f"Rescaler expects a tensor under {self.key!r}, got "
-                             f"{type(x).__name__}; put ToTensor before it")
+            raise InputError(
+                f"Rescaler expects a tensor under {self.key!r}, got "
+                f"{type(x).__name__}; put ToTensor before it"
+            )
         if self.strict and x.numel() and (x.min() < 0.0 or x.max() > 1.0):
-            raise InputError(f"Rescaler expects values in [0, 1] under {self.key!r}, got "
-                             f"[{float(x.min()):.3f}, {float(x.max()):.3f}]")
+            raise InputError(
+                f"Rescaler expects values in [0, 1] under {self.key!r}, got "
+                f"[{float(x.min()):.3f}, {float(x.max()):.3f}]"
+            )
         sample[self.key] = x * 2.0 - 1.0
         return sample
 
@@ -82,8 +92,13 @@ class AddOriginalImageSizeAsTupleAndCropToSquare:
     (random, or centred with ``random_crop=False``).
     """
 
-    def __init__(self, h_key: str = "height", w_key: str = "width", key: str = "jpg",
-                 random_crop: bool = True):
+    def __init__(
+        self,
+        h_key: str = "height",
+        w_key: str = "width",
+        key: str = "jpg",
+        random_crop: bool = True,
+    ):
         self.h_key, self.w_key, self.key = h_key, w_key, key
         self.random_crop = random_crop
 
@@ -104,6 +119,6 @@ class AddOriginalImageSizeAsTupleAndCropToSquare:
             top, left = random.randint(0, height - side), random.randint(0, width - side)
         else:
             top, left = (height - side) // 2, (width - side) // 2
-        sample[self.key] = image[..., top:top + side, left:left + side]
+        sample[self.key] = image[..., top : top + side, left : left + side]
         sample["crop_coords_top_left"] = [top, left]
         return sample

@@ -31,7 +31,7 @@ def read_idx(path: Path) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise InputError(f"{path}: not an unsigned-byte idx file")
     ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
         raise InputError(f"{path}: expected {shape} bytes of data, found {data.size}")
@@ -98,7 +98,8 @@ class MNISTLoader(DictLoader):
             logger.warning(
                 "MNIST idx files not found in %r (set data.params.root or $%s); using the "
                 "embedded animal-mnist silhouettes (28x28, 10 classes) instead.",
-                self.root, ENV_VAR,
+                self.root,
+                ENV_VAR,
             )
             fallback = EmbeddedLoader(self.batch_size, dataset="animal")
             return fallback._make_datasets()

@@ -54,12 +54,15 @@ def _video_info(data: bytes) -> dict[str, Any]:
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.video[0]
         first = next(container.decode(stream))
-        return {"width": first.width, "height": first.height,
-                "fps": float(stream.average_rate or 0), "frames": int(stream.frames or 0)}
+        return {
+            "width": first.width,
+            "height": first.height,
+            "fps": float(stream.average_rate or 0),
+            "frames": int(stream.frames or 0),
+        }
 
 
-def read_sample(path: Path, source: Path, videos: bool,
-                caption_ext: str) -> dict[str, bytes]:
+def read_sample(path: Path, source: Path, videos: bool, caption_ext: str) -> dict[str, bytes]:
     """The tar members of one sample (without key); raises ``InputError`` if unreadable."""
     try:
         data = path.read_bytes()
@@ -67,8 +70,10 @@ def read_sample(path: Path, source: Path, videos: bool,
     except Exception as error:  # noqa: BLE001 - whatever the decoder says, the file is skipped
         raise InputError(f"{path}: unreadable ({type(error).__name__}: {error})") from None
     info["path"] = str(path.relative_to(source))
-    members = {path.suffix.lower().lstrip("."): data,
-               "json": json.dumps(info, sort_keys=True).encode()}
+    members = {
+        path.suffix.lower().lstrip("."): data,
+        "json": json.dumps(info, sort_keys=True).encode(),
+    }
     caption = path.with_suffix("." + caption_ext)
     if caption.is_file():
         members[caption_ext] = caption.read_bytes()
@@ -83,8 +88,14 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _readable(files: list[Path], source: Path, videos: bool, caption_ext: str,
-              report: PackReport, progress: Any) -> Iterator[dict[str, bytes]]:
+def _readable(
+    files: list[Path],
+    source: Path,
+    videos: bool,
+    caption_ext: str,
+    report: PackReport,
+    progress: Any,
+) -> Iterator[dict[str, bytes]]:
     for path in files:
         try:
             yield read_sample(path, source, videos, caption_ext)
@@ -95,9 +106,16 @@ def _readable(files: list[Path], source: Path, videos: bool, caption_ext: str,
             progress.update(1)
 
 
-def pack_folder(source: str | os.PathLike, output: str | os.PathLike, videos: bool = False,
-                max_count: int = 1000, max_bytes: int = 1 << 30, prefix: str = "shard",
-                caption_ext: str = "txt", progress: bool = True) -> PackReport:
+def pack_folder(
+    source: str | os.PathLike,
+    output: str | os.PathLike,
+    videos: bool = False,
+    max_count: int = 1000,
+    max_bytes: int = 1 << 30,
+    prefix: str = "shard",
+    caption_ext: str = "txt",
+    progress: bool = True,
+) -> PackReport:
     """Pack ``source`` into shards of at most ``max_count`` samples / ``max_bytes`` bytes."""
     from tqdm import tqdm
 
@@ -107,11 +125,13 @@ def pack_folder(source: str | os.PathLike, output: str | os.PathLike, videos: bo
     files = find_media(source, videos)
     if not files:
         kind = "videos" if videos else "images"
-        raise InputError(f"no {kind} ({', '.join(VIDEO_EXTS if videos else IMAGE_EXTS)}) "
-                         f"found under {source}")
+        raise InputError(
+            f"no {kind} ({', '.join(VIDEO_EXTS if videos else IMAGE_EXTS)}) found under {source}"
+        )
     if output.exists() and any(output.glob(f"{prefix}-*.tar")):
-        raise InputError(f"{output} already holds {prefix}-*.tar shards; choose another "
-                         "folder or --prefix")
+        raise InputError(
+            f"{output} already holds {prefix}-*.tar shards; choose another folder or --prefix"
+        )
     report = PackReport()
     with tqdm(total=len(files), unit="file", disable=not progress) as bar:
         samples = _readable(files, source, videos, caption_ext, report, bar)

@@ -46,6 +46,11 @@ class EmbeddedLoader(DictLoader):
             if self.channels != 1:
                 ds.images = ds.images.expand(-1, self.channels, -1, -1).contiguous()
             made.append(ds)
-        logger.info("embedded dataset %r: %d train, %d validation images of %s",
-                    self.dataset, len(train), len(val), tuple(made[0].images.shape[1:]))
+        logger.info(
+            "embedded dataset %r: %d train, %d validation images of %s",
+            self.dataset,
+            len(train),
+            len(val),
+            tuple(made[0].images.shape[1:]),
+        )
         return made[0], made[1]

@@ -36,13 +36,21 @@ def _av():
     try:
         import av
     except ImportError as error:
-        raise ImportError("decoding video shards needs PyAV: pip install 'sgm[video-data]'"
-                          ) from error
+        raise ImportError(
+            "decoding video shards needs PyAV: pip install 'sgm[video-data]'"
+        ) from error
     return av
 
 
-def decode_frames(data: bytes, sample: Mapping, field: str, num_frames: int, fps: float,
-                  rng: random.Random, random_start: bool) -> tuple[np.ndarray, float]:
+def decode_frames(
+    data: bytes,
+    sample: Mapping,
+    field: str,
+    num_frames: int,
+    fps: float,
+    rng: random.Random,
+    random_start: bool,
+) -> tuple[np.ndarray, float]:
     """``num_frames`` RGB frames (T, H, W, 3) ``1/fps`` seconds apart; and the source fps.
 
     When the container states its frame count, decoding stops after the last frame used.
@@ -64,30 +72,34 @@ def decode_frames(data: bytes, sample: Mapping, field: str, num_frames: int, fps
                 if start is not None and len(frames) >= start + needed:
                     break
     except (av.error.FFmpegError, IndexError, ValueError) as error:
-        raise InputError(f"{where(sample)}: field {field!r} is not a readable video "
-                         f"({error})") from None
+        raise InputError(
+            f"{where(sample)}: field {field!r} is not a readable video ({error})"
+        ) from None
     if len(frames) < needed:
         raise InputError(
             f"{where(sample)}: video has {len(frames)} frames at {source_fps:g} fps, shorter "
-            f"than the clip ({num_frames} frames at {fps:g} fps need {needed})")
+            f"than the clip ({num_frames} frames at {fps:g} fps need {needed})"
+        )
     if start is None or start + needed > len(frames):
         start = rng.randint(0, len(frames) - needed) if random_start else 0
     index = [start + math.floor(i * step) for i in range(num_frames)]
     return np.stack([frames[i] for i in index]), source_fps
 
 
-def _resize_crop(frames: np.ndarray, size: tuple[int, int], random_crop: bool,
-                 rng: random.Random) -> torch.Tensor:
+def _resize_crop(
+    frames: np.ndarray, size: tuple[int, int], random_crop: bool, rng: random.Random
+) -> torch.Tensor:
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     th, tw = size
     height, width = x.shape[-2:]
     scale = max(th / height, tw / width)
     rh, rw = max(th, round(height * scale)), max(tw, round(width * scale))
-    x = torch.nn.functional.interpolate(x, size=(rh, rw), mode="bilinear", antialias=True,
-                                        align_corners=False)
+    x = torch.nn.functional.interpolate(
+        x, size=(rh, rw), mode="bilinear", antialias=True, align_corners=False
+    )
     top = rng.randint(0, rh - th) if random_crop else (rh - th) // 2
     left = rng.randint(0, rw - tw) if random_crop else (rw - tw) // 2
-    return x[..., top:top + th, left:left + tw].clamp(-1.0, 1.0).contiguous()
+    return x[..., top : top + th, left : left + tw].clamp(-1.0, 1.0).contiguous()
 
 
 class VideoClipSample:
@@ -104,10 +116,18 @@ class VideoClipSample:
         seed: seed of those choices and of the conditioning noise.
     """
 
-    def __init__(self, num_frames: int = 14, fps: float = 6, size: int | Sequence[int] = (576, 1024),
-                 motion_bucket_id: int = 127, cond_aug: float | Mapping[str, float] = 0.02,
-                 video_keys: Sequence[str] = VIDEO_KEYS, random_start: bool = True,
-                 random_crop: bool = True, seed: int | None = None):
+    def __init__(
+        self,
+        num_frames: int = 14,
+        fps: float = 6,
+        size: int | Sequence[int] = (576, 1024),
+        motion_bucket_id: int = 127,
+        cond_aug: float | Mapping[str, float] = 0.02,
+        video_keys: Sequence[str] = VIDEO_KEYS,
+        random_start: bool = True,
+        random_crop: bool = True,
+        seed: int | None = None,
+    ):
         if int(num_frames) <= 0 or not float(fps) > 0:
             raise ConfigError(f"num_frames and fps must be positive, got {num_frames}, {fps}")
         self.num_frames, self.fps = int(num_frames), float(fps)
@@ -122,8 +142,11 @@ class VideoClipSample:
     def _cond_aug(self) -> float:
         if isinstance(self.cond_aug, float):
             return self.cond_aug
-        return math.exp(self.rng.gauss(float(self.cond_aug.get("p_mean", -3.0)),
-                                       float(self.cond_aug.get("p_std", 0.5))))
+        return math.exp(
+            self.rng.gauss(
+                float(self.cond_aug.get("p_mean", -3.0)), float(self.cond_aug.get("p_std", 0.5))
+            )
+        )
 
     def __call__(self, sample: dict) -> dict:
         key = next((k for k in self.video_keys if k in sample), None)
@@ -132,8 +155,9 @@ class VideoClipSample:
         data = sample[key]
         if not isinstance(data, (bytes, bytearray)):
             raise InputError(f"{where(sample)}: field {key!r} must stay undecoded bytes")
-        frames, _ = decode_frames(bytes(data), sample, key, self.num_frames, self.fps,
-                                  self.rng, self.random_start)
+        frames, _ = decode_frames(
+            bytes(data), sample, key, self.num_frames, self.fps, self.rng, self.random_start
+        )
         clip = _resize_crop(frames, self.size, self.random_crop, self.rng)
         meta = sample.get("json") if isinstance(sample.get("json"), Mapping) else {}
         cond_aug = self._cond_aug()
@@ -156,16 +180,20 @@ class FlattenVideoBatch:
     numbers repeated per frame; ``num_video_frames = T``; ``image_only_indicator``
     zeros ``(B, T)``. Conditioning frames stay one per clip."""
 
-    def __init__(self, frames_key: str = "frames",
-                 per_frame_keys: Sequence[str] = ("fps_id", "motion_bucket_id", "cond_aug")):
+    def __init__(
+        self,
+        frames_key: str = "frames",
+        per_frame_keys: Sequence[str] = ("fps_id", "motion_bucket_id", "cond_aug"),
+    ):
         self.frames_key = frames_key
         self.per_frame_keys = tuple(per_frame_keys)
 
     def __call__(self, batch: dict) -> dict:
         clips = batch[self.frames_key]
         if clips.ndim != 5:
-            raise InputError(f"{self.frames_key!r} must be (B, T, C, H, W), got "
-                             f"{tuple(clips.shape)}")
+            raise InputError(
+                f"{self.frames_key!r} must be (B, T, C, H, W), got {tuple(clips.shape)}"
+            )
         b, t = clips.shape[:2]
         batch[self.frames_key] = clips.reshape(b * t, *clips.shape[2:])
         for key in self.per_frame_keys:

@@ -26,15 +26,20 @@ def grid_video(grid: list, rows: int = 3) -> torch.Tensor:
     cols = -(-len(views) // rows)
     while len(views) < rows * cols:
         views.append(torch.ones_like(views[0]))
-    lines = [torch.cat(views[r * cols:(r + 1) * cols], dim=-1) for r in range(rows)]
+    lines = [torch.cat(views[r * cols : (r + 1) * cols], dim=-1) for r in range(rows)]
     return torch.cat(lines, dim=-2)
 
 
 class Sv4dApp:
     """The page's models and handler, independent of the widgets."""
 
-    def __init__(self, options: DemoOptions, img_size: int = 576, sv3d_version: str = "sv3d_u",
-                 low_vram: bool = False) -> None:
+    def __init__(
+        self,
+        options: DemoOptions,
+        img_size: int = 576,
+        sv3d_version: str = "sv3d_u",
+        low_vram: bool = False,
+    ) -> None:
         from ..inference.sv4d import check_size
 
         check_size(img_size)
@@ -43,9 +48,14 @@ class Sv4dApp:
         self.options, self.img_size, self.low_vram = options, img_size, low_vram
         self.sv3d_version = sv3d_version
         self.sv4d_files = model_files("sv4d", "sv4d.yaml", "sv4d.safetensors", CONFIGS, options)
-        self.sv3d_files = model_files(sv3d_version, f"{sv3d_version}.yaml",
-                                      f"{sv3d_version}.safetensors", CONFIGS, options,
-                                      selected=False)
+        self.sv3d_files = model_files(
+            sv3d_version,
+            f"{sv3d_version}.yaml",
+            f"{sv3d_version}.safetensors",
+            CONFIGS,
+            options,
+            selected=False,
+        )
         self.models: dict[str, Any] = {}
         self.lock = threading.Lock()
 
@@ -62,13 +72,24 @@ class Sv4dApp:
             files = self.sv4d_files if name == "sv4d" else self.sv3d_files
             frames = 40 if name == "sv4d" else 21
             self.models[name] = load_video_model(
-                files.config, files.ckpt, resolve_device(self.options.device),
-                num_frames=frames, num_steps=20, offload=self.low_vram)
+                files.config,
+                files.ckpt,
+                resolve_device(self.options.device),
+                num_frames=frames,
+                num_steps=20,
+                offload=self.low_vram,
+            )
         return self.models[name]
 
-    def sample(self, video: str | None, seed: int = 23, num_steps: int = 20,
-               encoding_t: int = 8, decoding_t: int = 4, remove_bg: bool = False
-               ) -> tuple[str, str]:
+    def sample(
+        self,
+        video: str | None,
+        seed: int = 23,
+        num_steps: int = 20,
+        encoding_t: int = 8,
+        decoding_t: int = 4,
+        remove_bg: bool = False,
+    ) -> tuple[str, str]:
         """Sample; returns (SV3D views mp4, 3 x 3 grid mp4). Bad input raises ``SgmError``
         before a model is touched."""
         from ..inference import sv4d, sv4d_cli, video_io
@@ -76,8 +97,11 @@ class Sv4dApp:
 
         if not video:
             raise InputError("no input video: upload a gif or mp4 first")
-        for name, value in (("num_steps", num_steps), ("encoding_t", encoding_t),
-                            ("decoding_t", decoding_t)):
+        for name, value in (
+            ("num_steps", num_steps),
+            ("encoding_t", encoding_t),
+            ("decoding_t", decoding_t),
+        ):
             if int(value) < 1:
                 raise InputError(f"{name} must be at least 1, got {value}")
         if self.problem:
@@ -93,17 +117,34 @@ class Sv4dApp:
         camera = self.sv3d_version == "sv3d_p"
         with self.lock:
             reference = sv4d.sv3d_reference(
-                self._model("sv3d"), tensor[0], polars if camera else None,
-                azimuths if camera else None, generator, int(decoding_t),
-                num_steps=int(num_steps))
-            grid = sv4d.sample_sv4d(self._model("sv4d"), tensor, reference, polars, azimuths,
-                                    int(num_steps), generator, device, int(decoding_t),
-                                    int(encoding_t))
+                self._model("sv3d"),
+                tensor[0],
+                polars if camera else None,
+                azimuths if camera else None,
+                generator,
+                int(decoding_t),
+                num_steps=int(num_steps),
+            )
+            grid = sv4d.sample_sv4d(
+                self._model("sv4d"),
+                tensor,
+                reference,
+                polars,
+                azimuths,
+                int(num_steps),
+                generator,
+                device,
+                int(decoding_t),
+                int(encoding_t),
+            )
             first = [grid[0][v] for v in range(len(grid[0]))]
-            videos = {"_t000.mp4": ((torch.stack(first) + 1) / 2).clamp(0, 1),
-                      "_grid.mp4": grid_video(grid)}
-            written = sv4d_cli.write_videos(Path(self.options.outputs) / "sv4d", videos,
-                                            per_run=len(videos))
+            videos = {
+                "_t000.mp4": ((torch.stack(first) + 1) / 2).clamp(0, 1),
+                "_grid.mp4": grid_video(grid),
+            }
+            written = sv4d_cli.write_videos(
+                Path(self.options.outputs) / "sv4d", videos, per_run=len(videos)
+            )
         return str(written[0]), str(written[1])
 
 
@@ -112,11 +153,13 @@ def build_demo(app: Sv4dApp) -> Any:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
-    def run(video: Any, seed: float, steps: float, encoding_t: float, decoding_t: float,
-            remove_bg: bool) -> tuple:
+    def run(
+        video: Any, seed: float, steps: float, encoding_t: float, decoding_t: float, remove_bg: bool
+    ) -> tuple:
         try:
-            return app.sample(video, int(seed), int(steps), int(encoding_t), int(decoding_t),
-                              bool(remove_bg))
+            return app.sample(
+                video, int(seed), int(steps), int(encoding_t), int(decoding_t), bool(remove_bg)
+            )
         except SgmError as error:
             raise gr.Error(str(error)) from None
 
@@ -137,6 +180,10 @@ def build_demo(app: Sv4dApp) -> Any:
             encoding_t = gr.Slider(1, 40, value=8, step=1, label="Frames encoded at a time")
             decoding_t = gr.Slider(1, 14, value=4, step=1, label="Frames decoded at a time")
             remove_bg = gr.Checkbox(value=False, label="Remove background (rembg)")
-        generate.click(fn=run, inputs=[video, seed, steps, encoding_t, decoding_t, remove_bg],
-                       outputs=[views, result], api_name="sv4d")
+        generate.click(
+            fn=run,
+            inputs=[video, seed, steps, encoding_t, decoding_t, remove_bg],
+            outputs=[views, result],
+            api_name="sv4d",
+        )
     return demo

@@ -31,14 +31,27 @@ MAX_SEED = 2**63 - 1
 class SvdApp:
     """The page's model and handlers, independent of the widgets."""
 
-    def __init__(self, options: DemoOptions, width: int = 1024, height: int = 576,
-                 frames: int | None = None, steps: int | None = None, decoding_t: int = 7,
-                 low_vram: bool = False) -> None:
+    def __init__(
+        self,
+        options: DemoOptions,
+        width: int = 1024,
+        height: int = 576,
+        frames: int | None = None,
+        steps: int | None = None,
+        decoding_t: int = 7,
+        low_vram: bool = False,
+    ) -> None:
         spec = VIDEO_VERSIONS[VERSION]
         self.options, self.low_vram = options, low_vram
         self.files = video_model(VERSION, options)
-        self.base = VideoRequest(VERSION, width, height, frames or spec.frames,
-                                 steps or spec.steps, decoding_t=decoding_t)
+        self.base = VideoRequest(
+            VERSION,
+            width,
+            height,
+            frames or spec.frames,
+            steps or spec.steps,
+            decoding_t=decoding_t,
+        )
         check_video_request(self.base)
         self.model: Any = None
         self.lock = threading.Lock()
@@ -54,8 +67,14 @@ class SvdApp:
             return None
         return fit_image(image, self.base.width, self.base.height)
 
-    def sample(self, image: Any, seed: int | None = None, randomize_seed: bool = True,
-               motion_bucket_id: int = 127, fps_id: int = 6) -> tuple[str, int]:
+    def sample(
+        self,
+        image: Any,
+        seed: int | None = None,
+        randomize_seed: bool = True,
+        motion_bucket_id: int = 127,
+        fps_id: int = 6,
+    ) -> tuple[str, int]:
         """Sample a video; returns (mp4 path, seed used). Bad input raises ``SgmError``
         before the model is touched."""
         if randomize_seed or seed is None:
@@ -65,9 +84,14 @@ class SvdApp:
             from ..errors import CheckpointError
 
             raise CheckpointError(problem)
-        request = VideoRequest(**{**self.base.__dict__, "seed": int(seed),
-                                  "motion_bucket_id": int(motion_bucket_id),
-                                  "fps": int(fps_id) + 1})
+        request = VideoRequest(
+            **{
+                **self.base.__dict__,
+                "seed": int(seed),
+                "motion_bucket_id": int(motion_bucket_id),
+                "fps": int(fps_id) + 1,
+            }
+        )
         check_video_request(request)
         tensor = input_tensor(image, request)
         with self.lock:
@@ -109,11 +133,27 @@ def build_demo(app: SvdApp) -> Any:
         with gr.Accordion("Advanced options", open=False):
             seed = gr.Slider(0, MAX_SEED, value=42, step=1, label="Seed")
             randomize = gr.Checkbox(value=True, label="Randomize seed")
-            motion = gr.Slider(1, 255, value=127, step=1, label="Motion bucket id",
-                               info="how much motion: higher is more")
-            fps = gr.Slider(5, 30, value=6, step=1, label="Frames per second",
-                            info="the video's frame rate (conditioning fps_id)")
+            motion = gr.Slider(
+                1,
+                255,
+                value=127,
+                step=1,
+                label="Motion bucket id",
+                info="how much motion: higher is more",
+            )
+            fps = gr.Slider(
+                5,
+                30,
+                value=6,
+                step=1,
+                label="Frames per second",
+                info="the video's frame rate (conditioning fps_id)",
+            )
         image.upload(fn=resize, inputs=image, outputs=image, queue=False)
-        generate.click(fn=run, inputs=[image, seed, randomize, motion, fps],
-                       outputs=[video, seed], api_name="video")
+        generate.click(
+            fn=run,
+            inputs=[image, seed, randomize, motion, fps],
+            outputs=[video, seed],
+            api_name="video",
+        )
     return demo

@@ -76,21 +76,28 @@ def image_model(version: str, options: DemoOptions, selected: bool = True) -> Im
         known = ", ".join([*IMAGE_VERSIONS, *TURBO_VERSIONS])
         raise InputError(f"unknown model version {version!r}; expected one of {known}")
     spec = model_specs[arch]
-    files = model_files(version, spec.config, spec.ckpt, released_config_dir(), options,
-                        selected)
+    files = model_files(version, spec.config, spec.ckpt, released_config_dir(), options, selected)
     try:
         factor = infer_spec(OmegaConf.load(files.config), files.ckpt).factor
     except Exception as error:  # a config that does not describe an image model
         raise ConfigError(f"{files.config}: not an image model config ({error})") from None
-    return ImageModel(version, files,
-                      replace(spec, factor=factor, ckpt=str(files.ckpt), config=str(files.config)))
+    return ImageModel(
+        version, files, replace(spec, factor=factor, ckpt=str(files.ckpt), config=str(files.config))
+    )
 
 
-def load_pipeline(model: ImageModel, device: str = "auto", low_vram: bool = False) -> SamplingPipeline:
+def load_pipeline(
+    model: ImageModel, device: str = "auto", low_vram: bool = False
+) -> SamplingPipeline:
     """Build ``model`` on ``device``; ``low_vram`` keeps its parts on the host between uses
     (and halves the network's weights on an accelerator)."""
-    return SamplingPipeline(config=str(model.files.config), ckpt=model.files.ckpt,
-                            spec=model.spec, device=device, offload=low_vram)
+    return SamplingPipeline(
+        config=str(model.files.config),
+        ckpt=model.files.ckpt,
+        spec=model.spec,
+        device=device,
+        offload=low_vram,
+    )
 
 
 @dataclass
@@ -128,7 +135,9 @@ def _whole(name: str, value: Any, low: int) -> int:
     return int(value)
 
 
-def check_request(request: ImageRequest, image: Any = None, refiner: bool = False) -> SamplingParams:
+def check_request(
+    request: ImageRequest, image: Any = None, refiner: bool = False
+) -> SamplingParams:
     """The ``SamplingParams`` of a valid request, else an ``InputError`` naming the field."""
     _whole("seed", request.seed, 0)
     _whole("number of samples", request.num_samples, 1)
@@ -138,9 +147,24 @@ def check_request(request: ImageRequest, image: Any = None, refiner: bool = Fals
         raise InputError(f"img2img strength must be in (0, 1], got {request.strength!r}")
     if refiner and not 0.0 < float(request.refiner_strength) <= 1.0:
         raise InputError(f"refiner strength must be in (0, 1], got {request.refiner_strength!r}")
-    fields = ("width", "height", "steps", "sampler", "discretization", "guider", "scale",
-              "sigma_min", "sigma_max", "rho", "s_churn", "s_tmin", "s_tmax", "s_noise",
-              "eta", "order")
+    fields = (
+        "width",
+        "height",
+        "steps",
+        "sampler",
+        "discretization",
+        "guider",
+        "scale",
+        "sigma_min",
+        "sigma_max",
+        "rho",
+        "s_churn",
+        "s_tmin",
+        "s_tmax",
+        "s_noise",
+        "eta",
+        "order",
+    )
     values = {name: getattr(request, name) for name in fields}
     if image is not None:
         values["img2img_strength"] = float(request.strength)
@@ -191,8 +215,13 @@ def generate(
         return _generate(base, request, params, image, refiner)
 
 
-def _generate(base: SamplingPipeline, request: ImageRequest, params: SamplingParams,
-              image: torch.Tensor | None, refiner: SamplingPipeline | None) -> dict[str, torch.Tensor]:
+def _generate(
+    base: SamplingPipeline,
+    request: ImageRequest,
+    params: SamplingParams,
+    image: torch.Tensor | None,
+    refiner: SamplingPipeline | None,
+) -> dict[str, torch.Tensor]:
     negative = request.negative_prompt
     n, seed = int(request.num_samples), int(request.seed)
     if image is not None:
@@ -204,11 +233,20 @@ def _generate(base: SamplingPipeline, request: ImageRequest, params: SamplingPar
         return {"samples": base.text_to_image(params, request.prompt, negative, n, seed=seed)}
     refiner._check(replace(params, img2img_strength=float(request.refiner_strength)), sized=False)
     if request.finish_with_refiner:
-        out = text_to_image_refined(base, refiner, params, request.prompt, negative, n,
-                                    seed=seed, refiner_strength=float(request.refiner_strength))
+        out = text_to_image_refined(
+            base,
+            refiner,
+            params,
+            request.prompt,
+            negative,
+            n,
+            seed=seed,
+            refiner_strength=float(request.refiner_strength),
+        )
         return {"samples": out}
-    first, latents = base.text_to_image(params, request.prompt, negative, n,
-                                        return_latents=True, seed=seed)
+    first, latents = base.text_to_image(
+        params, request.prompt, negative, n, return_latents=True, seed=seed
+    )
     second = replace(params, img2img_strength=float(request.refiner_strength))
     out = refiner.refiner(second, latents, request.prompt, negative, n, seed=seed)
     return {"samples": out, "base": first}
@@ -219,8 +257,14 @@ def turbo_request(prompt: str, steps: int, seed: int, width: int, height: int) -
     from ..inference.turbo import check_turbo_steps
 
     check_turbo_steps(steps)
-    request = ImageRequest(prompt=prompt, steps=int(steps), seed=int(seed), width=width,
-                           height=height, guider=Guider.IDENTITY.value)
+    request = ImageRequest(
+        prompt=prompt,
+        steps=int(steps),
+        seed=int(seed),
+        width=width,
+        height=height,
+        guider=Guider.IDENTITY.value,
+    )
     check_request(request)
     return request
 

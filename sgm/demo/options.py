@@ -167,8 +167,10 @@ def missing_checkpoint(files: ModelFiles) -> str | None:
     if files.ckpt.is_file():
         return None
     if files.ckpt_overridden:
-        return (f"{files.label}: checkpoint {files.ckpt} not found (set by --ckpt / "
-                f"{ENV['ckpt']}). Nothing is downloaded.")
+        return (
+            f"{files.label}: checkpoint {files.ckpt} not found (set by --ckpt / "
+            f"{ENV['ckpt']}). Nothing is downloaded."
+        )
     return (
         f"{files.label}: checkpoint {files.ckpt.name} not found. Put it at "
         f"{files.ckpt.absolute()} "

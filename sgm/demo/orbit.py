@@ -14,7 +14,10 @@ from ..inference.video import sv3d_orbit
 
 
 def dynamic_elevations(
-    num_frames: int, elevation_deg: float, seed: int, amplitude_deg: float = 10.0,
+    num_frames: int,
+    elevation_deg: float,
+    seed: int,
+    amplitude_deg: float = 10.0,
     components: int = 3,
 ) -> list[float]:
     """Elevations (degrees) that wander smoothly around ``elevation_deg`` over one turn
@@ -33,8 +36,9 @@ def dynamic_elevations(
     return (float(elevation_deg) + wave / peak * room).tolist()
 
 
-def orbit(num_frames: int, elevation_deg: float, dynamic: bool = False,
-          seed: int = 0) -> tuple[list[float], list[float]]:
+def orbit(
+    num_frames: int, elevation_deg: float, dynamic: bool = False, seed: int = 0
+) -> tuple[list[float], list[float]]:
     """``(polars_rad, azimuths_rad)`` of the SV3D_p conditioning (``sv3d_orbit``): a full
     turn ending at the input view, at a fixed or a dynamic elevation."""
     elevations: Any = float(elevation_deg)
@@ -48,8 +52,9 @@ def orbit(num_frames: int, elevation_deg: float, dynamic: bool = False,
 def camera_positions(polars_rad: Sequence[float], azimuths_rad: Sequence[float]) -> np.ndarray:
     """Unit-sphere camera positions ``(N, 3)``: polar angle from +z, azimuth in the xy plane."""
     polar, azimuth = np.asarray(polars_rad, float), np.asarray(azimuths_rad, float)
-    return np.stack([np.sin(polar) * np.cos(azimuth), np.sin(polar) * np.sin(azimuth),
-                     np.cos(polar)], axis=1)
+    return np.stack(
+        [np.sin(polar) * np.cos(azimuth), np.sin(polar) * np.sin(azimuth), np.cos(polar)], axis=1
+    )
 
 
 def _project(points: np.ndarray, size: int, tilt: float = math.radians(25)) -> np.ndarray:

@@ -47,26 +47,26 @@ def sampler_widgets(request: ImageRequest, key: str = "") -> ImageRequest:
     side.subheader("Sampler")
     request.steps = int(side.number_input("Steps", 1, 1000, request.steps, key=f"steps{key}"))
     samplers = [s.value for s in Sampler]
-    request.sampler = side.selectbox("Sampler", samplers, samplers.index(request.sampler),
-                                     key=f"sampler{key}")
+    request.sampler = side.selectbox(
+        "Sampler", samplers, samplers.index(request.sampler), key=f"sampler{key}"
+    )
     schedules = [d.value for d in Discretization]
     request.discretization = side.selectbox("Discretization", schedules, key=f"disc{key}")
     if request.discretization == Discretization.EDM.value:
-        request.sigma_min = side.number_input("sigma_min", value=0.03, format="%.4f",
-                                              key=f"smin{key}")
-        request.sigma_max = side.number_input("sigma_max", value=14.61, format="%.4f",
-                                              key=f"smax{key}")
+        request.sigma_min = side.number_input(
+            "sigma_min", value=0.03, format="%.4f", key=f"smin{key}"
+        )
+        request.sigma_max = side.number_input(
+            "sigma_max", value=14.61, format="%.4f", key=f"smax{key}"
+        )
         request.rho = side.number_input("rho", value=3.0, key=f"rho{key}")
     guiders = [g.value for g in Guider]
     request.guider = side.selectbox("Guider", guiders, key=f"guider{key}")
     if request.guider == Guider.VANILLA.value:
-        request.scale = side.number_input("cfg-scale", value=5.0, min_value=0.0,
-                                          key=f"cfg{key}")
+        request.scale = side.number_input("cfg-scale", value=5.0, min_value=0.0, key=f"cfg{key}")
     if request.sampler in (Sampler.EULER_EDM.value, Sampler.HEUN_EDM.value):
-        request.s_churn = side.number_input("s_churn", value=0.0, min_value=0.0,
-                                            key=f"churn{key}")
-        request.s_noise = side.number_input("s_noise", value=1.0, min_value=0.0,
-                                            key=f"snoise{key}")
+        request.s_churn = side.number_input("s_churn", value=0.0, min_value=0.0, key=f"churn{key}")
+        request.s_noise = side.number_input("s_noise", value=1.0, min_value=0.0, key=f"snoise{key}")
     elif request.sampler in (Sampler.EULER_ANCESTRAL.value, Sampler.DPMPP2S_ANCESTRAL.value):
         request.eta = side.number_input("eta", value=1.0, min_value=0.0, key=f"eta{key}")
     elif request.sampler == Sampler.LINEAR_MULTISTEP.value:

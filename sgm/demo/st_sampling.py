@@ -40,8 +40,9 @@ def _size_widgets(model: ImageModel, request: ImageRequest) -> None:
     spec = model.spec
     if not spec.is_legacy and spec.width == 1024:
         labels = [f"{w} x {h}" for w, h in SDXL_SIZES] + [CUSTOM]
-        choice = st.selectbox("Resolution (width x height)", labels,
-                              labels.index("1024 x 1024"), key="resolution")
+        choice = st.selectbox(
+            "Resolution (width x height)", labels, labels.index("1024 x 1024"), key="resolution"
+        )
         if choice != CUSTOM:
             request.width, request.height = SDXL_SIZES[labels.index(choice)]
             return
@@ -57,11 +58,18 @@ def _models(version: str, use_refiner: bool, options: DemoOptions) -> list[Image
     return models
 
 
-def _save(options: DemoOptions, version: str, mode: str, samples: Any, request: ImageRequest) -> list[str]:
+def _save(
+    options: DemoOptions, version: str, mode: str, samples: Any, request: ImageRequest
+) -> list[str]:
     folder = os.path.join(str(options.outputs), mode, version, "samples")
-    meta = {"prompt": request.prompt, "seed": str(request.seed), "model": version,
-            "steps": str(request.steps), "sampler": request.sampler,
-            "software": "sgm demo sampling"}
+    meta = {
+        "prompt": request.prompt,
+        "seed": str(request.seed),
+        "model": version,
+        "steps": str(request.steps),
+        "sampler": request.sampler,
+        "software": "sgm demo sampling",
+    }
     return perform_save_locally(folder, samples, metadata=meta)
 
 
@@ -72,9 +80,12 @@ def main(script: str | os.PathLike) -> None:
     options = page_options(script)
     version = st.selectbox("Model Version", list(IMAGE_VERSIONS), 0, key="version")
     mode = st.radio("Mode", ("txt2img", "img2img"), horizontal=True, key="mode")
-    low_vram = st.checkbox("Low vram mode", True, key="lowvram",
-                           help="keep the model on the host; move each part to the device "
-                                "only while it runs")
+    low_vram = st.checkbox(
+        "Low vram mode",
+        True,
+        key="lowvram",
+        help="keep the model on the host; move each part to the device only while it runs",
+    )
     use_refiner = False
     if version in REFINER_FOR and mode == "txt2img":
         use_refiner = st.checkbox("Load SDXL-refiner?", False, key="refiner")
@@ -94,20 +105,23 @@ def main(script: str | os.PathLike) -> None:
         request.negative_prompt = st.text_input("Negative prompt", "", key="negative")
     upload = None
     if mode == "img2img":
-        upload = st.file_uploader("Input image", type=["png", "jpg", "jpeg", "webp"],
-                                  key="init_image")
-        request.strength = st.slider("Img2img strength", 0.0, 1.0, 0.75, 0.01,
-                                     key="strength")
+        upload = st.file_uploader(
+            "Input image", type=["png", "jpg", "jpeg", "webp"], key="init_image"
+        )
+        request.strength = st.slider("Img2img strength", 0.0, 1.0, 0.75, 0.01, key="strength")
     sampler_widgets(request)
     request.seed = int(st.sidebar.number_input("Seed", 0, 2**32 - 1, 42, key="seed"))
-    request.num_samples = int(st.sidebar.number_input("Number of samples", 1, 8, 1,
-                                                      key="num_samples"))
+    request.num_samples = int(
+        st.sidebar.number_input("Number of samples", 1, 8, 1, key="num_samples")
+    )
     if use_refiner:
         st.sidebar.subheader("Refiner")
-        request.refiner_strength = st.sidebar.slider("Refinement strength", 0.0, 1.0,
-                                                     0.15, 0.01, key="refiner_strength")
+        request.refiner_strength = st.sidebar.slider(
+            "Refinement strength", 0.0, 1.0, 0.15, 0.01, key="refiner_strength"
+        )
         request.finish_with_refiner = st.sidebar.checkbox(
-            "Finish denoising with refiner", True, key="finish")
+            "Finish denoising with refiner", True, key="finish"
+        )
     save = st.sidebar.checkbox("Save images locally", False, key="save")
 
     if not st.button("Sample", type="primary", disabled=bool(problems), key="sample"):
@@ -118,18 +132,23 @@ def main(script: str | os.PathLike) -> None:
         return
     samples = result["samples"]
     if "base" in result:
-        st.image(to_pil(result["base"]), caption=["base"] * len(result["base"]),
-                 output_format="PNG")
-    st.image(to_pil(samples), caption=[f"seed {request.seed}"] * len(samples),
-             output_format="PNG")
+        st.image(
+            to_pil(result["base"]), caption=["base"] * len(result["base"]), output_format="PNG"
+        )
+    st.image(to_pil(samples), caption=[f"seed {request.seed}"] * len(samples), output_format="PNG")
     if save:
         paths = run_checked(lambda: _save(options, version, mode, samples, request))
         if paths:
             st.success("Saved " + ", ".join(paths))
 
 
-def _sample(models: list[ImageModel], request: ImageRequest, upload: Any,
-            options: DemoOptions, low_vram: bool) -> dict:
+def _sample(
+    models: list[ImageModel],
+    request: ImageRequest,
+    upload: Any,
+    options: DemoOptions,
+    low_vram: bool,
+) -> dict:
     image = None
     if st.session_state.get("mode") == "img2img":
         image = init_image_tensor(upload)

@@ -8,8 +8,16 @@ from typing import Any
 
 import streamlit as st
 
-from .image import TURBO_PROMPT, TURBO_VERSIONS, ImageModel, image_model, load_pipeline, to_pil
-from .image import check_request, turbo_request
+from .image import (
+    TURBO_PROMPT,
+    TURBO_VERSIONS,
+    ImageModel,
+    check_request,
+    image_model,
+    load_pipeline,
+    to_pil,
+    turbo_request,
+)
 from .options import DemoOptions, missing_checkpoint
 from .st_common import cached_model, page_options, run_checked
 
@@ -29,8 +37,15 @@ def _seed_widgets() -> int:
     return int(seed)
 
 
-def _sample(model: ImageModel, options: DemoOptions, prompt: str, steps: int, seed: int,
-            width: int, height: int) -> Any:
+def _sample(
+    model: ImageModel,
+    options: DemoOptions,
+    prompt: str,
+    steps: int,
+    seed: int,
+    width: int,
+    height: int,
+) -> Any:
     request = turbo_request(prompt, steps, seed, width, height)
     key = (str(model.files.config), str(model.files.ckpt), options.device)
     pipeline = cached_model("turbo", key, lambda: load_pipeline(model, options.device))
@@ -53,15 +68,20 @@ def main(script: str | os.PathLike) -> None:
     side = st.sidebar
     width = int(side.number_input("Width", 64, 2048, model.spec.width, 64, key="W"))
     height = int(side.number_input("Height", 64, 2048, model.spec.height, 64, key="H"))
-    steps = int(st.number_input("Steps", 1, 4, 1, key="steps",
-                                help="1 to 4 steps; Turbo models use no guidance"))
+    steps = int(
+        st.number_input(
+            "Steps", 1, 4, 1, key="steps", help="1 to 4 steps; Turbo models use no guidance"
+        )
+    )
     prompt = st.text_input("Prompt", TURBO_PROMPT, key="prompt")
     seed = _seed_widgets()
     if problem or not prompt.strip():
         return
     with st.spinner("Sampling..."):
-        samples = run_checked(lambda: _sample(model, options, prompt, steps, seed, width,
-                                              height))
+        samples = run_checked(lambda: _sample(model, options, prompt, steps, seed, width, height))
     if samples is not None:
-        st.image(to_pil(samples), caption=[f"{version}, {steps} step(s), seed {seed}"],
-                 output_format="PNG")
+        st.image(
+            to_pil(samples),
+            caption=[f"{version}, {steps} step(s), seed {seed}"],
+            output_format="PNG",
+        )

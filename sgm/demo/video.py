@@ -48,10 +48,10 @@ def video_model(version: str, options: DemoOptions) -> ModelFiles:
     """Config (``scripts/sampling/configs/<version>.yaml``) and checkpoint
     (``<version>.safetensors``) of a released video model."""
     if version not in VIDEO_VERSIONS:
-        raise InputError(f"unknown video model {version!r}; expected one of "
-                         f"{', '.join(VIDEO_VERSIONS)}")
-    return model_files(version, f"{version}.yaml", f"{version}.safetensors", VIDEO_CONFIGS,
-                       options)
+        raise InputError(
+            f"unknown video model {version!r}; expected one of {', '.join(VIDEO_VERSIONS)}"
+        )
+    return model_files(version, f"{version}.yaml", f"{version}.safetensors", VIDEO_CONFIGS, options)
 
 
 @dataclass
@@ -74,8 +74,11 @@ class VideoRequest:
 
 
 def _whole(name: str, value: Any, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or int(value) != value or value < low or (
-        high is not None and value > high
+    if (
+        isinstance(value, bool)
+        or int(value) != value
+        or value < low
+        or (high is not None and value > high)
     ):
         bounds = f"in {low}..{high}" if high is not None else f">= {low}"
         raise InputError(f"{name} must be a whole number {bounds}, got {value!r}")
@@ -152,17 +155,26 @@ def input_tensor(image: Any, request: VideoRequest) -> torch.Tensor:
     return prepare_svd_image(fit_image(image, request.width, request.height))
 
 
-def load_model(files: ModelFiles, request: VideoRequest, device: str = "auto",
-               low_vram: bool = False) -> torch.nn.Module:
+def load_model(
+    files: ModelFiles, request: VideoRequest, device: str = "auto", low_vram: bool = False
+) -> torch.nn.Module:
     """The video engine of ``files`` for ``request``'s frames and steps."""
     from ..inference.video import load_video_model
     from ..util import resolve_device
 
-    return load_video_model(files.config, files.ckpt, resolve_device(device), request.frames,
-                            request.steps, offload=low_vram)
+    return load_video_model(
+        files.config,
+        files.ckpt,
+        resolve_device(device),
+        request.frames,
+        request.steps,
+        offload=low_vram,
+    )
 
 
-def generate_video(model: torch.nn.Module, image: torch.Tensor, request: VideoRequest) -> torch.Tensor:
+def generate_video(
+    model: torch.nn.Module, image: torch.Tensor, request: VideoRequest
+) -> torch.Tensor:
     """Sample ``(T, 3, H, W)`` frames in [0, 1] for a checked request."""
     from ..inference.video import build_value_dict, sample_video
 
@@ -170,15 +182,27 @@ def generate_video(model: torch.nn.Module, image: torch.Tensor, request: VideoRe
     generator = torch.Generator().manual_seed(int(request.seed))
     sv3d = VIDEO_VERSIONS[request.version].is_sv3d
     values = build_value_dict(
-        image, float(request.cond_aug), int(request.fps) - 1, int(request.motion_bucket_id),
-        generator, request.polars_rad, request.azimuths_rad,
+        image,
+        float(request.cond_aug),
+        int(request.fps) - 1,
+        int(request.motion_bucket_id),
+        generator,
+        request.polars_rad,
+        request.azimuths_rad,
     )
-    return sample_video(model, values, int(request.frames), generator=generator,
-                        decoding_t=int(request.decoding_t), replace_last_with_input=sv3d)
+    return sample_video(
+        model,
+        values,
+        int(request.frames),
+        generator=generator,
+        decoding_t=int(request.decoding_t),
+        replace_last_with_input=sv3d,
+    )
 
 
-def save_outputs(frames: torch.Tensor, folder: str | os.PathLike, fps: int,
-                 image: torch.Tensor | None = None) -> Path:
+def save_outputs(
+    frames: torch.Tensor, folder: str | os.PathLike, fps: int, image: torch.Tensor | None = None
+) -> Path:
     """Write ``{count:06d}.mp4`` (and the input as ``{count:06d}.png``) into ``folder``,
     never overwriting; returns the mp4 path."""
     from ..inference.helpers import embed_watermark

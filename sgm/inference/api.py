@@ -128,9 +128,7 @@ def _spec(
 
 
 model_specs = {
-    ModelArchitecture.SD_2_1: _spec(
-        512, "sd_2_1.yaml", "v2-1_512-ema-pruned.safetensors", True
-    ),
+    ModelArchitecture.SD_2_1: _spec(512, "sd_2_1.yaml", "v2-1_512-ema-pruned.safetensors", True),
     ModelArchitecture.SD_2_1_768: _spec(
         768, "sd_2_1_768.yaml", "v2-1_768-ema-pruned.safetensors", True
     ),
@@ -158,13 +156,32 @@ model_specs = {
 
 # SDXL's trained aspect-ratio buckets: width / height (rounded) -> (width, height).
 SD_XL_BASE_RATIOS = {
-    "0.5": (704, 1408), "0.52": (704, 1344), "0.57": (768, 1344), "0.6": (768, 1280),
-    "0.68": (832, 1216), "0.72": (832, 1152), "0.78": (896, 1152), "0.82": (896, 1088),
-    "0.88": (960, 1088), "0.94": (960, 1024), "1.0": (1024, 1024), "1.07": (1024, 960),
-    "1.13": (1088, 960), "1.21": (1088, 896), "1.29": (1152, 896), "1.38": (1152, 832),
-    "1.46": (1216, 832), "1.67": (1280, 768), "1.75": (1344, 768), "1.91": (1344, 704),
-    "2.0": (1408, 704), "2.09": (1472, 704), "2.4": (1536, 640), "2.5": (1600, 640),
-    "2.89": (1664, 576), "3.0": (1728, 576),
+    "0.5": (704, 1408),
+    "0.52": (704, 1344),
+    "0.57": (768, 1344),
+    "0.6": (768, 1280),
+    "0.68": (832, 1216),
+    "0.72": (832, 1152),
+    "0.78": (896, 1152),
+    "0.82": (896, 1088),
+    "0.88": (960, 1088),
+    "0.94": (960, 1024),
+    "1.0": (1024, 1024),
+    "1.07": (1024, 960),
+    "1.13": (1088, 960),
+    "1.21": (1088, 896),
+    "1.29": (1152, 896),
+    "1.38": (1152, 832),
+    "1.46": (1216, 832),
+    "1.67": (1280, 768),
+    "1.75": (1344, 768),
+    "1.91": (1344, 704),
+    "2.0": (1408, 704),
+    "2.09": (1472, 704),
+    "2.4": (1536, 640),
+    "2.5": (1600, 640),
+    "2.89": (1664, 576),
+    "3.0": (1728, 576),
 }
 
 
@@ -200,8 +217,12 @@ def get_sampler_config(params: SamplingParams) -> Any:
         "verbose": True,
     }
     if sampler in (Sampler.EULER_EDM, Sampler.HEUN_EDM):
-        extra = {"s_churn": params.s_churn, "s_tmin": params.s_tmin,
-                 "s_tmax": params.s_tmax, "s_noise": params.s_noise}
+        extra = {
+            "s_churn": params.s_churn,
+            "s_tmin": params.s_tmin,
+            "s_tmax": params.s_tmax,
+            "s_noise": params.s_noise,
+        }
     elif sampler in (Sampler.EULER_ANCESTRAL, Sampler.DPMPP2S_ANCESTRAL):
         extra = {"eta": params.eta, "s_noise": params.s_noise}
     elif sampler is Sampler.LINEAR_MULTISTEP:
@@ -212,9 +233,7 @@ def get_sampler_config(params: SamplingParams) -> Any:
 
 
 def _embedder_keys(config: Any) -> set[str]:
-    embedders = (
-        config.get("conditioner_config", {}).get("params", {}).get("emb_models", []) or []
-    )
+    embedders = config.get("conditioner_config", {}).get("params", {}).get("emb_models", []) or []
     return {str(e.get("input_key")) for e in embedders}
 
 
@@ -304,8 +323,9 @@ class SamplingPipeline:
         half = self.dtype in precision.HALF_DTYPES
         self.use_fp16 = bool(use_fp16) and half and self.device.type != "cpu"
         if use_fp16 and not self.use_fp16:
-            logger.info("use_fp16 ignored (%s on %s): weights stay float32",
-                        self.dtype, self.device)
+            logger.info(
+                "use_fp16 ignored (%s on %s): weights stay float32", self.dtype, self.device
+            )
         self.model = self._load_model()
 
     @staticmethod
@@ -351,11 +371,13 @@ class SamplingPipeline:
         model.compute_dtype = self.dtype
         return model
 
-    def _value_dict(self, params: SamplingParams, prompt: str, negative_prompt: Any,
-                    height: int, width: int) -> dict[str, Any]:
+    def _value_dict(
+        self, params: SamplingParams, prompt: str, negative_prompt: Any, height: int, width: int
+    ) -> dict[str, Any]:
         value_dict = asdict(params)
-        value_dict.update(prompt=prompt, negative_prompt=negative_prompt,
-                          target_width=width, target_height=height)
+        value_dict.update(
+            prompt=prompt, negative_prompt=negative_prompt, target_width=width, target_height=height
+        )
         return value_dict
 
     def _sampler(self, params: SamplingParams, img2img: bool = False) -> Any:
@@ -403,27 +425,44 @@ class SamplingPipeline:
             if refiner_strength is not None:
                 raise InputError("Turbo models do not hand off to a refiner")
             return sample_turbo(
-                self.model, prompt, params.steps, params.height, params.width,
-                _turbo_seed(seed), samples, self.specs.channels,
-                self.specs.factor, return_latents=return_latents, callback=callback,
+                self.model,
+                prompt,
+                params.steps,
+                params.height,
+                params.width,
+                _turbo_seed(seed),
+                samples,
+                self.specs.channels,
+                self.specs.factor,
+                return_latents=return_latents,
+                callback=callback,
             )
         sampler = self._sampler(params)
         if refiner_strength is not None:
             sampler.discretization = Txt2NoisyDiscretizationWrapper(
-                sampler.discretization, strength=refiner_strength,
+                sampler.discretization,
+                strength=refiner_strength,
                 original_steps=params.steps,
             )
-        value_dict = self._value_dict(params, prompt, negative_prompt,
-                                      params.height, params.width)
+        value_dict = self._value_dict(params, prompt, negative_prompt, params.height, params.width)
         return do_sample(
-            self.model, sampler, value_dict, samples, params.height,
-            params.width, self.specs.channels, self.specs.factor,
-            force_uc_zero_embeddings=self._force_zero(), return_latents=return_latents,
-            seed=seed, callback=callback,
+            self.model,
+            sampler,
+            value_dict,
+            samples,
+            params.height,
+            params.width,
+            self.specs.channels,
+            self.specs.factor,
+            force_uc_zero_embeddings=self._force_zero(),
+            return_latents=return_latents,
+            seed=seed,
+            callback=callback,
         )
 
-    def _check(self, params: SamplingParams, image: torch.Tensor | None = None,
-               sized: bool = True) -> None:
+    def _check(
+        self, params: SamplingParams, image: torch.Tensor | None = None, sized: bool = True
+    ) -> None:
         """``InputError`` for bad ``params`` (``sized``: their width and height are the
         output's) or an ``image`` whose sides do not fit the model, before any sampling."""
         from .params_check import check_image_size, check_sampling_params, size_multiple
@@ -462,9 +501,15 @@ class SamplingPipeline:
         height, width = image.shape[-2:]
         value_dict = self._value_dict(params, prompt, negative_prompt, height, width)
         return do_img2img(
-            image, self.model, self._sampler(params, img2img=True), value_dict, samples,
-            force_uc_zero_embeddings=self._force_zero(), return_latents=return_latents,
-            seed=seed, callback=callback,
+            image,
+            self.model,
+            self._sampler(params, img2img=True),
+            value_dict,
+            samples,
+            force_uc_zero_embeddings=self._force_zero(),
+            return_latents=return_latents,
+            seed=seed,
+            callback=callback,
         )
 
     def refiner(
@@ -490,15 +535,27 @@ class SamplingPipeline:
         image = self._batch_of(image, samples)
         height, width = (int(s) * self.specs.factor for s in image.shape[-2:])
         value_dict = {
-            "orig_width": width, "orig_height": height,
-            "target_width": width, "target_height": height,
-            "prompt": prompt, "negative_prompt": negative_prompt,
-            "crop_coords_top": 0, "crop_coords_left": 0,
-            "aesthetic_score": 6.0, "negative_aesthetic_score": 2.5,
+            "orig_width": width,
+            "orig_height": height,
+            "target_width": width,
+            "target_height": height,
+            "prompt": prompt,
+            "negative_prompt": negative_prompt,
+            "crop_coords_top": 0,
+            "crop_coords_left": 0,
+            "aesthetic_score": 6.0,
+            "negative_aesthetic_score": 2.5,
         }
         return do_img2img(
-            image, self.model, self._sampler(params, img2img=True), value_dict, samples,
-            skip_encode=True, return_latents=return_latents, seed=seed, add_noise=add_noise,
+            image,
+            self.model,
+            self._sampler(params, img2img=True),
+            value_dict,
+            samples,
+            skip_encode=True,
+            return_latents=return_latents,
+            seed=seed,
+            add_noise=add_noise,
             callback=callback,
         )
 
@@ -532,11 +589,22 @@ def text_to_image_refined(
     if not 0.0 < float(refiner_strength) <= 1.0:
         raise InputError(f"refiner strength must be in (0, 1], got {refiner_strength!r}")
     _, latents = base.text_to_image(
-        params, prompt, negative_prompt, samples, return_latents=True, seed=seed,
+        params,
+        prompt,
+        negative_prompt,
+        samples,
+        return_latents=True,
+        seed=seed,
         refiner_strength=refiner_strength,
     )
     second = replace(refiner_params or params, img2img_strength=refiner_strength)
     return refiner.refiner(
-        second, latents, prompt, negative_prompt, samples, return_latents=return_latents,
-        seed=seed, add_noise=False,
+        second,
+        latents,
+        prompt,
+        negative_prompt,
+        samples,
+        return_latents=return_latents,
+        seed=seed,
+        add_noise=False,
     )

@@ -175,9 +175,7 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _autocast(
-    model: Any, device: torch.device, dtype: Any
-) -> contextlib.AbstractContextManager:
+def _autocast(model: Any, device: torch.device, dtype: Any) -> contextlib.AbstractContextManager:
     """Autocast in ``dtype``, else the model's ``compute_dtype``, else the device's default
     (``sgm.precision``: fp16 on CUDA, none elsewhere)."""
     return precision.autocast(device, dtype or getattr(model, "compute_dtype", None))
@@ -252,8 +250,12 @@ def do_sample(
     """
     device = torch.device(device) if device is not None else model_device(model)
     generator = _generator(device, seed, generator)
-    with torch.no_grad(), _autocast(model, device, dtype), model.ema_scope(), \
-            offload.released(model):
+    with (
+        torch.no_grad(),
+        _autocast(model, device, dtype),
+        model.ema_scope(),
+        offload.released(model),
+    ):
         batch, c, uc = _conditioning(
             model, value_dict, num_samples, force_uc_zero_embeddings, device
         )
@@ -262,17 +264,16 @@ def do_sample(
         if noise is None:
             randn = _randn(shape, device, generator)
         elif tuple(noise.shape) != shape:
-            raise InputError(
-                f"do_sample: noise must have shape {shape}, got {tuple(noise.shape)}"
-            )
+            raise InputError(f"do_sample: noise must have shape {shape}, got {tuple(noise.shape)}")
         else:
             randn = noise.to(device)
 
         def denoiser(x: torch.Tensor, sigma: torch.Tensor, cond: dict) -> torch.Tensor:
             return model.denoiser(model.model, x, sigma, cond, **extra)
 
-        samples_z = sampler(denoiser, randn, cond=c, uc=uc, generator=generator,
-                            **_callback_kw(callback))
+        samples_z = sampler(
+            denoiser, randn, cond=c, uc=uc, generator=generator, **_callback_kw(callback)
+        )
         return _finish(model, samples_z, filter, return_latents)
 
 
@@ -303,8 +304,12 @@ def do_img2img(
     """
     device = torch.device(device) if device is not None else model_device(model)
     generator = _generator(device, seed, generator)
-    with torch.no_grad(), _autocast(model, device, dtype), model.ema_scope(), \
-            offload.released(model):
+    with (
+        torch.no_grad(),
+        _autocast(model, device, dtype),
+        model.ema_scope(),
+        offload.released(model),
+    ):
         _, c, uc = _conditioning(
             model, value_dict, num_samples, force_uc_zero_embeddings or [], device
         )
@@ -325,8 +330,9 @@ def do_img2img(
         def denoiser(x: torch.Tensor, sigma: torch.Tensor, cond: dict) -> torch.Tensor:
             return model.denoiser(model.model, x, sigma, cond)
 
-        samples_z = sampler(denoiser, noised_z, cond=c, uc=uc, generator=generator,
-                            **_callback_kw(callback))
+        samples_z = sampler(
+            denoiser, noised_z, cond=c, uc=uc, generator=generator, **_callback_kw(callback)
+        )
         return _finish(model, samples_z, filter, return_latents)
 
 

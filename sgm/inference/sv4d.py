@@ -79,8 +79,11 @@ def window_starts(spec: Spec, n_frames: int) -> list[int]:
 @contextlib.contextmanager
 def _running(model: Any, device: torch.device, encoding_t: int | None, dtype: Any) -> Any:
     dtype = dtype if dtype is not None else getattr(model, "compute_dtype", None)
-    with precision.autocast(device, dtype), offload.released(model), \
-            encoding_chunks(model, encoding_t):
+    with (
+        precision.autocast(device, dtype),
+        offload.released(model),
+        encoding_chunks(model, encoding_t),
+    ):
         yield
 
 
@@ -92,8 +95,13 @@ def _row(grid: Grid, frame: int, views: Sequence[int]) -> torch.Tensor:
     return torch.stack([grid[frame][v] for v in views])
 
 
-def _fill(grid: Grid, images: torch.Tensor, frames: Sequence[int], views: Sequence[int],
-          only_empty: bool = False) -> None:
+def _fill(
+    grid: Grid,
+    images: torch.Tensor,
+    frames: Sequence[int],
+    views: Sequence[int],
+    only_empty: bool = False,
+) -> None:
     images = images.view(len(frames), len(views), *images.shape[1:])
     for i, t in enumerate(frames):
         for j, v in enumerate(views):
@@ -121,7 +129,11 @@ def sv3d_reference(
     from .video import build_value_dict, sample_video
 
     values = build_value_dict(
-        image[None].float(), cond_aug, fps_id, motion_bucket_id, generator,
+        image[None].float(),
+        cond_aug,
+        fps_id,
+        motion_bucket_id,
+        generator,
         None if polars is None else polars.tolist(),
         None if azimuths is None else azimuths.tolist(),
     )
@@ -130,8 +142,14 @@ def sv3d_reference(
         check_steps(num_steps)
         sv3d_model.sampler.num_steps = int(num_steps)
     try:
-        frames = sample_video(sv3d_model, values, SV3D_VIEWS, generator=generator,
-                              decoding_t=decoding_t, replace_last_with_input=True)
+        frames = sample_video(
+            sv3d_model,
+            values,
+            SV3D_VIEWS,
+            generator=generator,
+            decoding_t=decoding_t,
+            replace_last_with_input=True,
+        )
     finally:
         sv3d_model.sampler.num_steps = saved
     return torch.roll(frames.float().cpu() * 2 - 1, 1, 0)
@@ -176,8 +194,7 @@ def sample_sv4d(
     with _running(model, device, encoding_t, dtype):
         anchors = list(range(n_time - 1, n_frames, n_time - 1))  # 4, 8, 12, 16, 20
         logger.info("SV4D anchor frames %s", anchors)
-        window = condition(model, _column(grid, anchors, 0), _row(grid, 0, views), *cams,
-                           device)
+        window = condition(model, _column(grid, anchors, 0), _row(grid, 0, views), *cams, device)
         z = sample_window(model, sampler, window, latent_noise(spec.n_frames, size, generator))
         _fill(grid, decode(model, z, decoding_t), anchors, views, only_empty=True)
         del window, z
@@ -185,15 +202,27 @@ def sample_sv4d(
             window_frames = list(range(t0, t0 + n_time))
             logger.info("SV4D dense frames %s", window_frames)
             latents = torch.randn(
-                (n_frames, n_view + 1, 4, size // 8, size // 8), generator=generator,
+                (n_frames, n_view + 1, 4, size // 8, size // 8),
+                generator=generator,
                 device=generator.device,
             ).cpu()
-            forward = condition(model, _column(grid, window_frames, 0),
-                                _row(grid, window_frames[0], views), *cams, device)
-            backward = condition(model, _column(grid, window_frames[::-1], 0),
-                                 _row(grid, window_frames[-1], views), *cams, device)
-            sample_dense_window(model, sampler, latents, window_frames, views, forward,
-                                backward, device)
+            forward = condition(
+                model,
+                _column(grid, window_frames, 0),
+                _row(grid, window_frames[0], views),
+                *cams,
+                device,
+            )
+            backward = condition(
+                model,
+                _column(grid, window_frames[::-1], 0),
+                _row(grid, window_frames[-1], views),
+                *cams,
+                device,
+            )
+            sample_dense_window(
+                model, sampler, latents, window_frames, views, forward, backward, device
+            )
             del forward, backward
             z = latents[window_frames][:, views].flatten(0, 1).to(device)
             _fill(grid, decode(model, z, decoding_t), window_frames, views)
@@ -237,10 +266,15 @@ def sample_sv4d2(
         for t0 in starts:
             window_frames = list(range(t0, t0 + n_time))
             logger.info("%s frames %s", spec.name, window_frames)
-            window = condition(model, _column(grid, window_frames, 0), _row(grid, t0, views),
-                               *cams, device, multi_view=t0 != 0)
-            z = sample_window(model, sampler, window,
-                              latent_noise(spec.n_frames, size, generator))
+            window = condition(
+                model,
+                _column(grid, window_frames, 0),
+                _row(grid, t0, views),
+                *cams,
+                device,
+                multi_view=t0 != 0,
+            )
+            z = sample_window(model, sampler, window, latent_noise(spec.n_frames, size, generator))
             _fill(grid, decode(model, z, decoding_t), window_frames, views)
     return grid
 

@@ -26,34 +26,68 @@ OUTPUT_FPS = 10
 # --------------------------------------------------------------------------- flags
 
 
-
 def add_common_args(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
     """The flags both SV4D scripts take, with the script's ``defaults``."""
     p = parser
-    p.add_argument("--input_path", default=defaults["input_path"],
-                   help="a gif or mp4, a folder of jpg/png frames, or a glob pattern")
-    p.add_argument("--output_folder", type=cli.output_folder,
-                   default=defaults["output_folder"])
+    p.add_argument(
+        "--input_path",
+        default=defaults["input_path"],
+        help="a gif or mp4, a folder of jpg/png frames, or a glob pattern",
+    )
+    p.add_argument("--output_folder", type=cli.output_folder, default=defaults["output_folder"])
     p.add_argument("--num_steps", type=cli.positive_int, default=defaults["num_steps"])
-    p.add_argument("--img_size", type=cli.multiple_of(64), default=576,
-                   help="image resolution (a multiple of 64)")
+    p.add_argument(
+        "--img_size",
+        type=cli.multiple_of(64),
+        default=576,
+        help="image resolution (a multiple of 64)",
+    )
     p.add_argument("--seed", type=cli.non_negative_int, default=23)
-    p.add_argument("--encoding_t", type=cli.positive_int, default=8,
-                   help="frames encoded at a time (lower it if memory runs out)")
-    p.add_argument("--decoding_t", type=cli.positive_int, default=4,
-                   help="frames decoded at a time (lower it if memory runs out)")
-    p.add_argument("--elevations_deg", type=cli.float_list, default=defaults["elevations_deg"],
-                   help="one elevation, or one per view")
-    p.add_argument("--azimuths_deg", type=cli.float_list, default=None,
-                   help="one azimuth per view (default: the release's)")
-    p.add_argument("--image_frame_ratio", type=cli.unit_interval,
-                   default=defaults["image_frame_ratio"],
-                   help="fraction of the frame the object fills")
+    p.add_argument(
+        "--encoding_t",
+        type=cli.positive_int,
+        default=8,
+        help="frames encoded at a time (lower it if memory runs out)",
+    )
+    p.add_argument(
+        "--decoding_t",
+        type=cli.positive_int,
+        default=4,
+        help="frames decoded at a time (lower it if memory runs out)",
+    )
+    p.add_argument(
+        "--elevations_deg",
+        type=cli.float_list,
+        default=defaults["elevations_deg"],
+        help="one elevation, or one per view",
+    )
+    p.add_argument(
+        "--azimuths_deg",
+        type=cli.float_list,
+        default=None,
+        help="one azimuth per view (default: the release's)",
+    )
+    p.add_argument(
+        "--image_frame_ratio",
+        type=cli.unit_interval,
+        default=defaults["image_frame_ratio"],
+        help="fraction of the frame the object fills",
+    )
     p.add_argument("--verbose", type=cli.boolean, nargs="?", const=True, default=False)
-    p.add_argument("--remove_bg", type=cli.boolean, nargs="?", const=True, default=False,
-                   help="cut the background out with rembg (extra: sgm[rembg])")
-    p.add_argument("--config", type=cli.existing_file, default=None,
-                   help="model config (default: the release's)")
+    p.add_argument(
+        "--remove_bg",
+        type=cli.boolean,
+        nargs="?",
+        const=True,
+        default=False,
+        help="cut the background out with rembg (extra: sgm[rembg])",
+    )
+    p.add_argument(
+        "--config",
+        type=cli.existing_file,
+        default=None,
+        help="model config (default: the release's)",
+    )
     cli.add_device_args(p)
     cli.add_lora_arg(p)
 
@@ -98,8 +132,10 @@ def check_window(config: Any, path: str | os.PathLike, n_time: int, n_view: int)
     """The config samples windows of ``n_time`` frames x ``n_view`` views."""
     got = (config.get("N_TIME"), config.get("N_VIEW"))
     if got != (n_time, n_view):
-        raise ConfigError(f"{path}: N_TIME x N_VIEW is {got[0]} x {got[1]}, this model "
-                          f"samples {n_time} x {n_view}")
+        raise ConfigError(
+            f"{path}: N_TIME x N_VIEW is {got[0]} x {got[1]}, this model "
+            f"samples {n_time} x {n_view}"
+        )
 
 
 def read_input(input_path: str, n_frames: int) -> list[Any]:
@@ -110,8 +146,9 @@ def read_input(input_path: str, n_frames: int) -> list[Any]:
     return video_io.ping_pong(frames, n_frames)
 
 
-def prepare_input(frames: Sequence[Any], img_size: int, image_frame_ratio: float | None,
-                  remove_bg: bool) -> np.ndarray:
+def prepare_input(
+    frames: Sequence[Any], img_size: int, image_frame_ratio: float | None, remove_bg: bool
+) -> np.ndarray:
     """Background removed (optionally), object-centred square crop on white."""
     if remove_bg:
         frames = video_io.remove_background(frames)
@@ -166,8 +203,14 @@ def load_engine(config: Path, ckpt: Path, args: Any, num_frames: int, half: bool
     from .video import load_video_model
 
     return load_video_model(
-        config, ckpt, device=args.device, num_frames=num_frames, num_steps=args.num_steps,
-        verbose=args.verbose, dtype=args.dtype, offload=args.low_vram,
+        config,
+        ckpt,
+        device=args.device,
+        num_frames=num_frames,
+        num_steps=args.num_steps,
+        verbose=args.verbose,
+        dtype=args.dtype,
+        offload=args.low_vram,
         half_weights=True if half and str(args.device) != "cpu" else None,
     )
 

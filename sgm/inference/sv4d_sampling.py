@@ -54,10 +54,27 @@ class Spec:
 SPECS = {
     "sv4d": Spec("sv4d", 5, 8, "SpatiotemporalPredictionGuider", 2.0, 1.0, 10.0),
     # the original's 4-view script asks for min_cfg 2.0, which its linear guider ignores
-    "sv4d2": Spec("sv4d2", 12, 4, "LinearPredictionGuider", 2.0, 1.0, 0.0,
-                  (0, 60, 120, 180, 240), window_overlap=0),
-    "sv4d2_8views": Spec("sv4d2_8views", 5, 8, "SpatiotemporalPredictionGuider", 2.5, 1.5,
-                         0.0, (0, 30, 75, 120, 165, 210, 255, 300, 330)),
+    "sv4d2": Spec(
+        "sv4d2",
+        12,
+        4,
+        "LinearPredictionGuider",
+        2.0,
+        1.0,
+        0.0,
+        (0, 60, 120, 180, 240),
+        window_overlap=0,
+    ),
+    "sv4d2_8views": Spec(
+        "sv4d2_8views",
+        5,
+        8,
+        "SpatiotemporalPredictionGuider",
+        2.5,
+        1.5,
+        0.0,
+        (0, 30, 75, 120, 165, 210, 255, 300, 330),
+    ),
 }
 
 
@@ -78,8 +95,9 @@ def _per_view(values: float | Sequence[float] | None, count: int, name: str) -> 
         return [float(values)] * count
     values = [float(v) for v in values]
     if len(values) != count:
-        raise InputError(f"{name} needs 1 value or {count} values (one per view), got "
-                         f"{len(values)}")
+        raise InputError(
+            f"{name} needs 1 value or {count} values (one per view), got {len(values)}"
+        )
     return values
 
 
@@ -149,7 +167,11 @@ def build_sampler(spec: Spec, num_steps: int, verbose: bool = False) -> Any:
             "target": f"sgm.modules.diffusionmodules.guiders.{spec.guider}",
             "params": guider_params,
         },
-        s_churn=0.0, s_tmin=0.0, s_tmax=999.0, s_noise=1.0, verbose=verbose,
+        s_churn=0.0,
+        s_tmin=0.0,
+        s_tmax=999.0,
+        s_noise=1.0,
+        verbose=verbose,
     )
 
 
@@ -169,7 +191,10 @@ class Window:
 
 
 def _condition_values(
-    motion: torch.Tensor, views: torch.Tensor, polars: np.ndarray, azimuths: np.ndarray,
+    motion: torch.Tensor,
+    views: torch.Tensor,
+    polars: np.ndarray,
+    azimuths: np.ndarray,
     device: torch.device,
 ) -> dict[str, Any]:
     n = motion.shape[0] * views.shape[0]
@@ -229,19 +254,20 @@ def condition(
 def latent_noise(n: int, size: int, generator: torch.Generator) -> torch.Tensor:
     """Unit noise ``(n, 4, size/8, size/8)`` from ``generator`` (on its device)."""
     h = size // LATENT_FACTOR
-    return torch.randn((n, LATENT_CHANNELS, h, h), generator=generator,
-                       device=generator.device)
+    return torch.randn((n, LATENT_CHANNELS, h, h), generator=generator, device=generator.device)
 
 
 @torch.no_grad()
 def sample_window(
-    model: Any, sampler: Any, window: Window, noise: torch.Tensor,
+    model: Any,
+    sampler: Any,
+    window: Window,
+    noise: torch.Tensor,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """A whole sampler run from unit ``noise`` for one window; latents on the device."""
     x = noise.to(window.extra["image_only_indicator"].device)
-    return sampler(window.denoiser(model), x, cond=window.c, uc=window.uc,
-                   generator=generator)
+    return sampler(window.denoiser(model), x, cond=window.c, uc=window.uc, generator=generator)
 
 
 @torch.no_grad()
@@ -278,8 +304,15 @@ def sample_dense_window(
         if step == 0:
             x = x * torch.sqrt(1.0 + sigmas[0] ** 2.0)
         gamma = sampler.churn_gamma(schedule[step], len(sigmas))
-        x = sampler.sampler_step(s_in * sigmas[step], s_in * sigmas[step + 1],
-                                 window.denoiser(model), x, window.c, window.uc, gamma)
+        x = sampler.sampler_step(
+            s_in * sigmas[step],
+            s_in * sigmas[step + 1],
+            window.denoiser(model),
+            x,
+            window.c,
+            window.uc,
+            gamma,
+        )
         latents[rows, cols] = x.view(len(order), len(views), *x.shape[1:]).to(latents)
 
 
@@ -298,8 +331,11 @@ def decode(model: Any, latents: torch.Tensor, decoding_t: int) -> torch.Tensor:
 @contextlib.contextmanager
 def encoding_chunks(model: Any, encoding_t: int | None) -> Iterator[None]:
     """Conditioning frames encoded ``encoding_t`` at a time inside the block."""
-    embedders = [e for e in getattr(model.conditioner, "embedders", [])
-                 if hasattr(e, "en_and_decode_n_samples_a_time")]
+    embedders = [
+        e
+        for e in getattr(model.conditioner, "embedders", [])
+        if hasattr(e, "en_and_decode_n_samples_a_time")
+    ]
     saved = [e.en_and_decode_n_samples_a_time for e in embedders]
     try:
         if encoding_t is not None:
@@ -329,8 +365,7 @@ def new_grid(frames: torch.Tensor, n_views: int) -> Grid:
 
 def check_size(img_size: int) -> None:
     """Image sizes must be multiples of 64 (the network halves the latents 3 times)."""
-    if isinstance(img_size, bool) or int(img_size) != img_size or img_size <= 0 \
-            or img_size % 64:
+    if isinstance(img_size, bool) or int(img_size) != img_size or img_size <= 0 or img_size % 64:
         raise InputError(f"img_size must be a positive multiple of 64, got {img_size!r}")
 
 
@@ -338,4 +373,3 @@ def check_steps(num_steps: int) -> None:
     """At least one sampling step."""
     if isinstance(num_steps, bool) or int(num_steps) != num_steps or num_steps <= 0:
         raise InputError(f"num_steps must be a positive integer, got {num_steps!r}")
-

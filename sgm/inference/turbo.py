@@ -119,17 +119,31 @@ def sample_turbo(
     from .helpers import do_sample, model_device
 
     value_dict = {
-        "prompt": prompt, "negative_prompt": "",
-        "orig_width": width, "orig_height": height,
-        "target_width": width, "target_height": height,
-        "crop_coords_top": 0, "crop_coords_left": 0,
-        "aesthetic_score": 6.0, "negative_aesthetic_score": 2.5,
+        "prompt": prompt,
+        "negative_prompt": "",
+        "orig_width": width,
+        "orig_height": height,
+        "target_width": width,
+        "target_height": height,
+        "crop_coords_top": 0,
+        "crop_coords_left": 0,
+        "aesthetic_score": 6.0,
+        "negative_aesthetic_score": 2.5,
         **(extra_values or {}),
     }
     shape = (num_samples, channels, height // factor, width // factor)
     noise = seeded_randn(shape, seed, model_device(model))
     return do_sample(
-        model, turbo_sampler(n_steps, seed, verbose), value_dict, num_samples, height,
-        width, channels, factor, return_latents=return_latents, filter=filter, noise=noise,
+        model,
+        turbo_sampler(n_steps, seed, verbose),
+        value_dict,
+        num_samples,
+        height,
+        width,
+        channels,
+        factor,
+        return_latents=return_latents,
+        filter=filter,
+        noise=noise,
         callback=callback,
     )

@@ -136,8 +136,9 @@ def prepare_svd_image(image: Any, multiple: int = 64) -> torch.Tensor:
     new_w = max(multiple, width - width % multiple)
     new_h = max(multiple, height - height % multiple)
     if (new_w, new_h) != (width, height):
-        logger.warning("resizing %dx%d to %dx%d (multiples of %d)",
-                       width, height, new_w, new_h, multiple)
+        logger.warning(
+            "resizing %dx%d to %dx%d (multiples of %d)", width, height, new_w, new_h, multiple
+        )
         image = image.resize((new_w, new_h), Image.LANCZOS)
     if (new_h, new_w) != (576, 1024):
         logger.warning("the SVD models were trained at 1024x576; got %dx%d", new_w, new_h)
@@ -293,18 +294,23 @@ def sample_video(
     device = model_device(model)
     context = (
         precision.autocast(device, dtype or getattr(model, "compute_dtype", None))
-        if autocast else contextlib.nullcontext()
+        if autocast
+        else contextlib.nullcontext()
     )
     with context, offload.released(model), _chunking(model, encoding_t, decoding_t):
-        return _sample_video(model, value_dict, num_frames, generator, device,
-                             replace_last_with_input, callback)
+        return _sample_video(
+            model, value_dict, num_frames, generator, device, replace_last_with_input, callback
+        )
 
 
 @contextlib.contextmanager
 def _chunking(model: Any, encoding_t: int | None, decoding_t: int) -> Iterator[None]:
     """Frames encoded / decoded at a time, restored on the way out."""
-    encoders = [e for e in getattr(model.conditioner, "embedders", [])
-                if hasattr(e, "en_and_decode_n_samples_a_time")]
+    encoders = [
+        e
+        for e in getattr(model.conditioner, "embedders", [])
+        if hasattr(e, "en_and_decode_n_samples_a_time")
+    ]
     saved = [e.en_and_decode_n_samples_a_time for e in encoders]
     saved_decode = model.en_and_decode_n_samples_a_time
     try:
@@ -319,14 +325,14 @@ def _chunking(model: Any, encoding_t: int | None, decoding_t: int) -> Iterator[N
         model.en_and_decode_n_samples_a_time = saved_decode
 
 
-def _sample_video(model, value_dict, num_frames, generator, device, replace_last_with_input,
-                  callback) -> torch.Tensor:
+def _sample_video(
+    model, value_dict, num_frames, generator, device, replace_last_with_input, callback
+) -> torch.Tensor:
     image = value_dict["cond_frames_without_noise"]
     _, _, height, width = image.shape
     channels, factor = 4, 8
     batch = build_video_batch(
-        get_unique_embedder_keys_from_conditioner(model.conditioner), value_dict,
-        num_frames, device
+        get_unique_embedder_keys_from_conditioner(model.conditioner), value_dict, num_frames, device
     )
     c, uc = model.conditioner.get_unconditional_conditioning(
         batch, batch_uc=dict(batch), force_uc_zero_embeddings=list(FORCE_UC_ZERO)
@@ -343,8 +349,9 @@ def _sample_video(model, value_dict, num_frames, generator, device, replace_last
     def denoiser(x: torch.Tensor, sigma: torch.Tensor, cond: dict) -> torch.Tensor:
         # one row per video the network sees (the guider may double the batch)
         indicator = torch.zeros(x.shape[0] // num_frames, num_frames, device=x.device)
-        return model.denoiser(model.model, x, sigma, cond, image_only_indicator=indicator,
-                              num_video_frames=num_frames)
+        return model.denoiser(
+            model.model, x, sigma, cond, image_only_indicator=indicator, num_video_frames=num_frames
+        )
 
     callback_kw = {} if callback is None else {"callback": callback}
     latents = model.sampler(denoiser, noise, cond=c, uc=uc, **callback_kw)
@@ -378,8 +385,13 @@ def save_video(frames: torch.Tensor, path: str | os.PathLike, fps: float) -> Pat
 
     def write(tmp: str) -> None:
         writer = imageio_ffmpeg.write_frames(
-            tmp, (int(width), int(height)), fps=float(fps), codec="libx264",
-            pix_fmt_out="yuv420p", macro_block_size=1, ffmpeg_log_level="error",
+            tmp,
+            (int(width), int(height)),
+            fps=float(fps),
+            codec="libx264",
+            pix_fmt_out="yuv420p",
+            macro_block_size=1,
+            ffmpeg_log_level="error",
         )
         writer.send(None)
         for frame in data:

@@ -36,14 +36,27 @@ from ._layers import unmerge as _unmerge
 from ._names import network_of
 
 __all__ = [
-    "ATTENTION_PROJECTIONS", "SPATIAL_ATTENTION", "TEMPORAL_ATTENTION", "LoraSettings",
-    "add_lora", "load_lora", "save_lora", "lora_state_dict", "apply_lora_specs", "merge",
-    "unmerge", "set_lora_scale", "lora_parameters", "adapter_names", "network_of",
+    "ATTENTION_PROJECTIONS",
+    "SPATIAL_ATTENTION",
+    "TEMPORAL_ATTENTION",
+    "LoraSettings",
+    "add_lora",
+    "load_lora",
+    "save_lora",
+    "lora_state_dict",
+    "apply_lora_specs",
+    "merge",
+    "unmerge",
+    "set_lora_scale",
+    "lora_parameters",
+    "adapter_names",
+    "network_of",
 ]
 
 
-def add_lora(model: nn.Module, config: Mapping[str, Any] | LoraSettings | None = None,
-             name: str = "default") -> list[str]:
+def add_lora(
+    model: nn.Module, config: Mapping[str, Any] | LoraSettings | None = None, name: str = "default"
+) -> list[str]:
     """Add a new (trainable, zero-output) adapter to ``model``'s network; its layer names."""
     settings = LoraSettings.from_config(config)
     network = network_of(model)
@@ -52,23 +65,25 @@ def add_lora(model: nn.Module, config: Mapping[str, Any] | LoraSettings | None =
     if settings.init_from is not None:
         plan = plan_adapter(network, settings.init_from)
         if plan.settings.rank != settings.rank:
-            raise ConfigError(f"lora_config.init_from {settings.init_from} has rank "
-                              f"{plan.settings.rank}, lora_config.rank is {settings.rank}")
+            raise ConfigError(
+                f"lora_config.init_from {settings.init_from} has rank "
+                f"{plan.settings.rank}, lora_config.rank is {settings.rank}"
+            )
         # same function as the file: (alpha / rank) * B here == (file alpha / rank) * B there
-        _copy_weights(network, plan, name,
-                      plan.settings.lora_alpha / settings.lora_alpha)
+        _copy_weights(network, plan, name, plan.settings.lora_alpha / settings.lora_alpha)
     return targets
 
 
-def _copy_weights(network: nn.Module, plan: AdapterPlan, name: str,
-                  b_factor: float = 1.0) -> None:
+def _copy_weights(network: nn.Module, plan: AdapterPlan, name: str, b_factor: float = 1.0) -> None:
     layers = dict(lora_layers(network))
     with torch.no_grad():
         for module, (a, b) in plan.weights.items():
             layer = layers.get(module)
             if layer is None or name not in layer.lora_A:
-                raise CheckpointError(f"{plan.path}: layer {module!r} has no adapter here "
-                                      "(target_modules differ from the file's)")
+                raise CheckpointError(
+                    f"{plan.path}: layer {module!r} has no adapter here "
+                    "(target_modules differ from the file's)"
+                )
             layer.lora_A[name].weight.copy_(a)
             layer.lora_B[name].weight.copy_(b * b_factor)
 
@@ -88,8 +103,9 @@ def _apply(network: nn.Module, plan: AdapterPlan, scale: float, name: str | None
     return name
 
 
-def load_lora(model: nn.Module, path: str | os.PathLike, scale: float = 1.0,
-              name: str | None = None) -> str:
+def load_lora(
+    model: nn.Module, path: str | os.PathLike, scale: float = 1.0, name: str | None = None
+) -> str:
     """Add the adapter in ``path`` to ``model`` at strength ``scale``; its adapter name.
 
     The file is checked against the network first (``CheckpointError`` names the first
@@ -100,8 +116,9 @@ def load_lora(model: nn.Module, path: str | os.PathLike, scale: float = 1.0,
     return _apply(network, plan, float(scale), name)
 
 
-def apply_lora_specs(model: nn.Module,
-                     specs: Iterable[tuple[str | os.PathLike, float]] | None) -> list[str]:
+def apply_lora_specs(
+    model: nn.Module, specs: Iterable[tuple[str | os.PathLike, float]] | None
+) -> list[str]:
     """Load every ``(path, scale)`` (the ``--lora PATH[:SCALE]`` flags); every file is
     checked before the first one is applied."""
     specs = list(specs or [])

@@ -55,8 +55,10 @@ class LoraSettings:
             if isinstance(self.target_modules, str) or not all(
                 isinstance(p, str) and p for p in self.target_modules
             ):
-                raise ConfigError("lora_config.target_modules must be a list of module-name "
-                                  f"patterns, got {self.target_modules!r}")
+                raise ConfigError(
+                    "lora_config.target_modules must be a list of module-name "
+                    f"patterns, got {self.target_modules!r}"
+                )
             object.__setattr__(self, "target_modules", tuple(self.target_modules))
 
     @classmethod
@@ -111,7 +113,7 @@ def _short(name: str) -> str:
     parts = name.split(".")
     last = parts.pop() if parts[-1].isdigit() and len(parts) > 1 else None
     idx = max((i for i, p in enumerate(parts) if p.isdigit()), default=-1)
-    tail = parts[idx + 1:] or parts[-1:]
+    tail = parts[idx + 1 :] or parts[-1:]
     return ".".join(tail + ([last] if last is not None else []))
 
 
@@ -133,11 +135,15 @@ def resolve_targets(network: nn.Module, settings: LoraSettings) -> list[str]:
     for pattern in settings.patterns():
         found = [n for n in candidates if _matches(pattern, n)]
         if not found:
-            hint = "" if settings.temporal or settings.target_modules is None else (
-                " (temporal layers are left out unless lora_config.temporal is true)")
+            hint = (
+                ""
+                if settings.temporal or settings.target_modules is None
+                else (" (temporal layers are left out unless lora_config.temporal is true)")
+            )
             raise ConfigError(
                 f"lora_config.target_modules: {pattern!r} matches no Linear/Conv layer of "
                 f"{type(network).__name__}{hint}; layer names end in: "
-                f"{_examples(list(candidates))}")
+                f"{_examples(list(candidates))}"
+            )
         chosen += [n for n in found if n not in chosen]
     return chosen

@@ -49,7 +49,7 @@ def export_adapter(network: nn.Module, name: str) -> tuple[dict[str, torch.Tenso
     tensors = adapter_tensors(network, name)
     if not tensors:
         raise InputError(f"{type(network).__name__} has no LoRA adapter {name!r} to save")
-    modules = [base_name(k[:-len(SUFFIXES[0])]) for k in tensors if k.endswith(SUFFIXES[0])]
+    modules = [base_name(k[: -len(SUFFIXES[0])]) for k in tensors if k.endswith(SUFFIXES[0])]
     layout, names = _layout(network, modules)
     rank, alpha = adapter_settings(network, name)
     out = {}
@@ -59,12 +59,23 @@ def export_adapter(network: nn.Module, name: str) -> tuple[dict[str, torch.Tenso
         if suffix.startswith("B"):  # alpha / rank folded into B: every reader agrees on scale
             value = value * (alpha / rank)
         out[PREFIX + names[base_name(module)] + ".lora_" + suffix] = value.contiguous()
-    peft_meta = {f"{PREFIX}r": rank, f"{PREFIX}lora_alpha": rank,
-                 f"{PREFIX}target_modules": sorted(names[m] for m in modules)}
-    ours = {"network": describe(network), "layout": layout, "rank": rank, "alpha": rank,
-            "trained_alpha": alpha}
-    header = {"format": "pt", "lora_adapter_metadata": json.dumps(peft_meta, sort_keys=True),
-              "sgm_lora": json.dumps(ours, sort_keys=True)}
+    peft_meta = {
+        f"{PREFIX}r": rank,
+        f"{PREFIX}lora_alpha": rank,
+        f"{PREFIX}target_modules": sorted(names[m] for m in modules),
+    }
+    ours = {
+        "network": describe(network),
+        "layout": layout,
+        "rank": rank,
+        "alpha": rank,
+        "trained_alpha": alpha,
+    }
+    header = {
+        "format": "pt",
+        "lora_adapter_metadata": json.dumps(peft_meta, sort_keys=True),
+        "sgm_lora": json.dumps(ours, sort_keys=True),
+    }
     return out, header
 
 
@@ -103,8 +114,11 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def _alpha(header: dict, rank: int) -> float:
-    for key, field in (("sgm_lora", "alpha"), ("lora_adapter_metadata", f"{PREFIX}lora_alpha"),
-                       ("lora_adapter_metadata", "lora_alpha")):
+    for key, field in (
+        ("sgm_lora", "alpha"),
+        ("lora_adapter_metadata", f"{PREFIX}lora_alpha"),
+        ("lora_adapter_metadata", "lora_alpha"),
+    ):
         try:
             value = json.loads(header[key])[field]
         except (KeyError, TypeError, ValueError):
@@ -131,15 +145,18 @@ def plan_adapter(network: nn.Module, path: str | os.PathLike) -> AdapterPlan:
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     first_key: dict[str, str] = {}
     for key, value in tensors.items():
-        stem = key[len(PREFIX):] if key.startswith(PREFIX) else key
+        stem = key[len(PREFIX) :] if key.startswith(PREFIX) else key
         if not stem.endswith(SUFFIXES):
-            raise CheckpointError(f"{path}: key {key!r} is not a LoRA weight (expected "
-                                  "'<module>.lora_A.weight' / '.lora_B.weight', peft layout)")
-        module, part = stem[:-len(".weight")].rsplit(".", 1)
+            raise CheckpointError(
+                f"{path}: key {key!r} is not a LoRA weight (expected "
+                "'<module>.lora_A.weight' / '.lora_B.weight', peft layout)"
+            )
+        module, part = stem[: -len(".weight")].rsplit(".", 1)
         module = inverse.get(module, module)
         if module not in layers:
-            raise CheckpointError(f"{path}: key {key!r} matches no layer of this {ours} "
-                                  f"(the file was {expects})")
+            raise CheckpointError(
+                f"{path}: key {key!r} matches no layer of this {ours} (the file was {expects})"
+            )
         pairs.setdefault(module, {})[part] = value
         first_key.setdefault(module, key)
     if not pairs:
@@ -150,17 +167,24 @@ def plan_adapter(network: nn.Module, path: str | os.PathLike) -> AdapterPlan:
             raise CheckpointError(f"{path}: layer {module!r} lacks lora_A or lora_B")
         a, b = pair["lora_A"], pair["lora_B"]
         weight = layers[module].weight
-        if (a.ndim < 2 or b.shape[0] != weight.shape[0] or a.shape[1] != weight.shape[1]
-                or a.shape[0] != b.shape[1] or a.shape[2:] != weight.shape[2:]):
+        if (
+            a.ndim < 2
+            or b.shape[0] != weight.shape[0]
+            or a.shape[1] != weight.shape[1]
+            or a.shape[0] != b.shape[1]
+            or a.shape[2:] != weight.shape[2:]
+        ):
             raise CheckpointError(
                 f"{path}: key {first_key[module]!r} (shape {tuple(a.shape)}/{tuple(b.shape)}) "
                 f"does not fit layer {module!r} {tuple(weight.shape)} of this {ours} "
-                f"(the file was {expects})")
+                f"(the file was {expects})"
+            )
         weights[module] = (a, b)
         ranks.add(a.shape[0])
     if len(ranks) != 1:
         raise CheckpointError(f"{path}: adapters of mixed ranks {sorted(ranks)} are not supported")
     rank = ranks.pop()
-    settings = LoraSettings(rank=rank, alpha=_alpha(header, rank),
-                            target_modules=tuple(weights), temporal=True)
+    settings = LoraSettings(
+        rank=rank, alpha=_alpha(header, rank), target_modules=tuple(weights), temporal=True
+    )
     return AdapterPlan(str(path), list(weights), weights, settings)

@@ -40,14 +40,17 @@ def adapter_names(network: nn.Module) -> list[str]:
     return names
 
 
-def add_adapter(network: nn.Module, targets: list[str], settings: LoraSettings,
-                name: str) -> None:
+def add_adapter(network: nn.Module, targets: list[str], settings: LoraSettings, name: str) -> None:
     """Wrap the layers ``targets`` (full module names) with a new adapter ``name``."""
     peft = _peft()
     if name in adapter_names(network):
         raise ValueError(f"the network already has an adapter named {name!r}")
-    config = peft.LoraConfig(r=settings.rank, lora_alpha=settings.lora_alpha,
-                             lora_dropout=float(settings.dropout), target_modules=list(targets))
+    config = peft.LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=float(settings.dropout),
+        target_modules=list(targets),
+    )
     frozen = {p for p in network.parameters() if not p.requires_grad}
     with warnings.catch_warnings():  # a second adapter is intended here
         warnings.filterwarnings("ignore", message=".*peft_config.*")

@@ -15,8 +15,9 @@ EXTRA = "pip install 'sgm[lora]'"
 def network_of(model: nn.Module) -> nn.Module:
     """The denoising network of an engine (``model.diffusion_model``), a wrapper, or itself."""
     inner = getattr(model, "model", None)
-    if isinstance(inner, nn.Module) and isinstance(getattr(inner, "diffusion_model", None),
-                                                   nn.Module):
+    if isinstance(inner, nn.Module) and isinstance(
+        getattr(inner, "diffusion_model", None), nn.Module
+    ):
         return inner.diffusion_model
     if isinstance(getattr(model, "diffusion_model", None), nn.Module):
         return model.diffusion_model
@@ -36,8 +37,12 @@ def _converter_config(network: nn.Module) -> dict | None:
     blocks = set(network.num_res_blocks)
     if len(blocks) != 1:
         return None
-    return {"layers_per_block": blocks.pop(), "class_embed_type": None,
-            "addition_embed_type": None, "num_class_embeds": None}
+    return {
+        "layers_per_block": blocks.pop(),
+        "class_embed_type": None,
+        "addition_embed_type": None,
+        "num_class_embeds": None,
+    }
 
 
 def diffusers_module_names(network: nn.Module) -> dict[str, str] | None:
@@ -57,18 +62,21 @@ def diffusers_module_names(network: nn.Module) -> dict[str, str] | None:
         for key, value in network.state_dict().items():
             if ".lora_" not in key:
                 state["model.diffusion_model." + base_name(key)] = value
-        ours = {id(v): k[len("model.diffusion_model."):] for k, v in state.items()}
+        ours = {id(v): k[len("model.diffusion_model.") :] for k, v in state.items()}
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 converted = convert_ldm_unet_checkpoint(state, config)
         except Exception as error:  # noqa: BLE001 - any converter failure: our own layout
-            logger.info("diffusers' converter does not read this %s (%s); LoRA files use "
-                        "sgm module names", type(network).__name__, error)
+            logger.info(
+                "diffusers' converter does not read this %s (%s); LoRA files use sgm module names",
+                type(network).__name__,
+                error,
+            )
             converted = {}
         for theirs, value in converted.items():
             key = ours.get(id(value))
             if key is not None and key.endswith(".weight") and theirs.endswith(".weight"):
-                names[key[:-len(".weight")]] = theirs[:-len(".weight")]
+                names[key[: -len(".weight")]] = theirs[: -len(".weight")]
     object.__setattr__(network, "_lora_diffusers_names", names)
     return names or None

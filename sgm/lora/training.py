@@ -30,15 +30,21 @@ def _is_adapter_key(key: str) -> bool:
 def attach_lora(engine: nn.Module, config: Any) -> None:
     """Freeze ``engine`` and add a trainable adapter (``lora_config``) to its network."""
     if getattr(engine, "use_ema", False):
-        raise ConfigError("lora_config with use_ema: true is not supported (EMA tracks the "
-                          "full network); set model.params.use_ema: false")
+        raise ConfigError(
+            "lora_config with use_ema: true is not supported (EMA tracks the "
+            "full network); set model.params.use_ema: false"
+        )
     for param in engine.parameters():
         param.requires_grad_(False)
     targets = add_lora(engine, config)
     engine.strict_loading = False  # checkpoints hold only the adapter
     count = sum(p.numel() for p in engine.parameters() if p.requires_grad)
-    logger.info("LoRA on %d layers of %s: %d trainable parameters", len(targets),
-                type(network_of(engine)).__name__, count)
+    logger.info(
+        "LoRA on %d layers of %s: %d trainable parameters",
+        len(targets),
+        type(network_of(engine)).__name__,
+        count,
+    )
 
 
 def adapter_only(engine: nn.Module, checkpoint: dict) -> None:
@@ -53,13 +59,16 @@ def check_adapter_checkpoint(engine: nn.Module, checkpoint: dict) -> None:
     expected = {k for k in engine.state_dict() if _is_adapter_key(k)}
     unexpected = sorted(k for k in state if k not in expected)
     if unexpected:
-        raise CheckpointError(f"resume checkpoint key {unexpected[0]!r} is not an adapter "
-                              "weight of this lora_config (was it written without LoRA, or "
-                              "with other target_modules?)")
+        raise CheckpointError(
+            f"resume checkpoint key {unexpected[0]!r} is not an adapter "
+            "weight of this lora_config (was it written without LoRA, or "
+            "with other target_modules?)"
+        )
     missing = sorted(expected - set(state))
     if missing:
-        raise CheckpointError(f"resume checkpoint lacks adapter weight {missing[0]!r} "
-                              f"({len(missing)} missing)")
+        raise CheckpointError(
+            f"resume checkpoint lacks adapter weight {missing[0]!r} ({len(missing)} missing)"
+        )
 
 
 class LoraExport(pl.Callback):

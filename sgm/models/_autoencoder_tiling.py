@@ -59,7 +59,9 @@ def _ramp(start: int, tile: int, starts: list[int], device, dtype) -> torch.Tens
     if i > 0 and (left := starts[i - 1] + tile - start) > 0:
         w[:left] = torch.minimum(w[:left], _edge_ramp(left, device, dtype))
     if i < len(starts) - 1 and (right := start + tile - starts[i + 1]) > 0:
-        w[tile - right :] = torch.minimum(w[tile - right :], _edge_ramp(right, device, dtype).flip(0))
+        w[tile - right :] = torch.minimum(
+            w[tile - right :], _edge_ramp(right, device, dtype).flip(0)
+        )
     return w
 
 

@@ -66,7 +66,14 @@ class AutoencoderTrainingMixin:
             else:
                 aeloss, log_dict = out, {"train/loss/rec": out.detach()}
             self.log_dict(log_dict, prog_bar=False, logger=True, on_step=True, on_epoch=True)
-            self.log("loss", aeloss.mean().detach(), prog_bar=True, logger=False, on_epoch=False, on_step=True)
+            self.log(
+                "loss",
+                aeloss.mean().detach(),
+                prog_bar=True,
+                logger=False,
+                on_epoch=False,
+                on_step=True,
+            )
             return aeloss
         if optimizer_idx == 1:
             discloss, log_dict = self.loss(x, xrec, **extra)
@@ -100,9 +107,9 @@ class AutoencoderTrainingMixin:
         extra = self._loss_kwargs(z, 0, "val" + postfix, reg_log)
         out = self.loss(x, xrec, **extra)
         if isinstance(out, tuple):
-            aeloss, log_dict = out
+            _, log_dict = out
         else:
-            aeloss, log_dict = out, {f"val{postfix}/loss/rec": out.detach()}
+            log_dict = {f"val{postfix}/loss/rec": out.detach()}
         if "optimizer_idx" in extra:
             extra["optimizer_idx"] = 1
             log_dict.update(self.loss(x, xrec, **extra)[1])
@@ -142,7 +149,9 @@ class AutoencoderTrainingMixin:
         if self.trainable_disc_params is None:
             disc_params = self.get_discriminator_params()
         else:
-            disc_params, n = self.get_param_groups(self.trainable_disc_params, self.disc_optimizer_args)
+            disc_params, n = self.get_param_groups(
+                self.trainable_disc_params, self.disc_optimizer_args
+            )
             logger.info("Number of trainable discriminator parameters: %s", f"{n:,}")
         opts = [
             self.instantiate_optimizer_from_config(
@@ -150,7 +159,9 @@ class AutoencoderTrainingMixin:
             )
         ]
         if len(disc_params) > 0:
-            opts.append(self.instantiate_optimizer_from_config(disc_params, lr, self.optimizer_config))
+            opts.append(
+                self.instantiate_optimizer_from_config(disc_params, lr, self.optimizer_config)
+            )
         return opts
 
     def _diff_images(self, x: torch.Tensor, xrec: torch.Tensor, suffix: str = "") -> dict:

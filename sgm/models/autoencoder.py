@@ -76,14 +76,18 @@ class AbstractAutoencoder(pl.LightningModule):
         state = load_state_dict(path)
         if any(k.startswith(EMBEDDED_PREFIX) for k in state):
             state = {
-                k[len(EMBEDDED_PREFIX):]: v for k, v in state.items() if k.startswith(EMBEDDED_PREFIX)
+                k[len(EMBEDDED_PREFIX) :]: v
+                for k, v in state.items()
+                if k.startswith(EMBEDDED_PREFIX)
             }
         report = compare_state_dict(self, state)
         missing = [k for k in report.missing if not k.startswith(OPTIONAL_PREFIXES)]
         unexpected = [k for k in report.unexpected if not k.startswith(OPTIONAL_PREFIXES)]
         if missing or unexpected or report.wrong_shape:
             report.missing, report.unexpected = missing, unexpected
-            raise CheckpointError(f"{path} does not match {type(self).__name__}:\n{report.summary()}")
+            raise CheckpointError(
+                f"{path} does not match {type(self).__name__}:\n{report.summary()}"
+            )
         own = self.state_dict()
         self.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
         logger.info("Loaded %s from %s", type(self).__name__, path)
@@ -274,11 +278,17 @@ class AutoencodingEngineLegacy(AutoencodingEngine):
         ckpt_path = kwargs.pop("ckpt_path", None)
         ckpt_engine = kwargs.pop("ckpt_engine", None)
         super().__init__(
-            encoder_config={"target": "sgm.modules.diffusionmodules.model.Encoder", "params": ddconfig},
-            decoder_config={"target": "sgm.modules.diffusionmodules.model.Decoder", "params": ddconfig},
+            encoder_config={
+                "target": "sgm.modules.diffusionmodules.model.Encoder",
+                "params": ddconfig,
+            },
+            decoder_config={
+                "target": "sgm.modules.diffusionmodules.model.Decoder",
+                "params": ddconfig,
+            },
             **kwargs,
         )
-        moments = (1 + bool(ddconfig["double_z"]))
+        moments = 1 + bool(ddconfig["double_z"])
         self.quant_conv = nn.Conv2d(moments * ddconfig["z_channels"], moments * embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(embed_dim, ddconfig["z_channels"], 1)
         self.embed_dim = embed_dim
@@ -305,7 +315,9 @@ class AutoencoderKL(AutoencodingEngineLegacy):
 
     def __init__(self, **kwargs: Any):
         super().__init__(
-            regularizer_config={"target": "sgm.modules.autoencoding.regularizers.DiagonalGaussianRegularizer"},
+            regularizer_config={
+                "target": "sgm.modules.autoencoding.regularizers.DiagonalGaussianRegularizer"
+            },
             **_rename_lossconfig(kwargs),
         )
 
@@ -330,7 +342,11 @@ class AutoencoderLegacyVQ(AutoencodingEngineLegacy):
         super().__init__(
             regularizer_config={
                 "target": "sgm.modules.autoencoding.regularizers.quantize.VectorQuantizer",
-                "params": {"n_e": n_embed, "e_dim": embed_dim, "sane_index_shape": sane_index_shape},
+                "params": {
+                    "n_e": n_embed,
+                    "e_dim": embed_dim,
+                    "sane_index_shape": sane_index_shape,
+                },
             },
             embed_dim=embed_dim,
             **_rename_lossconfig(kwargs),

@@ -129,14 +129,18 @@ class DiffusionEngine(pl.LightningModule):
             state_dict.update(self._ema_from(state_dict))
             logger.info("%s has no EMA weights; the EMA starts from its weights", path)
         ignore = () if self.use_ema else ("model_ema.",)
-        report = load_state_dict_into(self, state_dict, strict=strict,
-                                      ignore_unexpected=ignore, source=str(path))
+        report = load_state_dict_into(
+            self, state_dict, strict=strict, ignore_unexpected=ignore, source=str(path)
+        )
         logger.info("Restored from %s%s", path, "" if report.ok else ":\n" + report.summary())
         return report
 
     def _ema_from(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        ema = {f"model_ema.{k}": v for k, v in self.model_ema.state_dict().items()
-               if k in ("decay", "num_updates")}
+        ema = {
+            f"model_ema.{k}": v
+            for k, v in self.model_ema.state_dict().items()
+            if k in ("decay", "num_updates")
+        }
         for name, shadow in self.model_ema.m_name2s_name.items():
             if f"model.{name}" in state_dict:
                 ema[f"model_ema.{shadow}"] = state_dict[f"model.{name}"]
@@ -147,8 +151,9 @@ class DiffusionEngine(pl.LightningModule):
     def get_input(self, batch: Mapping) -> torch.Tensor:
         """The images of ``batch`` (``batch[input_key]``, in [-1, 1], channels first)."""
         if self.input_key not in batch:
-            raise ConfigError(f"batch has no key {self.input_key!r} (model input_key); "
-                              f"it has {sorted(batch)}")
+            raise ConfigError(
+                f"batch has no key {self.input_key!r} (model input_key); it has {sorted(batch)}"
+            )
         return batch[self.input_key]
 
     def _first_stage_autocast(self, x: torch.Tensor):
@@ -168,7 +173,7 @@ class DiffusionEngine(pl.LightningModule):
     def _chunks(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
         n = default(self.en_and_decode_n_samples_a_time, x.shape[0]) or max(x.shape[0], 1)
         for i in range(math.ceil(x.shape[0] / n)):
-            yield x[i * n:(i + 1) * n]
+            yield x[i * n : (i + 1) * n]
 
     @torch.no_grad()
     def decode_first_stage(self, z: torch.Tensor) -> torch.Tensor:
@@ -207,8 +212,14 @@ class DiffusionEngine(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, loss_dict = self.shared_step(batch)
         self.log_dict(loss_dict, prog_bar=True, logger=True, on_step=True, on_epoch=False)
-        self.log("global_step", float(self.global_step), prog_bar=True, logger=True,
-                 on_step=True, on_epoch=False)
+        self.log(
+            "global_step",
+            float(self.global_step),
+            prog_bar=True,
+            logger=True,
+            on_step=True,
+            on_epoch=False,
+        )
         if self.scheduler_config is not None:
             lr = self.optimizers().param_groups[0]["lr"]
             self.log("lr_abs", lr, prog_bar=True, logger=True, on_step=True, on_epoch=False)
@@ -228,8 +239,9 @@ class DiffusionEngine(pl.LightningModule):
 
     def on_train_start(self, *args: Any, **kwargs: Any) -> None:
         if self.sampler is None or self.loss_fn is None:
-            raise ConfigError("training needs model.params.sampler_config and "
-                              "model.params.loss_fn_config")
+            raise ConfigError(
+                "training needs model.params.sampler_config and model.params.loss_fn_config"
+            )
 
     def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
         if self.use_ema:
@@ -272,8 +284,10 @@ class DiffusionEngine(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         lr = getattr(self, "learning_rate", None)
         if lr is None:
-            raise ConfigError("no learning rate: set model.base_learning_rate (main.py) or "
-                              "model.params.learning_rate")
+            raise ConfigError(
+                "no learning rate: set model.base_learning_rate (main.py) or "
+                "model.params.learning_rate"
+            )
         opt = self.instantiate_optimizer_from_config(
             self.trainable_parameters(), lr, self.optimizer_config
         )
@@ -340,8 +354,7 @@ class DiffusionEngine(pl.LightningModule):
         if ucg_keys:
             unknown = [k for k in ucg_keys if k not in input_keys]
             if unknown:
-                raise ConfigError(f"ucg_keys {unknown} are not conditioner input keys "
-                                  f"{input_keys}")
+                raise ConfigError(f"ucg_keys {unknown} are not conditioner input keys {input_keys}")
         else:
             ucg_keys = input_keys
         x = self.get_input(batch)
@@ -380,5 +393,7 @@ def _conditioning_image(x: Any, key: str, image_h: int, image_w: int) -> torch.T
             return log_txt_as_img((image_w, image_h), text, size=max(image_h // 20, 4))
     elif isinstance(x, (list, tuple, ListConfig)) and x and isinstance(x[0], str):
         return log_txt_as_img((image_w, image_h), list(x), size=max(image_h // 20, 4))
-    raise ConfigError(f"cannot render conditioning {key!r} of type {type(x).__name__} as an "
-                      "image; add it to model.params.log_keys exclusions or set no_cond_log")
+    raise ConfigError(
+        f"cannot render conditioning {key!r} of type {type(x).__name__} as an "
+        "image; add it to model.params.log_keys exclusions or set no_cond_log"
+    )

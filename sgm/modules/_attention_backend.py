@@ -164,6 +164,4 @@ def scaled_dot_product(
         return _xformers_attention(q, k, v, mask, scale, dropout_p)
     if name == "math":
         return _math_attention(q, k, v, mask, scale, dropout_p)
-    return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale
-    )
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)

@@ -73,13 +73,9 @@ class FeedForward(nn.Module):
         inner_dim = int(dim * mult)
         dim_out = default(dim_out, dim)
         project_in = (
-            GEGLU(dim, inner_dim)
-            if glu
-            else nn.Sequential(nn.Linear(dim, inner_dim), nn.GELU())
+            GEGLU(dim, inner_dim) if glu else nn.Sequential(nn.Linear(dim, inner_dim), nn.GELU())
         )
-        self.net = nn.Sequential(
-            project_in, nn.Dropout(dropout), nn.Linear(inner_dim, dim_out)
-        )
+        self.net = nn.Sequential(project_in, nn.Dropout(dropout), nn.Linear(inner_dim, dim_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -114,9 +110,7 @@ class CrossAttention(nn.Module):
         self.to_q = nn.Linear(query_dim, inner_dim, bias=False)
         self.to_k = nn.Linear(context_dim, inner_dim, bias=False)
         self.to_v = nn.Linear(context_dim, inner_dim, bias=False)
-        self.to_out = nn.Sequential(
-            nn.Linear(inner_dim, query_dim), nn.Dropout(dropout)
-        )
+        self.to_out = nn.Sequential(nn.Linear(inner_dim, query_dim), nn.Dropout(dropout))
         self.backend = backend
 
     def _kernel_context(self):
@@ -145,8 +139,7 @@ class CrossAttention(nn.Module):
             n = n_times_crossframe_attn_in_self
             if x.shape[0] % n:
                 raise ValueError(
-                    f"batch {x.shape[0]} is not a multiple of "
-                    f"n_times_crossframe_attn_in_self={n}"
+                    f"batch {x.shape[0]} is not a multiple of n_times_crossframe_attn_in_self={n}"
                 )
             k = repeat(k[::n], "b ... -> (b n) ...", n=x.shape[0] // n)
             v = repeat(v[::n], "b ... -> (b n) ...", n=x.shape[0] // n)
@@ -208,8 +201,7 @@ class SpatialSelfAttention(nn.Module):
         h_ = self.norm(x)
         b, c, h, w = x.shape
         q, k, v = (
-            rearrange(layer(h_), "b c h w -> b 1 (h w) c")
-            for layer in (self.q, self.k, self.v)
+            rearrange(layer(h_), "b c h w -> b 1 (h w) c") for layer in (self.q, self.k, self.v)
         )
         out = scaled_dot_product(q, k, v)
         out = rearrange(out, "b 1 (h w) c -> b c h w", h=h, w=w)
@@ -251,9 +243,7 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, C) -> (B, L, C)."""
-        q, k, v = rearrange(
-            self.qkv(x), "b l (k h d) -> k b h l d", k=3, h=self.num_heads
-        )
+        q, k, v = rearrange(self.qkv(x), "b l (k h d) -> k b h l d", k=3, h=self.num_heads)
         out = scaled_dot_product(
             q,
             k,

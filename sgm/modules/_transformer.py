@@ -28,8 +28,7 @@ def attention_class(attn_mode: str) -> type[CrossAttention]:
     """The attention class for an ``attn_mode`` ('softmax' or 'softmax-xformers')."""
     if attn_mode not in ATTENTION_MODES:
         raise ValueError(
-            f"unknown attn_mode {attn_mode!r}; expected one of "
-            f"{', '.join(ATTENTION_MODES)}"
+            f"unknown attn_mode {attn_mode!r}; expected one of {', '.join(ATTENTION_MODES)}"
         )
     return ATTENTION_MODES[attn_mode]
 
@@ -95,9 +94,7 @@ class BasicTransformerBlock(nn.Module):
             self.checkpoint,
         )
 
-    def _forward(
-        self, x, context=None, additional_tokens=None, n_times_crossframe_attn_in_self=0
-    ):
+    def _forward(self, x, context=None, additional_tokens=None, n_times_crossframe_attn_in_self=0):
         # Residual sums are added in place into the fresh layer outputs (saves one
         # activation-sized allocation each; autograd does not need those outputs).
         x = self.attn1(
@@ -108,9 +105,7 @@ class BasicTransformerBlock(nn.Module):
                 0 if self.disable_self_attn else n_times_crossframe_attn_in_self
             ),
         ).add_(x)
-        x = self.attn2(
-            self.norm2(x), context=context, additional_tokens=additional_tokens
-        ).add_(x)
+        x = self.attn2(self.norm2(x), context=context, additional_tokens=additional_tokens).add_(x)
         return self.ff(self.norm3(x)).add_(x)
 
 
@@ -143,13 +138,9 @@ class BasicTransformerSingleLayerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.checkpoint = checkpoint
 
-    def forward(
-        self, x: torch.Tensor, context: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """(B, N, dim) -> (B, N, dim)."""
-        return checkpoint(
-            self._forward, (x, context), self.parameters(), self.checkpoint
-        )
+        return checkpoint(self._forward, (x, context), self.parameters(), self.checkpoint)
 
     def _forward(self, x, context=None):
         x = self.attn1(self.norm1(x), context=context).add_(x)
@@ -229,9 +220,7 @@ class SpatialTransformer(nn.Module):
         """Call from a ``TimestepEmbedSequential``: uses ``context`` only."""
         return self(x, context)
 
-    def forward(
-        self, x: torch.Tensor, context: torch.Tensor | list | None = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | list | None = None) -> torch.Tensor:
         """(B, C, H, W), context (B, M, D) or a list per block -> (B, C, H, W)."""
         contexts = context if isinstance(context, list) else [context]
         b, c, h, w = x.shape
@@ -281,9 +270,7 @@ class SimpleTransformer(nn.Module):
             for _ in range(depth)
         )
 
-    def forward(
-        self, x: torch.Tensor, context: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """(B, N, dim) -> (B, N, dim)."""
         for layer in self.layers:
             x = layer(x, context)

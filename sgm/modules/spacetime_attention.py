@@ -74,19 +74,35 @@ class PostHocSpatialTransformerWithTimeMixing(_PostHocBase):
         max_time_embed_period: int = 10000,
     ):
         super().__init__(
-            in_channels, n_heads, d_head, depth=depth, dropout=dropout, use_linear=use_linear,
-            context_dim=context_dim, checkpoint=checkpoint, attn_mode=attn_mode,
-            disable_self_attn=disable_self_attn, use_spatial_context=use_spatial_context,
-            time_depth=time_depth, max_time_embed_period=max_time_embed_period,
-        )  # fmt: skip
+            in_channels,
+            n_heads,
+            d_head,
+            depth=depth,
+            dropout=dropout,
+            use_linear=use_linear,
+            context_dim=context_dim,
+            checkpoint=checkpoint,
+            attn_mode=attn_mode,
+            disable_self_attn=disable_self_attn,
+            use_spatial_context=use_spatial_context,
+            time_depth=time_depth,
+            max_time_embed_period=max_time_embed_period,
+        )
         if use_spatial_context:
             time_context_dim = context_dim
         self.time_mix_blocks = self._time_blocks(
-            depth, n_heads, d_head, dropout=dropout, context_dim=time_context_dim,
-            timesteps=timesteps, checkpoint=checkpoint, ff_in=ff_in, attn_mode=attn_mode,
+            depth,
+            n_heads,
+            d_head,
+            dropout=dropout,
+            context_dim=time_context_dim,
+            timesteps=timesteps,
+            checkpoint=checkpoint,
+            ff_in=ff_in,
+            attn_mode=attn_mode,
             disable_self_attn=disable_self_attn,
             disable_temporal_crossattention=disable_temporal_crossattention,
-        )  # fmt: skip
+        )
         self.time_mix_time_embed = frame_embed_mlp(in_channels, in_channels)
         init_merge(self, merge_strategy, merge_factor, apply_sigmoid_to_merge, time_mix_legacy)
 
@@ -104,9 +120,14 @@ class PostHocSpatialTransformerWithTimeMixing(_PostHocBase):
     ) -> torch.Tensor:
         """(B*T, C, H, W), context (B*T, M, D) -> (B*T, C, H, W)."""
         return self._mix_frames(
-            x, context, time_context, timesteps, image_only_indicator,
-            self.time_mix_blocks, self.time_mix_time_embed,
-        )  # fmt: skip
+            x,
+            context,
+            time_context,
+            timesteps,
+            image_only_indicator,
+            self.time_mix_blocks,
+            self.time_mix_time_embed,
+        )
 
 
 class PostHocSpatialTransformerWithTimeMixingAndMotion(_PostHocBase):
@@ -160,21 +181,34 @@ class PostHocSpatialTransformerWithTimeMixingAndMotion(_PostHocBase):
         max_time_embed_period: int = 10000,
     ):
         super().__init__(
-            in_channels, n_heads, d_head, depth=depth, dropout=dropout, use_linear=use_linear,
-            context_dim=context_dim, checkpoint=checkpoint, attn_mode=attn_mode,
-            disable_self_attn=disable_self_attn, use_spatial_context=use_spatial_context,
-            time_depth=time_depth, max_time_embed_period=max_time_embed_period,
-        )  # fmt: skip
+            in_channels,
+            n_heads,
+            d_head,
+            depth=depth,
+            dropout=dropout,
+            use_linear=use_linear,
+            context_dim=context_dim,
+            checkpoint=checkpoint,
+            attn_mode=attn_mode,
+            disable_self_attn=disable_self_attn,
+            use_spatial_context=use_spatial_context,
+            time_depth=time_depth,
+            max_time_embed_period=max_time_embed_period,
+        )
         if use_spatial_context:
             time_context_dim = context_dim
         if use_camera_emb and adm_in_channels is None:
             raise ValueError("use_camera_emb needs adm_in_channels")
         motion_context_dim = 4 if motion_context_dim is None else motion_context_dim
         block_kw = dict(
-            dropout=dropout, timesteps=timesteps, checkpoint=checkpoint, ff_in=ff_in,
-            attn_mode=attn_mode, disable_self_attn=disable_self_attn,
+            dropout=dropout,
+            timesteps=timesteps,
+            checkpoint=checkpoint,
+            ff_in=ff_in,
+            attn_mode=attn_mode,
+            disable_self_attn=disable_self_attn,
             disable_temporal_crossattention=disable_temporal_crossattention,
-        )  # fmt: skip
+        )
         self.time_mix_blocks = self._time_blocks(
             depth, n_heads, d_head, context_dim=time_context_dim, **block_kw
         )

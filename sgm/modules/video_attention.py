@@ -119,9 +119,7 @@ class VideoTransformerBlock(nn.Module):
 
     def _num_frames(self, timesteps: int | None) -> int:
         if self.timesteps and timesteps and self.timesteps != timesteps:
-            raise ValueError(
-                f"block built for {self.timesteps} frames, called with {timesteps}"
-            )
+            raise ValueError(f"block built for {self.timesteps} frames, called with {timesteps}")
         frames = self.timesteps or timesteps
         if not frames:
             raise ValueError("the number of frames (timesteps) is required")
@@ -158,9 +156,7 @@ def frame_index_embedding(
 
 def frame_embed_mlp(dim_in: int, channels: int) -> nn.Sequential:
     """``linear(dim_in, 4C) -> SiLU -> linear(4C, C)``: embeds frame (or view) positions."""
-    return nn.Sequential(
-        linear(dim_in, 4 * channels), nn.SiLU(), linear(4 * channels, channels)
-    )
+    return nn.Sequential(linear(dim_in, 4 * channels), nn.SiLU(), linear(4 * channels, channels))
 
 
 def broadcast_context(context: torch.Tensor, n: int) -> torch.Tensor:
@@ -216,10 +212,17 @@ class _FrameMixingTransformer(_FrameKwargsMixin, SpatialTransformer):
         max_time_embed_period: int,
     ):
         super().__init__(
-            in_channels, n_heads, d_head, depth=depth, dropout=dropout, attn_type=attn_mode,
-            use_checkpoint=checkpoint, context_dim=context_dim, use_linear=use_linear,
+            in_channels,
+            n_heads,
+            d_head,
+            depth=depth,
+            dropout=dropout,
+            attn_type=attn_mode,
+            use_checkpoint=checkpoint,
+            context_dim=context_dim,
+            use_linear=use_linear,
             disable_self_attn=disable_self_attn,
-        )  # fmt: skip
+        )
         self.time_depth, self.depth = time_depth, depth
         self.max_time_embed_period = max_time_embed_period
         self.use_spatial_context = use_spatial_context
@@ -276,9 +279,13 @@ class _FrameMixingTransformer(_FrameKwargsMixin, SpatialTransformer):
         time_context = self._time_context(context, time_context, timesteps, h * w)
         tokens = self._tokens_in(x)
         frame_emb = frame_index_embedding(
-            frame_embed, timesteps, tokens.shape[0] // timesteps,
-            self.in_channels, self.max_time_embed_period, tokens,
-        )  # fmt: skip
+            frame_embed,
+            timesteps,
+            tokens.shape[0] // timesteps,
+            self.in_channels,
+            self.max_time_embed_period,
+            tokens,
+        )
         for block, mix_block in zip(self.transformer_blocks, time_blocks):
             tokens = block(tokens, context=context)
             x_mix = mix_block(tokens + frame_emb, context=time_context, timesteps=timesteps)
@@ -318,19 +325,35 @@ class SpatialVideoTransformer(_FrameMixingTransformer):
         max_time_embed_period: int = 10000,
     ):
         super().__init__(
-            in_channels, n_heads, d_head, depth=depth, dropout=dropout, use_linear=use_linear,
-            context_dim=context_dim, checkpoint=checkpoint, attn_mode=attn_mode,
-            disable_self_attn=disable_self_attn, use_spatial_context=use_spatial_context,
-            time_depth=time_depth, max_time_embed_period=max_time_embed_period,
-        )  # fmt: skip
+            in_channels,
+            n_heads,
+            d_head,
+            depth=depth,
+            dropout=dropout,
+            use_linear=use_linear,
+            context_dim=context_dim,
+            checkpoint=checkpoint,
+            attn_mode=attn_mode,
+            disable_self_attn=disable_self_attn,
+            use_spatial_context=use_spatial_context,
+            time_depth=time_depth,
+            max_time_embed_period=max_time_embed_period,
+        )
         if use_spatial_context:
             time_context_dim = context_dim
         self.time_stack = self._time_blocks(
-            depth, n_heads, d_head, dropout=dropout, context_dim=time_context_dim,
-            timesteps=timesteps, checkpoint=checkpoint, ff_in=ff_in, attn_mode=attn_mode,
+            depth,
+            n_heads,
+            d_head,
+            dropout=dropout,
+            context_dim=time_context_dim,
+            timesteps=timesteps,
+            checkpoint=checkpoint,
+            ff_in=ff_in,
+            attn_mode=attn_mode,
             disable_self_attn=disable_self_attn,
             disable_temporal_crossattention=disable_temporal_crossattention,
-        )  # fmt: skip
+        )
         self.time_pos_embed = frame_embed_mlp(in_channels, in_channels)
         self.time_mixer = AlphaBlender(alpha=merge_factor, merge_strategy=merge_strategy)
 
@@ -344,6 +367,11 @@ class SpatialVideoTransformer(_FrameMixingTransformer):
     ) -> torch.Tensor:
         """(B*T, C, H, W), context (B*T, M, D) -> (B*T, C, H, W)."""
         return self._mix_frames(
-            x, context, time_context, timesteps, image_only_indicator,
-            self.time_stack, self.time_pos_embed,
-        )  # fmt: skip
+            x,
+            context,
+            time_context,
+            timesteps,
+            image_only_indicator,
+            self.time_stack,
+            self.time_pos_embed,
+        )

@@ -30,16 +30,26 @@ def _write_yaml(config: Any, path: Path) -> None:
 class SetupCallback(pl.Callback):
     """Create the run folders and save the merged project and lightning configs."""
 
-    def __init__(self, resume: str, now: str, logdir: str, ckptdir: str, cfgdir: str,
-                 config: Any, lightning_config: Any, debug: bool = False,
-                 ckpt_name: str | None = None):
+    def __init__(
+        self,
+        resume: str,
+        now: str,
+        logdir: str,
+        ckptdir: str,
+        cfgdir: str,
+        config: Any,
+        lightning_config: Any,
+        debug: bool = False,
+        ckpt_name: str | None = None,
+    ):
         super().__init__()
         self.resume, self.now, self.debug, self.ckpt_name = resume, now, debug, ckpt_name
         self.logdir, self.ckptdir, self.cfgdir = logdir, ckptdir, cfgdir
         self.config, self.lightning_config = config, lightning_config
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                     exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
         if isinstance(exception, KeyboardInterrupt) and not self.debug and trainer.global_step:
             save_checkpoint(trainer, os.path.join(self.ckptdir, self.ckpt_name or "last.ckpt"))
 
@@ -50,8 +60,10 @@ class SetupCallback(pl.Callback):
             os.makedirs(folder, exist_ok=True)
         cfgdir = Path(self.cfgdir)
         _write_yaml(self.config, cfgdir / f"{self.now}-project.yaml")
-        _write_yaml(OmegaConf.create({"lightning": self.lightning_config}),
-                    cfgdir / f"{self.now}-lightning.yaml")
+        _write_yaml(
+            OmegaConf.create({"lightning": self.lightning_config}),
+            cfgdir / f"{self.now}-lightning.yaml",
+        )
         logger.info("Run folder: %s", self.logdir)
 
 
@@ -92,8 +104,14 @@ class SignalCheckpoint(pl.Callback):
             flag = trainer.strategy.reduce_boolean_decision(flag, all=False)
         return flag
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                           outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
         if not self._signalled(trainer):
             return
         self.received = self.received or int(signal.SIGUSR1)
@@ -136,11 +154,20 @@ class ImageLogger(pl.Callback):
     ``increase_log_steps`` it also logs at steps 1, 2, 4, ... below the frequency.
     """
 
-    def __init__(self, batch_frequency: int, max_images: int, clamp: bool = True,
-                 increase_log_steps: bool = True, rescale: bool = True,
-                 disabled: bool = False, log_on_batch_idx: bool = False,
-                 log_first_step: bool = False, log_images_kwargs: dict | None = None,
-                 log_before_first_step: bool = False, enable_autocast: bool = True):
+    def __init__(
+        self,
+        batch_frequency: int,
+        max_images: int,
+        clamp: bool = True,
+        increase_log_steps: bool = True,
+        rescale: bool = True,
+        disabled: bool = False,
+        log_on_batch_idx: bool = False,
+        log_first_step: bool = False,
+        log_images_kwargs: dict | None = None,
+        log_before_first_step: bool = False,
+        enable_autocast: bool = True,
+    ):
         super().__init__()
         self.batch_freq = max(int(batch_frequency), 1)
         self.max_images = int(max_images)
@@ -168,8 +195,15 @@ class ImageLogger(pl.Callback):
         return getattr(trainer, "logdir", None) or trainer.default_root_dir
 
     @rank_zero_only
-    def log_local(self, save_dir: str, split: str, images: dict, global_step: int,
-                  current_epoch: int, batch_idx: int) -> None:
+    def log_local(
+        self,
+        save_dir: str,
+        split: str,
+        images: dict,
+        global_step: int,
+        current_epoch: int,
+        batch_idx: int,
+    ) -> None:
         """Write one grid per image key."""
         root = Path(save_dir) / "images" / split
         for key, value in images.items():
@@ -182,19 +216,23 @@ class ImageLogger(pl.Callback):
             save_png(to_uint8(grid), root / name)
 
     @rank_zero_only
-    def log_img(self, pl_module: pl.LightningModule, batch: Any, batch_idx: int,
-                split: str = "train") -> None:
+    def log_img(
+        self, pl_module: pl.LightningModule, batch: Any, batch_idx: int, split: str = "train"
+    ) -> None:
         """Sample and save images if the step is due."""
         check_idx = batch_idx if self.log_on_batch_idx else pl_module.global_step
-        if not (self.check_frequency(check_idx) and callable(getattr(pl_module, "log_images",
-                                                                     None))
-                and self.max_images > 0):
+        if not (
+            self.check_frequency(check_idx)
+            and callable(getattr(pl_module, "log_images", None))
+            and self.max_images > 0
+        ):
             return
         was_training = pl_module.training
         pl_module.eval()
         device_type = pl_module.device.type
-        autocast = torch.autocast(device_type, enabled=self.enable_autocast
-                                  and device_type != "cpu")
+        autocast = torch.autocast(
+            device_type, enabled=self.enable_autocast and device_type != "cpu"
+        )
         with torch.no_grad(), autocast:
             images = pl_module.log_images(batch, split=split, **self.log_images_kwargs)
         for key in images:
@@ -204,23 +242,42 @@ class ImageLogger(pl.Callback):
                     value = value.clamp(-1.0, 1.0)
                 images[key] = value
         trainer = pl_module.trainer
-        self.log_local(self._save_dir(trainer), split, images, pl_module.global_step,
-                       pl_module.current_epoch, batch_idx)
+        self.log_local(
+            self._save_dir(trainer),
+            split,
+            images,
+            pl_module.global_step,
+            pl_module.current_epoch,
+            batch_idx,
+        )
         if was_training:
             pl_module.train()
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                           outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
         if not self.disabled and (pl_module.global_step > 0 or self.log_first_step):
             self.log_img(pl_module, batch, batch_idx, split="train")
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                             batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self.log_before_first_step and pl_module.global_step == 0:
             self.log_img(pl_module, batch, batch_idx, split="train")
 
-    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                                outputs: Any, batch: Any, batch_idx: int,
-                                dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         if not self.disabled and pl_module.global_step > 0:
             self.log_img(pl_module, batch, batch_idx, split="val")

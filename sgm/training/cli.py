@@ -33,8 +33,7 @@ def str2bool(value: Any) -> bool:
 
 
 def _flag(parser: argparse.ArgumentParser, *names: str, default: bool, help: str) -> None:
-    parser.add_argument(*names, type=str2bool, nargs="?", const=True, default=default,
-                        help=help)
+    parser.add_argument(*names, type=str2bool, nargs="?", const=True, default=default, help=help)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -45,12 +44,19 @@ def get_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="main.py",
         description="Train a model from YAML configs; extra key=value arguments override "
-                    "config entries (e.g. model.params.use_ema=true).")
+        "config entries (e.g. model.params.use_ema=true).",
+    )
     p.add_argument("-n", "--name", default="", help="postfix for the run folder name")
     _flag(p, "--no_date", default=False, help="leave the date out of the run folder name")
     p.add_argument("-r", "--resume", default="", help="run folder or checkpoint to resume")
-    p.add_argument("-b", "--base", nargs="*", metavar="base_config.yaml", default=[],
-                   help="configs merged left to right, then the key=value overrides")
+    p.add_argument(
+        "-b",
+        "--base",
+        nargs="*",
+        metavar="base_config.yaml",
+        default=[],
+        help="configs merged left to right, then the key=value overrides",
+    )
     _flag(p, "-t", "--train", default=True, help="train")
     _flag(p, "--no-test", default=False, help="skip testing after training")
     p.add_argument("-p", "--project", help="name of a new or path to an existing project")
@@ -58,17 +64,26 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("-s", "--seed", type=_seed, default=23, help="seed for seed_everything")
     p.add_argument("-f", "--postfix", default="", help="postfix for the default name")
     p.add_argument("--projectname", default="stablediffusion", help="wandb project")
-    p.add_argument("-l", "--logdir", type=output_folder, default="logs",
-                   help="folder of run folders")
-    _flag(p, "--scale_lr", default=False,
-          help="lr = accumulate_grad_batches * devices * num_nodes * batch_size * base lr")
+    p.add_argument(
+        "-l", "--logdir", type=output_folder, default="logs", help="folder of run folders"
+    )
+    _flag(
+        p,
+        "--scale_lr",
+        default=False,
+        help="lr = accumulate_grad_batches * devices * num_nodes * batch_size * base lr",
+    )
     _flag(p, "--legacy_naming", default=False, help="name runs after the config file only")
     _flag(p, "--enable_tf32", default=False, help="allow TF32 matmuls on Ampere+ GPUs")
     p.add_argument("--startup", type=str, default=None, help="start time (for run naming)")
     _flag(p, "--wandb", default=False, help="log to Weights & Biases")
     _flag(p, "--no_base_name", default=False, help="leave the config name out of the run name")
-    p.add_argument("--resume_from_checkpoint", type=existing_file, default=None,
-                   help="checkpoint whose full training state to resume from")
+    p.add_argument(
+        "--resume_from_checkpoint",
+        type=existing_file,
+        default=None,
+        help="checkpoint whose full training state to resume from",
+    )
     _add_trainer_args(p)
     return p
 
@@ -113,8 +128,13 @@ def _add_trainer_args(parser: argparse.ArgumentParser) -> None:
     for name in trainer_args.CHECKS:
         if name in taken:
             continue
-        group.add_argument(f"--{name}", dest=f"trainer__{name}", type=_trainer_type(name),
-                           default=argparse.SUPPRESS, metavar="VALUE")
+        group.add_argument(
+            f"--{name}",
+            dest=f"trainer__{name}",
+            type=_trainer_type(name),
+            default=argparse.SUPPRESS,
+            metavar="VALUE",
+        )
 
 
 def split_overrides(opt: argparse.Namespace, unknown: list[str]) -> list[str]:
@@ -134,8 +154,9 @@ def split_overrides(opt: argparse.Namespace, unknown: list[str]) -> list[str]:
     for entry in overrides:
         if "=" not in entry:
             hint = f" (write {entry}=VALUE, without a space)" if "." in entry else ""
-            raise ConfigError(f"argument {entry!r} is neither a config file nor a key=value "
-                              f"override{hint}")
+            raise ConfigError(
+                f"argument {entry!r} is neither a config file nor a key=value override{hint}"
+            )
     return overrides
 
 
@@ -170,14 +191,19 @@ def _run_name(opt: argparse.Namespace, now: str) -> str:
 
 def resolve_paths(opt: argparse.Namespace) -> RunPaths:
     """Run folder, checkpoint to resume from and configs to merge."""
-    now = os.environ.get(RUN_ENV) or opt.startup or datetime.datetime.now().strftime(
-        "%Y-%m-%dT%H-%M-%S")
+    now = (
+        os.environ.get(RUN_ENV)
+        or opt.startup
+        or datetime.datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
+    )
     os.environ[RUN_ENV] = now
     base = list(opt.base)
     resume_ckpt = opt.resume_from_checkpoint
     if opt.name and opt.resume:
-        raise ConfigError("-n/--name and -r/--resume cannot be given together; to rename a "
-                          "resumed run, move its folder")
+        raise ConfigError(
+            "-n/--name and -r/--resume cannot be given together; to rename a "
+            "resumed run, move its folder"
+        )
     if opt.resume:
         if os.path.isfile(opt.resume):
             logdir = os.path.dirname(os.path.dirname(os.path.abspath(opt.resume)))
@@ -186,14 +212,17 @@ def resolve_paths(opt: argparse.Namespace) -> RunPaths:
             logdir = opt.resume.rstrip(os.sep)
             resume_ckpt = os.path.join(logdir, "checkpoints", "last.ckpt")
         else:
-            raise CheckpointError(f"cannot resume: {opt.resume} is neither a run folder nor "
-                                  "a checkpoint file")
+            raise CheckpointError(
+                f"cannot resume: {opt.resume} is neither a run folder nor a checkpoint file"
+            )
         if not os.path.isfile(resume_ckpt):
             raise CheckpointError(f"cannot resume: no checkpoint at {resume_ckpt}")
         configs = sorted(glob.glob(os.path.join(logdir, "configs", "*.yaml")))
         if not configs and not base:
-            raise ConfigError(f"cannot resume {opt.resume}: no configs in "
-                              f"{os.path.join(logdir, 'configs')}; pass them with --base")
+            raise ConfigError(
+                f"cannot resume {opt.resume}: no configs in "
+                f"{os.path.join(logdir, 'configs')}; pass them with --base"
+            )
         base = configs + base
         nowname = os.path.basename(logdir)
     else:
@@ -203,8 +232,15 @@ def resolve_paths(opt: argparse.Namespace) -> RunPaths:
         from ..checkpoint import check_training_checkpoint
 
         check_training_checkpoint(resume_ckpt)
-    return RunPaths(now, nowname, logdir, os.path.join(logdir, "checkpoints"),
-                    os.path.join(logdir, "configs"), resume_ckpt, base)
+    return RunPaths(
+        now,
+        nowname,
+        logdir,
+        os.path.join(logdir, "checkpoints"),
+        os.path.join(logdir, "configs"),
+        resume_ckpt,
+        base,
+    )
 
 
 def _configure_logging(debug: bool) -> None:
@@ -258,4 +294,3 @@ def _is_lightning_config_error(error: BaseException) -> bool:
 def exit_code_for(signum: int | None) -> int:
     """Exit code after a signal-requested stop: 128 + the signal number."""
     return 128 + int(signum) if signum else 0
-

@@ -12,8 +12,9 @@ import torch
 from ..output_files import numbered_names, write_new_file
 
 
-def make_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2,
-              pad_value: float = 0.0) -> torch.Tensor:
+def make_grid(
+    images: torch.Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 0.0
+) -> torch.Tensor:
     """Tile ``(B, C, H, W)`` images into one ``(C, H', W')`` image, ``nrow`` per row."""
     if images.ndim != 4:
         raise ValueError(f"make_grid expects (B, C, H, W), got shape {tuple(images.shape)}")
@@ -23,12 +24,11 @@ def make_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2,
     ncol = min(max(int(nrow), 1), max(count, 1))
     nrows = math.ceil(count / ncol) if count else 1
     cell_h, cell_w = height + padding, width + padding
-    grid = images.new_full((channels, nrows * cell_h + padding, ncol * cell_w + padding),
-                           pad_value)
+    grid = images.new_full((channels, nrows * cell_h + padding, ncol * cell_w + padding), pad_value)
     for i in range(count):
         row, col = divmod(i, ncol)
         top, left = row * cell_h + padding, col * cell_w + padding
-        grid[:, top:top + height, left:left + width] = images[i]
+        grid[:, top : top + height, left : left + width] = images[i]
     return grid
 
 

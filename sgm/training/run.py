@@ -27,7 +27,7 @@ def _localize_targets(node: Any) -> Any:
     if isinstance(node, DictConfig):
         target = node.get("target")
         if isinstance(target, str) and target.startswith(MAIN_PREFIX):
-            node.target = CALLBACKS_MODULE + target[len(MAIN_PREFIX):]
+            node.target = CALLBACKS_MODULE + target[len(MAIN_PREFIX) :]
         for key in node:
             _localize_targets(node[key])
     return node
@@ -54,14 +54,17 @@ def trainer_settings(lightning_config: DictConfig, opt: argparse.Namespace) -> d
             raise ConfigError(f"lightning.trainer.{key}={value!r}: {error}") from None
     for key, value in vars(opt).items():
         if key.startswith("trainer__"):
-            trainer[key[len("trainer__"):]] = value
+            trainer[key[len("trainer__") :]] = value
     trainer.setdefault("accelerator", "auto")
     if not trainer_args.accelerator_available(trainer["accelerator"]):
-        raise ConfigError(f"lightning.trainer.accelerator={trainer['accelerator']!r}: this "
-                          "machine has no such device (use cpu or auto)")
+        raise ConfigError(
+            f"lightning.trainer.accelerator={trainer['accelerator']!r}: this "
+            "machine has no such device (use cpu or auto)"
+        )
     devices = trainer.get("devices")
     on_cpu = trainer["accelerator"] == "cpu" or (
-        trainer["accelerator"] == "auto" and not _gpu_available())
+        trainer["accelerator"] == "auto" and not _gpu_available()
+    )
     if on_cpu and isinstance(devices, str):
         count = len([d for d in devices.split(",") if d.strip()]) or 1
         logger.info("No GPU: devices=%r (GPU ids) becomes %d CPU process(es).", devices, count)
@@ -87,12 +90,21 @@ def _world_size(trainer: dict) -> int:
 
 def _logger_config(opt: argparse.Namespace, paths: RunPaths, lightning_config: DictConfig):
     if opt.wandb:
-        default = {"target": "pytorch_lightning.loggers.WandbLogger", "params": {
-            "name": paths.nowname, "save_dir": paths.logdir, "project": opt.projectname,
-            "offline": opt.debug, "id": paths.nowname}}
+        default = {
+            "target": "pytorch_lightning.loggers.WandbLogger",
+            "params": {
+                "name": paths.nowname,
+                "save_dir": paths.logdir,
+                "project": opt.projectname,
+                "offline": opt.debug,
+                "id": paths.nowname,
+            },
+        }
     else:
-        default = {"target": "pytorch_lightning.loggers.CSVLogger",
-                   "params": {"name": "testtube", "save_dir": paths.logdir}}
+        default = {
+            "target": "pytorch_lightning.loggers.CSVLogger",
+            "params": {"name": "testtube", "save_dir": paths.logdir},
+        }
     custom = lightning_config.get("logger")
     if custom is False:
         return None
@@ -101,35 +113,67 @@ def _logger_config(opt: argparse.Namespace, paths: RunPaths, lightning_config: D
     return OmegaConf.merge(default, custom or {})
 
 
-def callback_configs(opt: argparse.Namespace, paths: RunPaths, config: DictConfig,
-                     lightning_config: DictConfig, has_logger: bool) -> DictConfig:
+def callback_configs(
+    opt: argparse.Namespace,
+    paths: RunPaths,
+    config: DictConfig,
+    lightning_config: DictConfig,
+    has_logger: bool,
+) -> DictConfig:
     """Default callbacks (setup, images, LR monitor, checkpoints) merged with the config's."""
-    ckpt = {"target": "pytorch_lightning.callbacks.ModelCheckpoint", "params": {
-        "dirpath": paths.ckptdir, "filename": "{epoch:06}", "verbose": True, "save_last": True,
-        "enable_version_counter": False}}
+    ckpt = {
+        "target": "pytorch_lightning.callbacks.ModelCheckpoint",
+        "params": {
+            "dirpath": paths.ckptdir,
+            "filename": "{epoch:06}",
+            "verbose": True,
+            "save_last": True,
+            "enable_version_counter": False,
+        },
+    }
     ckpt = OmegaConf.merge(ckpt, lightning_config.get("modelcheckpoint") or {})
     defaults = {
-        "setup_callback": {"target": "sgm.training.callbacks.SetupCallback", "params": {
-            "resume": opt.resume, "now": paths.now, "logdir": paths.logdir,
-            "ckptdir": paths.ckptdir, "cfgdir": paths.cfgdir, "config": config,
-            "lightning_config": lightning_config, "debug": opt.debug}},
-        "image_logger": {"target": "sgm.training.callbacks.ImageLogger", "params": {
-            "batch_frequency": 1000, "max_images": 4, "clamp": True}},
+        "setup_callback": {
+            "target": "sgm.training.callbacks.SetupCallback",
+            "params": {
+                "resume": opt.resume,
+                "now": paths.now,
+                "logdir": paths.logdir,
+                "ckptdir": paths.ckptdir,
+                "cfgdir": paths.cfgdir,
+                "config": config,
+                "lightning_config": lightning_config,
+                "debug": opt.debug,
+            },
+        },
+        "image_logger": {
+            "target": "sgm.training.callbacks.ImageLogger",
+            "params": {"batch_frequency": 1000, "max_images": 4, "clamp": True},
+        },
         "checkpoint_callback": ckpt,
-        "signal_checkpoint": {"target": "sgm.training.callbacks.SignalCheckpoint",
-                              "params": {"ckptdir": paths.ckptdir}},
+        "signal_checkpoint": {
+            "target": "sgm.training.callbacks.SignalCheckpoint",
+            "params": {"ckptdir": paths.ckptdir},
+        },
     }
     if has_logger:
         defaults["learning_rate_logger"] = {
             "target": "pytorch_lightning.callbacks.LearningRateMonitor",
-            "params": {"logging_interval": "step"}}
+            "params": {"logging_interval": "step"},
+        }
     custom = lightning_config.get("callbacks") or OmegaConf.create()
     if "metrics_over_trainsteps_checkpoint" in custom:
         defaults["metrics_over_trainsteps_checkpoint"] = {
-            "target": "pytorch_lightning.callbacks.ModelCheckpoint", "params": {
+            "target": "pytorch_lightning.callbacks.ModelCheckpoint",
+            "params": {
                 "dirpath": os.path.join(paths.ckptdir, "trainstep_checkpoints"),
-                "filename": "{epoch:06}-{step:09}", "verbose": True, "save_top_k": -1,
-                "every_n_train_steps": 10000, "save_weights_only": True}}
+                "filename": "{epoch:06}-{step:09}",
+                "verbose": True,
+                "save_top_k": -1,
+                "every_n_train_steps": 10000,
+                "save_weights_only": True,
+            },
+        }
     return _localize_targets(OmegaConf.merge(defaults, custom))
 
 
@@ -156,15 +200,24 @@ def set_learning_rate(model: Any, config: DictConfig, trainer: dict, scale: bool
             raise ConfigError("set model.base_learning_rate (or model.params.learning_rate)")
         return
     data_params = config.get("data", {}).get("params", {}) or {}
-    batch_size = data_params.get("batch_size") or (
-        (data_params.get("train") or {}).get("loader", {}).get("batch_size")) or 1
+    batch_size = (
+        data_params.get("batch_size")
+        or ((data_params.get("train") or {}).get("loader", {}).get("batch_size"))
+        or 1
+    )
     accumulate = int(trainer.get("accumulate_grad_batches") or 1)
     world = _world_size(trainer)
     if scale:
         model.learning_rate = accumulate * world * batch_size * float(base_lr)
-        logger.info("learning rate %.2e = %d (accumulate) * %d (devices x nodes) * %d "
-                    "(batch size) * %.2e (base)", model.learning_rate, accumulate, world,
-                    batch_size, base_lr)
+        logger.info(
+            "learning rate %.2e = %d (accumulate) * %d (devices x nodes) * %d "
+            "(batch size) * %.2e (base)",
+            model.learning_rate,
+            accumulate,
+            world,
+            batch_size,
+            base_lr,
+        )
     else:
         model.learning_rate = float(base_lr)
         logger.info("learning rate %.2e (base_learning_rate, not scaled)", model.learning_rate)
@@ -215,8 +268,10 @@ def build(opt: argparse.Namespace, overrides: list[str]) -> Run:
     if logger_cfg is not None:
         run_logger = instantiate_from_config(logger_cfg, key="lightning.logger")
     callbacks_cfg = callback_configs(opt, paths, config, lightning_config, bool(run_logger))
-    callbacks = [instantiate_from_config(callbacks_cfg[k], key=f"lightning.callbacks.{k}")
-                 for k in callbacks_cfg]
+    callbacks = [
+        instantiate_from_config(callbacks_cfg[k], key=f"lightning.callbacks.{k}")
+        for k in callbacks_cfg
+    ]
     if trainer_cfg.get("enable_progress_bar", True) is not False:
         from pytorch_lightning.callbacks.progress import ProgressBar
 
@@ -227,8 +282,9 @@ def build(opt: argparse.Namespace, overrides: list[str]) -> Run:
             callbacks.append(bar)
     strategy = _strategy(lightning_config, trainer_cfg)
     try:
-        trainer = pl.Trainer(**trainer_cfg, logger=run_logger, callbacks=callbacks,
-                             strategy=strategy)
+        trainer = pl.Trainer(
+            **trainer_cfg, logger=run_logger, callbacks=callbacks, strategy=strategy
+        )
     except (TypeError, ValueError, MisconfigurationException) as error:
         raise ConfigError(f"lightning.trainer: {error}") from None
     trainer.logdir = paths.logdir
@@ -301,6 +357,11 @@ def fit_and_test(opt: argparse.Namespace, built: Run) -> int:
 
 def _report_stop(trainer: Any, signum: int | None, paths: RunPaths) -> None:
     if trainer.is_global_zero:
-        logger.warning("Stopped by signal %s at step %d; checkpoint in %s; continue with "
-                       "python main.py --resume %s", signum, trainer.global_step,
-                       paths.ckptdir, paths.logdir)
+        logger.warning(
+            "Stopped by signal %s at step %d; checkpoint in %s; continue with "
+            "python main.py --resume %s",
+            signum,
+            trainer.global_step,
+            paths.ckptdir,
+            paths.logdir,
+        )

@@ -12,16 +12,22 @@ from ..data.embedded import load_embedded, split_indices
 
 
 @torch.no_grad()
-def sample_per_class(model: Any, num_classes: int, per_class: int, shape: tuple[int, ...],
-                     seed: int = 0, key: str = "cls") -> tuple[torch.Tensor, torch.Tensor]:
+def sample_per_class(
+    model: Any,
+    num_classes: int,
+    per_class: int,
+    shape: tuple[int, ...],
+    seed: int = 0,
+    key: str = "cls",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``per_class`` samples for each class (class-major order) with CFG; images in [-1, 1]."""
     labels = torch.arange(num_classes).repeat_interleave(per_class).to(model.device)
     c, uc = model.conditioner.get_unconditional_conditioning(
-        {key: labels}, force_uc_zero_embeddings=[key])
+        {key: labels}, force_uc_zero_embeddings=[key]
+    )
     generator = torch.Generator(device=model.device).manual_seed(seed)
     with model.ema_scope():
-        latents = model.sample(c, uc=uc, batch_size=len(labels), shape=shape,
-                               generator=generator)
+        latents = model.sample(c, uc=uc, batch_size=len(labels), shape=shape, generator=generator)
     images = model.decode_first_stage(latents).clamp(-1.0, 1.0)
     return images.cpu(), labels.cpu()
 

@@ -17,8 +17,20 @@ from typing import Any
 RESERVED = ("callbacks", "plugins", "logger")
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu")
-PRECISIONS = ("64", "32", "16", "bf16", "transformer-engine", "transformer-engine-float16",
-              "16-true", "16-mixed", "bf16-true", "bf16-mixed", "32-true", "64-true")
+PRECISIONS = (
+    "64",
+    "32",
+    "16",
+    "bf16",
+    "transformer-engine",
+    "transformer-engine-float16",
+    "16-true",
+    "16-mixed",
+    "bf16-true",
+    "bf16-mixed",
+    "32-true",
+    "64-true",
+)
 _TIME = re.compile(r"^\d+:\d{1,2}:\d{1,2}:\d{1,2}$")
 
 
@@ -99,8 +111,9 @@ def _fast_dev_run(value: Any) -> Any:
 
 
 def _clip(value: Any) -> Any:
-    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
-                         and value >= 0):
+    if value is None or (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+    ):
         return value
     raise ValueError("expected a number >= 0")
 

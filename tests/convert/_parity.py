@@ -41,10 +41,14 @@ def unet_outputs(family: str, engine, pipe, frames: int = 3):
         ids = torch.tensor([[6.0, 127.0, 0.02], [24.0, 30.0, 0.5]])
         y = timestep_embedding(ids.flatten(), id_dim).reshape(2, -1)
         theirs = pipe.unet(x, t, ctx, ids).sample
-        got = ours(x.flatten(0, 1), t.repeat_interleave(frames),
-                   context=ctx.repeat_interleave(frames, dim=0),
-                   y=y.repeat_interleave(frames, dim=0), num_video_frames=frames,
-                   image_only_indicator=torch.zeros(2, frames))
+        got = ours(
+            x.flatten(0, 1),
+            t.repeat_interleave(frames),
+            context=ctx.repeat_interleave(frames, dim=0),
+            y=y.repeat_interleave(frames, dim=0),
+            num_video_frames=frames,
+            image_only_indicator=torch.zeros(2, frames),
+        )
         return got.reshape(theirs.shape), theirs
     x = torch.randn(2, 4, 8, 8, generator=gen)
     t = torch.tensor([10.0, 901.0])
@@ -68,8 +72,10 @@ def vae_outputs(family: str, engine, pipe, frames: int = 3):
     if family == "svd":
         encoder = engine.conditioner.embedders[3].encoder
         ours_moments = encoder.encode(x, unregularized=True)[0]
-        decoded = (engine.first_stage_model.decode(z, timesteps=frames),
-                   pipe.vae.decode(z, num_frames=frames).sample)
+        decoded = (
+            engine.first_stage_model.decode(z, timesteps=frames),
+            pipe.vae.decode(z, num_frames=frames).sample,
+        )
     else:
         ours_moments = engine.first_stage_model.encode(x, unregularized=True)[0]
         decoded = engine.first_stage_model.decode(z), pipe.vae.decode(z).sample
@@ -77,8 +83,9 @@ def vae_outputs(family: str, engine, pipe, frames: int = 3):
 
 
 def _tokens(tokenizer) -> torch.Tensor:
-    return tokenizer(PROMPTS, padding="max_length", max_length=77, truncation=True,
-                     return_tensors="pt").input_ids
+    return tokenizer(
+        PROMPTS, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+    ).input_ids
 
 
 def encoder_outputs(family: str, engine, pipe):

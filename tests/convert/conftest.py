@@ -7,10 +7,8 @@ import socket
 from pathlib import Path
 
 import pytest
-import torch
-from omegaconf import OmegaConf
-
 from _tiny_models import FAMILIES, randomize
+from omegaconf import OmegaConf
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 TEXT = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 3}
@@ -56,9 +54,17 @@ def clip_l_dir(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("tiny_clip_l")
     CLIPTextConfig(
-        vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-        num_attention_heads=2, max_position_embeddings=77, hidden_act="quick_gelu",
-        projection_dim=32, bos_token_id=0, eos_token_id=2, pad_token_id=1,
+        vocab_size=49408,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        projection_dim=32,
+        bos_token_id=0,
+        eos_token_id=2,
+        pad_token_id=1,
     ).save_pretrained(folder)
     return folder
 
@@ -99,7 +105,7 @@ def engine_file(config_path, tmp_path_factory):
             state = engine.state_dict()
             if family == "svd":
                 for key in [k for k in state if k.startswith("first_stage_model.encoder.")]:
-                    twin = "conditioner.embedders.3.encoder." + key[len("first_stage_model."):]
+                    twin = "conditioner.embedders.3.encoder." + key[len("first_stage_model.") :]
                     state[key].copy_(state[twin])
             ckpt = tmp_path_factory.mktemp(f"ckpt_{family}") / f"{family}.safetensors"
             save_file({k: v.contiguous() for k, v in state.items()}, ckpt)

@@ -53,8 +53,9 @@ def _fails(cli, capsys, argv, *words, where: Path):
 
 
 def test_help_lists_both_directions():
-    out = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, check=True
+    ).stdout
     assert "to_sgm" in out and "to_diffusers" in out
 
 
@@ -84,50 +85,98 @@ def _edit_json(path: Path, **changes) -> None:
 def test_to_sgm_bad_paths(cli, sd21, tmp_path, capsys):
     _, _, folder = sd21
     (tmp_path / "taken.safetensors").write_bytes(b"x")
-    _fails(cli, capsys, ["to_sgm", tmp_path / "nope", tmp_path / "a.safetensors"],
-           "nope", "not a folder", where=tmp_path)
-    _fails(cli, capsys, ["to_sgm", tmp_path, tmp_path / "a.safetensors"],
-           "model_index.json", where=tmp_path)
-    _fails(cli, capsys, ["to_sgm", folder, tmp_path / "taken.safetensors"],
-           "taken.safetensors", "exists", where=tmp_path)
+    _fails(
+        cli,
+        capsys,
+        ["to_sgm", tmp_path / "nope", tmp_path / "a.safetensors"],
+        "nope",
+        "not a folder",
+        where=tmp_path,
+    )
+    _fails(
+        cli,
+        capsys,
+        ["to_sgm", tmp_path, tmp_path / "a.safetensors"],
+        "model_index.json",
+        where=tmp_path,
+    )
+    _fails(
+        cli,
+        capsys,
+        ["to_sgm", folder, tmp_path / "taken.safetensors"],
+        "taken.safetensors",
+        "exists",
+        where=tmp_path,
+    )
     _fails(cli, capsys, ["to_sgm", folder, tmp_path / "a.ckpt"], ".safetensors", where=tmp_path)
 
 
 def test_to_sgm_unsupported_pipeline(cli, sd21, tmp_path, capsys):
     folder = _copy(sd21[2], tmp_path)
     _edit_json(folder / "model_index.json", _class_name="StableDiffusion3Pipeline")
-    _fails(cli, capsys, ["to_sgm", folder, tmp_path / "a.safetensors"],
-           "StableDiffusion3Pipeline", "not supported", where=tmp_path)
+    _fails(
+        cli,
+        capsys,
+        ["to_sgm", folder, tmp_path / "a.safetensors"],
+        "StableDiffusion3Pipeline",
+        "not supported",
+        where=tmp_path,
+    )
 
 
 def test_to_sgm_sd1_is_refused(cli, sd21, tmp_path, capsys):
     folder = _copy(sd21[2], tmp_path)
     _edit_json(folder / "text_encoder" / "config.json", hidden_size=768)
-    _fails(cli, capsys, ["to_sgm", folder, tmp_path / "a.safetensors"],
-           "text_encoder", "768", "SD 1.x", where=tmp_path)
+    _fails(
+        cli,
+        capsys,
+        ["to_sgm", folder, tmp_path / "a.safetensors"],
+        "text_encoder",
+        "768",
+        "SD 1.x",
+        where=tmp_path,
+    )
 
 
 def test_to_sgm_unsupported_component_class(cli, sd21, tmp_path, capsys):
     config, _, exported = sd21
     folder = _copy(exported, tmp_path)
     _edit_json(folder / "unet" / "config.json", _class_name="UNet3DConditionModel")
-    _fails(cli, capsys, ["to_sgm", folder, tmp_path / "a.safetensors", "--config", config],
-           "unet", "UNet3DConditionModel", "UNet2DConditionModel", where=tmp_path)
+    _fails(
+        cli,
+        capsys,
+        ["to_sgm", folder, tmp_path / "a.safetensors", "--config", config],
+        "unet",
+        "UNet3DConditionModel",
+        "UNet2DConditionModel",
+        where=tmp_path,
+    )
 
 
 def test_to_sgm_missing_component(cli, sd21, tmp_path, capsys):
     config, _, exported = sd21
     folder = _copy(exported, tmp_path)
     shutil.rmtree(folder / "vae")
-    _fails(cli, capsys, ["to_sgm", folder, tmp_path / "a.safetensors", "--config", config],
-           "vae", "missing", where=tmp_path)
+    _fails(
+        cli,
+        capsys,
+        ["to_sgm", folder, tmp_path / "a.safetensors", "--config", config],
+        "vae",
+        "missing",
+        where=tmp_path,
+    )
 
 
 def test_to_sgm_config_of_another_family(cli, sd21, config_path, tmp_path, capsys):
     _, _, folder = sd21
-    _fails(cli, capsys, ["to_sgm", folder, tmp_path / "a.safetensors",
-                         "--config", config_path("sdxl_refiner")],
-           "StableDiffusionPipeline", "sdxl_refiner", where=tmp_path)
+    _fails(
+        cli,
+        capsys,
+        ["to_sgm", folder, tmp_path / "a.safetensors", "--config", config_path("sdxl_refiner")],
+        "StableDiffusionPipeline",
+        "sdxl_refiner",
+        where=tmp_path,
+    )
 
 
 def test_to_sgm_folder_of_other_sizes(cli, sd21, tmp_path, capsys):
@@ -136,22 +185,43 @@ def test_to_sgm_folder_of_other_sizes(cli, sd21, tmp_path, capsys):
     other = OmegaConf.load(config)
     other.model.params.network_config.params.model_channels = 64
     OmegaConf.save(other, tmp_path / "wide.yaml")
-    err = _fails(cli, capsys, ["to_sgm", folder, tmp_path / "a.safetensors",
-                               "--config", tmp_path / "wide.yaml"], "unet", where=tmp_path)
+    err = _fails(
+        cli,
+        capsys,
+        ["to_sgm", folder, tmp_path / "a.safetensors", "--config", tmp_path / "wide.yaml"],
+        "unet",
+        where=tmp_path,
+    )
     assert "shape" in err or "missing" in err
 
 
 def test_to_diffusers_bad_input(cli, sd21, engine_file, tmp_path, capsys):
     config, ckpt, _ = sd21
     (tmp_path / "taken").mkdir()
-    _fails(cli, capsys, ["to_diffusers", tmp_path / "none.safetensors", "--config", config,
-                         tmp_path / "out"], "none.safetensors", where=tmp_path)
-    _fails(cli, capsys, ["to_diffusers", ckpt, "--config", config, tmp_path / "taken"],
-           "taken", "exists", where=tmp_path)
+    _fails(
+        cli,
+        capsys,
+        ["to_diffusers", tmp_path / "none.safetensors", "--config", config, tmp_path / "out"],
+        "none.safetensors",
+        where=tmp_path,
+    )
+    _fails(
+        cli,
+        capsys,
+        ["to_diffusers", ckpt, "--config", config, tmp_path / "taken"],
+        "taken",
+        "exists",
+        where=tmp_path,
+    )
     _fails(cli, capsys, ["to_diffusers", ckpt, tmp_path / "out"], "--config", where=tmp_path)
     other = engine_file("sdxl_refiner")[0]
-    _fails(cli, capsys, ["to_diffusers", ckpt, "--config", other, tmp_path / "out"],
-           "does not match", where=tmp_path)
+    _fails(
+        cli,
+        capsys,
+        ["to_diffusers", ckpt, "--config", other, tmp_path / "out"],
+        "does not match",
+        where=tmp_path,
+    )
 
 
 def test_to_diffusers_unsupported_architecture(cli, sd21, tmp_path, capsys):
@@ -159,8 +229,14 @@ def test_to_diffusers_unsupported_architecture(cli, sd21, tmp_path, capsys):
     pixel = OmegaConf.load(config)
     pixel.model.params.first_stage_config = {"target": "sgm.models.autoencoder.IdentityFirstStage"}
     OmegaConf.save(pixel, tmp_path / "pixel.yaml")
-    _fails(cli, capsys, ["to_diffusers", ckpt, "--config", tmp_path / "pixel.yaml",
-                         tmp_path / "out"], "IdentityFirstStage", "not supported", where=tmp_path)
+    _fails(
+        cli,
+        capsys,
+        ["to_diffusers", ckpt, "--config", tmp_path / "pixel.yaml", tmp_path / "out"],
+        "IdentityFirstStage",
+        "not supported",
+        where=tmp_path,
+    )
 
 
 def test_failed_export_leaves_nothing(sd21, tmp_path, monkeypatch):

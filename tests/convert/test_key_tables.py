@@ -109,11 +109,19 @@ def _folder(tmp_path, pipeline, **components):
 @pytest.mark.parametrize(
     "pipeline, components, expected",
     [
-        ("StableDiffusionPipeline", {"text_encoder": {"hidden_size": 1024},
-                                     "scheduler": {"prediction_type": "epsilon"}}, "sd_2_1"),
-        ("StableDiffusionPipeline", {"text_encoder": {"hidden_size": 1024},
-                                     "scheduler": {"prediction_type": "v_prediction"}},
-         "sd_2_1_768"),
+        (
+            "StableDiffusionPipeline",
+            {"text_encoder": {"hidden_size": 1024}, "scheduler": {"prediction_type": "epsilon"}},
+            "sd_2_1",
+        ),
+        (
+            "StableDiffusionPipeline",
+            {
+                "text_encoder": {"hidden_size": 1024},
+                "scheduler": {"prediction_type": "v_prediction"},
+            },
+            "sd_2_1_768",
+        ),
         ("StableDiffusionXLPipeline", {"text_encoder": {}}, "sd_xl_base"),
         ("StableDiffusionXLImg2ImgPipeline", {}, "sd_xl_refiner"),
         ("StableVideoDiffusionPipeline", {"unet": {"num_frames": 14}}, "svd"),

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from sgm.convert._components import layout
+from sgm.convert._encoders import flat_text_keys
 from sgm.convert._engine import build_engine, engine_params, load_config, shapes
 from sgm.convert._folders import build_model
-from sgm.convert._encoders import flat_text_keys
 from sgm.convert._probe import check_bijection, trace
 from sgm.convert.export import unplaced_keys
 
@@ -25,18 +25,38 @@ SVD_CLIP = "conditioner.embedders.0.open_clip.model."
 SVD_AE = "conditioner.embedders.3.encoder."
 CASES = {
     "configs/inference/sd_2_1.yaml": (
-        "sd2", {SD2_TEXT + "text_projection", SD2_TEXT + "logit_scale"},
-        (SD2_TEXT + "transformer.resblocks.23.",), 12,
+        "sd2",
+        {SD2_TEXT + "text_projection", SD2_TEXT + "logit_scale"},
+        (SD2_TEXT + "transformer.resblocks.23.",),
+        12,
     ),
     "configs/inference/sd_xl_base.yaml": (
-        "sdxl_base", {"conditioner.embedders.1.model.logit_scale"}, (), 0),
+        "sdxl_base",
+        {"conditioner.embedders.1.model.logit_scale"},
+        (),
+        0,
+    ),
     "configs/inference/sd_xl_refiner.yaml": (
-        "sdxl_refiner", {"conditioner.embedders.0.model.logit_scale"}, (), 0),
+        "sdxl_refiner",
+        {"conditioner.embedders.0.model.logit_scale"},
+        (),
+        0,
+    ),
     "scripts/sampling/configs/svd_xt.yaml": (
-        "svd", {SVD_CLIP + k for k in ("positional_embedding", "text_projection",
-                                        "logit_scale", "token_embedding.weight",
-                                        "ln_final.weight", "ln_final.bias")},
-        (SVD_AE + "decoder.", SVD_AE + "post_quant_conv."), 140,
+        "svd",
+        {
+            SVD_CLIP + k
+            for k in (
+                "positional_embedding",
+                "text_projection",
+                "logit_scale",
+                "token_embedding.weight",
+                "ln_final.weight",
+                "ln_final.bias",
+            )
+        },
+        (SVD_AE + "decoder.", SVD_AE + "post_quant_conv."),
+        140,
     ),
 }
 
@@ -55,8 +75,12 @@ def test_released_config_layout(config):
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         produced = {k: e.shape for k, e in table.items()}
         if component.class_name.startswith("CLIPText"):
-            produced = {k: v.shape for k, v in flat_text_keys(
-                model, {k: torch.empty(s, device="meta") for k, s in produced.items()}).items()}
+            produced = {
+                k: v.shape
+                for k, v in flat_text_keys(
+                    model, {k: torch.empty(s, device="meta") for k, s in produced.items()}
+                ).items()
+            }
         assert produced == expected, component.name
         sources = {e.source for e in table.values()}
         check_bijection(table, engine_shapes, set(engine_shapes) - sources)

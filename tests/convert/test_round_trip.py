@@ -12,14 +12,13 @@ import json
 
 import pytest
 import torch
+from _parity import all_outputs, close
+from _tiny_models import FAMILIES, randomize
 from safetensors.torch import load_file
 
 from sgm.checkpoint import load_checkpoint_into
 from sgm.convert import to_diffusers, to_sgm
 from sgm.convert._engine import build_engine, load_config
-
-from _parity import all_outputs, close
-from _tiny_models import FAMILIES, randomize
 
 pytest.importorskip("diffusers")
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
@@ -81,8 +80,9 @@ def test_diffusers_folder_imports_with_its_outputs(family, engine_file, exported
     """Weights drawn on the diffusers side, saved by diffusers, read back by us."""
     config = engine_file(family)[0]
     pipe = _pipeline(exported(family))
-    for i, model in enumerate(m for m in pipe.components.values()
-                              if isinstance(m, torch.nn.Module)):
+    for i, model in enumerate(
+        m for m in pipe.components.values() if isinstance(m, torch.nn.Module)
+    ):
         randomize(model, seed=100 + i)
     pipe.save_pretrained(tmp_path / "theirs")
     ckpt = to_sgm(tmp_path / "theirs", tmp_path / "ours.safetensors", config=config)

@@ -23,8 +23,15 @@ def shards(tmp_path_factory):
             image = Image.new("RGB", (width, height), color=(10 * i, 255, 0))
             buffer = io.BytesIO()
             image.save(buffer, format="PNG")
-            sink.write({"__key__": f"s{i:03d}", "png": buffer.getvalue(), "cls": i,
-                        "json": {"height": 1000 + i, "width": 2000}, "txt": f"caption {i}"})
+            sink.write(
+                {
+                    "__key__": f"s{i:03d}",
+                    "png": buffer.getvalue(),
+                    "cls": i,
+                    "json": {"height": 1000 + i, "width": 2000},
+                    "txt": f"caption {i}",
+                }
+            )
     return root
 
 
@@ -36,15 +43,25 @@ def _config(root, workers, pattern=True):
             "pipeline_config": {"shardshuffle": 10, "sample_shuffle": 5},
             "decoders": ["pil"],
             "postprocessors": [
-                {"target": "sgm.data.mappers.TorchVisionImageTransforms", "params": {
-                    "key": "png", "transforms": [
-                        {"target": "torchvision.transforms.Resize",
-                         "params": {"size": 16, "interpolation": 3}},
-                        {"target": "torchvision.transforms.ToTensor"}]}},
+                {
+                    "target": "sgm.data.mappers.TorchVisionImageTransforms",
+                    "params": {
+                        "key": "png",
+                        "transforms": [
+                            {
+                                "target": "torchvision.transforms.Resize",
+                                "params": {"size": 16, "interpolation": 3},
+                            },
+                            {"target": "torchvision.transforms.ToTensor"},
+                        ],
+                    },
+                },
                 # the original configs name these sdata.mappers.*; they resolve here
                 {"target": "sdata.mappers.Rescaler", "params": {"key": "png"}},
-                {"target": "sgm.data.mappers.AddOriginalImageSizeAsTupleAndCropToSquare",
-                 "params": {"h_key": "height", "w_key": "width", "key": "png"}},
+                {
+                    "target": "sgm.data.mappers.AddOriginalImageSizeAsTupleAndCropToSquare",
+                    "params": {"h_key": "height", "w_key": "width", "key": "png"},
+                },
             ],
         },
         "loader": {"batch_size": 5, "num_workers": workers},
@@ -60,12 +77,18 @@ def test_reads_every_sample_once_with_mappers(shards, workers):
     for batch in batches:
         images = batch["png"]
         assert images.shape[1:] == (3, 16, 16)
-        for img, cls, orig, crop, txt in zip(images, batch["cls"], batch[
-                "original_size_as_tuple"], batch["crop_coords_top_left"], batch["txt"]):
+        for img, cls, orig, crop, txt in zip(
+            images,
+            batch["cls"],
+            batch["original_size_as_tuple"],
+            batch["crop_coords_top_left"],
+            batch["txt"],
+        ):
             i = int(cls)
             # solid colour (10 i, 255, 0) mapped to [-1, 1]
-            torch.testing.assert_close(img[:, 4, 4], torch.tensor([20 * i / 255 - 1, 1.0, -1.0]),
-                                       atol=2 / 255, rtol=0)
+            torch.testing.assert_close(
+                img[:, 4, 4], torch.tensor([20 * i / 255 - 1, 1.0, -1.0]), atol=2 / 255, rtol=0
+            )
             assert orig.tolist() == [1000 + i, 2000]
             height, width = 20 + i, 30
             long_side = int(max(height, width) * 16 / min(height, width))
@@ -76,8 +99,10 @@ def test_reads_every_sample_once_with_mappers(shards, workers):
 def test_validation_defaults_to_train_and_bad_configs(shards):
     module = StableDataModuleFromConfig(train=_config(shards, 0))
     assert module.val_config == module.train_config
-    assert StableDataModuleFromConfig(train=_config(shards, 0),
-                                      skip_val_loader=True).val_dataloader() == []
+    assert (
+        StableDataModuleFromConfig(train=_config(shards, 0), skip_val_loader=True).val_dataloader()
+        == []
+    )
     with pytest.raises(ConfigError, match="datapipeline"):
         StableDataModuleFromConfig(train={"loader": {"batch_size": 1}})
     bad = _config(shards, 0)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pytest
-
 import demo_support  # noqa: F401  (puts tiny_image_models on the path)
+import pytest
 
 # tiny config kind -> (released config name, released checkpoint names)
 IMAGE_MODELS = {
@@ -39,10 +38,8 @@ def tiny_image_models(tmp_path_factory) -> dict[str, Path]:
 VIDEO_ARCH = "sgm-test-video-tiny"
 VIDEO_ARCH_CONFIG = {
     "embed_dim": 32,
-    "vision_cfg": {"image_size": 224, "layers": 1, "width": 64, "head_width": 32,
-                   "patch_size": 32},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4,
-                 "layers": 1},
+    "vision_cfg": {"image_size": 224, "layers": 1, "width": 64, "head_width": 32, "patch_size": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 1},
 }
 
 
@@ -54,10 +51,10 @@ def tiny_video_models(tmp_path_factory) -> dict[str, Path]:
     import json
 
     import torch
+    from demo_support import REPO
     from open_clip.factory import add_model_config
     from safetensors.torch import save_file
 
-    from demo_support import REPO
     from sgm.inference.video import load_video_model
 
     root = tmp_path_factory.mktemp("demo_video_models")

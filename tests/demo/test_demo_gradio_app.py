@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from demo_support import REPO
 
 SCRIPT = REPO / "scripts" / "demo" / "gradio_app.py"
@@ -35,9 +34,11 @@ def test_blocks_build_with_missing_checkpoint_message(tmp_path):
     app = SvdApp(DemoOptions(checkpoints=tmp_path), width=64, height=64, frames=3, steps=2)
     demo = build_demo(app)
     assert isinstance(demo, gr.Blocks)
-    message = (f"svd_xt_1_1: checkpoint svd_xt_1_1.safetensors not found. Put it at "
-               f"{tmp_path / 'svd_xt_1_1.safetensors'} (folder set by --checkpoints / "
-               "SGM_DEMO_CHECKPOINTS); nothing is downloaded.")
+    message = (
+        f"svd_xt_1_1: checkpoint svd_xt_1_1.safetensors not found. Put it at "
+        f"{tmp_path / 'svd_xt_1_1.safetensors'} (folder set by --checkpoints / "
+        "SGM_DEMO_CHECKPOINTS); nothing is downloaded."
+    )
     assert [m.value for m in _components(demo, "Markdown")][1] == f"**{message}**"
     assert len(_components(demo, "Image")) == 1 and len(_components(demo, "Video")) == 1
     sliders = {s.label: (s.minimum, s.maximum, s.value) for s in _components(demo, "Slider")}
@@ -56,9 +57,12 @@ def test_handlers_run_on_a_tiny_model(tmp_path, tiny_video_models):
     from sgm.demo.gradio_svd import SvdApp, build_demo
     from sgm.demo.options import DemoOptions
 
-    options = DemoOptions(checkpoints=tiny_video_models["checkpoints"],
-                          configs=tiny_video_models["configs"], device="cpu",
-                          outputs=tmp_path / "out")
+    options = DemoOptions(
+        checkpoints=tiny_video_models["checkpoints"],
+        configs=tiny_video_models["configs"],
+        device="cpu",
+        outputs=tmp_path / "out",
+    )
     app = SvdApp(options, width=64, height=64, frames=3, steps=2, decoding_t=2)
     demo = build_demo(app)
     assert app.problem is None and len(_components(demo, "Markdown")) == 1
@@ -75,15 +79,21 @@ def test_handlers_run_on_a_tiny_model(tmp_path, tiny_video_models):
         with av.open(name) as container:
             stream = container.streams.video[0]
             assert stream.average_rate == 7  # fps_id 6 -> 7 frames per second
-            decoded.append(np.stack([f.to_ndarray(format="rgb24")
-                                     for f in container.decode(video=0)]))
+            decoded.append(
+                np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+            )
     assert decoded[0].shape == (3, 64, 64, 3)
     assert np.array_equal(decoded[0], decoded[1])  # same seed, same video
 
 
 def test_bad_flag_exits_2_before_loading(tmp_path):
-    result = subprocess.run([sys.executable, str(SCRIPT), "--num_steps", "0"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--num_steps", "0"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "--num_steps" in result.stderr
     assert not any(tmp_path.iterdir())

@@ -52,15 +52,17 @@ def test_configs_folder_and_selected_overrides(tmp_path):
     (released / "a.yaml").write_text("model: {}")
     (released / "b.yaml").write_text("model: {}")
     (mine / "a.yaml").write_text("model: {}")
-    options = DemoOptions(checkpoints=tmp_path / "ck", configs=mine,
-                          ckpt=tmp_path / "own.safetensors")
+    options = DemoOptions(
+        checkpoints=tmp_path / "ck", configs=mine, ckpt=tmp_path / "own.safetensors"
+    )
     files = model_files("A", "a.yaml", "a.safetensors", released, options)
     assert files.config == mine / "a.yaml" and files.ckpt == tmp_path / "own.safetensors"
     other = model_files("B", "b.yaml", "b.safetensors", released, options, selected=False)
     assert other.config == released / "b.yaml" and other.ckpt == tmp_path / "ck" / "b.safetensors"
     assert missing_checkpoint(files) == (
         f"A: checkpoint {tmp_path / 'own.safetensors'} not found (set by --ckpt / "
-        "SGM_DEMO_CKPT). Nothing is downloaded.")
+        "SGM_DEMO_CKPT). Nothing is downloaded."
+    )
     assert "Put it at " + str(tmp_path / "ck" / "b.safetensors") in missing_checkpoint(other)
     (tmp_path / "ck").mkdir()
     (tmp_path / "ck" / "b.safetensors").write_bytes(b"")

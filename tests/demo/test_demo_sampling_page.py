@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from demo_support import REPO, capture_media, shown_images
 
 PAGE = str(REPO / "scripts" / "demo" / "sampling.py")
 
 
 def _app(monkeypatch, models=None, outputs=None, checkpoints=None):
+    import streamlit as st
     from streamlit.testing.v1 import AppTest
 
-    import streamlit as st
-
     st.cache_resource.clear()
-    for name in ("SGM_DEMO_CHECKPOINTS", "SGM_DEMO_CONFIGS", "SGM_DEMO_CONFIG",
-                 "SGM_DEMO_CKPT", "SGM_DEMO_OUTPUTS"):
+    for name in (
+        "SGM_DEMO_CHECKPOINTS",
+        "SGM_DEMO_CONFIGS",
+        "SGM_DEMO_CONFIG",
+        "SGM_DEMO_CKPT",
+        "SGM_DEMO_OUTPUTS",
+    ):
         monkeypatch.delenv(name, raising=False)
     if models is not None:
         monkeypatch.setenv("SGM_DEMO_CHECKPOINTS", str(models["checkpoints"]))
@@ -34,11 +37,31 @@ def test_widgets_present_and_missing_checkpoint_message(monkeypatch, tmp_path):
     at = _app(monkeypatch, checkpoints=tmp_path / "empty").run()
     assert not at.exception
     assert at.title[0].value == "Stable Diffusion sampling"
-    labels = {w.label for w in [*at.selectbox, *at.radio, *at.checkbox, *at.text_area,
-                                 *at.number_input, *at.button]}
-    assert {"Model Version", "Mode", "Low vram mode", "Load SDXL-refiner?", "Prompt",
-            "Resolution (width x height)", "Steps", "Sampler", "Discretization", "Guider",
-            "Seed", "Sample"} <= labels
+    labels = {
+        w.label
+        for w in [
+            *at.selectbox,
+            *at.radio,
+            *at.checkbox,
+            *at.text_area,
+            *at.number_input,
+            *at.button,
+        ]
+    }
+    assert {
+        "Model Version",
+        "Mode",
+        "Low vram mode",
+        "Load SDXL-refiner?",
+        "Prompt",
+        "Resolution (width x height)",
+        "Steps",
+        "Sampler",
+        "Discretization",
+        "Guider",
+        "Seed",
+        "Sample",
+    } <= labels
     assert [e.value for e in at.error] == [
         f"SDXL-base-1.0: checkpoint sd_xl_base_1.0.safetensors not found. Put it at "
         f"{tmp_path / 'empty' / 'sd_xl_base_1.0.safetensors'} (folder set by --checkpoints / "
@@ -85,15 +108,21 @@ def test_txt2img_shows_and_saves_the_library_sample(monkeypatch, tmp_path, tiny_
     assert _decode_bits(saved[0]) == WATERMARK_BITS
 
     # the same request through the library gives the same picture (up to the watermark)
-    options = demo_options(environ={"SGM_DEMO_CHECKPOINTS": str(tiny_image_models["checkpoints"]),
-                                    "SGM_DEMO_CONFIGS": str(tiny_image_models["configs"])})
+    options = demo_options(
+        environ={
+            "SGM_DEMO_CHECKPOINTS": str(tiny_image_models["checkpoints"]),
+            "SGM_DEMO_CONFIGS": str(tiny_image_models["configs"]),
+        }
+    )
     model = image_model("SDXL-base-1.0", options)
-    pipe = SamplingPipeline(config=str(model.files.config), ckpt=model.files.ckpt,
-                            spec=model.spec, device="cpu")
+    pipe = SamplingPipeline(
+        config=str(model.files.config), ckpt=model.files.ckpt, spec=model.spec, device="cpu"
+    )
     params = check_request(ImageRequest(prompt="a red cube", width=256, height=256, steps=3))
     sample = pipe.text_to_image(params, "a red cube", seed=42)
     assert [image.tolist() for image in shown_images(media)] == [
-        np.asarray(to_pil(sample)[0]).tolist()]
+        np.asarray(to_pil(sample)[0]).tolist()
+    ]
     expected = embed_watermark(sample)[0].permute(1, 2, 0).numpy()
     assert np.abs(pixels - expected).max() <= 1 / 255
 
@@ -103,13 +132,20 @@ def _pipelines(models, *versions):
     from sgm.demo.options import demo_options
     from sgm.inference.api import SamplingPipeline
 
-    options = demo_options(environ={"SGM_DEMO_CHECKPOINTS": str(models["checkpoints"]),
-                                    "SGM_DEMO_CONFIGS": str(models["configs"])})
+    options = demo_options(
+        environ={
+            "SGM_DEMO_CHECKPOINTS": str(models["checkpoints"]),
+            "SGM_DEMO_CONFIGS": str(models["configs"]),
+        }
+    )
     out = []
     for version in versions:
         model = image_model(version, options, selected=False)
-        out.append(SamplingPipeline(config=str(model.files.config), ckpt=model.files.ckpt,
-                                    spec=model.spec, device="cpu"))
+        out.append(
+            SamplingPipeline(
+                config=str(model.files.config), ckpt=model.files.ckpt, spec=model.spec, device="cpu"
+            )
+        )
     return out
 
 
@@ -127,9 +163,8 @@ def _png(width: int, height: int) -> bytes:
 def test_img2img_needs_an_image_then_matches_the_library(monkeypatch, tiny_image_models):
     import io
 
-    from PIL import Image
-
     import torch
+    from PIL import Image
 
     from sgm.demo.image import ImageRequest, check_request, generate, init_image_tensor, to_pil
 
@@ -178,8 +213,9 @@ def test_refiner_hand_off_matches_the_library(monkeypatch, tiny_image_models):
 
     base, refiner = _pipelines(tiny_image_models, "SDXL-base-1.0", "SDXL-refiner-1.0")
     params = check_request(ImageRequest(width=64, height=64, steps=4))
-    expected = text_to_image_refined(base, refiner, params, ImageRequest.prompt, seed=42,
-                                     refiner_strength=0.5)
+    expected = text_to_image_refined(
+        base, refiner, params, ImageRequest.prompt, seed=42, refiner_strength=0.5
+    )
     assert np.array_equal(shown[0], np.asarray(to_pil(expected)[0]))
 
 
@@ -200,9 +236,13 @@ def test_check_request_names_the_field():
     from sgm.demo.image import ImageRequest, check_request
     from sgm.errors import InputError
 
-    for changes, culprit in (({"steps": 0}, "steps"), ({"seed": -1}, "seed"),
-                             ({"num_samples": 0}, "number of samples"),
-                             ({"width": 100}, "width"), ({"sampler": "Nope"}, "sampler")):
+    for changes, culprit in (
+        ({"steps": 0}, "steps"),
+        ({"seed": -1}, "seed"),
+        ({"num_samples": 0}, "number of samples"),
+        ({"width": 100}, "width"),
+        ({"sampler": "Nope"}, "sampler"),
+    ):
         with pytest.raises(InputError, match=culprit):
             check_request(ImageRequest(**changes))
     with pytest.raises(InputError, match="img2img strength"):

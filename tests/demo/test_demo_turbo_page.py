@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from demo_support import REPO, capture_media, shown_images
 
 PAGE = str(REPO / "scripts" / "demo" / "turbo.py")
 
 
 def _app(monkeypatch, checkpoints, configs=None):
-    from streamlit.testing.v1 import AppTest
-
     import streamlit as st
+    from streamlit.testing.v1 import AppTest
 
     st.cache_resource.clear()
     for name in ("SGM_DEMO_CONFIGS", "SGM_DEMO_CONFIG", "SGM_DEMO_CKPT"):
@@ -63,11 +61,16 @@ def test_prompt_gives_the_turbo_sample(monkeypatch, tiny_image_models, version):
     assert len(at.image) == 1 and at.image[0].captions == [f"{version}, 4 step(s), seed 0"]
 
     # the page's sample is the pipeline's Turbo sample (4 steps, seed 0)
-    options = demo_options(environ={"SGM_DEMO_CHECKPOINTS": str(tiny_image_models["checkpoints"]),
-                                    "SGM_DEMO_CONFIGS": str(tiny_image_models["configs"])})
+    options = demo_options(
+        environ={
+            "SGM_DEMO_CHECKPOINTS": str(tiny_image_models["checkpoints"]),
+            "SGM_DEMO_CONFIGS": str(tiny_image_models["configs"]),
+        }
+    )
     model = image_model(version, options)
-    pipe = SamplingPipeline(config=str(model.files.config), ckpt=model.files.ckpt,
-                            spec=model.spec, device="cpu")
+    pipe = SamplingPipeline(
+        config=str(model.files.config), ckpt=model.files.ckpt, spec=model.spec, device="cpu"
+    )
     assert pipe.is_turbo
     params = SamplingParams(width=64, height=64, steps=4, orig_width=64, orig_height=64)
     a = pipe.text_to_image(params, "a fox", seed=0)

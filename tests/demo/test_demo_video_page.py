@@ -8,16 +8,14 @@ import math
 
 import numpy as np
 import pytest
-
 from demo_support import REPO
 
 PAGE = str(REPO / "scripts" / "demo" / "video_sampling.py")
 
 
 def _app(monkeypatch, checkpoints, configs=None, outputs=None):
-    from streamlit.testing.v1 import AppTest
-
     import streamlit as st
+    from streamlit.testing.v1 import AppTest
 
     st.cache_resource.clear()
     for name in ("SGM_DEMO_CONFIGS", "SGM_DEMO_CONFIG", "SGM_DEMO_CKPT", "SGM_DEMO_OUTPUTS"):
@@ -46,9 +44,21 @@ def test_widgets_missing_checkpoint_and_orbit(monkeypatch, tmp_path):
     assert at.title[0].value == "Stable Video Diffusion sampling"
     assert at.selectbox(key="version").value == "svd_xt"
     labels = {w.label for w in [*at.number_input, *at.selectbox, *at.button]}
-    assert {"H", "W", "T (frames)", "Steps", "fps", "Motion bucket id", "cond_aug", "Seed",
-            "Sample"} <= labels
-    assert at.number_input(key="svd_xt.T").value == 25 and at.number_input(key="svd_xt.steps").value == 30
+    assert {
+        "H",
+        "W",
+        "T (frames)",
+        "Steps",
+        "fps",
+        "Motion bucket id",
+        "cond_aug",
+        "Seed",
+        "Sample",
+    } <= labels
+    assert (
+        at.number_input(key="svd_xt.T").value == 25
+        and at.number_input(key="svd_xt.steps").value == 30
+    )
     assert [e.value for e in at.error] == [
         f"svd_xt: checkpoint svd_xt.safetensors not found. Put it at "
         f"{tmp_path / 'none' / 'svd_xt.safetensors'} (folder set by --checkpoints / "
@@ -56,7 +66,9 @@ def test_widgets_missing_checkpoint_and_orbit(monkeypatch, tmp_path):
     ]
     assert at.button(key="sample").disabled
     at.selectbox(key="version").select("sv3d_p").run()
-    assert at.number_input(key="sv3d_p.T").value == 21 and at.number_input(key="sv3d_p.W").value == 576
+    assert (
+        at.number_input(key="sv3d_p.T").value == 21 and at.number_input(key="sv3d_p.W").value == 576
+    )
     assert at.radio(key="trajectory").options == ["same elevation", "dynamic"]
     assert len(at.image) == 1  # the orbit picture
     assert "sv3d_p.safetensors not found" in at.error[0].value
@@ -64,12 +76,17 @@ def test_widgets_missing_checkpoint_and_orbit(monkeypatch, tmp_path):
 
 def test_generation_shows_and_saves_the_video(monkeypatch, tmp_path, tiny_video_models):
     import av
+
     from sgm.demo.options import demo_options
     from sgm.demo.video import VideoRequest, generate_video, input_tensor, load_model, video_model
     from sgm.inference.video import save_video
 
-    at = _app(monkeypatch, tiny_video_models["checkpoints"], tiny_video_models["configs"],
-              tmp_path / "out").run()
+    at = _app(
+        monkeypatch,
+        tiny_video_models["checkpoints"],
+        tiny_video_models["configs"],
+        tmp_path / "out",
+    ).run()
     assert not at.error
     for key, value in (("H", 64), ("W", 64), ("T", 3), ("steps", 2), ("decoding_t", 2)):
         at.number_input(key=f"svd_xt.{key}").set_value(value)
@@ -86,8 +103,12 @@ def test_generation_shows_and_saves_the_video(monkeypatch, tmp_path, tiny_video_
     assert len(frames) == 3 and frames[0].shape == (64, 64, 3)
 
     # the library on the same request, written the same way, decodes to the same frames
-    options = demo_options(environ={"SGM_DEMO_CHECKPOINTS": str(tiny_video_models["checkpoints"]),
-                                    "SGM_DEMO_CONFIGS": str(tiny_video_models["configs"])})
+    options = demo_options(
+        environ={
+            "SGM_DEMO_CHECKPOINTS": str(tiny_video_models["checkpoints"]),
+            "SGM_DEMO_CONFIGS": str(tiny_video_models["configs"]),
+        }
+    )
     request = VideoRequest("svd_xt", 64, 64, 3, 2, decoding_t=2)
     model = load_model(video_model("svd_xt", options), request, "cpu")
     expected = generate_video(model, input_tensor(io.BytesIO(_png_bytes()), request), request)
@@ -102,9 +123,14 @@ def test_bad_requests_are_refused_before_sampling():
     from sgm.demo.video import VideoRequest, check_video_request
     from sgm.errors import InputError
 
-    for field, value, culprit in (("width", 100, "width 100"), ("frames", 0, "frames"),
-                                  ("steps", 0, "steps"), ("motion_bucket_id", -1, "motion"),
-                                  ("cond_aug", -0.1, "cond_aug"), ("version", "svd_9", "svd_9")):
+    for field, value, culprit in (
+        ("width", 100, "width 100"),
+        ("frames", 0, "frames"),
+        ("steps", 0, "steps"),
+        ("motion_bucket_id", -1, "motion"),
+        ("cond_aug", -0.1, "cond_aug"),
+        ("version", "svd_9", "svd_9"),
+    ):
         request = VideoRequest(**{field: value})
         with pytest.raises(InputError, match=culprit):
             check_video_request(request)

@@ -15,17 +15,31 @@ FINETUNE = ROOT / "configs" / "example_training" / "finetune"
 ARCH = "sgm-test-finetune-tiny"
 ARCH_CONFIG = {  # two text layers: SDXL and SD 2.1 read the penultimate one
     "embed_dim": 32,
-    "vision_cfg": {"image_size": 224, "layers": 1, "width": 64, "head_width": 32,
-                   "patch_size": 32},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4,
-                 "layers": 2},
+    "vision_cfg": {"image_size": 224, "layers": 1, "width": 64, "head_width": 32, "patch_size": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2},
 }
-VAE = {"attn_type": "vanilla", "double_z": True, "z_channels": 4, "resolution": 16,
-       "in_channels": 3, "out_ch": 3, "ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1,
-       "attn_resolutions": [], "dropout": 0.0}
-UNET = {"model_channels": 32, "channel_mult": [1, 2], "attention_resolutions": [2],
-        "num_res_blocks": 1, "num_head_channels": 16, "transformer_depth": 1,
-        "spatial_transformer_attn_type": "softmax"}
+VAE = {
+    "attn_type": "vanilla",
+    "double_z": True,
+    "z_channels": 4,
+    "resolution": 16,
+    "in_channels": 3,
+    "out_ch": 3,
+    "ch": 32,
+    "ch_mult": [1, 2],
+    "num_res_blocks": 1,
+    "attn_resolutions": [],
+    "dropout": 0.0,
+}
+UNET = {
+    "model_channels": 32,
+    "channel_mult": [1, 2],
+    "attention_resolutions": [2],
+    "num_res_blocks": 1,
+    "num_head_channels": 16,
+    "transformer_depth": 1,
+    "spatial_transformer_attn_type": "softmax",
+}
 
 
 def register_arch(folder: Path) -> None:
@@ -42,10 +56,18 @@ def save_hf_clip(folder: Path) -> Path:
 
     from sgm.modules.encoders._tokenizers import build_hf_clip_tokenizer
 
-    config = CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=64,
-                            num_hidden_layers=2, num_attention_heads=2,
-                            max_position_embeddings=77, hidden_act="quick_gelu",
-                            bos_token_id=0, eos_token_id=2, pad_token_id=1)
+    config = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        bos_token_id=0,
+        eos_token_id=2,
+        pad_token_id=1,
+    )
     torch.manual_seed(2)
     CLIPTextModel(config).save_pretrained(folder)
     build_hf_clip_tokenizer().save_pretrained(folder)
@@ -102,8 +124,9 @@ def video_bytes(n_frames: int, fps: int, size: tuple[int, int] = (24, 32), seed:
     return buffer.getvalue()
 
 
-def write_video_shard(path: Path, lengths: list[int], fps: int = 24,
-                      motion: list[int] | None = None) -> Path:
+def write_video_shard(
+    path: Path, lengths: list[int], fps: int = 24, motion: list[int] | None = None
+) -> Path:
     with tarfile.open(path, "w") as tar:
         for i, n in enumerate(lengths):
             _add(tar, f"{i:06d}.mp4", video_bytes(n, fps, seed=i))
@@ -115,8 +138,12 @@ def write_video_shard(path: Path, lengths: list[int], fps: int = 24,
 def _data(cfg, shards: Path, batch_size: int) -> None:
     train = cfg.data.params.train
     train.datapipeline.urls = [str(shards)]
-    train.datapipeline.pipeline_config = {"shardshuffle": False, "sample_shuffle": 0,
-                                          "resampled": True, "seed": 0}
+    train.datapipeline.pipeline_config = {
+        "shardshuffle": False,
+        "sample_shuffle": 0,
+        "resampled": True,
+        "seed": 0,
+    }
     train.loader = {"batch_size": batch_size, "num_workers": 0}
 
 

@@ -8,10 +8,12 @@ from omegaconf import OmegaConf
 from sgm.util import instantiate_from_config, load_configs
 
 ROOT = FINETUNE.parents[2]
-RELEASED = {"sd_2_1": ROOT / "configs" / "inference" / "sd_2_1.yaml",
-            "sdxl_base": ROOT / "configs" / "inference" / "sd_xl_base.yaml",
-            "svd": ROOT / "scripts" / "sampling" / "configs" / "svd.yaml",
-            "svd_xt": ROOT / "scripts" / "sampling" / "configs" / "svd_xt.yaml"}
+RELEASED = {
+    "sd_2_1": ROOT / "configs" / "inference" / "sd_2_1.yaml",
+    "sdxl_base": ROOT / "configs" / "inference" / "sd_xl_base.yaml",
+    "svd": ROOT / "scripts" / "sampling" / "configs" / "svd.yaml",
+    "svd_xt": ROOT / "scripts" / "sampling" / "configs" / "svd_xt.yaml",
+}
 
 
 def _keys(config) -> dict:
@@ -23,8 +25,9 @@ def _keys(config) -> dict:
 
 @pytest.mark.parametrize("name", sorted(RELEASED))
 def test_finetune_config_builds_the_released_state_dict(name, tmp_path):
-    cfg = load_configs([FINETUNE / f"{name}.yaml"],
-                       [f"data.params.train.datapipeline.urls=[{tmp_path}]"])
+    cfg = load_configs(
+        [FINETUNE / f"{name}.yaml"], [f"data.params.train.datapipeline.urls=[{tmp_path}]"]
+    )
     assert cfg.model.params.ckpt_path.startswith("checkpoints/")
     assert cfg.lightning.trainer.precision == "bf16-mixed"
     assert cfg.model.params.network_config.params.use_checkpoint
@@ -34,8 +37,11 @@ def test_finetune_config_builds_the_released_state_dict(name, tmp_path):
         assert cfg.data.params.train.datapipeline.postprocessors[0].params.num_frames == frames
         assert params.loss_fn_config.params.sigma_sampler_config.params.num_frames == frames
         assert params.sampler_config.params.guider_config.params.num_frames == frames
-        assert [e.params.n_copies for e in params.conditioner_config.params.emb_models
-                if "n_copies" in e.params] == [frames, frames]
+        assert [
+            e.params.n_copies
+            for e in params.conditioner_config.params.emb_models
+            if "n_copies" in e.params
+        ] == [frames, frames]
     released = OmegaConf.load(RELEASED[name]).model
     released.params.pop("sampler_config", None)  # sampling scripts fill it in; no weights
     assert _keys(cfg.model) == _keys(released)

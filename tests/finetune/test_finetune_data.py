@@ -16,14 +16,20 @@ from sgm.errors import InputError
 
 
 def _pipeline(urls, mapper, batch_postprocessors=()):
-    return {"urls": [str(u) for u in urls], "decoders": ["pil"], "postprocessors": [mapper],
-            "batch_postprocessors": list(batch_postprocessors)}
+    return {
+        "urls": [str(u) for u in urls],
+        "decoders": ["pil"],
+        "postprocessors": [mapper],
+        "batch_postprocessors": list(batch_postprocessors),
+    }
 
 
 def test_sdxl_size_and_crop_conditioning_follow_the_image_and_the_crop(tmp_path):
     shard = write_image_shard(tmp_path / "a.tar", [(40, 64), (64, 32), (16, 16)])
-    mapper = {"target": "sgm.data.image_caption.ImageCaptionSample",
-              "params": {"size": 16, "seed": 0}}
+    mapper = {
+        "target": "sgm.data.image_caption.ImageCaptionSample",
+        "params": {"size": 16, "seed": 0},
+    }
     batch = next(iter(build_loader(_pipeline([shard], mapper), {"batch_size": 3})))
     assert batch["jpg"].shape == (3, 3, 16, 16)
     assert -1.0 <= batch["jpg"].min() and batch["jpg"].max() <= 1.0
@@ -45,7 +51,7 @@ def test_crop_coordinates_locate_the_crop_in_the_resized_image(tmp_path):
     for seed in range(4):
         out = ImageCaptionSample(size=16, seed=seed)(dict(sample))
         top, left = out["crop_coords_top_left"]
-        assert torch.allclose(out["jpg"], resized[:, top:top + 16, left:left + 16], atol=1e-6)
+        assert torch.allclose(out["jpg"], resized[:, top : top + 16, left : left + 16], atol=1e-6)
     centred = ImageCaptionSample(size=16, random_crop=False)(dict(sample))
     assert centred["crop_coords_top_left"] == [0, 16]
 
@@ -55,16 +61,27 @@ def test_missing_field_names_shard_sample_and_field(tmp_path, field):
     shard = write_image_shard(tmp_path / "broken.tar", [(16, 16)], drop=field)
     mapper = {"target": "sgm.data.image_caption.ImageCaptionSample", "params": {"size": 16}}
     expected = "txt" if field == "txt" else "jpg/jpeg/png/webp"
-    with pytest.raises(InputError, match=rf"broken\.tar, sample '000000': missing field "
-                                          rf"'{expected}'"):
+    with pytest.raises(
+        InputError,
+        match=rf"broken\.tar, sample '000000': missing field "
+        rf"'{expected}'",
+    ):
         next(iter(build_loader(_pipeline([shard], mapper), {"batch_size": 1})))
 
 
 def test_video_clips_sample_frames_at_the_target_fps(tmp_path):
     shard = write_video_shard(tmp_path / "v.tar", [30, 30], fps=24, motion=[20, 200])
-    mapper = {"target": "sgm.data.video_clips.VideoClipSample",
-              "params": {"num_frames": 4, "fps": 8, "size": 16, "seed": 1,
-                         "random_start": False, "cond_aug": 0.0}}
+    mapper = {
+        "target": "sgm.data.video_clips.VideoClipSample",
+        "params": {
+            "num_frames": 4,
+            "fps": 8,
+            "size": 16,
+            "seed": 1,
+            "random_start": False,
+            "cond_aug": 0.0,
+        },
+    }
     flatten = {"target": "sgm.data.video_clips.FlattenVideoBatch"}
     batch = next(iter(build_loader(_pipeline([shard], mapper, [flatten]), {"batch_size": 2})))
     assert batch["frames"].shape == (8, 3, 16, 16)
@@ -83,8 +100,9 @@ def test_cond_aug_is_per_clip_and_noises_the_conditioning_frame(tmp_path):
     shard = write_video_shard(tmp_path / "v.tar", [8])
     with tarfile.open(shard) as tar:
         sample = {"mp4": tar.extractfile("000000.mp4").read(), "__key__": "000000"}
-    out = VideoClipSample(num_frames=2, fps=24, size=16, seed=0,
-                          cond_aug={"p_mean": -3.0, "p_std": 0.5})(sample)
+    out = VideoClipSample(
+        num_frames=2, fps=24, size=16, seed=0, cond_aug={"p_mean": -3.0, "p_std": 0.5}
+    )(sample)
     noise = (out["cond_frames"] - out["cond_frames_without_noise"]) / out["cond_aug"]
     assert 0.0 < out["cond_aug"] < 1.0
     assert abs(noise.std().item() - 1.0) < 0.1
@@ -92,25 +110,37 @@ def test_cond_aug_is_per_clip_and_noises_the_conditioning_frame(tmp_path):
 
 def test_video_shorter_than_the_clip_is_reported(tmp_path):
     shard = write_video_shard(tmp_path / "short.tar", [5], fps=24)
-    mapper = {"target": "sgm.data.video_clips.VideoClipSample",
-              "params": {"num_frames": 4, "fps": 8, "size": 16}}
-    with pytest.raises(InputError, match=r"short\.tar, sample '000000': video has 5 frames at "
-                                          r"24 fps, shorter than the clip \(4 frames at 8 fps "
-                                          r"need 10\)"):
+    mapper = {
+        "target": "sgm.data.video_clips.VideoClipSample",
+        "params": {"num_frames": 4, "fps": 8, "size": 16},
+    }
+    with pytest.raises(
+        InputError,
+        match=r"short\.tar, sample '000000': video has 5 frames at "
+        r"24 fps, shorter than the clip \(4 frames at 8 fps "
+        r"need 10\)",
+    ):
         next(iter(build_loader(_pipeline([shard], mapper), {"batch_size": 1})))
 
 
 def test_per_clip_sigmas_and_flatten():
-    sampler = PerClipSigmaSampling(3, {"target": "sgm.modules.diffusionmodules.sigma_sampling."
-                                                 "EDMSampling"})
+    sampler = PerClipSigmaSampling(
+        3, {"target": "sgm.modules.diffusionmodules.sigma_sampling.EDMSampling"}
+    )
     sigmas = sampler(6)
     assert sigmas[0] == sigmas[1] == sigmas[2] and sigmas[3] == sigmas[5]
     assert sigmas[0] != sigmas[3]
     with pytest.raises(InputError):
         sampler(4)
     with pytest.raises(InputError, match=r"\(B, T, C, H, W\)"):
-        FlattenVideoBatch()({"frames": torch.zeros(2, 3, 4, 4), "fps_id": [1, 2],
-                             "motion_bucket_id": [1, 2], "cond_aug": [0.0, 0.0]})
+        FlattenVideoBatch()(
+            {
+                "frames": torch.zeros(2, 3, 4, 4),
+                "fps_id": [1, 2],
+                "motion_bucket_id": [1, 2],
+                "cond_aug": [0.0, 0.0],
+            }
+        )
 
 
 def test_video_shard_without_a_video_names_the_field(tmp_path):
@@ -121,8 +151,11 @@ def test_video_shard_without_a_video_names_the_field(tmp_path):
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
     mapper = {"target": "sgm.data.video_clips.VideoClipSample", "params": {"num_frames": 2}}
-    with pytest.raises(InputError, match=r"novideo\.tar, sample '000007': missing field "
-                                          r"'mp4/webm/mkv/mov/avi' \(it has \['json'\]\)"):
+    with pytest.raises(
+        InputError,
+        match=r"novideo\.tar, sample '000007': missing field "
+        r"'mp4/webm/mkv/mov/avi' \(it has \['json'\]\)",
+    ):
         next(iter(build_loader(_pipeline([shard], mapper), {"batch_size": 1})))
 
 
@@ -133,7 +166,8 @@ def test_random_clip_starts_stay_inside_the_video(tmp_path):
     starts = set()
     for seed in range(12):
         out = VideoClipSample(num_frames=3, fps=4, size=8, seed=seed, cond_aug=0.0)(
-            {"mp4": data, "__key__": "k"})
+            {"mp4": data, "__key__": "k"}
+        )
         levels = ((out["frames"].mean(dim=(1, 2, 3)) + 1) * 127.5 / 8).round().tolist()
         assert levels[1] - levels[0] == 6 and levels[2] - levels[1] == 6  # 24 -> 4 fps
         starts.add(levels[0])

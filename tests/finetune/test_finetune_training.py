@@ -24,10 +24,19 @@ def clip_dir(tmp_path_factory):
 
 
 def _trainer(root, max_steps, callbacks=()):
-    return pl.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, logger=False,
-                      enable_progress_bar=False, enable_model_summary=False,
-                      num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=root,
-                      callbacks=list(callbacks), gradient_clip_val=1.0)
+    return pl.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        default_root_dir=root,
+        callbacks=list(callbacks),
+        gradient_clip_val=1.0,
+    )
 
 
 def _fixed_loss(model, batch, seed=0):

@@ -43,8 +43,14 @@ def test_images_are_packed_unreadable_reported_and_skipped(pack, tmp_path, capsy
     assert [p.name for p in shards] == ["shard-000000.tar", "shard-000001.tar"]
     assert not list(out.glob(".tmp*"))
     with tarfile.open(shards[0]) as tar:
-        assert tar.getnames() == ["000000000.png", "000000000.json", "000000000.txt",
-                                  "000000001.png", "000000001.json", "000000001.txt"]
+        assert tar.getnames() == [
+            "000000000.png",
+            "000000000.json",
+            "000000000.txt",
+            "000000001.png",
+            "000000001.json",
+            "000000001.txt",
+        ]
     mapper = {"target": "sgm.data.image_caption.ImageCaptionSample", "params": {"size": 8}}
     pipeline = {"urls": [str(out)], "decoders": ["pil"], "postprocessors": [mapper]}
     batch = next(iter(build_loader(pipeline, {"batch_size": 3})))
@@ -88,8 +94,10 @@ def test_videos_are_packed_and_decode_as_clips(pack, tmp_path):
     (source / "bad.mp4").write_bytes(b"\x00" * 100)
     out = tmp_path / "shards"
     assert pack([str(source), str(out), "--videos", "--quiet"]) == 0
-    mapper = {"target": "sgm.data.video_clips.VideoClipSample",
-              "params": {"num_frames": 3, "fps": 12, "size": 8}}
+    mapper = {
+        "target": "sgm.data.video_clips.VideoClipSample",
+        "params": {"num_frames": 3, "fps": 12, "size": 8},
+    }
     pipeline = {"urls": [str(out)], "decoders": ["pil"], "postprocessors": [mapper]}
     batch = next(iter(build_loader(pipeline, {"batch_size": 2})))
     assert batch["frames"].shape == (2, 3, 3, 8, 8)

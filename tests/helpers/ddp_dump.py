@@ -14,6 +14,7 @@ class DumpWeights(pl.Callback):
 
     def on_train_end(self, trainer, pl_module):
         state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
-        torch.save({"state": state, "world_size": trainer.world_size,
-                    "step": trainer.global_step},
-                   os.path.join(self.out, f"rank{trainer.global_rank}.pt"))
+        torch.save(
+            {"state": state, "world_size": trainer.world_size, "step": trainer.global_step},
+            os.path.join(self.out, f"rank{trainer.global_rank}.pt"),
+        )

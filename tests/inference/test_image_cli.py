@@ -52,13 +52,25 @@ def models(tmp_path_factory):
     clip = make_clip_folder(root / "clip")
     folder = root / "checkpoints"
     configs = {}
-    for i, (version, kind, name, twin, twin_name) in enumerate([
-        ("sdxl_base_1.0", "sdxl_base", "sd_xl_base_1.0.safetensors",
-         "sdxl_turbo", "sd_xl_turbo_1.0.safetensors"),
-        ("sdxl_refiner_1.0", "sdxl_refiner", "sd_xl_refiner_1.0.safetensors", None, None),
-        ("sd2.1", "sd_2_1", "v2-1_512-ema-pruned.safetensors",
-         "sd_turbo", "sd_turbo.safetensors"),
-    ]):
+    for i, (version, kind, name, twin, twin_name) in enumerate(
+        [
+            (
+                "sdxl_base_1.0",
+                "sdxl_base",
+                "sd_xl_base_1.0.safetensors",
+                "sdxl_turbo",
+                "sd_xl_turbo_1.0.safetensors",
+            ),
+            ("sdxl_refiner_1.0", "sdxl_refiner", "sd_xl_refiner_1.0.safetensors", None, None),
+            (
+                "sd2.1",
+                "sd_2_1",
+                "v2-1_512-ema-pruned.safetensors",
+                "sd_turbo",
+                "sd_turbo.safetensors",
+            ),
+        ]
+    ):
         configs[version], ckpt = write_tiny_model(kind, clip, folder, name, seed=i)
         if twin:  # Turbo has its base model's architecture (same random weights here)
             os.link(ckpt, folder / twin_name)
@@ -69,8 +81,16 @@ def models(tmp_path_factory):
 def _args(models, version, out, *extra):
     folder, configs = models
     config = [] if version is None else ["--version", version, "--config", str(configs[version])]
-    return [*config, "--checkpoints", str(folder), "--output_folder", str(out),
-            "--device", "cpu", *extra]
+    return [
+        *config,
+        "--checkpoints",
+        str(folder),
+        "--output_folder",
+        str(out),
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 def _run(cli, capsys, argv):
@@ -128,42 +148,82 @@ def test_txt2img_prompts_file_num_samples_metadata(cli, models, tmp_path, capsys
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red barn\n\n  a blue boat  \n")
     out = tmp_path / "out"
-    code, paths, _ = _run(cli, capsys, _args(
-        models, "sdxl_base_1.0", out, "--prompts_file", str(prompts), "--num_samples", "2",
-        "--steps", "3", "--seed", "7", "--cfg_scale", "4.5", *SIZE))
+    code, paths, _ = _run(
+        cli,
+        capsys,
+        _args(
+            models,
+            "sdxl_base_1.0",
+            out,
+            "--prompts_file",
+            str(prompts),
+            "--num_samples",
+            "2",
+            "--steps",
+            "3",
+            "--seed",
+            "7",
+            "--cfg_scale",
+            "4.5",
+            *SIZE,
+        ),
+    )
     assert code == 0
     texts = list(_check_outputs(paths, out, 4, (320, 256)))
     assert [(t["prompt"], t["seed"]) for t in texts] == [
-        ("a red barn", "7"), ("a red barn", "8"), ("a blue boat", "7"), ("a blue boat", "8")]
+        ("a red barn", "7"),
+        ("a red barn", "8"),
+        ("a blue boat", "7"),
+        ("a blue boat", "8"),
+    ]
     assert texts[0]["model"] == "sdxl_base_1.0"
     assert texts[0]["checkpoint"] == "sd_xl_base_1.0.safetensors"
     assert (texts[0]["sampler"], texts[0]["steps"], texts[0]["cfg_scale"]) == (
-        "EulerEDMSampler", "3", "4.5")
+        "EulerEDMSampler",
+        "3",
+        "4.5",
+    )
     assert (texts[0]["width"], texts[0]["height"]) == ("320", "256")
     assert Path(paths[0]).name == "000000000.png"
 
 
 def test_same_seed_same_bytes_and_never_overwrites(cli, models, tmp_path, capsys):
     argv = ["--steps", "2", "--prompt", "a cat", "--width", "256", "--height", "256"]
-    _, first, _ = _run(cli, capsys, _args(models, "sdxl_base_1.0", tmp_path / "a", *argv,
-                                          "--seed", "3"))
-    _, second, _ = _run(cli, capsys, _args(models, "sdxl_base_1.0", tmp_path / "b", *argv,
-                                           "--seed", "3"))
+    _, first, _ = _run(
+        cli, capsys, _args(models, "sdxl_base_1.0", tmp_path / "a", *argv, "--seed", "3")
+    )
+    _, second, _ = _run(
+        cli, capsys, _args(models, "sdxl_base_1.0", tmp_path / "b", *argv, "--seed", "3")
+    )
     before = Path(first[0]).read_bytes()
     assert Path(second[0]).read_bytes() == before
     # into the same folder, another seed: a new file, the old one untouched
-    _, third, _ = _run(cli, capsys, _args(models, "sdxl_base_1.0", tmp_path / "a", *argv,
-                                          "--seed", "4"))
+    _, third, _ = _run(
+        cli, capsys, _args(models, "sdxl_base_1.0", tmp_path / "a", *argv, "--seed", "4")
+    )
     assert Path(third[0]).name == "000000001.png" and Path(first[0]).read_bytes() == before
     assert Path(third[0]).read_bytes() != before
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
-        "000000000.png", "000000001.png"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["000000000.png", "000000001.png"]
 
 
 def test_sd21_uses_the_full_schedule(cli, models, tmp_path, capsys, sigmas_seen):
-    code, paths, _ = _run(cli, capsys, _args(
-        models, "sd2.1", tmp_path, "--steps", "4", "--negative_prompt", "blurry",
-        "--width", "256", "--height", "256"))
+    code, paths, _ = _run(
+        cli,
+        capsys,
+        _args(
+            models,
+            "sd2.1",
+            tmp_path,
+            "--steps",
+            "4",
+            "--negative_prompt",
+            "blurry",
+            "--width",
+            "256",
+            "--height",
+            "256",
+        ),
+    )
     assert code == 0
     (text,) = _check_outputs(paths, tmp_path, 1, (256, 256))
     assert text["negative_prompt"] == "blurry" and text["model"] == "sd2.1"
@@ -177,38 +237,83 @@ def test_img2img_starts_at_the_strength_level(cli, models, tmp_path, capsys, sig
     pixels = np.random.default_rng(0).integers(0, 256, (300, 330, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(init)
     out = tmp_path / "out"
-    code, paths, _ = _run(cli, capsys, _args(
-        models, "sdxl_base_1.0", out, "--init_image", str(init), "--strength", "0.5",
-        "--steps", "8"))
+    code, paths, _ = _run(
+        cli,
+        capsys,
+        _args(
+            models,
+            "sdxl_base_1.0",
+            out,
+            "--init_image",
+            str(init),
+            "--strength",
+            "0.5",
+            "--steps",
+            "8",
+        ),
+    )
     assert code == 0
     (text,) = _check_outputs(paths, out, 1, (320, 256))  # cut to multiples of 64
     assert text["init_image"] == "init.png" and text["strength"] == "0.5"
     kept = int(0.5 * 9)
-    expected = ddpm_sigmas(8)[9 - kept:-1]
+    expected = ddpm_sigmas(8)[9 - kept : -1]
     np.testing.assert_allclose(sigmas_seen, expected, rtol=1e-5)
 
 
 def test_refiner_hand_off(cli, models, tmp_path, capsys, sigmas_seen):
     out = tmp_path / "out"
-    code, paths, _ = _run(cli, capsys, _args(
-        models, "sdxl_base_1.0", out, "--refiner", "--refiner_config",
-        str(models[1]["sdxl_refiner_1.0"]), "--refiner_strength", "0.3", "--steps", "6",
-        *SIZE))
+    code, paths, _ = _run(
+        cli,
+        capsys,
+        _args(
+            models,
+            "sdxl_base_1.0",
+            out,
+            "--refiner",
+            "--refiner_config",
+            str(models[1]["sdxl_refiner_1.0"]),
+            "--refiner_strength",
+            "0.3",
+            "--steps",
+            "6",
+            *SIZE,
+        ),
+    )
     assert code == 0
     (text,) = _check_outputs(paths, out, 1, (320, 256))
     assert (text["refiner"], text["refiner_checkpoint"], text["refiner_strength"]) == (
-        "sdxl_refiner_1.0", "sd_xl_refiner_1.0.safetensors", "0.3")
+        "sdxl_refiner_1.0",
+        "sd_xl_refiner_1.0.safetensors",
+        "0.3",
+    )
     # base and refiner together visit the 6-step schedule once each level
     np.testing.assert_allclose(sigmas_seen, ddpm_sigmas(6)[:-1], rtol=1e-5)
 
 
-@pytest.mark.parametrize("version,steps,samples", [("sdxl_turbo", 1, 2), ("sdxl_turbo", 4, 1),
-                                                   ("sd_turbo", 2, 1)])
+@pytest.mark.parametrize(
+    "version,steps,samples", [("sdxl_turbo", 1, 2), ("sdxl_turbo", 4, 1), ("sd_turbo", 2, 1)]
+)
 def test_turbo(cli, models, tmp_path, capsys, sigmas_seen, version, steps, samples):
     out = tmp_path / "out"
-    code, paths, _ = _run(cli, capsys, _args(
-        models, version, out, "--steps", str(steps), "--num_samples", str(samples),
-        "--seed", "5", "--width", "256", "--height", "256"))
+    code, paths, _ = _run(
+        cli,
+        capsys,
+        _args(
+            models,
+            version,
+            out,
+            "--steps",
+            str(steps),
+            "--num_samples",
+            str(samples),
+            "--seed",
+            "5",
+            "--width",
+            "256",
+            "--height",
+            "256",
+        ),
+    )
     assert code == 0
     texts = list(_check_outputs(paths, out, samples, (256, 256)))
     assert [t["seed"] for t in texts] == [str(5 + k) for k in range(samples)]
@@ -235,10 +340,14 @@ def test_lora_flag_reaches_the_network(cli, models, tmp_path, capsys):
     adapter = save_lora(engine, tmp_path / "style.lora.safetensors")
     argv = ["--steps", "2", "--prompt", "a cat", "--width", "256", "--height", "256"]
     pixels, texts = [], []
-    for name, extra in (("plain", []), ("zero", ["--lora", f"{adapter}:0"]),
-                        ("full", ["--lora", str(adapter)])):
-        code, (path,), _ = _run(cli, capsys, _args(models, "sdxl_base_1.0", tmp_path / name,
-                                                    *argv, *extra))
+    for name, extra in (
+        ("plain", []),
+        ("zero", ["--lora", f"{adapter}:0"]),
+        ("full", ["--lora", str(adapter)]),
+    ):
+        code, (path,), _ = _run(
+            cli, capsys, _args(models, "sdxl_base_1.0", tmp_path / name, *argv, *extra)
+        )
         assert code == 0
         with Image.open(path) as image:
             pixels.append(np.asarray(image))
@@ -281,19 +390,28 @@ BAD = [
     ("height", lambda t: ["--height", "1000"], "--height 1000"),
     ("zero steps", lambda t: ["--steps", "0"], "--steps"),
     ("negative steps", lambda t: ["--steps", "-3"], "--steps"),
-    ("strength zero", lambda t: ["--init_image", str(t / "x.png"), "--strength", "0"],
-     "--strength"),
+    (
+        "strength zero",
+        lambda t: ["--init_image", str(t / "x.png"), "--strength", "0"],
+        "--strength",
+    ),
     ("strength above one", lambda t: ["--strength", "1.5"], "--strength"),
     ("init image missing", lambda t: ["--init_image", str(t / "nope.png")], "nope.png"),
     ("init image unreadable", lambda t: ["--init_image", str(_unreadable(t))], "broken.png"),
     ("prompts file missing", lambda t: ["--prompts_file", str(t / "p.txt")], "p.txt"),
     ("prompts file empty", lambda t: ["--prompts_file", str(_empty_prompts(t))], "empty.txt"),
-    ("refiner checkpoint missing", lambda t: ["--refiner", "sdxl_refiner_0.9"],
-     "sd_xl_refiner_0.9.safetensors"),
+    (
+        "refiner checkpoint missing",
+        lambda t: ["--refiner", "sdxl_refiner_0.9"],
+        "sd_xl_refiner_0.9.safetensors",
+    ),
     ("refiner for sd2.1", lambda t: ["--version", "sd2.1", "--refiner"], "--refiner"),
     ("turbo steps", lambda t: ["--version", "sdxl_turbo", "--steps", "5"], "--steps 5"),
-    ("turbo img2img", lambda t: ["--version", "sd_turbo", "--init_image", str(t / "x.png")],
-     "--init_image"),
+    (
+        "turbo img2img",
+        lambda t: ["--version", "sd_turbo", "--init_image", str(t / "x.png")],
+        "--init_image",
+    ),
 ]
 
 
@@ -321,8 +439,16 @@ def test_bad_input_one_line_exit_2_nothing_written(
 
 
 def test_base_checkpoint_missing_names_the_file(cli, tmp_path, capsys, no_model):
-    code = cli.main(["--version", "sdxl_turbo", "--checkpoints", str(tmp_path),
-                     "--output_folder", str(tmp_path / "out")])
+    code = cli.main(
+        [
+            "--version",
+            "sdxl_turbo",
+            "--checkpoints",
+            str(tmp_path),
+            "--output_folder",
+            str(tmp_path / "out"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and "sd_xl_turbo_1.0.safetensors" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
@@ -331,13 +457,26 @@ def test_base_checkpoint_missing_names_the_file(cli, tmp_path, capsys, no_model)
 def test_exit_status_of_the_real_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--version", "sd_turbo", "--steps", "8",
-         "--output_folder", str(tmp_path / "out")],
-        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300,
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--version",
+            "sd_turbo",
+            "--steps",
+            "8",
+            "--output_folder",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
     )
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [
-        "error: simple_image_sample.py: --steps 8: sd_turbo samples in 1 to 4 steps"]
+        "error: simple_image_sample.py: --steps 8: sd_turbo samples in 1 to 4 steps"
+    ]
     assert not (tmp_path / "out").exists() and result.stdout == ""
 
 
@@ -354,19 +493,26 @@ def test_help_lists_the_sdxl_buckets(cli, capsys):
 
 
 def test_detect_files_folders_globs(cli, detect, models, tmp_path, capsys):
-    from sklearn.datasets import load_sample_images
     from PIL import Image
+    from sklearn.datasets import load_sample_images
 
     out = tmp_path / "out"
-    _, paths, _ = _run(cli, capsys, _args(
-        models, "sdxl_turbo", out, "--num_samples", "1", "--width", "256", "--height", "256"))
+    _, paths, _ = _run(
+        cli,
+        capsys,
+        _args(models, "sdxl_turbo", out, "--num_samples", "1", "--width", "256", "--height", "256"),
+    )
     clean = tmp_path / "clean" / "photo.png"
     clean.parent.mkdir()
     Image.fromarray(load_sample_images().images[0]).save(clean)
     (tmp_path / "clean" / "notes.png").write_text("not an image")
     Image.new("RGB", (100, 100)).save(tmp_path / "small.png")
-    argv = [str(out), str(tmp_path / "clean" / "*.png"), str(tmp_path / "small.png"),
-            str(tmp_path / "missing.png")]
+    argv = [
+        str(out),
+        str(tmp_path / "clean" / "*.png"),
+        str(tmp_path / "small.png"),
+        str(tmp_path / "missing.png"),
+    ]
     assert detect.main(argv) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     results = {}

@@ -45,9 +45,16 @@ def clip_dir(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("tiny_clip")
     config = CLIPTextConfig(
-        vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=77, hidden_act="quick_gelu",
-        bos_token_id=0, eos_token_id=2, pad_token_id=1,
+        vocab_size=49408,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        bos_token_id=0,
+        eos_token_id=2,
+        pad_token_id=1,
     )
     torch.manual_seed(2)
     CLIPTextModel(config).save_pretrained(folder)
@@ -151,7 +158,7 @@ def test_img2img_wrapper_keeps_lowest_sigmas(strength, n):
     full = disc(n)  # n descending sigmas and a final 0
     keep = max(int(strength * (n + 1)), 1)
     wrapped = Img2ImgDiscretizationWrapper(disc, strength=strength)(n)
-    torch.testing.assert_close(wrapped, full[n + 1 - keep:])
+    torch.testing.assert_close(wrapped, full[n + 1 - keep :])
     assert wrapped[-1] == 0
 
 
@@ -163,7 +170,7 @@ def test_image_to_image_uses_lowest_sigmas_and_noises_input(pipeline, monkeypatc
     out = pipeline.image_to_image(params, image, "a red cube", samples=2, seed=11)
     assert out.shape == (2, 3, 16, 16)
     full = LegacyDDPMDiscretization()(steps)
-    expected = full[len(full) - int(strength * len(full)):]
+    expected = full[len(full) - int(strength * len(full)) :]
     used = torch.stack([s[0] for _, s in calls])
     torch.testing.assert_close(used, expected[:-1])
     assert float(used.max()) < float(full[0]) / 2
@@ -175,9 +182,17 @@ def test_image_to_image_uses_lowest_sigmas_and_noises_input(pipeline, monkeypatc
 
 def test_get_batch_sdxl_layout():
     value_dict = dict(
-        prompt="cat", negative_prompt="dog", orig_width=1024, orig_height=768,
-        crop_coords_top=3, crop_coords_left=5, target_width=512, target_height=256,
-        aesthetic_score=6.0, negative_aesthetic_score=2.5, extra=torch.ones(2),
+        prompt="cat",
+        negative_prompt="dog",
+        orig_width=1024,
+        orig_height=768,
+        crop_coords_top=3,
+        crop_coords_left=5,
+        target_width=512,
+        target_height=256,
+        aesthetic_score=6.0,
+        negative_aesthetic_score=2.5,
+        extra=torch.ones(2),
     )
     keys = SDXL_KEYS + ["aesthetic_score", "extra"]
     batch, batch_uc = get_batch(keys, value_dict, [3])
@@ -201,10 +216,22 @@ def test_get_batch_sdxl_layout():
 
 def test_get_batch_video_layout():
     frame = torch.zeros(1, 3, 8, 8)
-    value_dict = dict(fps_id=6, motion_bucket_id=127, cond_aug=0.02, cond_frames=frame,
-                      cond_frames_without_noise=frame, polars_rad=[0.1, 0.2])
-    keys = ["fps_id", "motion_bucket_id", "cond_aug", "cond_frames",
-            "cond_frames_without_noise", "polars_rad"]
+    value_dict = dict(
+        fps_id=6,
+        motion_bucket_id=127,
+        cond_aug=0.02,
+        cond_frames=frame,
+        cond_frames_without_noise=frame,
+        polars_rad=[0.1, 0.2],
+    )
+    keys = [
+        "fps_id",
+        "motion_bucket_id",
+        "cond_aug",
+        "cond_frames",
+        "cond_frames_without_noise",
+        "polars_rad",
+    ]
     batch, batch_uc = get_batch(keys, value_dict, [2, 4], T=4)
     assert torch.equal(batch["fps_id"], torch.tensor([6] * 8))
     assert torch.equal(batch["motion_bucket_id"], torch.tensor([127] * 8))
@@ -231,8 +258,9 @@ def test_sampler_builders_cover_every_enum():
     for sampler in Sampler:
         for guider in Guider:
             built = api.get_sampler_config(
-                SamplingParams(sampler=sampler, guider=guider, steps=5,
-                               discretization=Discretization.EDM)
+                SamplingParams(
+                    sampler=sampler, guider=guider, steps=5, discretization=Discretization.EDM
+                )
             )
             assert type(built).__name__ == sampler.value
             assert type(built.guider).__name__ == guider.value
@@ -259,8 +287,13 @@ def test_perform_save_locally_never_overwrites(tmp_path):
     names = sorted(os.listdir(tmp_path))
     assert (tmp_path / "000000001.png").read_bytes() == before
     assert len(paths) == 3 and len(set(paths)) == 3
-    assert names == ["000000001.png", "000000002.png", "000000003.png",
-                     "000000004.png", "notes.txt"]
+    assert names == [
+        "000000001.png",
+        "000000002.png",
+        "000000003.png",
+        "000000004.png",
+        "notes.txt",
+    ]
     for path, sample in zip(paths, samples):
         array = np.asarray(Image.open(path), dtype=np.float32) / 255.0
         expected = sample.permute(1, 2, 0).numpy()
@@ -273,10 +306,9 @@ def test_perform_save_locally_never_overwrites(tmp_path):
 def test_perform_save_locally_watermarks(tmp_path):
     from imwatermark import WatermarkDecoder
     from PIL import Image
+    from sklearn.datasets import load_sample_images
 
     from sgm.inference.watermark import WATERMARK_BITS
-
-    from sklearn.datasets import load_sample_images
 
     photo = torch.from_numpy(load_sample_images().images[0][:384, :512].copy())
     photo = photo.permute(2, 0, 1)[None].float() / 255

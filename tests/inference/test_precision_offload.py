@@ -32,9 +32,16 @@ def tiny(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("tiny_sdxl")
     clip = CLIPTextConfig(
-        vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=77, hidden_act="quick_gelu",
-        bos_token_id=0, eos_token_id=2, pad_token_id=1,
+        vocab_size=49408,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+        bos_token_id=0,
+        eos_token_id=2,
+        pad_token_id=1,
     )
     torch.manual_seed(2)
     CLIPTextModel(clip).save_pretrained(folder / "clip")
@@ -55,8 +62,15 @@ def tiny(tmp_path_factory):
 
 
 def _params(**kw) -> SamplingParams:
-    base = dict(width=32, height=32, steps=2, orig_width=32, orig_height=32, scale=3.0,
-                sampler=Sampler.EULER_EDM)
+    base = dict(
+        width=32,
+        height=32,
+        steps=2,
+        orig_width=32,
+        orig_height=32,
+        scale=3.0,
+        sampler=Sampler.EULER_EDM,
+    )
     base.update(kw)
     return SamplingParams(**base)
 
@@ -107,8 +121,7 @@ def _record_runs(model, offloader) -> list[tuple[str, set[str]]]:
     watched = {
         "conditioner": [model.conditioner, *model.conditioner.embedders],
         "model": [model.model.diffusion_model],
-        "first_stage_model": [model.first_stage_model.encoder,
-                              model.first_stage_model.decoder],
+        "first_stage_model": [model.first_stage_model.encoder, model.first_stage_model.decoder],
     }
     for name, modules in watched.items():
         for module in modules:
@@ -151,8 +164,9 @@ def test_offload_engine_leaves_ema_on_the_host_and_small_parts_on_the_device(tin
     try:
         assert engine.denoiser.sigmas.device.type == "meta"
         assert all(p.device.type == "cpu" for p in engine.model_ema.buffers())
-        assert all(p.device.type == "cpu" for part in PARTS
-                   for p in getattr(engine, part).parameters())
+        assert all(
+            p.device.type == "cpu" for part in PARTS for p in getattr(engine, part).parameters()
+        )
         assert offload.execution_device(engine) == torch.device("meta")
         with offload.using(engine.first_stage_model):
             assert next(engine.first_stage_model.parameters()).device.type == "meta"
@@ -186,6 +200,7 @@ def trap_host_reads(sampler, monkeypatch, armed: list) -> None:
         armed.append(len(indices))
         with monkeypatch.context() as patch:
             for name in READS:
+
                 def refuse(self, *args, _name=name, **kwargs):
                     raise AssertionError(f"Tensor.{_name} inside the sampling loop")
 
@@ -243,8 +258,9 @@ def test_gpu_offload_lowers_peak_memory(tiny):
     config, ckpt = tiny
     peaks = {}
     for low_vram in (False, True):
-        pipe = SamplingPipeline(config=config, ckpt=ckpt, device="cuda", dtype="fp16",
-                                offload=low_vram)
+        pipe = SamplingPipeline(
+            config=config, ckpt=ckpt, device="cuda", dtype="fp16", offload=low_vram
+        )
         torch.cuda.synchronize()
         offload.reset_peak_memory("cuda")
         pipe.text_to_image(_params(), "a red cube", seed=1)
@@ -260,8 +276,14 @@ def test_gpu_sampling_loop_never_synchronises():
 
     disc = {"target": "sgm.modules.diffusionmodules.discretizer.EDMDiscretization"}
     x = torch.randn(2, 4, 8, 8, device="cuda")
-    for name in ("EulerEDMSampler", "HeunEDMSampler", "DPMPP2SAncestralSampler",
-                 "DPMPP2MSampler", "LinearMultistepSampler", "EulerAncestralSampler"):
+    for name in (
+        "EulerEDMSampler",
+        "HeunEDMSampler",
+        "DPMPP2SAncestralSampler",
+        "DPMPP2MSampler",
+        "LinearMultistepSampler",
+        "EulerAncestralSampler",
+    ):
         sampler = getattr(sampling, name)(discretization_config=disc, num_steps=5)
         plain = sampler.get_sigma_gen
 

@@ -33,7 +33,7 @@ def test_base_stops_where_the_refiner_starts(steps, strength):
     base = Txt2NoisyDiscretizationWrapper(disc, strength=strength, original_steps=steps)(steps)
     refiner = Img2ImgDiscretizationWrapper(disc, strength=strength)(steps)
     kept = max(int(strength * (steps + 1)), 1)  # what the refiner keeps (closed form)
-    np.testing.assert_allclose(refiner.numpy(), full[steps + 1 - kept:], rtol=1e-5)
+    np.testing.assert_allclose(refiner.numpy(), full[steps + 1 - kept :], rtol=1e-5)
     np.testing.assert_allclose(base.numpy(), full[: steps + 2 - kept], rtol=1e-5)
     assert float(base[-1]) == pytest.approx(float(refiner[0]), rel=1e-6)
     # together: every level of the schedule once (the hand-off level ends one, starts the other)
@@ -82,14 +82,21 @@ def test_text_to_image_refined_visits_each_level_once(pipelines, monkeypatch):
     _record(base, log, "base", monkeypatch)
     _record(refiner, log, "refiner", monkeypatch)
     steps, strength = 6, 0.3
-    params = SamplingParams(width=64, height=64, orig_width=64, orig_height=64, steps=steps,
-                            scale=4.0)
+    params = SamplingParams(
+        width=64, height=64, orig_width=64, orig_height=64, steps=steps, scale=4.0
+    )
     # the base's own (noisy) latents, for the check below; same seed as the run
-    _, noisy = base.text_to_image(params, "a red barn", return_latents=True, seed=3,
-                                  refiner_strength=strength)
+    _, noisy = base.text_to_image(
+        params, "a red barn", return_latents=True, seed=3, refiner_strength=strength
+    )
     log.clear()
     images, latents = text_to_image_refined(
-        base, refiner, params, "a red barn", seed=3, refiner_strength=strength,
+        base,
+        refiner,
+        params,
+        "a red barn",
+        seed=3,
+        refiner_strength=strength,
         return_latents=True,
     )
     assert images.shape == (1, 3, 64, 64) and latents.shape == (1, 4, 8, 8)

@@ -11,19 +11,22 @@ from sgm.inference.params_check import check_sampling_params, size_multiple
 from sgm.modules.diffusionmodules.openaimodel import UNetModel
 
 
-@pytest.mark.parametrize("field, value, words", [
-    ("width", 1020, "multiple of 8"),
-    ("height", 0, ">= 1"),
-    ("steps", 0, ">= 1"),
-    ("steps", 2.5, "an integer"),
-    ("scale", float("nan"), "finite"),
-    ("img2img_strength", 0.0, "(0, 1]"),
-    ("img2img_strength", 1.5, "(0, 1]"),
-    ("sigma_min", -1.0, "> 0"),
-    ("order", 0, ">= 1"),
-    ("sampler", "EulerSampler", "EulerEDMSampler"),
-    ("width", "1024", "an integer"),
-])
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("width", 1020, "multiple of 8"),
+        ("height", 0, ">= 1"),
+        ("steps", 0, ">= 1"),
+        ("steps", 2.5, "an integer"),
+        ("scale", float("nan"), "finite"),
+        ("img2img_strength", 0.0, "(0, 1]"),
+        ("img2img_strength", 1.5, "(0, 1]"),
+        ("sigma_min", -1.0, "> 0"),
+        ("order", 0, ">= 1"),
+        ("sampler", "EulerSampler", "EulerEDMSampler"),
+        ("width", "1024", "an integer"),
+    ],
+)
 def test_bad_field_is_named(field, value, words):
     with pytest.raises(InputError) as info:
         SamplingParams(**{field: value})
@@ -40,9 +43,15 @@ def test_enum_names_are_accepted_and_sigmas_ordered():
 
 def _unet(levels: int) -> UNetModel:
     torch.manual_seed(0)
-    return UNetModel(in_channels=4, model_channels=32, out_channels=4, num_res_blocks=1,
-                     attention_resolutions=[], channel_mult=[1] * levels,
-                     num_head_channels=32)
+    return UNetModel(
+        in_channels=4,
+        model_channels=32,
+        out_channels=4,
+        num_res_blocks=1,
+        attention_resolutions=[],
+        channel_mult=[1] * levels,
+        num_head_channels=32,
+    )
 
 
 @pytest.mark.parametrize("width, fits", [(96, True), (80, False), (104, False), (128, True)])
@@ -75,5 +84,4 @@ def test_pipeline_checks_params_changed_after_construction():
     with pytest.raises(InputError, match="width=72: must be a multiple of 16"):
         SamplingPipeline._check(pipeline, params)
     with pytest.raises(InputError, match="image of 40x64: .*multiples of 16"):
-        SamplingPipeline._check(pipeline, SamplingParams(), torch.zeros(1, 3, 64, 40),
-                                sized=False)
+        SamplingPipeline._check(pipeline, SamplingParams(), torch.zeros(1, 3, 64, 40), sized=False)

@@ -101,9 +101,12 @@ def test_resized_opaque_colour_stays_on_the_8_bit_grid(size):
     # values k / 255 * 2 - 1 (8-bit), never the unquantised blend.
     obj = {(y, x): (90, 180, 45, 255) for y in range(4) for x in range(4)}
     out = prepare_sv3d_image(_rgba(4, 4, obj), size=size)
-    torch.testing.assert_close(out, _expected(size, {(y, x): (90, 180, 45)
-                                                     for y in range(size)
-                                                     for x in range(size)}), rtol=0, atol=0)
+    torch.testing.assert_close(
+        out,
+        _expected(size, {(y, x): (90, 180, 45) for y in range(size) for x in range(size)}),
+        rtol=0,
+        atol=0,
+    )
     half_alpha = {(y, x): (0, 0, 0, 128) for y in range(4) for x in range(4)}
     levels = (prepare_sv3d_image(_rgba(4, 4, half_alpha), size=size) + 1) / 2 * 255
     torch.testing.assert_close(levels, levels.round(), rtol=0, atol=1e-4)

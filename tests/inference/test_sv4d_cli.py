@@ -19,21 +19,48 @@ CONFIGS = REPO / "tests" / "configs"
 ARCH = "sgm-test-video-tiny"
 ARCH_CONFIG = {
     "embed_dim": 32,
-    "vision_cfg": {"image_size": 224, "layers": 1, "width": 64, "head_width": 32,
-                   "patch_size": 32},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4,
-                 "layers": 1},
+    "vision_cfg": {"image_size": 224, "layers": 1, "width": 64, "head_width": 32, "patch_size": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 1},
 }
 RELEASES = ("sv4d", "sv4d2", "sv4d2_8views", "sv3d_u")
 
 # the original scripts' flags (Fire parameters)
-SV4D_FLAGS = ("input_path", "output_folder", "num_steps", "sv3d_version", "img_size",
-              "fps_id", "motion_bucket_id", "cond_aug", "seed", "encoding_t", "decoding_t",
-              "device", "elevations_deg", "azimuths_deg", "image_frame_ratio", "verbose",
-              "remove_bg")
-SV4D2_FLAGS = ("input_path", "model_path", "output_folder", "num_steps", "img_size",
-               "n_frames", "seed", "encoding_t", "decoding_t", "device", "elevations_deg",
-               "azimuths_deg", "image_frame_ratio", "verbose", "remove_bg")
+SV4D_FLAGS = (
+    "input_path",
+    "output_folder",
+    "num_steps",
+    "sv3d_version",
+    "img_size",
+    "fps_id",
+    "motion_bucket_id",
+    "cond_aug",
+    "seed",
+    "encoding_t",
+    "decoding_t",
+    "device",
+    "elevations_deg",
+    "azimuths_deg",
+    "image_frame_ratio",
+    "verbose",
+    "remove_bg",
+)
+SV4D2_FLAGS = (
+    "input_path",
+    "model_path",
+    "output_folder",
+    "num_steps",
+    "img_size",
+    "n_frames",
+    "seed",
+    "encoding_t",
+    "decoding_t",
+    "device",
+    "elevations_deg",
+    "azimuths_deg",
+    "image_frame_ratio",
+    "verbose",
+    "remove_bg",
+)
 
 
 def _script(name: str):
@@ -102,19 +129,34 @@ def _digest(path: Path) -> str:
 
 
 def test_sv4d_end_to_end_views_diagonal_and_same_seed(workdir, monkeypatch, capsys):
-    args = ["--input_path=clip.gif", f"--config={CONFIGS / 'sv4d_tiny.yaml'}",
-            f"--sv3d_config={CONFIGS / 'sv3d_u_tiny.yaml'}", "--img_size=64",
-            "--num_steps=1", "--device=cpu", "--output_folder=out4d", "--decoding_t=7"]
+    args = [
+        "--input_path=clip.gif",
+        f"--config={CONFIGS / 'sv4d_tiny.yaml'}",
+        f"--sv3d_config={CONFIGS / 'sv3d_u_tiny.yaml'}",
+        "--img_size=64",
+        "--num_steps=1",
+        "--device=cpu",
+        "--output_folder=out4d",
+        "--decoding_t=7",
+    ]
     code, out, err = _main(SV4D, args, workdir, monkeypatch, capsys)
     assert code == 0, err
     folder = workdir / "out4d"
     names = sorted(p.name for p in folder.iterdir())
-    expected = sorted(["000000_process_input.mp4", "000000_t000.mp4", "000000_diag.mp4"]
-                      + [f"000000_v{v:03d}.mp4" for v in range(1, 9)])
+    expected = sorted(
+        ["000000_process_input.mp4", "000000_t000.mp4", "000000_diag.mp4"]
+        + [f"000000_v{v:03d}.mp4" for v in range(1, 9)]
+    )
     assert names == expected
-    assert out.split() == [str(Path("out4d") / n) for n in [
-        "000000_process_input.mp4", "000000_t000.mp4",
-        *[f"000000_v{v:03d}.mp4" for v in range(1, 9)], "000000_diag.mp4"]]
+    assert out.split() == [
+        str(Path("out4d") / n)
+        for n in [
+            "000000_process_input.mp4",
+            "000000_t000.mp4",
+            *[f"000000_v{v:03d}.mp4" for v in range(1, 9)],
+            "000000_diag.mp4",
+        ]
+    ]
     for name in names:
         frames = _ffmpeg(folder / name)
         assert frames.shape == ((9 if "t000" in name else 21), 64, 64, 3), name
@@ -132,15 +174,23 @@ def test_sv4d_end_to_end_views_diagonal_and_same_seed(workdir, monkeypatch, caps
 
 @pytest.mark.parametrize("release,views", [("sv4d2", 4), ("sv4d2_8views", 8)])
 def test_sv4d2_end_to_end_views_and_same_seed(workdir, monkeypatch, capsys, release, views):
-    args = ["--input_path=clip.gif", f"--model_path=checkpoints/{release}.safetensors",
-            f"--config={CONFIGS / f'{release}_tiny.yaml'}", "--img_size=64",
-            "--num_steps=1", "--device=cpu", "--output_folder=out4d2", "--n_frames=13"]
+    args = [
+        "--input_path=clip.gif",
+        f"--model_path=checkpoints/{release}.safetensors",
+        f"--config={CONFIGS / f'{release}_tiny.yaml'}",
+        "--img_size=64",
+        "--num_steps=1",
+        "--device=cpu",
+        "--output_folder=out4d2",
+        "--n_frames=13",
+    ]
     code, out, err = _main(SV4D2, args, workdir, monkeypatch, capsys)
     assert code == 0, err
     folder = workdir / "out4d2" / release
     names = sorted(p.name for p in folder.iterdir())
-    assert names == sorted(["000000_process_input.mp4"]
-                           + [f"000000_v{v:03d}.mp4" for v in range(1, views + 1)])
+    assert names == sorted(
+        ["000000_process_input.mp4"] + [f"000000_v{v:03d}.mp4" for v in range(1, views + 1)]
+    )
     for name in names:
         assert _ffmpeg(folder / name).shape == (13, 64, 64, 3)
     if release == "sv4d2":  # same seed, same bytes; --low_vram only moves modules around
@@ -184,68 +234,161 @@ def test_bad_input_paths(scratch, monkeypatch, capsys):
     (scratch / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video")
     (scratch / "empty").mkdir()
     tiny4d2 = f"--config={CONFIGS / 'sv4d2_tiny.yaml'}"
-    _bad(SV4D2, ["--input_path=missing.gif", tiny4d2], scratch, monkeypatch, capsys,
-         "missing.gif")
-    _bad(SV4D2, ["--input_path=broken.mp4", tiny4d2], scratch, monkeypatch, capsys,
-         "broken.mp4", "decode")
-    _bad(SV4D2, ["--input_path=empty", tiny4d2], scratch, monkeypatch, capsys,
-         "empty", "no")
-    _bad(SV4D, ["--input_path=frames/*.png"], scratch, monkeypatch, capsys,
-         "frames/*.png", "matches no files")
+    _bad(SV4D2, ["--input_path=missing.gif", tiny4d2], scratch, monkeypatch, capsys, "missing.gif")
+    _bad(
+        SV4D2,
+        ["--input_path=broken.mp4", tiny4d2],
+        scratch,
+        monkeypatch,
+        capsys,
+        "broken.mp4",
+        "decode",
+    )
+    _bad(SV4D2, ["--input_path=empty", tiny4d2], scratch, monkeypatch, capsys, "empty", "no")
+    _bad(
+        SV4D,
+        ["--input_path=frames/*.png"],
+        scratch,
+        monkeypatch,
+        capsys,
+        "frames/*.png",
+        "matches no files",
+    )
     (scratch / "notes.txt").write_text("x")
     _bad(SV4D, ["--input_path=notes.txt"], scratch, monkeypatch, capsys, "notes.txt")
 
 
 def test_bad_model_file_name_without_config(scratch, monkeypatch, capsys):
     (scratch / "mine.safetensors").symlink_to(scratch / "checkpoints" / "sv4d2.safetensors")
-    _bad(SV4D2, ["--input_path=clip.gif", "--model_path=mine.safetensors"], scratch,
-         monkeypatch, capsys, "mine.safetensors", "sv4d2", "--config")
+    _bad(
+        SV4D2,
+        ["--input_path=clip.gif", "--model_path=mine.safetensors"],
+        scratch,
+        monkeypatch,
+        capsys,
+        "mine.safetensors",
+        "sv4d2",
+        "--config",
+    )
 
 
 def test_config_window_must_match_the_release(scratch, monkeypatch, capsys):
-    _bad(SV4D2, ["--input_path=clip.gif", "--model_path=checkpoints/sv4d2.safetensors",
-                 f"--config={CONFIGS / 'sv4d2_8views_tiny.yaml'}"], scratch, monkeypatch,
-         capsys, "sv4d2_8views_tiny.yaml", "12 x 4")
+    _bad(
+        SV4D2,
+        [
+            "--input_path=clip.gif",
+            "--model_path=checkpoints/sv4d2.safetensors",
+            f"--config={CONFIGS / 'sv4d2_8views_tiny.yaml'}",
+        ],
+        scratch,
+        monkeypatch,
+        capsys,
+        "sv4d2_8views_tiny.yaml",
+        "12 x 4",
+    )
 
 
-def test_missing_and_corrupt_checkpoints_say_where(scratch, tmp_path_factory, monkeypatch,
-                                                   capsys):
+def test_missing_and_corrupt_checkpoints_say_where(scratch, tmp_path_factory, monkeypatch, capsys):
     empty = tmp_path_factory.mktemp("no_checkpoints")
     (empty / "clip.gif").symlink_to(scratch / "clip.gif")
-    line = _bad(SV4D, ["--input_path=clip.gif"], empty, monkeypatch, capsys,
-                "checkpoints/sv4d.safetensors", "--ckpt")
+    line = _bad(
+        SV4D,
+        ["--input_path=clip.gif"],
+        empty,
+        monkeypatch,
+        capsys,
+        "checkpoints/sv4d.safetensors",
+        "--ckpt",
+    )
     assert "not found" in line
-    line = _bad(SV4D2, ["--input_path=clip.gif",
-                        "--model_path=checkpoints/sv4d2_8views.safetensors"],
-                empty, monkeypatch, capsys, "checkpoints/sv4d2_8views.safetensors")
+    line = _bad(
+        SV4D2,
+        ["--input_path=clip.gif", "--model_path=checkpoints/sv4d2_8views.safetensors"],
+        empty,
+        monkeypatch,
+        capsys,
+        "checkpoints/sv4d2_8views.safetensors",
+    )
     corrupt = empty / "checkpoints"
     corrupt.mkdir()
     (corrupt / "sv4d.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
     (corrupt / "sv3d_u.safetensors").symlink_to(scratch / "checkpoints" / "sv3d_u.safetensors")
-    _bad(SV4D, ["--input_path=clip.gif", f"--config={CONFIGS / 'sv4d_tiny.yaml'}",
-                f"--sv3d_config={CONFIGS / 'sv3d_u_tiny.yaml'}"], empty, monkeypatch, capsys,
-         "checkpoints/sv4d.safetensors", "corrupt")
+    _bad(
+        SV4D,
+        [
+            "--input_path=clip.gif",
+            f"--config={CONFIGS / 'sv4d_tiny.yaml'}",
+            f"--sv3d_config={CONFIGS / 'sv3d_u_tiny.yaml'}",
+        ],
+        empty,
+        monkeypatch,
+        capsys,
+        "checkpoints/sv4d.safetensors",
+        "corrupt",
+    )
     with open(scratch / "checkpoints" / "sv3d_u.safetensors", "rb") as source:
         (corrupt / "sv3d_p.safetensors").write_bytes(source.read()[:5000])
     (corrupt / "sv4d.safetensors").unlink()
     (corrupt / "sv4d.safetensors").symlink_to(scratch / "checkpoints" / "sv4d.safetensors")
-    _bad(SV4D, ["--input_path=clip.gif", "--sv3d_version=sv3d_p",
-                f"--config={CONFIGS / 'sv4d_tiny.yaml'}"], empty, monkeypatch, capsys,
-         "checkpoints/sv3d_p.safetensors")
+    _bad(
+        SV4D,
+        [
+            "--input_path=clip.gif",
+            "--sv3d_version=sv3d_p",
+            f"--config={CONFIGS / 'sv4d_tiny.yaml'}",
+        ],
+        empty,
+        monkeypatch,
+        capsys,
+        "checkpoints/sv3d_p.safetensors",
+    )
 
 
 def test_camera_value_counts(scratch, monkeypatch, capsys):
-    _bad(SV4D, ["--input_path=clip.gif", "--elevations_deg=5,10,15"], scratch,
-         monkeypatch, capsys, "elevations_deg", "21", "3")
-    _bad(SV4D, ["--input_path=clip.gif", "--azimuths_deg=[0,90,180,270]"], scratch,
-         monkeypatch, capsys, "azimuths_deg", "21", "4")
+    _bad(
+        SV4D,
+        ["--input_path=clip.gif", "--elevations_deg=5,10,15"],
+        scratch,
+        monkeypatch,
+        capsys,
+        "elevations_deg",
+        "21",
+        "3",
+    )
+    _bad(
+        SV4D,
+        ["--input_path=clip.gif", "--azimuths_deg=[0,90,180,270]"],
+        scratch,
+        monkeypatch,
+        capsys,
+        "azimuths_deg",
+        "21",
+        "4",
+    )
     tiny = f"--config={CONFIGS / 'sv4d2_tiny.yaml'}"
-    _bad(SV4D2, ["--input_path=clip.gif", tiny, "--azimuths_deg=0,30,60"], scratch,
-         monkeypatch, capsys, "azimuths_deg", "5")
-    _bad(SV4D2, ["--input_path=clip.gif", "--model_path=checkpoints/sv4d2_8views.safetensors",
-                 f"--config={CONFIGS / 'sv4d2_8views_tiny.yaml'}",
-                 "--elevations_deg=0,0,0,0,0"], scratch, monkeypatch, capsys,
-         "elevations_deg", "9")
+    _bad(
+        SV4D2,
+        ["--input_path=clip.gif", tiny, "--azimuths_deg=0,30,60"],
+        scratch,
+        monkeypatch,
+        capsys,
+        "azimuths_deg",
+        "5",
+    )
+    _bad(
+        SV4D2,
+        [
+            "--input_path=clip.gif",
+            "--model_path=checkpoints/sv4d2_8views.safetensors",
+            f"--config={CONFIGS / 'sv4d2_8views_tiny.yaml'}",
+            "--elevations_deg=0,0,0,0,0",
+        ],
+        scratch,
+        monkeypatch,
+        capsys,
+        "elevations_deg",
+        "9",
+    )
 
 
 def test_sizes_steps_and_frames(scratch, monkeypatch, capsys):
@@ -253,13 +396,20 @@ def test_sizes_steps_and_frames(scratch, monkeypatch, capsys):
     _bad(SV4D2, ["--img_size=0"], scratch, monkeypatch, capsys, "--img_size")
     _bad(SV4D, ["--num_steps=0"], scratch, monkeypatch, capsys, "--num_steps")
     _bad(SV4D2, ["--num_steps=-3"], scratch, monkeypatch, capsys, "--num_steps")
-    _bad(SV4D2, ["--input_path=clip.gif", f"--config={CONFIGS / 'sv4d2_tiny.yaml'}",
-                 "--n_frames=5"], scratch, monkeypatch, capsys, "n_frames", "12")
+    _bad(
+        SV4D2,
+        ["--input_path=clip.gif", f"--config={CONFIGS / 'sv4d2_tiny.yaml'}", "--n_frames=5"],
+        scratch,
+        monkeypatch,
+        capsys,
+        "n_frames",
+        "12",
+    )
 
 
 def test_remove_bg_without_rembg(scratch, monkeypatch, capsys):
     monkeypatch.setenv("U2NET_HOME", str(scratch / "no_models"))
-    _bad(SV4D, ["--input_path=clip.gif", "--remove_bg"], scratch, monkeypatch, capsys,
-         "rembg")
-    _bad(SV4D2, ["--input_path=clip.gif", "--remove_bg=True"], scratch, monkeypatch,
-         capsys, "rembg")
+    _bad(SV4D, ["--input_path=clip.gif", "--remove_bg"], scratch, monkeypatch, capsys, "rembg")
+    _bad(
+        SV4D2, ["--input_path=clip.gif", "--remove_bg=True"], scratch, monkeypatch, capsys, "rembg"
+    )

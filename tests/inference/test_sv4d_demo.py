@@ -18,10 +18,8 @@ CONFIGS = REPO / "tests" / "configs"
 SCRIPT = REPO / "scripts" / "demo" / "gradio_app_sv4d.py"
 ARCH_CONFIG = {
     "embed_dim": 32,
-    "vision_cfg": {"image_size": 224, "layers": 1, "width": 64, "head_width": 32,
-                   "patch_size": 32},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4,
-                 "layers": 1},
+    "vision_cfg": {"image_size": 224, "layers": 1, "width": 64, "head_width": 32, "patch_size": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 1},
 }
 
 pytest.importorskip("gradio")
@@ -46,8 +44,10 @@ def models(tmp_path_factory):
         shutil.copyfile(CONFIGS / f"{name}_tiny.yaml", root / "configs" / f"{name}.yaml")
         torch.manual_seed(1)
         model = load_video_model(CONFIGS / f"{name}_tiny.yaml", None, "cpu", frames)
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-                  root / "checkpoints" / f"{name}.safetensors")
+        save_file(
+            {k: v.contiguous() for k, v in model.state_dict().items()},
+            root / "checkpoints" / f"{name}.safetensors",
+        )
     gif = []
     for i in range(5):
         frame = Image.new("RGB", (70, 70), "white")
@@ -69,18 +69,22 @@ def test_blocks_build_and_name_the_missing_checkpoint(models, tmp_path):
     from sgm.errors import CheckpointError
 
     (tmp_path / "checkpoints").mkdir()
-    shutil.copyfile(models / "checkpoints" / "sv4d.safetensors",
-                    tmp_path / "checkpoints" / "sv4d.safetensors")
-    options = DemoOptions(checkpoints=tmp_path / "checkpoints", configs=models / "configs",
-                          outputs=tmp_path / "out")
+    shutil.copyfile(
+        models / "checkpoints" / "sv4d.safetensors", tmp_path / "checkpoints" / "sv4d.safetensors"
+    )
+    options = DemoOptions(
+        checkpoints=tmp_path / "checkpoints", configs=models / "configs", outputs=tmp_path / "out"
+    )
     app = Sv4dApp(options, img_size=64)
     demo = build_demo(app)
     assert isinstance(demo, gr.Blocks)
     missing = tmp_path / "checkpoints" / "sv3d_u.safetensors"
     message = [m.value for m in _components(demo, "Markdown")][1]
-    assert message == (f"**sv3d_u: checkpoint sv3d_u.safetensors not found. Put it at "
-                       f"{missing} (folder set by --checkpoints / SGM_DEMO_CHECKPOINTS); "
-                       "nothing is downloaded.**")
+    assert message == (
+        f"**sv3d_u: checkpoint sv3d_u.safetensors not found. Put it at "
+        f"{missing} (folder set by --checkpoints / SGM_DEMO_CHECKPOINTS); "
+        "nothing is downloaded.**"
+    )
     assert len(_components(demo, "Video")) == 3
     sliders = {s.label: (s.minimum, s.maximum, s.value) for s in _components(demo, "Slider")}
     assert sliders["Seed"] == (0, 100, 23)
@@ -97,8 +101,12 @@ def test_handler_samples_on_tiny_models(models, tmp_path):
     from sgm.demo.gradio_sv4d import Sv4dApp, build_demo
     from sgm.demo.options import DemoOptions
 
-    options = DemoOptions(checkpoints=models / "checkpoints", configs=models / "configs",
-                          device="cpu", outputs=tmp_path / "out")
+    options = DemoOptions(
+        checkpoints=models / "checkpoints",
+        configs=models / "configs",
+        device="cpu",
+        outputs=tmp_path / "out",
+    )
     app = Sv4dApp(options, img_size=64)
     demo = build_demo(app)
     assert app.problem is None and len(_components(demo, "Markdown")) == 1
@@ -123,9 +131,22 @@ def test_handler_samples_on_tiny_models(models, tmp_path):
 
 
 def test_script_help_runs_from_the_repo_root():
-    result = subprocess.run([sys.executable, str(SCRIPT), "--help"], cwd=REPO,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
-    for flag in ("--checkpoints", "--configs", "--config", "--ckpt", "--device", "--share",
-                 "--img_size", "--sv3d_version"):
+    for flag in (
+        "--checkpoints",
+        "--configs",
+        "--config",
+        "--ckpt",
+        "--device",
+        "--share",
+        "--img_size",
+        "--sv3d_version",
+    ):
         assert flag in result.stdout

@@ -47,8 +47,7 @@ def test_sv4d_cameras_follow_the_views_shown_on_custom_orbits():
     got_p, got_a = sv4d.sv4d_cameras(polars, azimuths, 1)
     shown = np.array(sv4d.SV4D_SUBSAMPLED_VIEWS[1:]) - 1  # rolled index s = orbit s - 1
     np.testing.assert_allclose(got_p, np.deg2rad(90 - elevations[shown]))
-    np.testing.assert_allclose(
-        got_a, np.deg2rad((azimuths_deg[shown] - azimuths_deg[-1]) % 360))
+    np.testing.assert_allclose(got_a, np.deg2rad((azimuths_deg[shown] - azimuths_deg[-1]) % 360))
 
 
 def test_sv4d2_cameras_are_relative_to_the_input_view():
@@ -74,11 +73,14 @@ def test_windows_cover_every_frame():
         sv4d.window_starts(sv4d.SPECS["sv4d2"], 11)
 
 
-@pytest.mark.parametrize("name,guider,low,high", [
-    ("sv4d", "SpatiotemporalPredictionGuider", 1.0, 2.0),
-    ("sv4d2", "LinearPredictionGuider", 1.0, 2.0),
-    ("sv4d2_8views", "SpatiotemporalPredictionGuider", 1.5, 2.5),
-])
+@pytest.mark.parametrize(
+    "name,guider,low,high",
+    [
+        ("sv4d", "SpatiotemporalPredictionGuider", 1.0, 2.0),
+        ("sv4d2", "LinearPredictionGuider", 1.0, 2.0),
+        ("sv4d2_8views", "SpatiotemporalPredictionGuider", 1.5, 2.5),
+    ],
+)
 def test_release_samplers(name, guider, low, high):
     spec = sv4d.SPECS[name]
     sampler = sv4d.build_sampler(spec, 7)
@@ -155,8 +157,11 @@ def test_dense_pass_is_euler_per_entry_and_alternates_conditioning(K):
     sigmas = sampler.discretization(6).double()
     x0 = start[frames][:, views].double() * torch.sqrt(1 + sigmas[0] ** 2)
     expected = K.sample_euler(
-        lambda x, s: gaussian_mixture_denoiser(x.flatten(0, 1), s.repeat_interleave(2))
-        .view_as(x), x0, sigmas, disable=True)
+        lambda x, s: gaussian_mixture_denoiser(x.flatten(0, 1), s.repeat_interleave(2)).view_as(x),
+        x0,
+        sigmas,
+        disable=True,
+    )
     # float32 sigmas on our side, float64 arithmetic on both
     torch.testing.assert_close(latents[frames][:, views], expected, rtol=1e-5, atol=1e-5)
     untouched = torch.ones(9, 3, dtype=torch.bool)
@@ -171,13 +176,27 @@ def tiny_sv4d2(tmp_path_factory):
     from sgm.inference.video import load_video_model
 
     arch_dir = tmp_path_factory.mktemp("sv4d_arch")
-    (arch_dir / "sgm-test-video-tiny.json").write_text(json.dumps({
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": 224, "layers": 1, "width": 64, "head_width": 32,
-                       "patch_size": 32},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4,
-                     "layers": 1},
-    }))
+    (arch_dir / "sgm-test-video-tiny.json").write_text(
+        json.dumps(
+            {
+                "embed_dim": 32,
+                "vision_cfg": {
+                    "image_size": 224,
+                    "layers": 1,
+                    "width": 64,
+                    "head_width": 32,
+                    "patch_size": 32,
+                },
+                "text_cfg": {
+                    "context_length": 77,
+                    "vocab_size": 49408,
+                    "width": 64,
+                    "heads": 4,
+                    "layers": 1,
+                },
+            }
+        )
+    )
     add_model_config(arch_dir)
     torch.manual_seed(0)
     return load_video_model(CONFIGS / "sv4d2_tiny.yaml", None, "cpu")
@@ -205,10 +224,12 @@ def test_window_conditioning(tiny_sv4d2, multi_view):
     assert c["crossattn"].shape == (1, t, 32)
     assert c["cond_view"].shape == (v, 4, 8, 8) and c["cond_motion"].shape == (t, 4, 8, 8)
     # vector = [noise level of the conditioning frames (32), polar (48), azimuth (48)]
-    torch.testing.assert_close(c["vector"][:, 32:80], _camera_embedding(cams[0], 48),
-                               atol=1e-6, rtol=0)
-    torch.testing.assert_close(c["vector"][:, 80:], _camera_embedding(cams[1], 48),
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        c["vector"][:, 32:80], _camera_embedding(cams[0], 48), atol=1e-6, rtol=0
+    )
+    torch.testing.assert_close(
+        c["vector"][:, 80:], _camera_embedding(cams[1], 48), atol=1e-6, rtol=0
+    )
     torch.testing.assert_close(uc["vector"][:, 32:], c["vector"][:, 32:])
     for key in ("concat", "crossattn", "cond_view", "cond_motion"):
         assert not uc[key].any(), key
@@ -216,8 +237,9 @@ def test_window_conditioning(tiny_sv4d2, multi_view):
     # every view of a frame gets that frame's latent; the noise level 0 embeds as
     # cos 0 = 1, sin 0 = 0
     per_frame = c["concat"].view(t, v, 4, 8, 8)
-    torch.testing.assert_close(per_frame[:, 1:], per_frame[:, :1].expand(-1, v - 1, -1, -1, -1),
-                               atol=2e-4, rtol=0)  # batched convolutions: last bits
+    torch.testing.assert_close(
+        per_frame[:, 1:], per_frame[:, :1].expand(-1, v - 1, -1, -1, -1), atol=2e-4, rtol=0
+    )  # batched convolutions: last bits
     torch.testing.assert_close(c["vector"][:, :32], _camera_embedding(np.zeros(n), 32))
     assert extra["num_video_frames"] == n
     assert extra["image_only_indicator"].shape == (2, n)
@@ -235,21 +257,31 @@ def test_encoding_t_and_decoding_t_bound_the_chunks(tiny_sv4d2, monkeypatch):
     for embedder in tiny_sv4d2.conditioner.embedders:
         if hasattr(embedder, "en_and_decode_n_samples_a_time"):
             encode = embedder.encoder.encode
-            monkeypatch.setattr(embedder.encoder, "encode",
-                                lambda x, f=encode: encoded.append(len(x)) or f(x))
+            monkeypatch.setattr(
+                embedder.encoder, "encode", lambda x, f=encode: encoded.append(len(x)) or f(x)
+            )
     decode = tiny_sv4d2.first_stage_model.decode
-    monkeypatch.setattr(tiny_sv4d2.first_stage_model, "decode",
-                        lambda z, f=decode, **kw: decoded.append(len(z)) or f(z, **kw))
-    saved = [e.en_and_decode_n_samples_a_time for e in tiny_sv4d2.conditioner.embedders
-             if hasattr(e, "en_and_decode_n_samples_a_time")]
+    monkeypatch.setattr(
+        tiny_sv4d2.first_stage_model,
+        "decode",
+        lambda z, f=decode, **kw: decoded.append(len(z)) or f(z, **kw),
+    )
+    saved = [
+        e.en_and_decode_n_samples_a_time
+        for e in tiny_sv4d2.conditioner.embedders
+        if hasattr(e, "en_and_decode_n_samples_a_time")
+    ]
     motion, views = torch.zeros(spec.n_time, 3, 64, 64), torch.zeros(spec.n_view, 3, 64, 64)
     cams = (np.zeros(spec.n_frames), np.zeros(spec.n_frames))
     with encoding_chunks(tiny_sv4d2, 5):
         sv4d.condition(tiny_sv4d2, motion, views, *cams, "cpu")
     # c and uc: 48 conditioning frames, 4 views, 12 motion frames, 5 at a time
     assert encoded == 2 * ([5] * 9 + [3] + [4] + [5, 5, 2])
-    assert [e.en_and_decode_n_samples_a_time for e in tiny_sv4d2.conditioner.embedders
-            if hasattr(e, "en_and_decode_n_samples_a_time")] == saved
+    assert [
+        e.en_and_decode_n_samples_a_time
+        for e in tiny_sv4d2.conditioner.embedders
+        if hasattr(e, "en_and_decode_n_samples_a_time")
+    ] == saved
     images = sv4d.decode(tiny_sv4d2, torch.zeros(11, 4, 8, 8), 4)
     assert decoded == [4, 4, 3] and images.shape == (11, 3, 64, 64)
     assert images.min() >= -1 and images.max() <= 1
@@ -265,15 +297,15 @@ def test_sv3d_reference_puts_the_input_view_first_and_routes_cameras(tiny_sv4d2)
     sv3d = load_video_model(CONFIGS / "sv3d_p_tiny.yaml", None, "cpu", 21, 1)
     image = torch.rand(3, 64, 64) * 2 - 1
     polars, azimuths = sv4d.orbit_rad(21, np.linspace(0, 20, 21).tolist(), None)
-    views = sv4d.sv3d_reference(sv3d, image, polars, azimuths,
-                                torch.Generator().manual_seed(0), decoding_t=7)
+    views = sv4d.sv3d_reference(
+        sv3d, image, polars, azimuths, torch.Generator().manual_seed(0), decoding_t=7
+    )
     assert views.shape == (21, 3, 64, 64) and views.min() >= -1 and views.max() <= 1
     torch.testing.assert_close(views[0], image.clamp(-1, 1), atol=1e-6, rtol=0)
-    values = build_value_dict(image[None], 1e-5, polars_rad=polars.tolist(),
-                              azimuths_rad=azimuths.tolist())
+    values = build_value_dict(
+        image[None], 1e-5, polars_rad=polars.tolist(), azimuths_rad=azimuths.tolist()
+    )
     keys = get_unique_embedder_keys_from_conditioner(sv3d.conditioner)
     vector = sv3d.conditioner(build_video_batch(keys, values, 21, "cpu"))["vector"]
-    torch.testing.assert_close(vector[:, 32:80], _camera_embedding(polars, 48), atol=1e-6,
-                               rtol=0)
-    torch.testing.assert_close(vector[:, 80:], _camera_embedding(azimuths, 48), atol=1e-6,
-                               rtol=0)
+    torch.testing.assert_close(vector[:, 32:80], _camera_embedding(polars, 48), atol=1e-6, rtol=0)
+    torch.testing.assert_close(vector[:, 80:], _camera_embedding(azimuths, 48), atol=1e-6, rtol=0)

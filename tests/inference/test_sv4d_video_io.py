@@ -73,7 +73,8 @@ def test_bad_inputs_name_the_culprit(tmp_path):
 
 def test_ping_pong_padding():
     assert video_io.ping_pong([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], 21) == (
-        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11] + [11, 10, 9, 8, 7, 6, 5, 4, 3])
+        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11] + [11, 10, 9, 8, 7, 6, 5, 4, 3]
+    )
     assert video_io.ping_pong([0, 1, 2], 8) == [0, 1, 2, 2, 1, 0, 0, 1]
     assert video_io.ping_pong(list(range(30)), 21) == list(range(21))
 
@@ -124,8 +125,7 @@ def test_frames_to_tensor_range():
     frames = np.array([[[[0, 255, 128]]]], dtype=np.uint8)
     tensor = video_io.frames_to_tensor(frames)
     assert tensor.shape == (1, 3, 1, 1)
-    assert torch.allclose(tensor.flatten(), torch.tensor([-1.0, 1.0, 128 / 255 * 2 - 1]),
-                          atol=1e-6)
+    assert torch.allclose(tensor.flatten(), torch.tensor([-1.0, 1.0, 128 / 255 * 2 - 1]), atol=1e-6)
 
 
 def test_background_removal_needs_rembg_and_a_local_model(tmp_path, monkeypatch):

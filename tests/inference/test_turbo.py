@@ -102,14 +102,16 @@ def test_matches_k_diffusion_euler_ancestral(K, n):
     draws = SeededNoise(seed)
     theirs = K.sample_euler_ancestral(
         lambda x, s: gaussian_denoiser(x, s * x.new_ones(x.shape[0])),
-        seeded_randn(shape, seed) * torch.sqrt(1 + sigmas[0] ** 2), sigmas,
-        eta=1.0, noise_sampler=lambda s, t: draws(start), disable=True,
+        seeded_randn(shape, seed) * torch.sqrt(1 + sigmas[0] ** 2),
+        sigmas,
+        eta=1.0,
+        noise_sampler=lambda s, t: draws(start),
+        disable=True,
     )
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
     if n == 1:  # one ancestral step to sigma 0 lands on the denoised estimate
         x0 = start * torch.sqrt(1 + sigmas[0] ** 2)
-        torch.testing.assert_close(ours, gaussian_denoiser(x0, sigmas[:1]), rtol=1e-5,
-                                   atol=1e-5)
+        torch.testing.assert_close(ours, gaussian_denoiser(x0, sigmas[:1]), rtol=1e-5, atol=1e-5)
 
 
 def test_no_guidance_unconditional_input_is_ignored():
@@ -137,9 +139,17 @@ def test_more_than_four_steps_is_an_input_error(bad):
 def test_turbo_architectures_use_released_names_and_configs(tmp_path):
     xl, sd = model_specs[ModelArchitecture.SDXL_TURBO], model_specs[ModelArchitecture.SD_TURBO]
     assert (xl.config, xl.ckpt, xl.width, xl.height) == (
-        "sd_xl_base.yaml", "sd_xl_turbo_1.0.safetensors", 512, 512)
+        "sd_xl_base.yaml",
+        "sd_xl_turbo_1.0.safetensors",
+        512,
+        512,
+    )
     assert (sd.config, sd.ckpt, sd.width, sd.height) == (
-        "sd_2_1.yaml", "sd_turbo.safetensors", 512, 512)
+        "sd_2_1.yaml",
+        "sd_turbo.safetensors",
+        512,
+        512,
+    )
     assert not xl.is_guided and not sd.is_guided
     assert not xl.is_legacy and not sd.is_legacy
     for spec in (xl, sd):
@@ -172,16 +182,18 @@ def test_pipeline_turbo_start_noise_and_levels(turbo_pipeline, monkeypatch):
     monkeypatch.setattr(turbo_pipeline.model.denoiser, "forward", forward)
     assert turbo_pipeline.is_turbo
     params = SamplingParams(width=64, height=64, steps=2, orig_width=64, orig_height=64)
-    out, latents = turbo_pipeline.text_to_image(params, "a fox", samples=2, seed=11,
-                                                return_latents=True)
+    out, latents = turbo_pipeline.text_to_image(
+        params, "a fox", samples=2, seed=11, return_latents=True
+    )
     assert out.shape == (2, 3, 64, 64) and latents.shape == (2, 4, 8, 8)
     closed = ddpm_sigmas_closed_form()
     assert len(seen) == 2 and all(s.shape == (2,) for _, s in seen)  # no CFG batch
     np.testing.assert_allclose([float(s[0]) for _, s in seen], closed[[0, 100]], rtol=1e-5)
     start = seeded_randn((2, 4, 8, 8), 11) * np.sqrt(1 + closed[0] ** 2)
     torch.testing.assert_close(seen[0][0], start.float(), rtol=1e-5, atol=1e-5)
-    again = sample_turbo(turbo_pipeline.model, "a fox", 2, 64, 64, seed=11, num_samples=2,
-                         verbose=False)
+    again = sample_turbo(
+        turbo_pipeline.model, "a fox", 2, 64, 64, seed=11, num_samples=2, verbose=False
+    )
     torch.testing.assert_close(out, again, rtol=0, atol=0)
     with pytest.raises(InputError, match="1 to 4 steps"):
         turbo_pipeline.text_to_image(SamplingParams(width=64, height=64, steps=5), "a fox")

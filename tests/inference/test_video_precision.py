@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 from test_precision_offload import RecordingOffloader, trap_host_reads
+from test_video_sampling import ARCH, ARCH_CONFIG, TINY_CONFIG
 
 from sgm import offload
 from sgm.inference.video import build_value_dict, load_video_model, sample_video
 from sgm.modules.diffusionmodules.guiders import IdentityGuider
-from test_video_sampling import ARCH, ARCH_CONFIG, TINY_CONFIG
 
 FRAMES = 3
 PARTS = ("conditioner", "model", "first_stage_model")
@@ -31,8 +31,7 @@ def arch(tmp_path_factory):
 
 def _model(**kwargs) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = load_video_model(TINY_CONFIG, None, "cpu", num_frames=FRAMES, num_steps=2,
-                             **kwargs)
+    model = load_video_model(TINY_CONFIG, None, "cpu", num_frames=FRAMES, num_steps=2, **kwargs)
     with torch.no_grad():  # zero-initialised output layers would hide the network
         for param in model.model.parameters():
             if not param.any():
@@ -52,8 +51,9 @@ def _values(seed: int = 1) -> dict:
 
 
 def _sample(model, **kwargs) -> torch.Tensor:
-    return sample_video(model, _values(), FRAMES, generator=torch.Generator().manual_seed(3),
-                        decoding_t=2, **kwargs)
+    return sample_video(
+        model, _values(), FRAMES, generator=torch.Generator().manual_seed(3), decoding_t=2, **kwargs
+    )
 
 
 def test_indicator_follows_the_batch_and_chunk_sizes_are_restored(model, monkeypatch):
@@ -98,11 +98,14 @@ def test_bf16_runs_the_network_in_bf16_and_the_autoencoders_in_float32(model):
     net_out, decoded, encoded = [], [], []
     hooks = [
         model.model.diffusion_model.register_forward_hook(
-            lambda m, a, out: net_out.append(out.dtype)),
+            lambda m, a, out: net_out.append(out.dtype)
+        ),
         model.first_stage_model.decoder.register_forward_hook(
-            lambda m, a, out: decoded.append(out.dtype)),
+            lambda m, a, out: decoded.append(out.dtype)
+        ),
         model.conditioner.embedders[3].encoder.encoder.register_forward_hook(
-            lambda m, a, out: encoded.append(out.dtype)),
+            lambda m, a, out: encoded.append(out.dtype)
+        ),
     ]
     try:
         exact = _sample(model)
@@ -121,14 +124,17 @@ def test_offloaded_video_model_gives_the_same_frames(model):
     offloader = offload.offload_engine(model, "cpu", offloader=RecordingOffloader())
     names = {id(getattr(model, p)): p for p in PARTS}
     runs = []
-    watched = {"conditioner": model.conditioner.embedders,
-               "model": [model.model.diffusion_model],
-               "first_stage_model": [model.first_stage_model.decoder]}
+    watched = {
+        "conditioner": model.conditioner.embedders,
+        "model": [model.model.diffusion_model],
+        "first_stage_model": [model.first_stage_model.decoder],
+    }
     hooks = [
         module.register_forward_pre_hook(
             lambda m, a, name=name: runs.append((name, {names[i] for i in offloader.on_device}))
         )
-        for name, modules in watched.items() for module in modules
+        for name, modules in watched.items()
+        for module in modules
     ]
     try:
         frames = _sample(model)

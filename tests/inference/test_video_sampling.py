@@ -17,9 +17,16 @@ import pytest
 import torch
 
 from sgm.inference.helpers import get_unique_embedder_keys_from_conditioner as _embedder_keys
-from sgm.inference.video import (build_value_dict, build_video_batch,
-                                 load_video_model, prepare_sv3d_image, prepare_svd_image,
-                                 sample_video, save_video, sv3d_orbit)
+from sgm.inference.video import (
+    build_value_dict,
+    build_video_batch,
+    load_video_model,
+    prepare_sv3d_image,
+    prepare_svd_image,
+    sample_video,
+    save_video,
+    sv3d_orbit,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "sampling" / "simple_video_sample.py"
@@ -27,10 +34,8 @@ TINY_CONFIG = REPO / "tests" / "configs" / "video_tiny_svd.yaml"
 ARCH = "sgm-test-video-tiny"
 ARCH_CONFIG = {
     "embed_dim": 32,
-    "vision_cfg": {"image_size": 224, "layers": 1, "width": 64, "head_width": 32,
-                   "patch_size": 32},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4,
-                 "layers": 1},
+    "vision_cfg": {"image_size": 224, "layers": 1, "width": 64, "head_width": 32, "patch_size": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 1},
 }
 # Registers the toy CLIP arch with open_clip, then runs the script as __main__.
 LAUNCHER = """
@@ -95,8 +100,16 @@ def _read_mp4(path: Path) -> tuple[dict, np.ndarray]:
 def test_cli_end_to_end_writes_playable_mp4_and_never_overwrites(tiny, arch_dir, tmp_path):
     _, ckpt = tiny
     image = _png(tmp_path / "input.png")
-    args = (f"--input_path={image}", f"--config={TINY_CONFIG}", f"--ckpt={ckpt}",
-            "--num_frames=3", "--num_steps=2", "--decoding_t=2", "--fps_id=9", "--dtype=fp32")
+    args = (
+        f"--input_path={image}",
+        f"--config={TINY_CONFIG}",
+        f"--ckpt={ckpt}",
+        "--num_frames=3",
+        "--num_steps=2",
+        "--decoding_t=2",
+        "--fps_id=9",
+        "--dtype=fp32",
+    )
     first = _run(tmp_path, *args, launcher_dir=arch_dir)
     assert first.returncode == 0, first.stderr
     out = tmp_path / "outputs" / "simple_video_sample" / "svd"
@@ -115,7 +128,11 @@ def test_cli_end_to_end_writes_playable_mp4_and_never_overwrites(tiny, arch_dir,
     _, again = _read_mp4(out / "000001.mp4")
     assert again.shape == frames.shape
     assert sorted(p.name for p in out.iterdir()) == [
-        "000000.jpg", "000000.mp4", "000001.jpg", "000001.mp4"]
+        "000000.jpg",
+        "000000.mp4",
+        "000001.jpg",
+        "000001.mp4",
+    ]
 
 
 def _engine_and_lora(folder: Path) -> tuple[Path, Path]:
@@ -144,16 +161,23 @@ def test_cli_lora_flag_applies_the_adapter_at_its_scale(arch_dir, tmp_path):
     ckpt, lora = _engine_and_lora(tmp_path)
     image = _png(tmp_path / "input.png")
     out = tmp_path / "out"
-    common = dict(input_path=str(image), config=str(TINY_CONFIG), ckpt=str(ckpt), num_frames=3,
-                  num_steps=2, decoding_t=2, output_folder=str(out), device="cpu")
+    common = dict(
+        input_path=str(image),
+        config=str(TINY_CONFIG),
+        ckpt=str(ckpt),
+        num_frames=3,
+        num_steps=2,
+        decoding_t=2,
+        output_folder=str(out),
+        device="cpu",
+    )
     sample = _script_module().sample
     sample(**common)
     sample(**common, lora=[(lora, 0.0)])
     flags = [f"--{k}={v}" for k, v in common.items()] + [f"--lora={lora}:1.0"]
     result = _run(tmp_path, *flags, launcher_dir=arch_dir)
     assert result.returncode == 0, result.stderr
-    plain, scale_0, scale_1 = (_read_mp4(out / f"00000{i}.mp4")[1].astype(int)
-                               for i in range(3))
+    plain, scale_0, scale_1 = (_read_mp4(out / f"00000{i}.mp4")[1].astype(int) for i in range(3))
     assert np.array_equal(plain, scale_0)  # an adapter at scale 0 changes nothing
     assert np.abs(plain - scale_1).mean() > 1.0
 
@@ -179,13 +203,16 @@ def _script_module():
     return module
 
 
-@pytest.mark.parametrize("kwargs, culprit", [
-    ({"num_frames": 0}, "num_frames"),
-    ({"num_steps": -2}, "num_steps"),
-    ({"decoding_t": 1.5}, "decoding_t"),
-    ({"output_folder": "{file}"}, "output_folder"),
-    ({"output_folder": "{file}/below"}, "output_folder"),
-])
+@pytest.mark.parametrize(
+    "kwargs, culprit",
+    [
+        ({"num_frames": 0}, "num_frames"),
+        ({"num_steps": -2}, "num_steps"),
+        ({"decoding_t": 1.5}, "decoding_t"),
+        ({"output_folder": "{file}"}, "output_folder"),
+        ({"output_folder": "{file}/below"}, "output_folder"),
+    ],
+)
 def test_sample_checks_everything_before_the_model_loads(kwargs, culprit, tmp_path):
     from sgm.errors import InputError
 
@@ -198,8 +225,9 @@ def test_sample_checks_everything_before_the_model_loads(kwargs, culprit, tmp_pa
     kwargs = {k: v.format(file=taken) if isinstance(v, str) else v for k, v in kwargs.items()}
     before = sorted(tmp_path.rglob("*"))
     with pytest.raises(InputError, match=culprit):
-        _script_module().sample(input_path=str(_png(tmp_path / "in.png")), config=unloadable,
-                                ckpt=ckpt, **kwargs)
+        _script_module().sample(
+            input_path=str(_png(tmp_path / "in.png")), config=unloadable, ckpt=ckpt, **kwargs
+        )
     assert sorted(p for p in tmp_path.rglob("*") if p.name != "in.png") == before
 
 
@@ -207,13 +235,27 @@ def test_cli_flags_keep_their_names_and_defaults():
     import inspect
 
     module = _script_module()
-    args = module.get_parser().parse_args(["--input_path=.", "--num_frames=3",
-                                           "--elevations_deg=[5, 10]", "--verbose"])
+    args = module.get_parser().parse_args(
+        ["--input_path=.", "--num_frames=3", "--elevations_deg=[5, 10]", "--verbose"]
+    )
     defaults = {name: p.default for name, p in inspect.signature(module.sample).parameters.items()}
     assert args.num_frames == 3 and args.elevations_deg == [5.0, 10.0] and args.verbose
-    for name in ("num_steps", "version", "fps_id", "motion_bucket_id", "cond_aug", "seed",
-                 "decoding_t", "output_folder", "azimuths_deg", "image_frame_ratio",
-                 "config", "ckpt", "dtype", "low_vram"):
+    for name in (
+        "num_steps",
+        "version",
+        "fps_id",
+        "motion_bucket_id",
+        "cond_aug",
+        "seed",
+        "decoding_t",
+        "output_folder",
+        "azimuths_deg",
+        "image_frame_ratio",
+        "config",
+        "ckpt",
+        "dtype",
+        "low_vram",
+    ):
         assert getattr(args, name) == defaults[name], name
     assert args.lora == [] and args.device in ("cpu", "cuda", "mps")
 
@@ -250,16 +292,24 @@ def _png_image(width, height, mode="RGB"):
 
 def test_cond_frames_noise_matches_torch_randn():
     image = torch.rand(1, 3, 64, 64) * 2 - 1
-    values = build_value_dict(image, 0.3, fps_id=4, motion_bucket_id=200,
-                              generator=torch.Generator().manual_seed(11))
+    values = build_value_dict(
+        image, 0.3, fps_id=4, motion_bucket_id=200, generator=torch.Generator().manual_seed(11)
+    )
     noise = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(11))
     assert torch.allclose(values["cond_frames"], image + 0.3 * noise)
     assert values["cond_frames_without_noise"] is image
     assert (values["fps_id"], values["motion_bucket_id"], values["cond_aug"]) == (4, 200, 0.3)
 
 
-@pytest.mark.parametrize("size,expected", [((70, 100), (64, 64)), ((1030, 580), (1024, 576)),
-                                           ((128, 192), (128, 192)), ((40, 30), (64, 64))])
+@pytest.mark.parametrize(
+    "size,expected",
+    [
+        ((70, 100), (64, 64)),
+        ((1030, 580), (1024, 576)),
+        ((128, 192), (128, 192)),
+        ((40, 30), (64, 64)),
+    ],
+)
 def test_svd_image_sizes_are_multiples_of_64(size, expected):
     image = _png_image(*size)
     tensor = prepare_svd_image(image)
@@ -294,7 +344,9 @@ def test_sv3d_non_square_and_plain_rgb(caplog):
     with caplog.at_level(logging.WARNING):
         plain = prepare_sv3d_image(Image.new("RGB", (50, 50), (0, 255, 0)), size=64)
     assert "not RGBA" in caplog.text
-    assert torch.allclose(plain, torch.tensor([-1.0, 1.0, -1.0]).view(1, 3, 1, 1).expand(1, 3, 64, 64))
+    assert torch.allclose(
+        plain, torch.tensor([-1.0, 1.0, -1.0]).view(1, 3, 1, 1).expand(1, 3, 64, 64)
+    )
 
 
 def test_sv3d_p_orbit_closed_form():
@@ -332,18 +384,26 @@ def _tiny_sv3d_p_config(tmp_path: Path) -> Path:
     params.network_config.params.adm_in_channels = 1280
     emb = params.conditioner_config.params.emb_models
     by_key = {e.input_key: e for e in emb}
-    cte = {"target": "sgm.modules.encoders.modules.ConcatTimestepEmbedderND",
-           "is_trainable": False, "params": {"outdim": 512}}
+    cte = {
+        "target": "sgm.modules.encoders.modules.ConcatTimestepEmbedderND",
+        "is_trainable": False,
+        "params": {"outdim": 512},
+    }
     params.conditioner_config.params.emb_models = [
-        by_key["cond_frames_without_noise"], by_key["cond_frames"], by_key["cond_aug"],
-        {"input_key": "polars_rad", **cte}, {"input_key": "azimuths_rad", **cte}]
+        by_key["cond_frames_without_noise"],
+        by_key["cond_frames"],
+        by_key["cond_aug"],
+        {"input_key": "polars_rad", **cte},
+        {"input_key": "azimuths_rad", **cte},
+    ]
     first = params.first_stage_config.params
     first.encoder_config = {"target": "torch.nn.Identity"}
     first.decoder_config.target = "sgm.modules.diffusionmodules.model.Decoder"
     del first.decoder_config.params["video_kernel_size"]
     params.sampler_config.params.guider_config = {
         "target": "sgm.modules.diffusionmodules.guiders.TrianglePredictionGuider",
-        "params": {"max_scale": 2.5}}
+        "params": {"max_scale": 2.5},
+    }
     path = tmp_path / "tiny_sv3d_p.yaml"
     OmegaConf.save(config, path)
     return path
@@ -361,8 +421,9 @@ def test_sv3d_p_toy_engine_routes_camera_values_and_keeps_input_view(arch_dir, t
     cond = prepare_sv3d_image(image, size=64)
     polars, azimuths = sv3d_orbit(frames_n, [5.0, 10.0, 15.0, 20.0])
     generator = torch.Generator().manual_seed(3)
-    values = build_value_dict(cond, 1e-5, generator=generator, polars_rad=polars,
-                              azimuths_rad=azimuths)
+    values = build_value_dict(
+        cond, 1e-5, generator=generator, polars_rad=polars, azimuths_rad=azimuths
+    )
     batch = build_video_batch(_embedder_keys(model.conditioner), values, frames_n, "cpu")
     vector = model.conditioner(batch)["vector"]
     assert vector.shape == (frames_n, 1280)
@@ -371,8 +432,9 @@ def test_sv3d_p_toy_engine_routes_camera_values_and_keeps_input_view(arch_dir, t
     args = torch.tensor(polars, dtype=torch.float64)[:, None] * freqs
     expected = torch.cat([args.cos(), args.sin()], dim=1).float()
     assert torch.allclose(vector[:, 256:768], expected, atol=1e-6)
-    video = sample_video(model, values, frames_n, generator=generator, decoding_t=2,
-                         replace_last_with_input=True)
+    video = sample_video(
+        model, values, frames_n, generator=generator, decoding_t=2, replace_last_with_input=True
+    )
     assert video.shape == (frames_n, 3, 64, 64)
     assert torch.allclose(video[-1], ((cond[0] + 1) / 2).clamp(0, 1))
 
@@ -382,6 +444,7 @@ def test_released_configs_build_and_get_every_conditioning_key(version, frames, 
     config = REPO / "scripts" / "sampling" / "configs" / f"{version}.yaml"
     model = load_video_model(config, None, "meta", frames, steps)
     assert model.sampler.num_steps == steps and model.sampler.guider.num_frames == frames
-    provided = set(build_value_dict(torch.zeros(1, 3, 8, 8), 0.02, polars_rad=[0.0],
-                                    azimuths_rad=[0.0]))
+    provided = set(
+        build_value_dict(torch.zeros(1, 3, 8, 8), 0.02, polars_rad=[0.0], azimuths_rad=[0.0])
+    )
     assert set(_embedder_keys(model.conditioner)) <= provided

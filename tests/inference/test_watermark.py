@@ -87,9 +87,17 @@ def test_decoder_agrees_with_invisible_watermark(flipped):
 
 @pytest.mark.parametrize(
     "matches,expected",
-    [(0, "not watermarked"), (24, "not watermarked"), (27, "not watermarked"),
-     (28, "partial match"), (33, "partial match"), (34, "likely watermarked"),
-     (35, "likely watermarked"), (36, "watermarked"), (48, "watermarked")],
+    [
+        (0, "not watermarked"),
+        (24, "not watermarked"),
+        (27, "not watermarked"),
+        (28, "partial match"),
+        (33, "partial match"),
+        (34, "likely watermarked"),
+        (35, "likely watermarked"),
+        (36, "watermarked"),
+        (48, "watermarked"),
+    ],
 )
 def test_verdict_thresholds_of_the_original_detector(matches, expected):
     from sgm.inference.watermark import verdict

@@ -9,9 +9,16 @@ import torch
 D = "sgm.modules.diffusionmodules"
 
 UNET = dict(  # SD 2.x structure: linear projections, cross-attention, no class vector
-    in_channels=4, out_channels=4, model_channels=32, attention_resolutions=[1, 2],
-    num_res_blocks=1, channel_mult=[1, 2], num_head_channels=16,
-    use_linear_in_transformer=True, transformer_depth=1, context_dim=24,
+    in_channels=4,
+    out_channels=4,
+    model_channels=32,
+    attention_resolutions=[1, 2],
+    num_res_blocks=1,
+    channel_mult=[1, 2],
+    num_head_channels=16,
+    use_linear_in_transformer=True,
+    transformer_depth=1,
+    context_dim=24,
 )
 OTHER_UNET = {**UNET, "context_dim": 40}  # same layer names, other widths
 
@@ -42,24 +49,57 @@ def unet_inputs(batch: int = 2, context_dim: int = 24, seed: int = 1):
 def engine_config(lora_config: dict | None = None, use_checkpoint: bool = True, **extra):
     """A DiffusionEngine: tiny UNet with cross-attention fed by a class embedder."""
     params = {
-        "network_config": {"target": f"{D}.openaimodel.UNetModel", "params": {
-            **UNET, "in_channels": 1, "out_channels": 1, "use_checkpoint": use_checkpoint}},
-        "denoiser_config": {"target": f"{D}.denoiser.Denoiser", "params": {"scaling_config": {
-            "target": f"{D}.denoiser_scaling.EDMScaling", "params": {"sigma_data": 0.5}}}},
-        "conditioner_config": {"target": "sgm.modules.GeneralConditioner", "params": {
-            "emb_models": [{"is_trainable": True, "input_key": "cls", "ucg_rate": 0.0,
-                            "target": "sgm.modules.encoders.modules.ClassEmbedder",
-                            "params": {"embed_dim": 24, "n_classes": 3,
-                                       "add_sequence_dim": True}}]}},
+        "network_config": {
+            "target": f"{D}.openaimodel.UNetModel",
+            "params": {
+                **UNET,
+                "in_channels": 1,
+                "out_channels": 1,
+                "use_checkpoint": use_checkpoint,
+            },
+        },
+        "denoiser_config": {
+            "target": f"{D}.denoiser.Denoiser",
+            "params": {
+                "scaling_config": {
+                    "target": f"{D}.denoiser_scaling.EDMScaling",
+                    "params": {"sigma_data": 0.5},
+                }
+            },
+        },
+        "conditioner_config": {
+            "target": "sgm.modules.GeneralConditioner",
+            "params": {
+                "emb_models": [
+                    {
+                        "is_trainable": True,
+                        "input_key": "cls",
+                        "ucg_rate": 0.0,
+                        "target": "sgm.modules.encoders.modules.ClassEmbedder",
+                        "params": {"embed_dim": 24, "n_classes": 3, "add_sequence_dim": True},
+                    }
+                ]
+            },
+        },
         "first_stage_config": {"target": "sgm.models.autoencoder.IdentityFirstStage"},
-        "loss_fn_config": {"target": f"{D}.loss.StandardDiffusionLoss", "params": {
-            "loss_weighting_config": {"target": f"{D}.loss_weighting.EDMWeighting",
-                                      "params": {"sigma_data": 0.5}},
-            "sigma_sampler_config": {"target": f"{D}.sigma_sampling.EDMSampling"}}},
-        "sampler_config": {"target": f"{D}.sampling.EulerEDMSampler", "params": {
-            "num_steps": 3,
-            "discretization_config": {"target": f"{D}.discretizer.EDMDiscretization"},
-            "guider_config": {"target": f"{D}.guiders.IdentityGuider"}}},
+        "loss_fn_config": {
+            "target": f"{D}.loss.StandardDiffusionLoss",
+            "params": {
+                "loss_weighting_config": {
+                    "target": f"{D}.loss_weighting.EDMWeighting",
+                    "params": {"sigma_data": 0.5},
+                },
+                "sigma_sampler_config": {"target": f"{D}.sigma_sampling.EDMSampling"},
+            },
+        },
+        "sampler_config": {
+            "target": f"{D}.sampling.EulerEDMSampler",
+            "params": {
+                "num_steps": 3,
+                "discretization_config": {"target": f"{D}.discretizer.EDMDiscretization"},
+                "guider_config": {"target": f"{D}.guiders.IdentityGuider"},
+            },
+        },
         "learning_rate": 1e-2,
     }
     if lora_config is not None:
@@ -84,9 +124,14 @@ def to_diffusers(ours: torch.nn.Module, params: dict):
         create_unet_diffusers_config_from_ldm,
     )
 
-    original = {"model": {"params": {
-        "network_config": {"params": params},
-        "first_stage_config": {"params": {"ddconfig": {"ch_mult": [1, 2, 4, 4]}}}}}}
+    original = {
+        "model": {
+            "params": {
+                "network_config": {"params": params},
+                "first_stage_config": {"params": {"ddconfig": {"ch_mult": [1, 2, 4, 4]}}},
+            }
+        }
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         config = create_unet_diffusers_config_from_ldm(original, {}, image_size=512)

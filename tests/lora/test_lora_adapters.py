@@ -62,8 +62,9 @@ def test_saved_adapter_is_small_and_only_adapter_keys(trained):
     with safe_open(str(path), "pt") as f:
         keys = list(f.keys())
         header = f.metadata()
-    assert keys and all(k.startswith("unet.") and k.endswith((".lora_A.weight", ".lora_B.weight"))
-                        for k in keys)
+    assert keys and all(
+        k.startswith("unet.") and k.endswith((".lora_A.weight", ".lora_B.weight")) for k in keys
+    )
     # 7 transformers (2 down, 1 middle, 4 up) x 2 attentions x 4 projections, A and B each
     assert len(keys) == 7 * 2 * 4 * 2
     assert "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight" in keys
@@ -159,11 +160,18 @@ def test_file_for_another_network_names_key_and_network(trained, tmp_path):
         load_lora(unet(OTHER_UNET), path)
     assert "context_dim=40" in str(err.value)
     foreign = tmp_path / "foreign.lora.safetensors"
-    save_file({"unet.transformer_blocks.0.attn.to_q.lora_A.weight": torch.zeros(4, 8),
-               "unet.transformer_blocks.0.attn.to_q.lora_B.weight": torch.zeros(8, 4)},
-              str(foreign))
-    with pytest.raises(CheckpointError, match=r"'unet\.transformer_blocks\.0\.attn\.to_q\.lora_A"
-                       r"\.weight' matches no layer of this UNetModel"):
+    save_file(
+        {
+            "unet.transformer_blocks.0.attn.to_q.lora_A.weight": torch.zeros(4, 8),
+            "unet.transformer_blocks.0.attn.to_q.lora_B.weight": torch.zeros(8, 4),
+        },
+        str(foreign),
+    )
+    with pytest.raises(
+        CheckpointError,
+        match=r"'unet\.transformer_blocks\.0\.attn\.to_q\.lora_A"
+        r"\.weight' matches no layer of this UNetModel",
+    ):
         load_lora(unet(), foreign)
     full = tmp_path / "full.safetensors"
     save_file({"input_blocks.0.0.weight": torch.zeros(1)}, str(full))
@@ -195,10 +203,18 @@ def test_patterns_are_suffixes_or_regexes():
 
 
 SDXL_TINY = dict(  # sd_xl_base structure: no attention at the first level, deeper last level
-    in_channels=4, out_channels=4, model_channels=32, attention_resolutions=[4, 2],
-    num_res_blocks=2, channel_mult=[1, 2, 2], num_head_channels=16,
-    use_linear_in_transformer=True, transformer_depth=[1, 1, 2], context_dim=2048,
-    num_classes="sequential", adm_in_channels=64 + 6 * 256,
+    in_channels=4,
+    out_channels=4,
+    model_channels=32,
+    attention_resolutions=[4, 2],
+    num_res_blocks=2,
+    channel_mult=[1, 2, 2],
+    num_head_channels=16,
+    use_linear_in_transformer=True,
+    transformer_depth=[1, 1, 2],
+    context_dim=2048,
+    num_classes="sequential",
+    adm_in_channels=64 + 6 * 256,
 )
 
 
@@ -206,8 +222,14 @@ def test_sdxl_structured_adapter_reads_in_diffusers(tmp_path):
     from sgm.modules.diffusionmodules.util import timestep_embedding
 
     net = unet(SDXL_TINY)
-    add_lora(net, {"rank": 2, "alpha": 1, "target_modules": ["to_q", "to_k", "to_v", "to_out.0",
-                                                            "ff.net.2", "proj_in"]})
+    add_lora(
+        net,
+        {
+            "rank": 2,
+            "alpha": 1,
+            "target_modules": ["to_q", "to_k", "to_v", "to_out.0", "ff.net.2", "proj_in"],
+        },
+    )
     with torch.no_grad():
         for p in lora_parameters(net):
             p.normal_(0, 0.2)
@@ -222,8 +244,12 @@ def test_sdxl_structured_adapter_reads_in_diffusers(tmp_path):
     y = torch.cat([text_embeds, timestep_embedding(time_ids.flatten(), 256).reshape(2, -1)], 1)
     with torch.no_grad():
         ours = net(x, t, context=context, y=y)
-        expected = theirs(x, t, encoder_hidden_states=context, added_cond_kwargs={
-            "text_embeds": text_embeds, "time_ids": time_ids}).sample
+        expected = theirs(
+            x,
+            t,
+            encoder_hidden_states=context,
+            added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids},
+        ).sample
         base = unet(SDXL_TINY)(x, t, context=context, y=y)
     assert_differs(ours, base, 1e-2)
     assert (ours - expected).abs().max().item() <= 1e-4 * max(1.0, expected.abs().max().item())

@@ -21,9 +21,15 @@ LORA_YAML = ROOT / "configs" / "example_training" / "finetune" / "lora.yaml"
 def _main(*args):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     env.pop("SGM_RUN_NOW", None)
-    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, args)], cwd=ROOT,
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=400)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=400,
+    )
     return proc.returncode, proc.stdout
 
 
@@ -40,18 +46,38 @@ def test_lora_yaml_trains_exports_and_resumes(tmp_path):
     save_file({k: v.contiguous() for k, v in engine.state_dict().items()}, str(base))
     model["params"]["ckpt_path"] = str(base)
     model["params"].pop("learning_rate")
-    config = {"model": model,
-              "data": {"target": "sgm.data.toy.EmbeddedLoader",
-                       "params": {"dataset": "digits", "batch_size": 4}},
-              "lightning": {"trainer": {"max_steps": 3, "num_sanity_val_steps": 0,
-                                        "limit_val_batches": 0, "enable_model_summary": False},
-                            "callbacks": {"image_logger": {"params": {"disabled": True}}}}}
+    config = {
+        "model": model,
+        "data": {
+            "target": "sgm.data.toy.EmbeddedLoader",
+            "params": {"dataset": "digits", "batch_size": 4},
+        },
+        "lightning": {
+            "trainer": {
+                "max_steps": 3,
+                "num_sanity_val_steps": 0,
+                "limit_val_batches": 0,
+                "enable_model_summary": False,
+            },
+            "callbacks": {"image_logger": {"params": {"disabled": True}}},
+        },
+    }
     path = tmp_path / "tiny.yaml"
     OmegaConf.save(config, path)
     logs = tmp_path / "logs"
-    code, out = _main("--base", path, LORA_YAML, "--logdir", logs, "-n", "lora", "--no_date", "true",
-                      "model.params.lora_config.rank=2",
-                      "lightning.callbacks.lora_export.params.every_n_train_steps=2")
+    code, out = _main(
+        "--base",
+        path,
+        LORA_YAML,
+        "--logdir",
+        logs,
+        "-n",
+        "lora",
+        "--no_date",
+        "true",
+        "model.params.lora_config.rank=2",
+        "lightning.callbacks.lora_export.params.every_n_train_steps=2",
+    )
     assert code == 0, out[-3000:]
     (run,) = logs.iterdir()
     exported = sorted(p.name for p in (run / "lora").glob("*.lora.safetensors"))

@@ -38,8 +38,11 @@ def build(lora=LORA, seed=0, **extra):
 
 def base_weights(engine):
     """The engine's weights under their unwrapped names (adapter tensors left out)."""
-    return {k.replace(".base_layer", ""): v.clone() for k, v in engine.state_dict().items()
-            if ".lora_" not in k}
+    return {
+        k.replace(".base_layer", ""): v.clone()
+        for k, v in engine.state_dict().items()
+        if ".lora_" not in k
+    }
 
 
 def test_only_adapter_tensors_change_and_gradients_pass_checkpointing():
@@ -62,28 +65,40 @@ def test_only_adapter_tensors_change_and_gradients_pass_checkpointing():
 
 
 def _trainer(tmp_path, max_steps, callbacks=()):
-    return pl.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, logger=False,
-                      enable_progress_bar=False, enable_model_summary=False,
-                      num_sanity_val_steps=0, limit_val_batches=0,
-                      default_root_dir=tmp_path, callbacks=list(callbacks))
+    return pl.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        callbacks=list(callbacks),
+    )
 
 
 def _loader():
     data = batch()
-    return torch.utils.data.DataLoader([{k: v[i] for k, v in data.items()} for i in range(6)],
-                                       batch_size=3)
+    return torch.utils.data.DataLoader(
+        [{k: v[i] for k, v in data.items()} for i in range(6)], batch_size=3
+    )
 
 
 def test_checkpoints_hold_only_the_adapter_and_resume(tmp_path):
     engine = build()
-    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True,
-                                        every_n_train_steps=2)
+    ckpt = pl.callbacks.ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=2
+    )
     export = LoraExport(every_n_train_steps=2, dirpath=str(tmp_path / "lora"))
     _trainer(tmp_path, 3, [ckpt, export]).fit(engine, _loader())
     state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["state_dict"]
     assert state and all(".lora_A." in k or ".lora_B." in k for k in state)
-    assert [p.name for p in export.written] == ["step-0000002.lora.safetensors",
-                                                "step-0000003.lora.safetensors"]
+    assert [p.name for p in export.written] == [
+        "step-0000002.lora.safetensors",
+        "step-0000003.lora.safetensors",
+    ]
     # the exported adapter on a fresh base engine reproduces the trained network
     plain = build(lora=None)
     load_lora(plain, export.written[-1])
@@ -133,7 +148,9 @@ def test_engine_without_lora_config_is_unchanged():
     assert len(engine.trainable_parameters()) == len(list(engine.model.parameters())) + 1
 
 
-VIDEO = OmegaConf.load(Path(__file__).parents[1] / "configs" / "video_tiny_svd.yaml").model.params.network_config
+VIDEO = OmegaConf.load(
+    Path(__file__).parents[1] / "configs" / "video_tiny_svd.yaml"
+).model.params.network_config
 
 
 def test_video_unet_temporal_layers_are_an_option(tmp_path):
@@ -154,15 +171,23 @@ def test_video_unet_temporal_layers_are_an_option(tmp_path):
             p.normal_(0, 0.1)
     path = save_lora(net, tmp_path / "video.lora.safetensors")
     fresh = instantiate_from_config(VIDEO)
-    fresh.load_state_dict({k.replace(".base_layer", ""): v for k, v in net.state_dict().items()
-                           if ".lora_" not in k})
+    fresh.load_state_dict(
+        {k.replace(".base_layer", ""): v for k, v in net.state_dict().items() if ".lora_" not in k}
+    )
     load_lora(fresh, path)
     x = torch.randn(2, 8, 8, 8)
-    kwargs = dict(context=torch.randn(2, 1, 32), y=torch.randn(2, 768), num_video_frames=2,
-                  image_only_indicator=torch.zeros(1, 2))
+    kwargs = dict(
+        context=torch.randn(2, 1, 32),
+        y=torch.randn(2, 768),
+        num_video_frames=2,
+        image_only_indicator=torch.zeros(1, 2),
+    )
     with torch.no_grad():
-        assert torch.allclose(fresh(x, torch.tensor([1.0, 2.0]), **kwargs),
-                              net(x, torch.tensor([1.0, 2.0]), **kwargs), atol=1e-5)
+        assert torch.allclose(
+            fresh(x, torch.tensor([1.0, 2.0]), **kwargs),
+            net(x, torch.tensor([1.0, 2.0]), **kwargs),
+            atol=1e-5,
+        )
 
 
 def test_sampling_pipeline_lora_parameter(tmp_path):
@@ -177,8 +202,9 @@ def test_sampling_pipeline_lora_parameter(tmp_path):
     spec = SamplingSpec(8, 8, 1, 1, True, "", str(BASE), False)
     config = {"model": engine_config(None)}
     plain = SamplingPipeline(config=config, ckpt=BASE, device="cpu", spec=spec)
-    half = SamplingPipeline(config=config, ckpt=BASE, device="cpu", spec=spec,
-                            lora=[(path, 0.5), (path, 0.5)])
+    half = SamplingPipeline(
+        config=config, ckpt=BASE, device="cpu", spec=spec, lora=[(path, 0.5), (path, 0.5)]
+    )
     x, t, c = torch.randn(2, 1, 8, 8), torch.tensor([3.0, 700.0]), torch.randn(2, 1, 24)
     with torch.no_grad():
         expected = trained.model.diffusion_model(x, t, context=c)
@@ -200,8 +226,11 @@ def test_training_can_start_from_an_exported_adapter(tmp_path):
     again = build(lora={"rank": 4, "alpha": 2, "init_from": str(path)})
     x, t, c = torch.randn(2, 1, 8, 8), torch.tensor([3.0, 700.0]), torch.randn(2, 1, 24)
     with torch.no_grad():
-        assert torch.allclose(again.model.diffusion_model(x, t, context=c),
-                              trained.model.diffusion_model(x, t, context=c), atol=1e-5)
+        assert torch.allclose(
+            again.model.diffusion_model(x, t, context=c),
+            trained.model.diffusion_model(x, t, context=c),
+            atol=1e-5,
+        )
     assert all(p.requires_grad for p in lora_parameters(again))
     with pytest.raises(ConfigError, match="has rank 4, lora_config.rank is 2"):
         build(lora={"rank": 2, "init_from": str(path)})

@@ -26,14 +26,24 @@ sys.path.insert(0, str(ROOT / "tests" / "modules" / "diffusionmodules"))
 from test_vae_parity import _diffusers_vae, _randomize  # noqa: E402
 
 DD = dict(
-    double_z=True, z_channels=4, resolution=64, in_channels=3, out_ch=3, ch=32,
-    ch_mult=[1, 2, 2], num_res_blocks=1, attn_resolutions=[], dropout=0.0,
+    double_z=True,
+    z_channels=4,
+    resolution=64,
+    in_channels=3,
+    out_ch=3,
+    ch=32,
+    ch_mult=[1, 2, 2],
+    num_res_blocks=1,
+    attn_resolutions=[],
+    dropout=0.0,
 )
 IDENTITY = {"target": "torch.nn.Identity"}
 
 
 def _kl(**kwargs):
-    return _randomize(AutoencoderKLModeOnly(embed_dim=4, ddconfig=DD, lossconfig=IDENTITY, **kwargs)).eval()
+    return _randomize(
+        AutoencoderKLModeOnly(embed_dim=4, ddconfig=DD, lossconfig=IDENTITY, **kwargs)
+    ).eval()
 
 
 def test_ckpt_path_loads_bare_or_first_stage_prefixed_files(tmp_path):
@@ -47,7 +57,9 @@ def test_ckpt_path_loads_bare_or_first_stage_prefixed_files(tmp_path):
     state["model.diffusion_model.x"] = torch.zeros(1)
     torch.save({"state_dict": state}, embedded)
     for path in (bare, embedded):
-        loaded = AutoencoderKLModeOnly(embed_dim=4, ddconfig=DD, lossconfig=IDENTITY, ckpt_path=str(path))
+        loaded = AutoencoderKLModeOnly(
+            embed_dim=4, ddconfig=DD, lossconfig=IDENTITY, ckpt_path=str(path)
+        )
         for key, value in source.state_dict().items():
             assert torch.equal(loaded.state_dict()[key], value), key
 
@@ -56,29 +68,44 @@ def test_ckpt_path_with_wrong_architecture_is_refused(tmp_path):
     path = tmp_path / "vae.pt"
     torch.save(_kl().state_dict(), path)
     with pytest.raises(CheckpointError, match="encoder"):
-        AutoencoderKLModeOnly(embed_dim=4, ddconfig={**DD, "ch": 64}, lossconfig=IDENTITY, ckpt_path=str(path))
+        AutoencoderKLModeOnly(
+            embed_dim=4, ddconfig={**DD, "ch": 64}, lossconfig=IDENTITY, ckpt_path=str(path)
+        )
 
 
 def test_chunked_coding_equals_batched_coding():
     plain, chunked = _kl(), _kl(max_batch_size=2)
     x, z = torch.randn(5, 3, 32, 32), torch.randn(5, 4, 8, 8)
     with torch.no_grad():
-        torch.testing.assert_close(chunked.encode(x), plain.encode(x), atol=1e-5, rtol=0)  # conv kernels differ per batch size by ~1e-6
-        torch.testing.assert_close(chunked.decode(z), plain.decode(z), atol=1e-5, rtol=0)  # conv kernels differ per batch size by ~1e-6
+        torch.testing.assert_close(
+            chunked.encode(x), plain.encode(x), atol=1e-5, rtol=0
+        )  # conv kernels differ per batch size by ~1e-6
+        torch.testing.assert_close(
+            chunked.decode(z), plain.decode(z), atol=1e-5, rtol=0
+        )  # conv kernels differ per batch size by ~1e-6
 
 
 def test_chunked_video_decoding_keeps_clips_whole():
-    dec = {"target": "sgm.modules.autoencoding.temporal_ae.VideoDecoder",
-           "params": {**DD, "ch_mult": [1, 2], "video_kernel_size": [3, 1, 1]}}
-    enc = {"target": "sgm.modules.diffusionmodules.model.Encoder", "params": {**DD, "ch_mult": [1, 2]}}
+    dec = {
+        "target": "sgm.modules.autoencoding.temporal_ae.VideoDecoder",
+        "params": {**DD, "ch_mult": [1, 2], "video_kernel_size": [3, 1, 1]},
+    }
+    enc = {
+        "target": "sgm.modules.diffusionmodules.model.Encoder",
+        "params": {**DD, "ch_mult": [1, 2]},
+    }
     reg = {"target": "sgm.modules.autoencoding.regularizers.DiagonalGaussianRegularizer"}
-    kwargs = dict(encoder_config=enc, decoder_config=dec, loss_config=IDENTITY, regularizer_config=reg)
+    kwargs = dict(
+        encoder_config=enc, decoder_config=dec, loss_config=IDENTITY, regularizer_config=reg
+    )
     plain = _randomize(AutoencodingEngine(**kwargs)).eval()
     chunked = AutoencodingEngine(**kwargs, max_batch_size=4).eval()
     chunked.load_state_dict(plain.state_dict())
     z = torch.randn(6, 4, 8, 8)
     with torch.no_grad():
-        torch.testing.assert_close(chunked.decode(z, timesteps=3), plain.decode(z, timesteps=3), atol=1e-5, rtol=0)  # conv kernels differ per batch size by ~1e-6
+        torch.testing.assert_close(
+            chunked.decode(z, timesteps=3), plain.decode(z, timesteps=3), atol=1e-5, rtol=0
+        )  # conv kernels differ per batch size by ~1e-6
 
 
 def test_tiling_with_one_tile_is_the_plain_pass():
@@ -124,7 +151,9 @@ def test_tiled_vae_error_is_no_worse_than_diffusers_tiling():
         theirs = (ref.tiled_decode(z).sample - full).abs().mean()
         assert ours <= theirs * 1.05 and ours < 0.75 * full.std()
         moments = model.encode_moments(x)
-        ours_enc = (apply_tiled(model.encode_moments, x, 64, 16, 1 / 4, align=4) - moments).abs().mean()
+        ours_enc = (
+            (apply_tiled(model.encode_moments, x, 64, 16, 1 / 4, align=4) - moments).abs().mean()
+        )
         theirs_enc = (ref._tiled_encode(x) - moments).abs().mean()
         assert ours_enc <= theirs_enc * 1.05 and ours_enc < 0.5 * moments.std()
 
@@ -141,8 +170,15 @@ def test_identity_first_stage_and_integer_wrapper():
     ident = IdentityFirstStage()
     x = torch.randn(2, 3, 4, 4)
     assert ident.encode(x) is x and ident.decode(x) is x
-    vq = _randomize(AutoencoderLegacyVQ(embed_dim=4, n_embed=16, ddconfig={**DD, "double_z": False}, sane_index_shape=True,
-                                        lossconfig=IDENTITY)).eval()
+    vq = _randomize(
+        AutoencoderLegacyVQ(
+            embed_dim=4,
+            n_embed=16,
+            ddconfig={**DD, "double_z": False},
+            sane_index_shape=True,
+            lossconfig=IDENTITY,
+        )
+    ).eval()
     wrapper = AEIntegerWrapper(vq, shape=(8, 8)).eval()
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -167,7 +203,9 @@ CONFIGS = ROOT / "configs" / "example_training" / "autoencoder" / "kl-f4"
     "name, factor, z_channels, has_attention",
     [("imagenet-attnfree-logvar.yaml", 4, 4, False), ("imagenet-kl_f8_8chn.yaml", 8, 8, True)],
 )
-def test_training_configs_build_with_their_values(lpips_weights, name, factor, z_channels, has_attention):
+def test_training_configs_build_with_their_values(
+    lpips_weights, name, factor, z_channels, has_attention
+):
     cfg = OmegaConf.load(CONFIGS / name)
     assert cfg.model.base_learning_rate == 4.5e-6
     with warnings.catch_warnings(), torch.device("meta"):
@@ -208,12 +246,19 @@ def test_tiny_engine_trains_with_discriminator_starting_mid_run():
     model = AutoencodingEngine(
         encoder_config={"target": "sgm.modules.diffusionmodules.model.Encoder", "params": dd},
         decoder_config={"target": "sgm.modules.diffusionmodules.model.Decoder", "params": dd},
-        regularizer_config={"target": "sgm.modules.autoencoding.regularizers.DiagonalGaussianRegularizer"},
+        regularizer_config={
+            "target": "sgm.modules.autoencoding.regularizers.DiagonalGaussianRegularizer"
+        },
         loss_config={
             "target": "sgm.modules.autoencoding.losses.GeneralLPIPSWithDiscriminator",
-            "params": {"disc_start": 3, "perceptual_weight": 0.25, "learn_logvar": True,
-                       "disc_num_layers": 2, "regularization_weights": {"kl_loss": 1e-6},
-                       "lpips_kwargs": {"pretrained": False}},
+            "params": {
+                "disc_start": 3,
+                "perceptual_weight": 0.25,
+                "learn_logvar": True,
+                "disc_num_layers": 2,
+                "regularization_weights": {"kl_loss": 1e-6},
+                "lpips_kwargs": {"pretrained": False},
+            },
         },
         disc_start_iter=3,
     )
@@ -221,8 +266,12 @@ def test_tiny_engine_trains_with_discriminator_starting_mid_run():
     disc_before = [p.detach().clone() for p in model.loss.discriminator.parameters()]
     enc_before = model.encoder.conv_in.weight.detach().clone()
     trainer = pl.Trainer(
-        accelerator="cpu", max_steps=6, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+        max_steps=6,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     trainer.fit(model, torch.utils.data.DataLoader(_Images(), batch_size=1))
     metrics = trainer.callback_metrics
@@ -230,4 +279,6 @@ def test_tiny_engine_trains_with_discriminator_starting_mid_run():
     assert math.isfinite(metrics["train/loss/total"]) and math.isfinite(metrics["train/loss/disc"])
     assert metrics["train/scalars/d_weight"] > 0  # the GAN term is active by the end
     assert not torch.equal(model.encoder.conv_in.weight, enc_before)
-    assert any(not torch.equal(a, b) for a, b in zip(disc_before, model.loss.discriminator.parameters()))
+    assert any(
+        not torch.equal(a, b) for a, b in zip(disc_before, model.loss.discriminator.parameters())
+    )

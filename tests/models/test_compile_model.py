@@ -66,8 +66,10 @@ def test_compiled_network_is_traced_and_matches_the_eager_network(tiny, dynamo):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 4, 8, 8, generator=gen)
     t = torch.tensor([3.0, 700.0])
-    cond = {"crossattn": torch.randn(2, 77, 32, generator=gen),
-            "vector": torch.randn(2, 48, generator=gen)}
+    cond = {
+        "crossattn": torch.randn(2, 77, 32, generator=gen),
+        "vector": torch.randn(2, 48, generator=gen),
+    }
     assert dynamo() == 0
     with torch.no_grad():
         want = plain.model(x, t, cond)
@@ -81,13 +83,11 @@ def test_sampling_pipeline_compile_option_samples_the_same_images(tiny, dynamo):
     from sgm.inference.api import SamplingParams, SamplingPipeline
 
     config, ckpt = tiny
-    params = SamplingParams(width=16, height=16, steps=2, orig_width=16, orig_height=16,
-                            scale=3.0)
+    params = SamplingParams(width=16, height=16, steps=2, orig_width=16, orig_height=16, scale=3.0)
     plain = SamplingPipeline(config=str(config), ckpt=ckpt, device="cpu")
     want = plain.text_to_image(params, "a red cube", seed=5)
     assert dynamo() == 0
-    compiled = SamplingPipeline(config=str(config), ckpt=ckpt, device="cpu",
-                                compile_model=True)
+    compiled = SamplingPipeline(config=str(config), ckpt=ckpt, device="cpu", compile_model=True)
     got = compiled.text_to_image(params, "a red cube", seed=5)
     assert dynamo() >= 1
     assert "compile_model" not in OmegaConf.load(config).model.params  # caller's file intact

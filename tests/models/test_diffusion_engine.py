@@ -15,25 +15,62 @@ D = "sgm.modules.diffusionmodules"
 def tiny_config(use_ema=True, **extra):
     params = {
         "use_ema": use_ema,
-        "network_config": {"target": f"{D}.openaimodel.UNetModel", "params": {
-            "in_channels": 1, "out_channels": 1, "model_channels": 32,
-            "attention_resolutions": [], "num_res_blocks": 1, "channel_mult": [1],
-            "num_head_channels": 32, "num_classes": "sequential", "adm_in_channels": 16}},
-        "denoiser_config": {"target": f"{D}.denoiser.Denoiser", "params": {"scaling_config": {
-            "target": f"{D}.denoiser_scaling.EDMScaling", "params": {"sigma_data": 0.5}}}},
-        "conditioner_config": {"target": "sgm.modules.GeneralConditioner", "params": {
-            "emb_models": [{"is_trainable": True, "input_key": "cls", "ucg_rate": 0.2,
-                            "target": "sgm.modules.encoders.modules.ClassEmbedder",
-                            "params": {"embed_dim": 16, "n_classes": 3}}]}},
+        "network_config": {
+            "target": f"{D}.openaimodel.UNetModel",
+            "params": {
+                "in_channels": 1,
+                "out_channels": 1,
+                "model_channels": 32,
+                "attention_resolutions": [],
+                "num_res_blocks": 1,
+                "channel_mult": [1],
+                "num_head_channels": 32,
+                "num_classes": "sequential",
+                "adm_in_channels": 16,
+            },
+        },
+        "denoiser_config": {
+            "target": f"{D}.denoiser.Denoiser",
+            "params": {
+                "scaling_config": {
+                    "target": f"{D}.denoiser_scaling.EDMScaling",
+                    "params": {"sigma_data": 0.5},
+                }
+            },
+        },
+        "conditioner_config": {
+            "target": "sgm.modules.GeneralConditioner",
+            "params": {
+                "emb_models": [
+                    {
+                        "is_trainable": True,
+                        "input_key": "cls",
+                        "ucg_rate": 0.2,
+                        "target": "sgm.modules.encoders.modules.ClassEmbedder",
+                        "params": {"embed_dim": 16, "n_classes": 3},
+                    }
+                ]
+            },
+        },
         "first_stage_config": {"target": "sgm.models.autoencoder.IdentityFirstStage"},
-        "loss_fn_config": {"target": f"{D}.loss.StandardDiffusionLoss", "params": {
-            "loss_weighting_config": {"target": f"{D}.loss_weighting.EDMWeighting",
-                                      "params": {"sigma_data": 0.5}},
-            "sigma_sampler_config": {"target": f"{D}.sigma_sampling.EDMSampling"}}},
-        "sampler_config": {"target": f"{D}.sampling.EulerEDMSampler", "params": {
-            "num_steps": 4,
-            "discretization_config": {"target": f"{D}.discretizer.EDMDiscretization"},
-            "guider_config": {"target": f"{D}.guiders.VanillaCFG", "params": {"scale": 2.0}}}},
+        "loss_fn_config": {
+            "target": f"{D}.loss.StandardDiffusionLoss",
+            "params": {
+                "loss_weighting_config": {
+                    "target": f"{D}.loss_weighting.EDMWeighting",
+                    "params": {"sigma_data": 0.5},
+                },
+                "sigma_sampler_config": {"target": f"{D}.sigma_sampling.EDMSampling"},
+            },
+        },
+        "sampler_config": {
+            "target": f"{D}.sampling.EulerEDMSampler",
+            "params": {
+                "num_steps": 4,
+                "discretization_config": {"target": f"{D}.discretizer.EDMDiscretization"},
+                "guider_config": {"target": f"{D}.guiders.VanillaCFG", "params": {"scale": 2.0}},
+            },
+        },
         "learning_rate": 2e-3,
     }
     params.update(extra)
@@ -94,11 +131,14 @@ def test_ema_differs_and_ema_scope_swaps(trained):
 def test_sample_shape_and_seeded(trained):
     engine, batch, _, _ = trained
     c, uc = engine.conditioner.get_unconditional_conditioning(
-        {"cls": torch.tensor([0, 1, 2])}, force_uc_zero_embeddings=["cls"])
-    a = engine.sample(c, uc=uc, batch_size=3, shape=(1, 8, 8),
-                      generator=torch.Generator().manual_seed(3))
-    b = engine.sample(c, uc=uc, batch_size=3, shape=(1, 8, 8),
-                      generator=torch.Generator().manual_seed(3))
+        {"cls": torch.tensor([0, 1, 2])}, force_uc_zero_embeddings=["cls"]
+    )
+    a = engine.sample(
+        c, uc=uc, batch_size=3, shape=(1, 8, 8), generator=torch.Generator().manual_seed(3)
+    )
+    b = engine.sample(
+        c, uc=uc, batch_size=3, shape=(1, 8, 8), generator=torch.Generator().manual_seed(3)
+    )
     assert a.shape == (3, 1, 8, 8) and torch.isfinite(a).all()
     torch.testing.assert_close(a, b)
 
@@ -113,8 +153,9 @@ def test_log_images_keys(trained):
 
 
 def test_first_stage_scaling_and_chunking():
-    engine = instantiate_from_config(tiny_config(use_ema=False, scale_factor=0.25,
-                                                 en_and_decode_n_samples_a_time=3))
+    engine = instantiate_from_config(
+        tiny_config(use_ema=False, scale_factor=0.25, en_and_decode_n_samples_a_time=3)
+    )
     calls = []
     original = engine.first_stage_model.encode
     engine.first_stage_model.encode = lambda x: calls.append(len(x)) or original(x)
@@ -128,10 +169,16 @@ def test_first_stage_scaling_and_chunking():
 def test_optimizer_scheduler_and_learning_rate_paths():
     cfg = tiny_config(use_ema=False)
     cfg["params"].pop("learning_rate")
-    cfg["params"]["scheduler_config"] = {"target": "sgm.lr_scheduler.LambdaLinearScheduler",
-                                         "params": {"warm_up_steps": [10], "f_start": [0.1],
-                                                    "f_max": [1.0], "f_min": [1.0],
-                                                    "cycle_lengths": [100]}}
+    cfg["params"]["scheduler_config"] = {
+        "target": "sgm.lr_scheduler.LambdaLinearScheduler",
+        "params": {
+            "warm_up_steps": [10],
+            "f_start": [0.1],
+            "f_max": [1.0],
+            "f_min": [1.0],
+            "cycle_lengths": [100],
+        },
+    }
     engine = instantiate_from_config(OmegaConf.create(cfg))
     with pytest.raises(ConfigError, match="learning rate"):
         engine.configure_optimizers()
@@ -151,8 +198,9 @@ def test_init_from_ckpt_strict_and_ema_keys(tmp_path, trained):
     plain = instantiate_from_config(tiny_config(use_ema=False))
     report = plain.init_from_ckpt(str(path))
     assert report.ok
-    torch.testing.assert_close(plain.model.diffusion_model.out[2].weight,
-                               engine.model.diffusion_model.out[2].weight)
+    torch.testing.assert_close(
+        plain.model.diffusion_model.out[2].weight, engine.model.diffusion_model.out[2].weight
+    )
     bad = {k: v for k, v in load_state_dict(path).items() if "out.2" not in k}
     torch.save(bad, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="missing"):
@@ -178,6 +226,8 @@ def test_ema_model_starts_from_a_checkpoint_without_ema(tmp_path, trained):
 
     save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, str(path))
     ema = instantiate_from_config(tiny_config(use_ema=True, ckpt_path=str(path)))
-    torch.testing.assert_close(ema.model_ema.state_dict()["diffusion_modelout2weight"],
-                               plain.model.diffusion_model.out[2].weight)
+    torch.testing.assert_close(
+        ema.model_ema.state_dict()["diffusion_modelout2weight"],
+        plain.model.diffusion_model.out[2].weight,
+    )
     assert int(ema.model_ema.num_updates) == 0

@@ -48,13 +48,9 @@ def test_backends_agree_with_closed_form(name, qkv):
         float_masked = scaled_dot_product(q, k, v, additive)
         scaled = scaled_dot_product(q, k, v, scale=0.3)
     torch.testing.assert_close(plain, naive_attention(q, k, v), atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(
-        masked, naive_attention(q, k, v, additive), atol=1e-6, rtol=1e-5
-    )
+    torch.testing.assert_close(masked, naive_attention(q, k, v, additive), atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(float_masked, masked, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(
-        scaled, naive_attention(q, k, v, scale=0.3), atol=1e-6, rtol=1e-5
-    )
+    torch.testing.assert_close(scaled, naive_attention(q, k, v, scale=0.3), atol=1e-6, rtol=1e-5)
 
 
 def test_setting_precedence_and_env(monkeypatch):
@@ -100,9 +96,7 @@ def _diffusers_attention(ours: CrossAttention, query_dim, context_dim, heads, di
     import torchvision  # noqa: F401  (before diffusers)
     from diffusers.models.attention_processor import Attention
 
-    theirs = Attention(
-        query_dim, cross_attention_dim=context_dim, heads=heads, dim_head=dim_head
-    )
+    theirs = Attention(query_dim, cross_attention_dim=context_dim, heads=heads, dim_head=dim_head)
     theirs.load_state_dict(ours.state_dict(), strict=True)
     return theirs.eval()
 
@@ -112,9 +106,7 @@ def test_cross_attention_matches_diffusers_attention():
     theirs = _diffusers_attention(ours, 32, 24, 4, 8)
     x, context = torch.randn(2, 9, 32), torch.randn(2, 5, 24)
     with torch.no_grad():
-        torch.testing.assert_close(
-            ours(x, context), theirs(x, context), atol=1e-6, rtol=1e-5
-        )
+        torch.testing.assert_close(ours(x, context), theirs(x, context), atol=1e-6, rtol=1e-5)
 
 
 def test_cross_attention_extras_match_their_definitions():
@@ -174,9 +166,7 @@ def test_linear_attention_closed_form():
 def test_pinned_sdpa_kernel_and_math_backend_match_default():
     from torch.nn.attention import SDPBackend
 
-    pinned = CrossAttention(
-        16, context_dim=8, heads=2, dim_head=8, backend=SDPBackend.MATH
-    )
+    pinned = CrossAttention(16, context_dim=8, heads=2, dim_head=8, backend=SDPBackend.MATH)
     default = CrossAttention(16, context_dim=8, heads=2, dim_head=8)
     default.load_state_dict(pinned.state_dict())
     x, context = torch.randn(2, 5, 16), torch.randn(2, 3, 8)

@@ -31,10 +31,20 @@ def _randomize(module: torch.nn.Module, keep=("mix_factor",)) -> None:
 
 def _motion_block(view_alpha, motion_alpha, **kw):
     block = PostHocSpatialTransformerWithTimeMixingAndMotion(
-        C, 2, 16, context_dim=CTX, use_linear=True, use_spatial_context=True,
-        merge_strategy="fixed", merge_factor=view_alpha, merge_factor_motion=motion_alpha,
-        separate_motion_merge_factor=True, time_mix_legacy=False, ff_in=True, **kw,
-    )  # fmt: skip
+        C,
+        2,
+        16,
+        context_dim=CTX,
+        use_linear=True,
+        use_spatial_context=True,
+        merge_strategy="fixed",
+        merge_factor=view_alpha,
+        merge_factor_motion=motion_alpha,
+        separate_motion_merge_factor=True,
+        time_mix_legacy=False,
+        ff_in=True,
+        **kw,
+    )
     _randomize(block)
     return block.eval()
 
@@ -49,8 +59,14 @@ def _inputs(seed=0):
 
 def _run(block, x, context, cond_view, cam=None):
     with torch.no_grad():
-        out = block(x, context, cam=cam, timesteps=T * V, cond_view=cond_view,
-                    image_only_indicator=torch.zeros(B, T * V))  # fmt: skip
+        out = block(
+            x,
+            context,
+            cam=cam,
+            timesteps=T * V,
+            cond_view=cond_view,
+            image_only_indicator=torch.zeros(B, T * V),
+        )
     return out.reshape(B, T, V, C, H, W)
 
 
@@ -133,21 +149,30 @@ def test_camera_embedding_taken_from_first_frame():
     cam_later = cam.reshape(B, T, V, 20).clone()
     cam_later[:, 1:] = torch.randn(B, T - 1, V, 20)
     torch.testing.assert_close(
-        _run(block, x, context, cond_view, cam), _run(block, x, context, cond_view, cam_later.reshape_as(cam))
+        _run(block, x, context, cond_view, cam),
+        _run(block, x, context, cond_view, cam_later.reshape_as(cam)),
     )
     cam_first = cam.reshape(B, T, V, 20).clone()
     cam_first[:, 0] += 1.0
     assert not torch.allclose(
-        _run(block, x, context, cond_view, cam), _run(block, x, context, cond_view, cam_first.reshape_as(cam))
+        _run(block, x, context, cond_view, cam),
+        _run(block, x, context, cond_view, cam_first.reshape_as(cam)),
     )
 
 
 def test_images_only_gives_the_spatial_path_in_svd_blocks():
     frames = 3
     video_tf = SpatialVideoTransformer(
-        C, 2, 16, context_dim=CTX, use_linear=True, use_spatial_context=True, ff_in=True,
-        merge_strategy="learned_with_images", merge_factor=0.3,
-    ).eval()  # fmt: skip
+        C,
+        2,
+        16,
+        context_dim=CTX,
+        use_linear=True,
+        use_spatial_context=True,
+        ff_in=True,
+        merge_strategy="learned_with_images",
+        merge_factor=0.3,
+    ).eval()
     _randomize(video_tf)
     x = torch.randn(2 * frames, C, H, W)
     context = torch.randn(2 * frames, 1, CTX)
@@ -159,8 +184,14 @@ def test_images_only_gives_the_spatial_path_in_svd_blocks():
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(mixed, expected, atol=1e-3)
 
-    res = VideoResBlock(C, 16, 0.0, video_kernel_size=[3, 1, 1], out_channels=2 * C,
-                        merge_strategy="learned_with_images").eval()  # fmt: skip
+    res = VideoResBlock(
+        C,
+        16,
+        0.0,
+        video_kernel_size=[3, 1, 1],
+        out_channels=2 * C,
+        merge_strategy="learned_with_images",
+    ).eval()
     _randomize(res)
     plain = ResBlock(C, 16, 0.0, out_channels=2 * C).eval()
     plain.load_state_dict(res.state_dict(), strict=False)

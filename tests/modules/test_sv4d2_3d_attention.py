@@ -56,10 +56,15 @@ def test_fixture_matches_the_original(io_file):
         assert bool((io["in.image_only_indicator"] == 1).all())
     with torch.no_grad():
         out = net(
-            io["in.x"], timesteps=io["in.timesteps"], context=io["in.context"], y=io["in.y"],
-            cond_view=io["in.cond_view"], cond_motion=io["in.cond_motion"],
-            num_video_frames=6, image_only_indicator=io["in.image_only_indicator"],
-        )  # fmt: skip
+            io["in.x"],
+            timesteps=io["in.timesteps"],
+            context=io["in.context"],
+            y=io["in.y"],
+            cond_view=io["in.cond_view"],
+            cond_motion=io["in.cond_motion"],
+            num_video_frames=6,
+            image_only_indicator=io["in.image_only_indicator"],
+        )
     expected = io["out.out"]
     error = (out - expected).abs().max().item()
     assert error <= 1e-6 + 1e-4 * expected.abs().max().item(), error
@@ -68,15 +73,31 @@ def test_fixture_matches_the_original(io_file):
 # --------------------------------------------------------------------------- blocks
 
 
-def _block(use_3d, merge_strategy="learned_with_images", view_alpha=0.3, motion_alpha=-0.4,
-           use_camera_emb=True, seed=0):  # fmt: skip
+def _block(
+    use_3d,
+    merge_strategy="learned_with_images",
+    view_alpha=0.3,
+    motion_alpha=-0.4,
+    use_camera_emb=True,
+    seed=0,
+):
     block = PostHocSpatialTransformerWithTimeMixingAndMotion(
-        C, HEADS, C // HEADS, context_dim=CTX, use_linear=True, use_spatial_context=True,
-        use_camera_emb=use_camera_emb, adm_in_channels=ADM if use_camera_emb else None,
-        use_3d_attention=use_3d, separate_motion_merge_factor=True, time_mix_legacy=False,
-        merge_strategy=merge_strategy, merge_factor=view_alpha,
-        merge_factor_motion=motion_alpha, ff_in=True,
-    )  # fmt: skip
+        C,
+        HEADS,
+        C // HEADS,
+        context_dim=CTX,
+        use_linear=True,
+        use_spatial_context=True,
+        use_camera_emb=use_camera_emb,
+        adm_in_channels=ADM if use_camera_emb else None,
+        use_3d_attention=use_3d,
+        separate_motion_merge_factor=True,
+        time_mix_legacy=False,
+        merge_strategy=merge_strategy,
+        merge_factor=view_alpha,
+        merge_factor_motion=motion_alpha,
+        ff_in=True,
+    )
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in block.named_parameters():
@@ -99,9 +120,14 @@ def _run(block, inputs, image_only_indicator=None):
     b, t = inputs["context"].shape[:2]
     v = inputs["cond_view"].shape[0] // b
     with torch.no_grad():
-        return block(inputs["x"], inputs["context"], cam=inputs["cam"], timesteps=t * v,
-                     cond_view=inputs["cond_view"],
-                     image_only_indicator=image_only_indicator)  # fmt: skip
+        return block(
+            inputs["x"],
+            inputs["context"],
+            cam=inputs["cam"],
+            timesteps=t * v,
+            cond_view=inputs["cond_view"],
+            image_only_indicator=image_only_indicator,
+        )
 
 
 def _alpha(mixer) -> torch.Tensor:
@@ -127,8 +153,9 @@ def _reference(block, inputs):
     x = block.proj_in(rearrange(block.norm(x_in), "n c h w -> n (h w) c"))
     spatial_ctx = repeat(context, "b t d -> (b t v) 1 d", v=v)
     view_ctx = repeat(context, "b t d -> (b t hw) 1 d", hw=hw)
-    motion_ctx = rearrange(F.interpolate(cond_view, size=(h, w), mode="bilinear"),
-                           "(b v) d h w -> (b v h w) 1 d", b=b)  # fmt: skip
+    motion_ctx = rearrange(
+        F.interpolate(cond_view, size=(h, w), mode="bilinear"), "(b v) d h w -> (b v h w) 1 d", b=b
+    )
     emb_time = block.time_mix_motion_embed(_sinusoid(t, C))  # (t, c)
     if block.use_camera_emb:
         first = rearrange(cam, "(b t v) d -> b t v d", b=b, t=t)[:, 0]
@@ -152,8 +179,9 @@ def _reference(block, inputs):
         mixed = view_block(xs + emb, context=view_ctx, timesteps=v)
         xs = a_view * xs + (1 - a_view) * mixed
         xm = rearrange(xs, back, b=b, v=v, t=t, s=hw)
-        mixed = motion_block(xm + repeat(emb_time, "t c -> (b t) 1 c", b=b),
-                             context=motion_ctx, timesteps=t)  # fmt: skip
+        mixed = motion_block(
+            xm + repeat(emb_time, "t c -> (b t) 1 c", b=b), context=motion_ctx, timesteps=t
+        )
         xm = a_motion * xm + (1 - a_motion) * mixed
         x = rearrange(xm, "(b t) (v s) c -> (b t v) s c", b=b, t=t, v=v)
     x = rearrange(block.proj_out(x), "n (h w) c -> n c h w", h=h)

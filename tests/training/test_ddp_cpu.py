@@ -17,13 +17,31 @@ def test_ddp_two_cpu_processes_agree(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "tests" / "helpers")}
     env.pop("SGM_RUN_NOW", None)
     out = subprocess.run(
-        [sys.executable, str(ROOT / "main.py"), "--base", TINY, "--logdir", str(tmp_path),
-         "-n", "ddp", "--accelerator", "cpu", "--devices", "2",
-         "lightning.trainer.max_steps=3", "model.params.use_ema=true",
-         "lightning.callbacks.image_logger.params.disabled=true",
-         "lightning.callbacks.dump.target=ddp_dump.DumpWeights",
-         f"lightning.callbacks.dump.params.out={tmp_path}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            str(ROOT / "main.py"),
+            "--base",
+            TINY,
+            "--logdir",
+            str(tmp_path),
+            "-n",
+            "ddp",
+            "--accelerator",
+            "cpu",
+            "--devices",
+            "2",
+            "lightning.trainer.max_steps=3",
+            "model.params.use_ema=true",
+            "lightning.callbacks.image_logger.params.disabled=true",
+            "lightning.callbacks.dump.target=ddp_dump.DumpWeights",
+            f"lightning.callbacks.dump.params.out={tmp_path}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2] and [r["step"] for r in ranks] == [3, 3]

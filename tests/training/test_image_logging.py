@@ -11,8 +11,9 @@ from sgm.training.images import make_grid, save_png, to_uint8
 def test_log_schedule_doubles_then_follows_frequency():
     logger = ImageLogger(batch_frequency=8, max_images=4)
     assert [s for s in range(0, 25) if logger.check_frequency(s)] == [1, 2, 4, 8, 16, 24]
-    fixed = ImageLogger(batch_frequency=8, max_images=4, increase_log_steps=False,
-                        log_first_step=True)
+    fixed = ImageLogger(
+        batch_frequency=8, max_images=4, increase_log_steps=False, log_first_step=True
+    )
     assert [s for s in range(0, 25) if fixed.check_frequency(s)] == [0, 8, 16, 24]
 
 
@@ -23,7 +24,7 @@ def test_grid_layout():
     # image k sits at row k // 2, column k % 2, after one pixel of padding
     for k in range(5):
         top, left = 1 + (k // 2) * 3, 1 + (k % 2) * 4
-        assert torch.all(grid[:, top:top + 2, left:left + 3] == k)
+        assert torch.all(grid[:, top : top + 2, left : left + 3] == k)
     assert torch.all(grid[:, 7:9, 5:8] == -1.0)  # the empty sixth cell
 
 

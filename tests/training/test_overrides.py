@@ -19,9 +19,14 @@ def _load(*overrides):
 
 
 def test_values_take_the_configs_types():
-    cfg = _load("model.params.use_ema=true", f"{UNET}.num_res_blocks=2",
-                "data.params.batch_size=4.0", "lightning.trainer.max_steps=7",
-                "model.params.scale_factor=1", f"{UNET}.channel_mult=[1,2]")
+    cfg = _load(
+        "model.params.use_ema=true",
+        f"{UNET}.num_res_blocks=2",
+        "data.params.batch_size=4.0",
+        "lightning.trainer.max_steps=7",
+        "model.params.scale_factor=1",
+        f"{UNET}.channel_mult=[1,2]",
+    )
     assert cfg.model.params.use_ema is True
     assert cfg.model.params.network_config.params.num_res_blocks == 2
     assert type(cfg.data.params.batch_size) is int and cfg.data.params.batch_size == 4
@@ -79,8 +84,10 @@ def test_trainer_values_are_checked():
 
 
 def test_list_entries_and_null_for_optional_parameters():
-    cfg = _load("model.params.conditioner_config.params.emb_models.0.params.n_classes=12",
-                f"{UNET}.context_dim=null")
+    cfg = _load(
+        "model.params.conditioner_config.params.emb_models.0.params.n_classes=12",
+        f"{UNET}.context_dim=null",
+    )
     assert cfg.model.params.conditioner_config.params.emb_models[0].params.n_classes == 12
     assert cfg.model.params.network_config.params.context_dim is None
     with pytest.raises(ConfigError, match="expected an integer .*got null"):

@@ -8,8 +8,12 @@ import torch
 
 from sgm.training import trainer_args
 
-QUIET = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
-         "enable_model_summary": False}
+QUIET = {
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+}
 
 
 def test_table_lists_exactly_the_trainer_arguments():
@@ -20,18 +24,37 @@ def test_table_lists_exactly_the_trainer_arguments():
 
 # Values Lightning's own constructor refuses: the table must refuse them first.
 LIGHTNING_REFUSES = [
-    ("max_steps", -5), ("max_epochs", -2), ("num_nodes", 0), ("limit_train_batches", 1.5),
-    ("overfit_batches", -1), ("gradient_clip_algorithm", "bogus"), ("precision", "8"),
-    ("max_time", "1h"), ("devices", "x"), ("reload_dataloaders_every_n_epochs", -1),
+    ("max_steps", -5),
+    ("max_epochs", -2),
+    ("num_nodes", 0),
+    ("limit_train_batches", 1.5),
+    ("overfit_batches", -1),
+    ("gradient_clip_algorithm", "bogus"),
+    ("precision", "8"),
+    ("max_time", "1h"),
+    ("devices", "x"),
+    ("reload_dataloaders_every_n_epochs", -1),
     ("fast_dev_run", -1),
 ]
 # Values Lightning accepts: the table accepts them unchanged.
 LIGHTNING_ACCEPTS = [
-    ("max_steps", -1), ("max_steps", 0), ("max_steps", 10), ("max_epochs", None),
-    ("max_epochs", -1), ("limit_train_batches", 0.5), ("limit_train_batches", 10),
-    ("devices", 1), ("devices", "auto"), ("precision", "32-true"), ("precision", 32),
-    ("precision", "bf16-mixed"), ("max_time", "00:00:01:00"), ("fast_dev_run", True),
-    ("fast_dev_run", 2), ("gradient_clip_algorithm", "norm"), ("accelerator", "cpu"),
+    ("max_steps", -1),
+    ("max_steps", 0),
+    ("max_steps", 10),
+    ("max_epochs", None),
+    ("max_epochs", -1),
+    ("limit_train_batches", 0.5),
+    ("limit_train_batches", 10),
+    ("devices", 1),
+    ("devices", "auto"),
+    ("precision", "32-true"),
+    ("precision", 32),
+    ("precision", "bf16-mixed"),
+    ("max_time", "00:00:01:00"),
+    ("fast_dev_run", True),
+    ("fast_dev_run", 2),
+    ("gradient_clip_algorithm", "norm"),
+    ("accelerator", "cpu"),
 ]
 
 
@@ -49,9 +72,16 @@ def test_accepts_what_lightning_accepts(name, value):
     assert trainer_args.check_value(name, value) == value
 
 
-@pytest.mark.parametrize("name,value", [("max_steps", "abc"), ("max_steps", 2.5),
-                                        ("accumulate_grad_batches", 0),
-                                        ("log_every_n_steps", 0), ("enable_progress_bar", "no")])
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("max_steps", "abc"),
+        ("max_steps", 2.5),
+        ("accumulate_grad_batches", 0),
+        ("log_every_n_steps", 0),
+        ("enable_progress_bar", "no"),
+    ],
+)
 def test_refuses_values_lightning_would_fail_on_later(name, value):
     with pytest.raises(ValueError, match="expected"):
         trainer_args.check_value(name, value)

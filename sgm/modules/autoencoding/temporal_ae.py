@@ -258,7 +258,9 @@ class VideoDecoder(Decoder):
         )
 
 
-def _make_time_attn_or_none(in_channels: int, attn_type: str = "vanilla", **kwargs: Any) -> nn.Module:
+def _make_time_attn_or_none(
+    in_channels: int, attn_type: str = "vanilla", **kwargs: Any
+) -> nn.Module:
     if attn_type == "none":
         return make_attn(in_channels, attn_type="none")
     return make_time_attn(in_channels, attn_type=attn_type, **kwargs)
@@ -273,7 +275,5 @@ def _kernel(size: int | Iterable[int]) -> int | tuple[int, ...]:
 def _frames(module: nn.Module, timesteps: int | None) -> int:
     timesteps = timesteps if timesteps is not None else getattr(module, "timesteps", None)
     if timesteps is None:
-        raise ValueError(
-            f"{type(module).__name__} needs timesteps (the number of frames per clip)"
-        )
+        raise ValueError(f"{type(module).__name__} needs timesteps (the number of frames per clip)")
     return int(timesteps)

@@ -91,9 +91,7 @@ class BaseDiffusionSampler:
         """Standard normal noise like ``x`` from the active generator (else global)."""
         if self._generator is None:
             return torch.randn_like(x)
-        return torch.randn(
-            x.shape, generator=self._generator, dtype=x.dtype, device=x.device
-        )
+        return torch.randn(x.shape, generator=self._generator, dtype=x.dtype, device=x.device)
 
     @contextlib.contextmanager
     def generator_scope(self, generator: torch.Generator | None) -> Iterator[None]:
@@ -164,8 +162,14 @@ class BaseDiffusionSampler:
         return [bool(s < ZERO_SIGMA) for s in schedule[1:]]
 
     def loop_step(
-        self, step: Step, x: torch.Tensor, denoiser: Denoiser, cond: Cond, uc: Cond,
-        state: dict[str, Any], **denoiser_kwargs: Any,
+        self,
+        step: Step,
+        x: torch.Tensor,
+        denoiser: Denoiser,
+        cond: Cond,
+        uc: Cond,
+        state: dict[str, Any],
+        **denoiser_kwargs: Any,
     ) -> StepResult:
         """One step of the loop; ``state`` carries solver memory across the run."""
         raise NotImplementedError
@@ -191,13 +195,24 @@ class BaseDiffusionSampler:
             state: dict[str, Any] = {}
             for i in self.get_sigma_gen(num_sigmas):
                 step = Step(
-                    i, s_in * sigmas[i], s_in * sigmas[i + 1],
-                    None if i == 0 else s_in * sigmas[i - 1], schedule, final[i],
+                    i,
+                    s_in * sigmas[i],
+                    s_in * sigmas[i + 1],
+                    None if i == 0 else s_in * sigmas[i - 1],
+                    schedule,
+                    final[i],
                 )
                 out = self.loop_step(step, x, denoiser, cond, uc, state, **denoiser_kwargs)
                 x = out.x
                 if callback is not None:
                     sigma_hat = sigmas[i] * (out.gamma + 1)
-                    callback({"i": i, "sigma": sigmas[i], "sigma_hat": sigma_hat,
-                              "x": out.x_seen, "denoised": out.denoised})
+                    callback(
+                        {
+                            "i": i,
+                            "sigma": sigmas[i],
+                            "sigma_hat": sigma_hat,
+                            "x": out.x_seen,
+                            "denoised": out.denoised,
+                        }
+                    )
         return x

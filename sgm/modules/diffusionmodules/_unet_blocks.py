@@ -69,9 +69,7 @@ def call_layer(
 class TimestepEmbedSequential(nn.Sequential, TimestepBlock):
     """A sequence passing ``emb``/``context``/extras to the children that take them."""
 
-    def forward(
-        self, x: torch.Tensor, emb: torch.Tensor, context=None, **kwargs
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context=None, **kwargs) -> torch.Tensor:
         for layer in self:
             x = call_layer(layer, x, emb, context, **kwargs)
         return x
@@ -158,9 +156,7 @@ class Downsample(nn.Module):
         self.dims = dims
         stride = 2 if dims != 3 else ((2, 2, 2) if third_down else (1, 2, 2))
         if use_conv:
-            self.op = conv_nd(
-                dims, channels, self.out_channels, 3, stride=stride, padding=padding
-            )
+            self.op = conv_nd(dims, channels, self.out_channels, 3, stride=stride, padding=padding)
         else:
             if self.channels != self.out_channels:
                 raise ValueError(
@@ -236,15 +232,11 @@ class ResBlock(TimestepBlock):
         self.emb_out_channels = 2 * out if use_scale_shift_norm else out
         if skip_t_emb:
             if use_scale_shift_norm:
-                raise ValueError(
-                    "skip_t_emb cannot be combined with use_scale_shift_norm"
-                )
+                raise ValueError("skip_t_emb cannot be combined with use_scale_shift_norm")
             self.emb_layers = None
             self.exchange_temb_dims = False
         else:
-            self.emb_layers = nn.Sequential(
-                nn.SiLU(), linear(emb_channels, self.emb_out_channels)
-            )
+            self.emb_layers = nn.Sequential(nn.SiLU(), linear(emb_channels, self.emb_out_channels))
 
         self.out_layers = nn.Sequential(
             normalization(out),
@@ -255,17 +247,13 @@ class ResBlock(TimestepBlock):
         if out == channels:
             self.skip_connection = nn.Identity()
         elif use_conv:
-            self.skip_connection = conv_nd(
-                dims, channels, out, kernel_size, padding=padding
-            )
+            self.skip_connection = conv_nd(dims, channels, out, kernel_size, padding=padding)
         else:
             self.skip_connection = conv_nd(dims, channels, out, 1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """(B, C, *S), emb (B, emb_channels) -> (B, out_channels, *S')."""
-        return checkpoint(
-            self._forward, (x, emb), self.parameters(), self.use_checkpoint
-        )
+        return checkpoint(self._forward, (x, emb), self.parameters(), self.use_checkpoint)
 
     def _forward(self, x, emb):
         if self.updown:
@@ -349,8 +337,7 @@ class AttentionBlock(nn.Module):
         else:
             if channels % num_head_channels:
                 raise ValueError(
-                    f"channels {channels} not divisible by "
-                    f"num_head_channels {num_head_channels}"
+                    f"channels {channels} not divisible by num_head_channels {num_head_channels}"
                 )
             self.num_heads = channels // num_head_channels
         self.use_checkpoint = use_checkpoint

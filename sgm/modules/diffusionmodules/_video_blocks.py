@@ -57,9 +57,7 @@ class _ResBlockWithTime(ResBlock):
         self, x: torch.Tensor, emb: torch.Tensor, context=None, **kwargs
     ) -> torch.Tensor:
         """Call from a ``TimestepEmbedSequential``."""
-        return self(
-            x, emb, kwargs.get("num_video_frames"), kwargs.get("image_only_indicator")
-        )
+        return self(x, emb, kwargs.get("num_video_frames"), kwargs.get("image_only_indicator"))
 
     def _spatial_and_time(self, x, emb, num_video_frames, time_block):
         """Spatial output and its temporal version, both ``(B, C, T, H, W)``."""
@@ -167,9 +165,13 @@ class PostHocResBlockWithTime(_ResBlockWithTime):
             channels, out_channels, emb_channels, dropout, time_kernel_size, use_checkpoint
         )
         init_merge(
-            self, merge_strategy, merge_factor, apply_sigmoid_to_merge, time_mix_legacy,
+            self,
+            merge_strategy,
+            merge_factor,
+            apply_sigmoid_to_merge,
+            time_mix_legacy,
             rearrange_pattern="b t -> b 1 t 1 1",
-        )  # fmt: skip
+        )
 
     def forward(
         self,
@@ -181,9 +183,7 @@ class PostHocResBlockWithTime(_ResBlockWithTime):
         cond_motion: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B*T, C, H, W), emb (B*T, E) -> (B*T, C_out, H, W)."""
-        x_spatial, x_time = self._spatial_and_time(
-            x, emb, num_video_frames, self.time_mix_blocks
-        )
+        x_spatial, x_time = self._spatial_and_time(x, emb, num_video_frames, self.time_mix_blocks)
         videos = x_spatial.shape[0]
         no_images = x.new_zeros(videos, num_video_frames)
         if self.time_mix_legacy:
@@ -264,11 +264,13 @@ class PostHocAttentionBlockWithTimeMixing(_FrameKwargsMixin, AttentionBlock):
             time_context = context[:, 0].repeat_interleave(h * w, dim=0)
         x = rearrange(super().forward(x), "b c h w -> b (h w) c")
         frame_emb = frame_index_embedding(
-            self.time_mix_time_embed, timesteps, x.shape[0] // timesteps,
-            self.in_channels, 10000, x,
-        )  # fmt: skip
-        x_mix = self.time_mix_blocks[0](
-            x + frame_emb, context=time_context, timesteps=timesteps
+            self.time_mix_time_embed,
+            timesteps,
+            x.shape[0] // timesteps,
+            self.in_channels,
+            10000,
+            x,
         )
+        x_mix = self.time_mix_blocks[0](x + frame_emb, context=time_context, timesteps=timesteps)
         x = legacy_blend(self, x, x_mix, image_only_indicator, is_attn=True)
         return rearrange(x, "b (h w) c -> b c h w", h=h, w=w)

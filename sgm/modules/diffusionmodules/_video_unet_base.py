@@ -15,7 +15,11 @@ from torch import nn
 
 from ...errors import ConfigError
 from ._unet_blocks import (
-    Downsample, Timestep, TimestepEmbedSequential, Upsample, call_layer,
+    Downsample,
+    Timestep,
+    TimestepEmbedSequential,
+    Upsample,
+    call_layer,
 )
 from .util import conv_nd, linear, normalization, timestep_embedding, zero_module
 
@@ -119,9 +123,10 @@ class VideoUNetBase(nn.Module):
                 down = (
                     self._resblock(ch, ch, down=True)
                     if resblock_updown
-                    else Downsample(ch, conv_resample, dims=dims, out_channels=ch,
-                                    third_down=time_downup)
-                )  # fmt: skip
+                    else Downsample(
+                        ch, conv_resample, dims=dims, out_channels=ch, third_down=time_downup
+                    )
+                )
                 self.input_blocks.append(TimestepEmbedSequential(down))
                 skip_chans.append(ch)
         self.middle_block = TimestepEmbedSequential(
@@ -141,9 +146,10 @@ class VideoUNetBase(nn.Module):
                     layers.append(
                         self._resblock(ch, ch, up=True)
                         if resblock_updown
-                        else Upsample(ch, conv_resample, dims=dims, out_channels=ch,
-                                      third_up=time_downup)
-                    )  # fmt: skip
+                        else Upsample(
+                            ch, conv_resample, dims=dims, out_channels=ch, third_up=time_downup
+                        )
+                    )
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
         self.out = nn.Sequential(
             normalization(ch),

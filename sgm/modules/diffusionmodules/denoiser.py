@@ -43,8 +43,7 @@ class Denoiser(nn.Module):
         c_skip, c_out, c_in, c_noise = self.scaling(sigma)
         c_noise = self.possibly_quantize_c_noise(c_noise.reshape(sigma_shape))
         return (
-            network(input * c_in, c_noise, cond, **additional_model_inputs) * c_out
-            + input * c_skip
+            network(input * c_in, c_noise, cond, **additional_model_inputs) * c_out + input * c_skip
         )
 
 
@@ -68,9 +67,7 @@ class DiscreteDenoiser(Denoiser):
         flip: bool = True,
     ) -> None:
         super().__init__(scaling_config)
-        self.discretization: Discretization = instantiate_from_config(
-            discretization_config
-        )
+        self.discretization: Discretization = instantiate_from_config(discretization_config)
         sigmas = self.discretization(num_idx, do_append_zero=do_append_zero, flip=flip)
         self.register_buffer("sigmas", sigmas)
         self.quantize_c_noise = quantize_c_noise

@@ -11,9 +11,7 @@ from ...util import append_zero
 from .util import make_beta_schedule
 
 
-def generate_roughly_equally_spaced_steps(
-    num_substeps: int, max_step: int
-) -> np.ndarray:
+def generate_roughly_equally_spaced_steps(num_substeps: int, max_step: int) -> np.ndarray:
     """``num_substeps`` ascending integer timesteps in last ``max_step - 1``."""
     return np.linspace(max_step - 1, 0, num_substeps, endpoint=False).astype(int)[::-1]
 
@@ -38,17 +36,11 @@ def ddpm_sigmas(
     """``sqrt((1 - abar) / abar)`` at ``n`` evenly spread DDPM steps, descending."""
     num_timesteps = len(alphas_cumprod)
     if n > num_timesteps:
-        raise ValueError(
-            f"cannot take n={n} sigmas from a schedule of {num_timesteps} timesteps"
-        )
+        raise ValueError(f"cannot take n={n} sigmas from a schedule of {num_timesteps} timesteps")
     if n < num_timesteps:
-        alphas_cumprod = alphas_cumprod[
-            generate_roughly_equally_spaced_steps(n, num_timesteps)
-        ]
+        alphas_cumprod = alphas_cumprod[generate_roughly_equally_spaced_steps(n, num_timesteps)]
     # The ratio is formed in float64 and rounded to float32 before the square root.
-    ratio = torch.tensor(
-        (1 - alphas_cumprod) / alphas_cumprod, dtype=torch.float32, device=device
-    )
+    ratio = torch.tensor((1 - alphas_cumprod) / alphas_cumprod, dtype=torch.float32, device=device)
     return torch.flip(ratio**0.5, (0,))
 
 
@@ -68,25 +60,19 @@ class Discretization(ABC):
         return torch.flip(sigmas, (0,)) if flip else sigmas
 
     @abstractmethod
-    def get_sigmas(
-        self, n: int, device: torch.device | str | None = "cpu"
-    ) -> torch.Tensor:
+    def get_sigmas(self, n: int, device: torch.device | str | None = "cpu") -> torch.Tensor:
         """``n`` descending sigmas."""
 
 
 class EDMDiscretization(Discretization):
     """Karras et al. (2022) schedule, evenly spaced in ``sigma^(1/rho)``."""
 
-    def __init__(
-        self, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0
-    ) -> None:
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> None:
         self.sigma_min = sigma_min
         self.sigma_max = sigma_max
         self.rho = rho
 
-    def get_sigmas(
-        self, n: int, device: torch.device | str | None = "cpu"
-    ) -> torch.Tensor:
+    def get_sigmas(self, n: int, device: torch.device | str | None = "cpu") -> torch.Tensor:
         return edm_sigmas(n, self.sigma_min, self.sigma_max, self.rho, device=device)
 
 
@@ -105,7 +91,5 @@ class LegacyDDPMDiscretization(Discretization):
         )
         self.alphas_cumprod = np.cumprod(1.0 - betas, axis=0)
 
-    def get_sigmas(
-        self, n: int, device: torch.device | str | None = "cpu"
-    ) -> torch.Tensor:
+    def get_sigmas(self, n: int, device: torch.device | str | None = "cpu") -> torch.Tensor:
         return ddpm_sigmas(self.alphas_cumprod, n, device=device)

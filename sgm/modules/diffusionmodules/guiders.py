@@ -54,9 +54,7 @@ def double_cond(c: Cond, uc: Cond, keys: Sequence[str], strict: bool) -> dict[st
     return out
 
 
-def cfg_combine(
-    x_u: torch.Tensor, x_c: torch.Tensor, scale: torch.Tensor | float
-) -> torch.Tensor:
+def cfg_combine(x_u: torch.Tensor, x_c: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
     """Ho & Salimans (2022): ``x_u + scale (x_c - x_u)``."""
     return x_u + scale * (x_c - x_u)
 
@@ -234,9 +232,7 @@ class SpatiotemporalPredictionGuider(LinearPredictionGuider):
     ) -> None:
         super().__init__(max_scale, num_frames, min_scale, additional_cond_keys)
         if num_frames % num_views:
-            raise ValueError(
-                f"num_frames={num_frames} is not a multiple of num_views={num_views}"
-            )
+            raise ValueError(f"num_frames={num_frames} is not a multiple of num_views={num_views}")
         n_time = num_frames // num_views
         grid = torch.zeros(num_frames).view(n_time, num_views)
         grid += torch.linspace(0, 1, n_time)[:, None] * 0.5

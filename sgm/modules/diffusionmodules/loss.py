@@ -95,9 +95,7 @@ class StandardDiffusionLoss(nn.Module):
             noise = noise + self.offset_noise_level * append_dims(offset, input.ndim)
         sigmas_bc = append_dims(sigmas, input.ndim)
         noised_input = self.get_noised_input(sigmas_bc, noise, input)
-        model_output = denoiser(
-            network, noised_input, sigmas, cond, **additional_model_inputs
-        )
+        model_output = denoiser(network, noised_input, sigmas, cond, **additional_model_inputs)
         w = append_dims(self.loss_weighting(sigmas), input.ndim)
         return self.get_loss(model_output, input, w)
 
@@ -106,11 +104,7 @@ class StandardDiffusionLoss(nn.Module):
     ) -> torch.Tensor:
         """Per-sample mean of the weighted error (B,)."""
         if self.loss_type == "l2":
-            return torch.mean(
-                (w * (model_output - target) ** 2).reshape(target.shape[0], -1), 1
-            )
+            return torch.mean((w * (model_output - target) ** 2).reshape(target.shape[0], -1), 1)
         if self.loss_type == "l1":
-            return torch.mean(
-                (w * (model_output - target).abs()).reshape(target.shape[0], -1), 1
-            )
+            return torch.mean((w * (model_output - target).abs()).reshape(target.shape[0], -1), 1)
         return self.lpips(model_output, target).reshape(-1)

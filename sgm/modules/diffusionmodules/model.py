@@ -56,8 +56,16 @@ def _levels(ch_mult: Sequence[int]) -> tuple[int, ...]:
 
 
 def _init_sizes(
-    module, ch, temb_ch, ch_mult, num_res_blocks, attn_resolutions, resolution,
-    in_channels, use_linear_attn, attn_type,
+    module,
+    ch,
+    temb_ch,
+    ch_mult,
+    num_res_blocks,
+    attn_resolutions,
+    resolution,
+    in_channels,
+    use_linear_attn,
+    attn_type,
 ) -> tuple[tuple[int, ...], list[int], str]:
     """Set the size attributes of Encoder, Decoder and Model; returns the normalised
     ``(ch_mult, attn_resolutions, attn_type)``."""
@@ -73,8 +81,15 @@ def _init_sizes(
 
 
 def _down_levels(
-    ch, ch_mult, num_res_blocks, attn_resolutions, dropout, resamp_with_conv,
-    resolution, temb_ch, attn_type,
+    ch,
+    ch_mult,
+    num_res_blocks,
+    attn_resolutions,
+    dropout,
+    resamp_with_conv,
+    resolution,
+    temb_ch,
+    attn_type,
 ) -> tuple[nn.ModuleList, int, int]:
     """The ``down`` stack shared by Encoder and Model: (modules, channels, resolution)."""
     in_ch_mult = (1, *ch_mult)
@@ -86,8 +101,12 @@ def _down_levels(
         block_in, block_out = ch * in_ch_mult[i_level], ch * mult
         for _ in range(num_res_blocks):
             block.append(
-                ResnetBlock(in_channels=block_in, out_channels=block_out,
-                            temb_channels=temb_ch, dropout=dropout)
+                ResnetBlock(
+                    in_channels=block_in,
+                    out_channels=block_out,
+                    temb_channels=temb_ch,
+                    dropout=dropout,
+                )
             )
             block_in = block_out
             if curr_res in attn_resolutions:
@@ -103,17 +122,29 @@ def _down_levels(
 
 def _mid(block_in, temb_ch, dropout, attn_type, make_resblock=ResnetBlock, attn_fn=make_attn):
     mid = nn.Module()
-    mid.block_1 = make_resblock(in_channels=block_in, out_channels=block_in,
-                                temb_channels=temb_ch, dropout=dropout)
+    mid.block_1 = make_resblock(
+        in_channels=block_in, out_channels=block_in, temb_channels=temb_ch, dropout=dropout
+    )
     mid.attn_1 = attn_fn(block_in, attn_type=attn_type)
-    mid.block_2 = make_resblock(in_channels=block_in, out_channels=block_in,
-                                temb_channels=temb_ch, dropout=dropout)
+    mid.block_2 = make_resblock(
+        in_channels=block_in, out_channels=block_in, temb_channels=temb_ch, dropout=dropout
+    )
     return mid
 
 
 def _up_levels(
-    ch, ch_mult, num_res_blocks, attn_resolutions, dropout, resamp_with_conv,
-    block_in, curr_res, temb_ch, attn_type, make_resblock=ResnetBlock, attn_fn=make_attn,
+    ch,
+    ch_mult,
+    num_res_blocks,
+    attn_resolutions,
+    dropout,
+    resamp_with_conv,
+    block_in,
+    curr_res,
+    temb_ch,
+    attn_type,
+    make_resblock=ResnetBlock,
+    attn_fn=make_attn,
     skip: bool = False,
 ) -> tuple[nn.ModuleList, int]:
     """The ``up`` stack of Decoder and, with ``skip`` connections, Model."""
@@ -127,8 +158,12 @@ def _up_levels(
             if skip:
                 skip_in = ch * in_ch_mult[i_level] if i_block == num_res_blocks else block_out
             block.append(
-                make_resblock(in_channels=block_in + skip_in, out_channels=block_out,
-                              temb_channels=temb_ch, dropout=dropout)
+                make_resblock(
+                    in_channels=block_in + skip_in,
+                    out_channels=block_out,
+                    temb_channels=temb_ch,
+                    dropout=dropout,
+                )
             )
             block_in = block_out
             if curr_res in attn_resolutions:
@@ -165,14 +200,29 @@ class Encoder(nn.Module):
     ):
         super().__init__()
         ch_mult, attn_resolutions, attn_type = _init_sizes(
-            self, ch, 0, ch_mult, num_res_blocks, attn_resolutions, resolution,
-            in_channels, use_linear_attn, attn_type,
+            self,
+            ch,
+            0,
+            ch_mult,
+            num_res_blocks,
+            attn_resolutions,
+            resolution,
+            in_channels,
+            use_linear_attn,
+            attn_type,
         )
         self.in_ch_mult = (1, *ch_mult)
         self.conv_in = nn.Conv2d(in_channels, ch, kernel_size=3, stride=1, padding=1)
         self.down, block_in, _ = _down_levels(
-            ch, ch_mult, num_res_blocks, attn_resolutions, dropout, resamp_with_conv,
-            resolution, self.temb_ch, attn_type,
+            ch,
+            ch_mult,
+            num_res_blocks,
+            attn_resolutions,
+            dropout,
+            resamp_with_conv,
+            resolution,
+            self.temb_ch,
+            attn_type,
         )
         self.mid = _mid(block_in, self.temb_ch, dropout, attn_type)
         self.norm_out = Normalize(block_in)
@@ -221,8 +271,16 @@ class Decoder(nn.Module):
     ):
         super().__init__()
         ch_mult, attn_resolutions, attn_type = _init_sizes(
-            self, ch, 0, ch_mult, num_res_blocks, attn_resolutions, resolution,
-            in_channels, use_linear_attn, attn_type,
+            self,
+            ch,
+            0,
+            ch_mult,
+            num_res_blocks,
+            attn_resolutions,
+            resolution,
+            in_channels,
+            use_linear_attn,
+            attn_type,
         )
         self.give_pre_end = give_pre_end
         self.tanh_out = tanh_out
@@ -233,11 +291,22 @@ class Decoder(nn.Module):
         make_resblock_cls = self._make_resblock()
         make_conv_cls = self._make_conv()
         self.conv_in = nn.Conv2d(z_channels, block_in, kernel_size=3, stride=1, padding=1)
-        self.mid = _mid(block_in, self.temb_ch, dropout, attn_type,
-                        make_resblock_cls, make_attn_cls)
+        self.mid = _mid(
+            block_in, self.temb_ch, dropout, attn_type, make_resblock_cls, make_attn_cls
+        )
         self.up, block_in = _up_levels(
-            ch, ch_mult, num_res_blocks, attn_resolutions, dropout, resamp_with_conv,
-            block_in, curr_res, self.temb_ch, attn_type, make_resblock_cls, make_attn_cls,
+            ch,
+            ch_mult,
+            num_res_blocks,
+            attn_resolutions,
+            dropout,
+            resamp_with_conv,
+            block_in,
+            curr_res,
+            self.temb_ch,
+            attn_type,
+            make_resblock_cls,
+            make_attn_cls,
         )
         self.norm_out = Normalize(block_in)
         self.conv_out = make_conv_cls(block_in, out_ch, kernel_size=3, stride=1, padding=1)
@@ -296,8 +365,16 @@ class Model(nn.Module):
     ):
         super().__init__()
         ch_mult, attn_resolutions, attn_type = _init_sizes(
-            self, ch, ch * 4, ch_mult, num_res_blocks, attn_resolutions, resolution,
-            in_channels, use_linear_attn, attn_type,
+            self,
+            ch,
+            ch * 4,
+            ch_mult,
+            num_res_blocks,
+            attn_resolutions,
+            resolution,
+            in_channels,
+            use_linear_attn,
+            attn_type,
         )
         self.use_timestep = use_timestep
         if use_timestep:
@@ -307,13 +384,29 @@ class Model(nn.Module):
             )
         self.conv_in = nn.Conv2d(in_channels, ch, kernel_size=3, stride=1, padding=1)
         self.down, block_in, curr_res = _down_levels(
-            ch, ch_mult, num_res_blocks, attn_resolutions, dropout, resamp_with_conv,
-            resolution, self.temb_ch, attn_type,
+            ch,
+            ch_mult,
+            num_res_blocks,
+            attn_resolutions,
+            dropout,
+            resamp_with_conv,
+            resolution,
+            self.temb_ch,
+            attn_type,
         )
         self.mid = _mid(block_in, self.temb_ch, dropout, attn_type)
         self.up, block_in = _up_levels(
-            ch, ch_mult, num_res_blocks, attn_resolutions, dropout, resamp_with_conv,
-            block_in, curr_res, self.temb_ch, attn_type, skip=True,
+            ch,
+            ch_mult,
+            num_res_blocks,
+            attn_resolutions,
+            dropout,
+            resamp_with_conv,
+            block_in,
+            curr_res,
+            self.temb_ch,
+            attn_type,
+            skip=True,
         )
         self.norm_out = Normalize(block_in)
         self.conv_out = nn.Conv2d(block_in, out_ch, kernel_size=3, stride=1, padding=1)

@@ -59,9 +59,7 @@ def _per_level(value, levels: int, name: str) -> list[int]:
         return [value] * levels
     value = [int(v) for v in value]
     if len(value) != levels:
-        raise ConfigError(
-            f"{name}={value} needs one entry per level of channel_mult ({levels})"
-        )
+        raise ConfigError(f"{name}={value} needs one entry per level of channel_mult ({levels})")
     return value
 
 
@@ -122,9 +120,7 @@ class UNetModel(nn.Module):
         self.in_channels = in_channels
         self.model_channels = model_channels
         self.out_channels = out_channels
-        self.num_res_blocks = _per_level(
-            _plain(num_res_blocks), levels, "num_res_blocks"
-        )
+        self.num_res_blocks = _per_level(_plain(num_res_blocks), levels, "num_res_blocks")
         self.attention_resolutions = tuple(_plain(attention_resolutions))
         self.dropout = dropout
         self.channel_mult = channel_mult
@@ -134,16 +130,12 @@ class UNetModel(nn.Module):
         self.use_checkpoint = use_checkpoint
         self.num_heads = num_heads
         self.num_head_channels = num_head_channels
-        self.num_heads_upsample = (
-            num_heads if num_heads_upsample == -1 else num_heads_upsample
-        )
+        self.num_heads_upsample = num_heads if num_heads_upsample == -1 else num_heads_upsample
         self.use_scale_shift_norm = use_scale_shift_norm
         self.resblock_updown = resblock_updown
         self.use_new_attention_order = use_new_attention_order
         self.use_spatial_transformer = use_spatial_transformer
-        self.transformer_depth = _per_level(
-            _plain(transformer_depth), levels, "transformer_depth"
-        )
+        self.transformer_depth = _per_level(_plain(transformer_depth), levels, "transformer_depth")
         self.transformer_depth_middle = (
             self.transformer_depth[-1]
             if transformer_depth_middle is None
@@ -197,9 +189,7 @@ class UNetModel(nn.Module):
         if self.num_classes == "timestep":
             return nn.Sequential(
                 Timestep(self.model_channels),
-                nn.Sequential(
-                    linear(self.model_channels, ted), nn.SiLU(), linear(ted, ted)
-                ),
+                nn.Sequential(linear(self.model_channels, ted), nn.SiLU(), linear(ted, ted)),
             )
         if self.num_classes == "sequential":
             if adm_in_channels is None:
@@ -301,11 +291,7 @@ class UNetModel(nn.Module):
     def _build_input_blocks(self) -> list[int]:
         mc = self.model_channels
         self.input_blocks = nn.ModuleList(
-            [
-                TimestepEmbedSequential(
-                    conv_nd(self.dims, self.in_channels, mc, 3, padding=1)
-                )
-            ]
+            [TimestepEmbedSequential(conv_nd(self.dims, self.in_channels, mc, 3, padding=1))]
         )
         chans, ch, ds = [mc], mc, 1
         for level, mult in enumerate(self.channel_mult):
@@ -315,9 +301,7 @@ class UNetModel(nn.Module):
                 self.input_blocks.append(TimestepEmbedSequential(*layers))
                 chans.append(ch)
             if level != len(self.channel_mult) - 1:
-                self.input_blocks.append(
-                    TimestepEmbedSequential(self._make_downsample(ch, ch))
-                )
+                self.input_blocks.append(TimestepEmbedSequential(self._make_downsample(ch, ch)))
                 chans.append(ch)
                 ds *= 2
         self._bottom = (ch, ds)
@@ -328,9 +312,7 @@ class UNetModel(nn.Module):
         if disable_transformer:
             attention = nn.Identity()
         else:
-            attention = self._make_attention(
-                ch, self.transformer_depth_middle, disable_self_attn
-            )
+            attention = self._make_attention(ch, self.transformer_depth_middle, disable_self_attn)
         self.middle_block = TimestepEmbedSequential(
             self._make_res_block(ch, ch), attention, self._make_res_block(ch, ch)
         )

@@ -60,9 +60,7 @@ class SingleStepDiffusionSampler(BaseDiffusionSampler):
         """One step ``sigma -> next_sigma``."""
         raise NotImplementedError
 
-    def euler_step(
-        self, x: torch.Tensor, d: torch.Tensor, dt: torch.Tensor
-    ) -> torch.Tensor:
+    def euler_step(self, x: torch.Tensor, d: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
         """``x + dt d``."""
         return euler_step(x, d, dt)
 
@@ -100,15 +98,15 @@ class EDMSampler(SingleStepDiffusionSampler):
 
     def loop_step(self, step, x, denoiser, cond, uc, state, **denoiser_kwargs):
         gamma = self.churn_gamma(step.schedule[step.i], step.num_sigmas)
-        return self._step(step.sigma, step.next_sigma, denoiser, x, cond, uc, gamma,
-                          step.final, denoiser_kwargs)
+        return self._step(
+            step.sigma, step.next_sigma, denoiser, x, cond, uc, gamma, step.final, denoiser_kwargs
+        )
 
     def sampler_step(
         self, sigma, next_sigma, denoiser, x, cond, uc=None, gamma=0.0, **denoiser_kwargs
     ) -> torch.Tensor:
         """Churn to ``sigma_hat = sigma (1 + gamma)``, then an Euler (or Heun) step."""
-        return self._step(sigma, next_sigma, denoiser, x, cond, uc, gamma, None,
-                          denoiser_kwargs).x
+        return self._step(sigma, next_sigma, denoiser, x, cond, uc, gamma, None, denoiser_kwargs).x
 
     def _step(self, sigma, next_sigma, denoiser, x, cond, uc, gamma, final, kwargs):
         sigma_hat = sigma * (gamma + 1.0)
@@ -167,9 +165,7 @@ class AncestralSampler(SingleStepDiffusionSampler):
     and may be replaced by any callable returning noise shaped like ``x``.
     """
 
-    def __init__(
-        self, eta: float = 1.0, s_noise: float = 1.0, *args: Any, **kwargs: Any
-    ) -> None:
+    def __init__(self, eta: float = 1.0, s_noise: float = 1.0, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.eta = eta
         self.s_noise = s_noise
@@ -190,15 +186,15 @@ class AncestralSampler(SingleStepDiffusionSampler):
         return torch.where(append_dims(next_sigma, x.ndim) > 0.0, noisy, x)
 
     def loop_step(self, step, x, denoiser, cond, uc, state, **denoiser_kwargs):
-        return self._step(step.sigma, step.next_sigma, denoiser, x, cond, uc, step.final,
-                          denoiser_kwargs)
+        return self._step(
+            step.sigma, step.next_sigma, denoiser, x, cond, uc, step.final, denoiser_kwargs
+        )
 
     def sampler_step(
         self, sigma, next_sigma, denoiser, x, cond, uc=None, **denoiser_kwargs
     ) -> torch.Tensor:
         """One ancestral step ``sigma -> next_sigma``."""
-        return self._step(sigma, next_sigma, denoiser, x, cond, uc, None,
-                          denoiser_kwargs).x
+        return self._step(sigma, next_sigma, denoiser, x, cond, uc, None, denoiser_kwargs).x
 
     def _step(self, sigma, next_sigma, denoiser, x, cond, uc, final, kwargs) -> StepResult:
         raise NotImplementedError
@@ -211,8 +207,7 @@ class EulerAncestralSampler(AncestralSampler):
         sigma_down, sigma_up = get_ancestral_step(sigma, next_sigma, eta=self.eta)
         denoised = self.denoise(x, denoiser, sigma, cond, uc, **kwargs)
         x_next = self.ancestral_euler_step(x, denoised, sigma, sigma_down)
-        return StepResult(self.ancestral_step(x_next, sigma, next_sigma, sigma_up), x,
-                          denoised)
+        return StepResult(self.ancestral_step(x_next, sigma, next_sigma, sigma_up), x, denoised)
 
 
 class DPMPP2SAncestralSampler(AncestralSampler):
@@ -238,8 +233,7 @@ class DPMPP2SAncestralSampler(AncestralSampler):
             denoised_mid = self.denoise(x_mid, denoiser, sigma_mid, cond, uc, **kwargs)
             x_dpmpp2s = dpmpp_2s_update(x, denoised_mid, sigma, sigma_down)
             x_next = torch.where(append_dims(sigma_down, x.ndim) > 0.0, x_dpmpp2s, x_euler)
-        return StepResult(self.ancestral_step(x_next, sigma, next_sigma, sigma_up), x,
-                          denoised)
+        return StepResult(self.ancestral_step(x_next, sigma, next_sigma, sigma_up), x, denoised)
 
 
 class LinearMultistepSampler(BaseDiffusionSampler):
@@ -258,8 +252,7 @@ class LinearMultistepSampler(BaseDiffusionSampler):
             ds.pop(0)
         cur_order = min(step.i + 1, self.order)
         coeffs = [
-            linear_multistep_coeff(cur_order, step.schedule, step.i, j)
-            for j in range(cur_order)
+            linear_multistep_coeff(cur_order, step.schedule, step.i, j) for j in range(cur_order)
         ]
         x_next = x + sum(coeff * d for coeff, d in zip(coeffs, reversed(ds), strict=True))
         return StepResult(x_next, x, denoised)
@@ -283,15 +276,22 @@ class DPMPP2MSampler(BaseDiffusionSampler):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One step; returns the new ``x`` and this step's denoised estimate."""
         denoised = self.denoise(x, denoiser, sigma, cond, uc, **denoiser_kwargs)
-        x = dpmpp_2m_step(x, denoised, old_denoised, previous_sigma, sigma, next_sigma,
-                          final=final)
+        x = dpmpp_2m_step(x, denoised, old_denoised, previous_sigma, sigma, next_sigma, final=final)
         return x, denoised
 
     def loop_step(self, step, x, denoiser, cond, uc, state, **denoiser_kwargs):
         """Keeps the previous denoised estimate in ``state["old_denoised"]``."""
         x_next, denoised = self.sampler_step(
-            state.get("old_denoised"), step.prev_sigma, step.sigma, step.next_sigma,
-            denoiser, x, cond, uc=uc, final=step.final, **denoiser_kwargs,
+            state.get("old_denoised"),
+            step.prev_sigma,
+            step.sigma,
+            step.next_sigma,
+            denoiser,
+            x,
+            cond,
+            uc=uc,
+            final=step.final,
+            **denoiser_kwargs,
         )
         state["old_denoised"] = denoised
         return StepResult(x_next, x, denoised)

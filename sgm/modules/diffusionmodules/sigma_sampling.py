@@ -17,9 +17,7 @@ class EDMSampling:
         self.p_mean = p_mean
         self.p_std = p_std
 
-    def __call__(
-        self, n_samples: int, rand: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def __call__(self, n_samples: int, rand: torch.Tensor | None = None) -> torch.Tensor:
         if rand is None:
             rand = torch.randn((n_samples,))
         log_sigma = self.p_mean + self.p_std * rand
@@ -45,9 +43,7 @@ class DiscreteSampling:
         """Table sigma at ``idx``."""
         return self.sigmas[idx]
 
-    def __call__(
-        self, n_samples: int, rand: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def __call__(self, n_samples: int, rand: torch.Tensor | None = None) -> torch.Tensor:
         if rand is None:
             rand = torch.randint(0, self.num_idx, (n_samples,))
         return self.idx_to_sigma(rand)
@@ -56,9 +52,7 @@ class DiscreteSampling:
 class ZeroSampler:
     """A (near-)zero noise level ``1e-5`` for every sample."""
 
-    def __call__(
-        self, n_samples: int, rand: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def __call__(self, n_samples: int, rand: torch.Tensor | None = None) -> torch.Tensor:
         if rand is None:
             # Drawn only to keep the global random stream aligned with other samplers.
             rand = torch.randn((n_samples,))

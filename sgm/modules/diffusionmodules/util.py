@@ -38,10 +38,7 @@ def make_beta_schedule(
         )
     elif schedule == "cosine":
         # Nichol & Dhariwal (2021), eq. 17.
-        t = (
-            torch.arange(n_timestep + 1, dtype=torch.float64, device="cpu") / n_timestep
-            + cosine_s
-        )
+        t = torch.arange(n_timestep + 1, dtype=torch.float64, device="cpu") / n_timestep + cosine_s
         alphas = torch.cos(t / (1 + cosine_s) * math.pi / 2) ** 2
         alphas = alphas / alphas[0]
         betas = (1 - alphas[1:] / alphas[:-1]).clamp(0, 0.999)
@@ -51,30 +48,23 @@ def make_beta_schedule(
         )
     elif schedule == "sqrt":
         betas = (
-            torch.linspace(
-                linear_start, linear_end, n_timestep, dtype=torch.float64, device="cpu"
-            )
+            torch.linspace(linear_start, linear_end, n_timestep, dtype=torch.float64, device="cpu")
             ** 0.5
         )
     else:
         raise ValueError(
-            f"unknown beta schedule {schedule!r}; expected linear, cosine, "
-            "sqrt_linear or sqrt"
+            f"unknown beta schedule {schedule!r}; expected linear, cosine, sqrt_linear or sqrt"
         )
     return betas.numpy()
 
 
-def extract_into_tensor(
-    a: torch.Tensor, t: torch.Tensor, x_shape: Sequence[int]
-) -> torch.Tensor:
+def extract_into_tensor(a: torch.Tensor, t: torch.Tensor, x_shape: Sequence[int]) -> torch.Tensor:
     """Gather ``a[t]`` per batch element, shaped to broadcast against ``x_shape``."""
     out = a.gather(-1, t)
     return out.reshape(t.shape[0], *((1,) * (len(x_shape) - 1)))
 
 
-def checkpoint(
-    func: Callable, inputs: Sequence, params: Iterable, flag: bool
-) -> torch.Tensor:
+def checkpoint(func: Callable, inputs: Sequence, params: Iterable, flag: bool) -> torch.Tensor:
     """Gradient checkpointing (non-reentrant) when ``flag`` and gradients are on."""
     if flag and torch.is_grad_enabled():
         return _torch_checkpoint(func, *inputs, use_reentrant=False)
@@ -194,9 +184,7 @@ class AlphaBlender(nn.Module):
         if self.merge_strategy == "learned":
             return torch.sigmoid(self.mix_factor)
         if image_only_indicator is None:
-            raise ValueError(
-                "merge_strategy 'learned_with_images' needs image_only_indicator"
-            )
+            raise ValueError("merge_strategy 'learned_with_images' needs image_only_indicator")
         alpha = torch.where(
             image_only_indicator.bool(),
             torch.ones(1, 1, device=image_only_indicator.device),

@@ -92,9 +92,7 @@ class VideoUNet(VideoUNetBase):
         super().__init__()
         if context_dim is None:
             raise ConfigError("VideoUNet needs context_dim")
-        self._init_heads(
-            num_heads, num_head_channels, num_heads_upsample, dropout, use_checkpoint
-        )
+        self._init_heads(num_heads, num_head_channels, num_heads_upsample, dropout, use_checkpoint)
         self._dims, self._scale_shift = dims, use_scale_shift_norm
         self._merge = dict(merge_strategy=merge_strategy, merge_factor=merge_factor)
         self._kernel = plain_kernel(video_kernel_size)
@@ -114,14 +112,21 @@ class VideoUNet(VideoUNetBase):
             max_time_embed_period=max_ddpm_temb_period,
         )
         self._build(
-            in_channels=in_channels, model_channels=model_channels,
-            out_channels=out_channels, num_res_blocks=num_res_blocks,
-            attention_resolutions=attention_resolutions, channel_mult=channel_mult,
-            conv_resample=conv_resample, dims=dims, num_classes=num_classes,
-            adm_in_channels=adm_in_channels, transformer_depth=transformer_depth,
+            in_channels=in_channels,
+            model_channels=model_channels,
+            out_channels=out_channels,
+            num_res_blocks=num_res_blocks,
+            attention_resolutions=attention_resolutions,
+            channel_mult=channel_mult,
+            conv_resample=conv_resample,
+            dims=dims,
+            num_classes=num_classes,
+            adm_in_channels=adm_in_channels,
+            transformer_depth=transformer_depth,
             transformer_depth_middle=transformer_depth_middle,
-            resblock_updown=resblock_updown, time_downup=time_downup,
-        )  # fmt: skip
+            resblock_updown=resblock_updown,
+            time_downup=time_downup,
+        )
 
     def _resblock(self, ch, out_ch, down=False, up=False):
         return VideoResBlock(
@@ -230,9 +235,7 @@ class SpatialUNetModelWithTime(VideoUNetBase):
             raise ConfigError(
                 "context_dim must be set exactly when use_spatial_transformer is True"
             )
-        self._init_heads(
-            num_heads, num_head_channels, num_heads_upsample, dropout, use_checkpoint
-        )
+        self._init_heads(num_heads, num_head_channels, num_heads_upsample, dropout, use_checkpoint)
         self.use_temporal_resblocks = use_temporal_resblock
         self._legacy, self._spatial_tf = legacy, use_spatial_transformer
         self._motion = use_motion_attention
@@ -241,34 +244,52 @@ class SpatialUNetModelWithTime(VideoUNetBase):
             dims=dims, use_checkpoint=use_checkpoint, use_scale_shift_norm=use_scale_shift_norm
         )
         self._time_res_kw = dict(
-            merge_factor=time_block_merge_factor, merge_strategy=time_block_merge_strategy,
-            time_kernel_size=plain_kernel(time_kernel_size), time_mix_legacy=time_mix_legacy,
+            merge_factor=time_block_merge_factor,
+            merge_strategy=time_block_merge_strategy,
+            time_kernel_size=plain_kernel(time_kernel_size),
+            time_mix_legacy=time_mix_legacy,
             replicate_bug=replicate_time_mix_bug,
-        )  # fmt: skip
+        )
         self._attn_kw = dict(
-            context_dim=context_dim, time_context_dim=time_context_dim, dropout=dropout,
-            ff_in=extra_ff_mix_layer, use_spatial_context=use_spatial_context,
-            merge_strategy=time_block_merge_strategy, merge_factor=time_block_merge_factor,
-            checkpoint=use_checkpoint, use_linear=use_linear_in_transformer,
-            attn_mode=spatial_transformer_attn_type, disable_self_attn=False,
+            context_dim=context_dim,
+            time_context_dim=time_context_dim,
+            dropout=dropout,
+            ff_in=extra_ff_mix_layer,
+            use_spatial_context=use_spatial_context,
+            merge_strategy=time_block_merge_strategy,
+            merge_factor=time_block_merge_factor,
+            checkpoint=use_checkpoint,
+            use_linear=use_linear_in_transformer,
+            attn_mode=spatial_transformer_attn_type,
+            disable_self_attn=False,
             disable_temporal_crossattention=disable_temporal_crossattention,
-            time_mix_legacy=time_mix_legacy, max_time_embed_period=max_ddpm_temb_period,
-        )  # fmt: skip
+            time_mix_legacy=time_mix_legacy,
+            max_time_embed_period=max_ddpm_temb_period,
+        )
         self._motion_kw = dict(
-            motion_context_dim=motion_context_dim, use_camera_emb=use_camera_emb,
+            motion_context_dim=motion_context_dim,
+            use_camera_emb=use_camera_emb,
             use_3d_attention=use_3d_attention,
             separate_motion_merge_factor=separate_motion_merge_factor,
-            adm_in_channels=adm_in_channels, merge_factor_motion=motion_block_merge_factor,
-        )  # fmt: skip
+            adm_in_channels=adm_in_channels,
+            merge_factor_motion=motion_block_merge_factor,
+        )
         self._build(
-            in_channels=in_channels, model_channels=model_channels,
-            out_channels=out_channels, num_res_blocks=num_res_blocks,
-            attention_resolutions=attention_resolutions, channel_mult=channel_mult,
-            conv_resample=conv_resample, dims=dims, num_classes=num_classes,
-            adm_in_channels=adm_in_channels, transformer_depth=transformer_depth,
+            in_channels=in_channels,
+            model_channels=model_channels,
+            out_channels=out_channels,
+            num_res_blocks=num_res_blocks,
+            attention_resolutions=attention_resolutions,
+            channel_mult=channel_mult,
+            conv_resample=conv_resample,
+            dims=dims,
+            num_classes=num_classes,
+            adm_in_channels=adm_in_channels,
+            transformer_depth=transformer_depth,
             transformer_depth_middle=transformer_depth_middle,
-            resblock_updown=resblock_updown, time_downup=time_downup,
-        )  # fmt: skip
+            resblock_updown=resblock_updown,
+            time_downup=time_downup,
+        )
 
     def _heads(self, ch: int) -> tuple[int, int]:
         num_heads, dim_head = super()._heads(ch)
@@ -277,8 +298,15 @@ class SpatialUNetModelWithTime(VideoUNetBase):
         return num_heads, dim_head
 
     def _resblock(self, ch, out_ch, down=False, up=False):
-        kw = dict(channels=ch, emb_channels=4 * self.model_channels, dropout=self.dropout,
-                  out_channels=out_ch, down=down, up=up, **self._res_kw)  # fmt: skip
+        kw = dict(
+            channels=ch,
+            emb_channels=4 * self.model_channels,
+            dropout=self.dropout,
+            out_channels=out_ch,
+            down=down,
+            up=up,
+            **self._res_kw,
+        )
         if self.use_temporal_resblocks:
             return PostHocResBlockWithTime(**kw, **self._time_res_kw)
         return ResBlock(**kw)
@@ -287,20 +315,24 @@ class SpatialUNetModelWithTime(VideoUNetBase):
         kw = self._attn_kw
         if not self._spatial_tf:
             return PostHocAttentionBlockWithTimeMixing(
-                ch, num_heads, dim_head, use_checkpoint=self.use_checkpoint,
-                use_new_attention_order=self._new_order, dropout=self.dropout,
-                ff_in=kw["ff_in"], use_spatial_context=kw["use_spatial_context"],
-                merge_strategy=kw["merge_strategy"], merge_factor=kw["merge_factor"],
+                ch,
+                num_heads,
+                dim_head,
+                use_checkpoint=self.use_checkpoint,
+                use_new_attention_order=self._new_order,
+                dropout=self.dropout,
+                ff_in=kw["ff_in"],
+                use_spatial_context=kw["use_spatial_context"],
+                merge_strategy=kw["merge_strategy"],
+                merge_factor=kw["merge_factor"],
                 attn_mode=kw["attn_mode"],
                 disable_temporal_crossattention=kw["disable_temporal_crossattention"],
-            )  # fmt: skip
+            )
         if self._motion:
             return PostHocSpatialTransformerWithTimeMixingAndMotion(
                 ch, num_heads, dim_head, depth=depth, **kw, **self._motion_kw
             )
-        return PostHocSpatialTransformerWithTimeMixing(
-            ch, num_heads, dim_head, depth=depth, **kw
-        )
+        return PostHocSpatialTransformerWithTimeMixing(ch, num_heads, dim_head, depth=depth, **kw)
 
     def forward(
         self,

@@ -53,7 +53,9 @@ class DiagonalGaussianDistribution:
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """``mean + std * eps``, eps drawn on the mean's device (optionally seeded)."""
         eps = torch.randn(
-            self.mean.shape, generator=generator, device=self.mean.device,
+            self.mean.shape,
+            generator=generator,
+            device=self.mean.device,
             dtype=self.mean.dtype,
         )
         return self.mean + self.std * eps
@@ -75,7 +77,9 @@ class DiagonalGaussianDistribution:
             dim=self._dims(),
         )
 
-    def nll(self, sample: torch.Tensor, dims: list[int] | tuple[int, ...] = (1, 2, 3)) -> torch.Tensor:
+    def nll(
+        self, sample: torch.Tensor, dims: list[int] | tuple[int, ...] = (1, 2, 3)
+    ) -> torch.Tensor:
         """Negative log-likelihood of ``sample``, summed over ``dims``."""
         if self.deterministic:
             return torch.zeros(1, device=self.mean.device)
@@ -96,8 +100,7 @@ def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
     if tensor is None:
         raise ValueError("normal_kl needs at least one tensor argument")
     logvar1, logvar2 = (
-        x if isinstance(x, torch.Tensor) else torch.tensor(x).to(tensor)
-        for x in (logvar1, logvar2)
+        x if isinstance(x, torch.Tensor) else torch.tensor(x).to(tensor) for x in (logvar1, logvar2)
     )
     return 0.5 * (
         -1.0

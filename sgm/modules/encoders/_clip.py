@@ -12,8 +12,7 @@ from torch import nn
 
 from ...errors import ConfigError
 from ...util import autocast
-from ._base import AbstractEmbModel, buffer_device, building_on, module_device
-from ._base import resolve_init_device
+from ._base import AbstractEmbModel, buffer_device, building_on, module_device, resolve_init_device
 from ._tokenizers import HFTokenizer, has_tokenizer_files, hf_clip_l_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -74,9 +73,9 @@ def build_clip_text_model(version: str, init_device: torch.device) -> Any:
     path = Path(version)
     has_weights = path.is_dir() and any((path / f).is_file() for f in WEIGHT_FILES)
     if has_weights and init_device.type != "meta":
-        model = CLIPTextModel.from_pretrained(
-            str(path), config=config, local_files_only=True
-        ).to(init_device)
+        model = CLIPTextModel.from_pretrained(str(path), config=config, local_files_only=True).to(
+            init_device
+        )
     else:
         with building_on(init_device):
             model = CLIPTextModel(config)
@@ -169,9 +168,7 @@ class FrozenCLIPEmbedder(AbstractEmbModel):
         self, text: str | Sequence[str]
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         tokens = self.tokenizer(text).to(module_device(self.transformer))
-        outputs = self.transformer(
-            input_ids=tokens, output_hidden_states=self.layer == "hidden"
-        )
+        outputs = self.transformer(input_ids=tokens, output_hidden_states=self.layer == "hidden")
         if self.layer == "last":
             z = outputs.last_hidden_state
         elif self.layer == "pooled":

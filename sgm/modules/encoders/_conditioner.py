@@ -44,9 +44,7 @@ class GeneralConditioner(nn.Module):
 
     def __init__(self, emb_models: Sequence[Mapping[str, Any]]) -> None:
         super().__init__()
-        embedders = [
-            self._build_embedder(n, config) for n, config in enumerate(emb_models or [])
-        ]
+        embedders = [self._build_embedder(n, config) for n, config in enumerate(emb_models or [])]
         self.embedders = nn.ModuleList(embedders)
 
     @staticmethod
@@ -185,6 +183,5 @@ def _batch_value(batch: Mapping[str, Any], key: str) -> Any:
         return batch[key]
     except KeyError:
         raise InputError(
-            f"conditioner input {key!r} missing from the batch; it has "
-            f"{sorted(map(str, batch))}"
+            f"conditioner input {key!r} missing from the batch; it has {sorted(map(str, batch))}"
         ) from None

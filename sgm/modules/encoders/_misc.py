@@ -13,8 +13,7 @@ from torch import nn
 
 from ...errors import ConfigError
 from ...util import default, instantiate_from_config
-from ..diffusionmodules.util import extract_into_tensor, make_beta_schedule
-from ..diffusionmodules.util import timestep_embedding
+from ..diffusionmodules.util import extract_into_tensor, make_beta_schedule, timestep_embedding
 from ._base import AbstractEmbModel
 
 
@@ -173,9 +172,7 @@ class LowScaleEncoder(nn.Module):
         cosine_s: float = 8e-3,
     ) -> None:
         """Register the DDPM schedule buffers (betas, cumulative alphas and roots)."""
-        betas = make_beta_schedule(
-            beta_schedule, timesteps, linear_start, linear_end, cosine_s
-        )
+        betas = make_beta_schedule(beta_schedule, timesteps, linear_start, linear_end, cosine_s)
         alphas_cumprod = np.cumprod(1.0 - betas, axis=0)
         self.num_timesteps = int(betas.shape[0])
         self.linear_start = linear_start
@@ -200,8 +197,7 @@ class LowScaleEncoder(nn.Module):
         noise = default(noise, lambda: torch.randn_like(x_start))
         return (
             extract_into_tensor(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start
-            + extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape)
-            * noise
+            + extract_into_tensor(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * noise
         )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,8 +14,7 @@ from torch import nn
 
 from ...errors import ConfigError
 from ...util import autocast, expand_dims_like
-from ._base import AbstractEmbModel, buffer_device, building_on, module_device
-from ._base import resolve_init_device
+from ._base import AbstractEmbModel, buffer_device, building_on, module_device, resolve_init_device
 from ._tokenizers import open_clip_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -180,9 +179,7 @@ class FrozenOpenCLIPEmbedder2(AbstractEmbModel):
                 f"FrozenOpenCLIPEmbedder2 layer must be 'last' or 'penultimate', got {layer!r}"
             )
         if always_return_pooled and legacy:
-            raise ConfigError(
-                "FrozenOpenCLIPEmbedder2: always_return_pooled needs legacy=False"
-            )
+            raise ConfigError("FrozenOpenCLIPEmbedder2: always_return_pooled needs legacy=False")
         self.model = build_open_clip(arch, version, "text", resolve_init_device())
         self.max_length = max_length
         self.tokenizer = open_clip_tokenizer(self.model.context_length)

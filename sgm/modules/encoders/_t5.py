@@ -40,9 +40,7 @@ def build_t5_encoder(path: Path, init_device: torch.device):
 
     has_weights = any((path / f).is_file() for f in WEIGHT_FILES)
     if has_weights and init_device.type != "meta":
-        return T5EncoderModel.from_pretrained(str(path), local_files_only=True).to(
-            init_device
-        )
+        return T5EncoderModel.from_pretrained(str(path), local_files_only=True).to(init_device)
     config = T5Config.from_pretrained(str(path), local_files_only=True)
     with building_on(init_device):
         return T5EncoderModel(config)

@@ -47,9 +47,7 @@ class VideoPredictionEmbedderWithEncoder(AbstractEmbModel):
             else None
         )
         self.sigma_cond = (
-            instantiate_from_config(sigma_cond_config)
-            if sigma_cond_config is not None
-            else None
+            instantiate_from_config(sigma_cond_config) if sigma_cond_config is not None else None
         )
         self.is_ae = is_ae
         self.scale_factor = scale_factor

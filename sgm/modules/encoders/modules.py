@@ -5,6 +5,7 @@ from __future__ import annotations
 from ._base import AbstractEmbModel
 from ._clip import FrozenCLIPEmbedder
 from ._conditioner import GeneralConditioner
+from ._gaussian import GaussianEncoder
 from ._misc import (
     ClassEmbedder,
     ClassEmbedderForMultiCond,
@@ -46,12 +47,3 @@ __all__ = [
     "SpatialRescaler",
     "VideoPredictionEmbedderWithEncoder",
 ]
-
-
-def __getattr__(name: str):
-    # GaussianEncoder subclasses the VAE encoder; import it only when asked for.
-    if name == "GaussianEncoder":
-        from ._gaussian import GaussianEncoder
-
-        return GaussianEncoder
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

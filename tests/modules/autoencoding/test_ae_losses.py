@@ -26,7 +26,9 @@ def reference_lpips():
 
 def test_lpips_from_a_full_state_dict_matches_the_lpips_package(reference_lpips, tmp_path):
     path = tmp_path / "lpips_full.pt"
-    torch.save({k: v for k, v in reference_lpips.state_dict().items() if not k.startswith("lins.")}, path)
+    torch.save(
+        {k: v for k, v in reference_lpips.state_dict().items() if not k.startswith("lins.")}, path
+    )
     ours = LPIPS(weights_path=path).eval()
     a, b = torch.rand(2, 3, 64, 64) * 2 - 1, torch.rand(2, 3, 64, 64) * 2 - 1
     with torch.no_grad():
@@ -48,7 +50,9 @@ def test_lpips_from_heads_plus_torchvision_vgg_file(reference_lpips, tmp_path, m
     monkeypatch.setenv("SGM_LPIPS_WEIGHTS", heads)
     monkeypatch.setenv("SGM_LPIPS_VGG16_WEIGHTS", str(tmp_path / "vgg16-397923af.pth"))
     ours = LPIPS().eval()
-    torch.testing.assert_close(ours.lin2.model[1].weight, load_state_dict(heads)["lin2.model.1.weight"])
+    torch.testing.assert_close(
+        ours.lin2.model[1].weight, load_state_dict(heads)["lin2.model.1.weight"]
+    )
     a, b = torch.rand(1, 3, 48, 48) * 2 - 1, torch.rand(1, 3, 48, 48) * 2 - 1
     with torch.no_grad():
         torch.testing.assert_close(ours(a, b), reference_lpips(a, b), atol=1e-5, rtol=1e-5)
@@ -58,8 +62,13 @@ def test_lpips_without_weights_names_the_file_needed(tmp_path, monkeypatch):
     monkeypatch.delenv("SGM_LPIPS_VGG16_WEIGHTS", raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     heads = tmp_path / "vgg.pth"
-    torch.save({f"lin{i}.model.1.weight": torch.zeros(1, c, 1, 1)
-                for i, c in enumerate([64, 128, 256, 512, 512])}, heads)
+    torch.save(
+        {
+            f"lin{i}.model.1.weight": torch.zeros(1, c, 1, 1)
+            for i, c in enumerate([64, 128, 256, 512, 512])
+        },
+        heads,
+    )
     with pytest.raises(CheckpointError, match="vgg16-397923af.pth"):
         LPIPS(weights_path=heads)
     with pytest.raises(CheckpointError, match="not found"):
@@ -96,9 +105,15 @@ def test_discriminator_losses_closed_form():
 
 
 def _loss(**kwargs):
-    params = dict(disc_start=2, perceptual_weight=0.0, learn_logvar=True, logvar_init=0.3,
-                  regularization_weights={"kl_loss": 0.5}, disc_num_layers=1,
-                  lpips_kwargs={"pretrained": False})
+    params = dict(
+        disc_start=2,
+        perceptual_weight=0.0,
+        learn_logvar=True,
+        logvar_init=0.3,
+        regularization_weights={"kl_loss": 0.5},
+        disc_num_layers=1,
+        lpips_kwargs={"pretrained": False},
+    )
     return GeneralLPIPSWithDiscriminator(**{**params, **kwargs})
 
 
@@ -106,8 +121,14 @@ def test_generator_loss_before_disc_start_is_weighted_nll_plus_regularization():
     loss_fn = _loss()
     x, xrec = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
     kl = torch.tensor(3.0)
-    loss, log = loss_fn(x, xrec, regularization_log={"kl_loss": kl}, optimizer_idx=0,
-                        global_step=0, last_layer=torch.zeros(1, requires_grad=True))
+    loss, log = loss_fn(
+        x,
+        xrec,
+        regularization_log={"kl_loss": kl},
+        optimizer_idx=0,
+        global_step=0,
+        last_layer=torch.zeros(1, requires_grad=True),
+    )
     lv = torch.tensor(0.3)
     nll = ((x - xrec).abs() / lv.exp() + lv).sum() / 2
     torch.testing.assert_close(loss, nll + 0.5 * kl)
@@ -126,11 +147,14 @@ def test_adaptive_weight_is_the_ratio_of_last_layer_gradient_norms():
 def test_discriminator_step_after_disc_start_uses_hinge_loss():
     loss_fn = _loss()
     x, xrec = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16)
-    d_loss, log = loss_fn(x, xrec, regularization_log={}, optimizer_idx=1, global_step=5,
-                          last_layer=None)
+    d_loss, log = loss_fn(
+        x, xrec, regularization_log={}, optimizer_idx=1, global_step=5, last_layer=None
+    )
     with torch.no_grad():
         expected = hinge_d_loss(loss_fn.discriminator(x), loss_fn.discriminator(xrec))
     torch.testing.assert_close(d_loss, expected)
     assert set(log) == {"train/loss/disc", "train/logits/real", "train/logits/fake"}
-    zero, _ = loss_fn(x, xrec, regularization_log={}, optimizer_idx=1, global_step=0, last_layer=None)
+    zero, _ = loss_fn(
+        x, xrec, regularization_log={}, optimizer_idx=1, global_step=0, last_layer=None
+    )
     assert zero == 0

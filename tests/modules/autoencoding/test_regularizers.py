@@ -86,7 +86,9 @@ def test_measure_perplexity_of_uniform_usage_is_codebook_size():
 
 def test_ema_quantizer_codebook_moves_towards_assigned_vectors():
     vq = EMAVectorQuantizer(n_embed=4, embedding_dim=2, beta=0.25, decay=0.5, eps=0.0)
-    vq.embedding.weight.data = torch.tensor([[0.0, 0.0], [10.0, 10.0], [-10.0, 10.0], [10.0, -10.0]])
+    vq.embedding.weight.data = torch.tensor(
+        [[0.0, 0.0], [10.0, 10.0], [-10.0, 10.0], [10.0, -10.0]]
+    )
     vq.embedding.embed_avg.data = vq.embedding.weight.data.clone()
     vq.embedding.cluster_size.data.fill_(1.0)
     z = torch.tensor([[1.0, 1.0], [9.0, 9.0]]).reshape(2, 2, 1, 1)

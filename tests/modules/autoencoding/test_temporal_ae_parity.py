@@ -17,8 +17,16 @@ from sgm.util import instantiate_from_config
 
 ROOT = Path(__file__).resolve().parents[3]
 TINY = dict(
-    double_z=True, z_channels=4, resolution=32, in_channels=3, out_ch=3, ch=32,
-    ch_mult=[1, 2], num_res_blocks=2, attn_resolutions=[], dropout=0.0,
+    double_z=True,
+    z_channels=4,
+    resolution=32,
+    in_channels=3,
+    out_ch=3,
+    ch=32,
+    ch_mult=[1, 2],
+    num_res_blocks=2,
+    attn_resolutions=[],
+    dropout=0.0,
 )
 # diffusers builds its mid block from layers_per_block resnets, so num_res_blocks=2 here.
 
@@ -40,7 +48,9 @@ def decoders():
 
     torch.manual_seed(0)
     ours = _randomize(VideoDecoder(**TINY, video_kernel_size=[3, 1, 1])).eval()
-    ref = TemporalDecoder(in_channels=4, out_channels=3, block_out_channels=(32, 64), layers_per_block=2).eval()
+    ref = TemporalDecoder(
+        in_channels=4, out_channels=3, block_out_channels=(32, 64), layers_per_block=2
+    ).eval()
     ref.load_state_dict(to_diffusers(ours.state_dict(), len(TINY["ch_mult"])), strict=True)
     return ours, ref
 
@@ -71,11 +81,15 @@ def test_svd_first_stage_keys_match_diffusers():
     from diffusers import AutoencoderKLTemporalDecoder
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
-    cfg = OmegaConf.load(ROOT / "configs" / "inference" / "svd.yaml").model.params.first_stage_config
+    cfg = OmegaConf.load(
+        ROOT / "configs" / "inference" / "svd.yaml"
+    ).model.params.first_stage_config
     with torch.device("meta"):
         ours = instantiate_from_config(cfg)
         ref = AutoencoderKLTemporalDecoder(
-            block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+            block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2,
+            latent_channels=4,
             down_block_types=("DownEncoderBlock2D",) * 4,
         )
     state = ours.state_dict()
@@ -85,10 +99,14 @@ def test_svd_first_stage_keys_match_diffusers():
     encoder = {k: v for k, v in state.items() if k.startswith("encoder.")}
     converted = convert_ldm_vae_checkpoint(
         encoder,
-        {"block_out_channels": [128, 256, 512, 512], "layers_per_block": 2,
-         "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4},
+        {
+            "block_out_channels": [128, 256, 512, 512],
+            "layers_per_block": 2,
+            "down_block_types": ["DownEncoderBlock2D"] * 4,
+            "up_block_types": ["UpDecoderBlock2D"] * 4,
+        },
     )
-    decoder = {k[len("decoder."):]: v for k, v in state.items() if k.startswith("decoder.")}
+    decoder = {k[len("decoder.") :]: v for k, v in state.items() if k.startswith("decoder.")}
     converted.update({f"decoder.{k}": v for k, v in to_diffusers(decoder, 4).items()})
     ref_state = {k: v for k, v in ref.state_dict().items() if not k.startswith("quant_conv")}
     assert set(converted) == set(ref_state)

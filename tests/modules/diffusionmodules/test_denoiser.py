@@ -142,9 +142,7 @@ def test_sigma_samplers():
     torch.manual_seed(3)
     torch.testing.assert_close(EDMSampling()(5), torch.exp(-1.2 + 1.2 * draws))
     rand = torch.tensor([-1.0, 0.0, 2.0])
-    torch.testing.assert_close(
-        EDMSampling(0.5, 2.0)(3, rand=rand), torch.exp(0.5 + 2.0 * rand)
-    )
+    torch.testing.assert_close(EDMSampling(0.5, 2.0)(3, rand=rand), torch.exp(0.5 + 2.0 * rand))
     ds = DiscreteSampling(DDPM, num_idx=1000)
     torch.testing.assert_close(ds(2, rand=torch.tensor([0, 999])), ds.sigmas[[0, 999]])
     assert ds(64).shape == (64,)

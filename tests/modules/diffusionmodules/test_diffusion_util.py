@@ -17,7 +17,9 @@ def test_timestep_embedding_closed_form():
     t = torch.tensor([0.0, 3.0, 999.0])
     emb = timestep_embedding(t, 6)
     freqs = [math.exp(-math.log(10000) * i / 3) for i in range(3)]
-    expected = [[math.cos(s * f) for f in freqs] + [math.sin(s * f) for f in freqs] for s in t.tolist()]
+    expected = [
+        [math.cos(s * f) for f in freqs] + [math.sin(s * f) for f in freqs] for s in t.tolist()
+    ]
     assert torch.allclose(emb, torch.tensor(expected), atol=1e-4)
     assert timestep_embedding(t, 7).shape == (3, 7)
 

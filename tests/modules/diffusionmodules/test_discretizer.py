@@ -14,14 +14,10 @@ from sgm.modules.diffusionmodules.discretizer import (
 from sgm.util import instantiate_from_config
 
 
-@pytest.mark.parametrize(
-    "n,smin,smax,rho", [(10, 0.002, 80.0, 7.0), (25, 0.03, 14.61, 3.0)]
-)
+@pytest.mark.parametrize("n,smin,smax,rho", [(10, 0.002, 80.0, 7.0), (25, 0.03, 14.61, 3.0)])
 def test_edm_is_karras_formula(n, smin, smax, rho):
     i = np.arange(n, dtype=np.float64)
-    karras = (
-        smax ** (1 / rho) + i / (n - 1) * (smin ** (1 / rho) - smax ** (1 / rho))
-    ) ** rho
+    karras = (smax ** (1 / rho) + i / (n - 1) * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
     sigmas = EDMDiscretization(smin, smax, rho)(n)
     assert sigmas.shape == (n + 1,) and sigmas[-1] == 0
     np.testing.assert_allclose(sigmas[:-1].numpy(), karras, rtol=2e-6)

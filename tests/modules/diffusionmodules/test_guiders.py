@@ -15,9 +15,7 @@ from sgm.modules.diffusionmodules.guiders import (
 
 
 def _pair(batch, value_u, value_c, shape=(2, 2)):
-    return torch.cat(
-        [torch.full((batch, *shape), value_u), torch.full((batch, *shape), value_c)]
-    )
+    return torch.cat([torch.full((batch, *shape), value_u), torch.full((batch, *shape), value_c)])
 
 
 def test_vanilla_cfg_value():
@@ -91,9 +89,7 @@ def test_linear_guider_doubles_additional_keys():
     assert c2["cond_view"].shape[0] == 4 and torch.all(c2["cond_view"][:2] == 0)
     assert c2["vector"].shape[0] == 4
     assert c2["cond_motion"] is c["cond_motion"]
-    assert LinearPredictionGuider(
-        2.0, 2, additional_cond_keys="a"
-    ).additional_cond_keys == ["a"]
+    assert LinearPredictionGuider(2.0, 2, additional_cond_keys="a").additional_cond_keys == ["a"]
 
 
 def test_linear_guider_rejects_batch_not_multiple_of_frames():
@@ -113,9 +109,7 @@ def test_linear_guider_rejects_batch_not_multiple_of_frames():
     ],
 )
 def test_triangle_prediction_guider(period, fusing, wave):
-    g = TrianglePredictionGuider(
-        3.0, 5, min_scale=1.0, period=period, period_fusing=fusing
-    )
+    g = TrianglePredictionGuider(3.0, 5, min_scale=1.0, period=period, period_fusing=fusing)
     assert _per_frame(g, 5) == pytest.approx([1 + 2 * w for w in wave])
 
 

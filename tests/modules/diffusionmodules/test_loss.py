@@ -121,9 +121,7 @@ def test_batch2model_keys_forwarded_and_conditioner_used():
         "txt": ["a", "b"],
     }
     loss_fn = _loss(
-        batch2model_keys=ListConfig(
-            ["image_only_indicator", "num_video_frames", "absent"]
-        )
+        batch2model_keys=ListConfig(["image_only_indicator", "num_video_frames", "absent"])
     )
     loss_fn(
         net,
@@ -153,7 +151,5 @@ def test_lpips_loss_built_lazily(monkeypatch):
     monkeypatch.setitem(sys.modules, "sgm.modules.autoencoding.lpips.loss.lpips", fake)
     loss_fn = _loss(loss_type="lpips")
     assert isinstance(loss_fn.lpips, FakeLPIPS) and not loss_fn.lpips.training
-    out = loss_fn.get_loss(
-        torch.ones(2, 3, 4, 4), torch.zeros(2, 3, 4, 4), torch.ones(2, 1, 1, 1)
-    )
+    out = loss_fn.get_loss(torch.ones(2, 3, 4, 4), torch.zeros(2, 3, 4, 4), torch.ones(2, 1, 1, 1))
     torch.testing.assert_close(out, torch.ones(2))

@@ -77,12 +77,18 @@ def test_no_host_sync_inside_the_loop(monkeypatch, name, kwargs, disc, guider):
     x = torch.randn(2, 2, 3, 3, generator=torch.Generator().manual_seed(0))
     c = {"vector": torch.full((2, 1), 0.2)}
     uc = {"vector": torch.zeros(2, 1)}
-    reference = sampler(denoiser, x, c, uc, generator=torch.Generator().manual_seed(1),
-                        shift=0.1)
+    reference = sampler(denoiser, x, c, uc, generator=torch.Generator().manual_seed(1), shift=0.1)
     seen = []
     _trap_loop(sampler, monkeypatch)
-    out = sampler(denoiser, x, c, uc, generator=torch.Generator().manual_seed(1),
-                  callback=lambda info: seen.append(info["i"]), shift=0.1)
+    out = sampler(
+        denoiser,
+        x,
+        c,
+        uc,
+        generator=torch.Generator().manual_seed(1),
+        callback=lambda info: seen.append(info["i"]),
+        shift=0.1,
+    )
     assert seen == list(range(6))
     assert torch.equal(out, reference)
 

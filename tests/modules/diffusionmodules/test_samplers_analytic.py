@@ -45,9 +45,7 @@ class MixtureDenoiser:
         sigma = sigma.reshape(-1, *([1] * x.ndim)).to(torch.float64)
         xk = x.to(torch.float64)[..., None]
         var = self.s**2 + sigma**2
-        log_r = (
-            torch.log(self.w) - 0.5 * torch.log(var) - 0.5 * (xk - self.mu) ** 2 / var
-        )
+        log_r = torch.log(self.w) - 0.5 * torch.log(var) - 0.5 * (xk - self.mu) ** 2 / var
         r = torch.softmax(log_r, dim=-1)
         means = self.mu + self.s**2 / var * (xk - self.mu)
         return (r * means).sum(-1).to(x.dtype)
@@ -63,9 +61,7 @@ def test_gaussian_statistics(name, kwargs, steps):
     mu, s = 1.5, 0.5
     x = torch.randn(4096, 1, 2, 2, generator=torch.Generator().manual_seed(0))
     sampler = _sampler(name, kwargs, steps)
-    out = sampler(
-        GaussianDenoiser(mu, s), x, {}, generator=torch.Generator().manual_seed(1)
-    )
+    out = sampler(GaussianDenoiser(mu, s), x, {}, generator=torch.Generator().manual_seed(1))
     # The start N(0, 1 + sigma_max^2) is off by mu from the marginal: bias ~ mu s/80.
     assert abs(out.mean().item() - mu) < 0.03
     assert abs(out.std().item() - s) < 0.03
@@ -94,9 +90,7 @@ def _ode_error(name, num_steps):
     mu, s = 1.0, 0.5
     den = GaussianDenoiser(mu, s)
     sampler = _sampler(name, {}, num_steps)
-    noise = torch.randn(
-        64, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5)
-    )
+    noise = torch.randn(64, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     sigmas = sampler.discretization(num_steps).to(torch.float64)
     s_max, s_min = sigmas[0], sigmas[-2]
     x_start = noise * torch.sqrt(1.0 + sampler.discretization(num_steps)[0] ** 2.0)
@@ -138,9 +132,7 @@ def test_generator_reproducibility_and_isolation():
         sampler = _sampler(name, kwargs, 6)
         state = torch.get_rng_state()
         a = sampler(den, x, {}, generator=torch.Generator().manual_seed(7))
-        assert torch.equal(
-            torch.get_rng_state(), state
-        )  # the global stream is untouched
+        assert torch.equal(torch.get_rng_state(), state)  # the global stream is untouched
         b = sampler(den, x, {}, generator=torch.Generator().manual_seed(7))
         c = sampler(den, x, {}, generator=torch.Generator().manual_seed(8))
         assert torch.equal(a, b) and not torch.allclose(a, c)
@@ -164,9 +156,7 @@ def test_input_not_modified_and_device_follows_input():
 
 def test_num_steps_required():
     with pytest.raises(ValueError, match="num_steps"):
-        _sampler("EulerEDMSampler", {}, None)(
-            GaussianDenoiser(0.0, 1.0), torch.zeros(1), {}
-        )
+        _sampler("EulerEDMSampler", {}, None)(GaussianDenoiser(0.0, 1.0), torch.zeros(1), {})
 
 
 @pytest.mark.gpu

@@ -10,8 +10,8 @@ Documented differences from k-diffusion, each tested below:
 """
 
 import importlib.metadata
-import inspect
 import importlib.util
+import inspect
 import pathlib
 import subprocess
 import sys
@@ -33,9 +33,7 @@ STEPS = 12
 @pytest.fixture(scope="module")
 def K():
     """k_diffusion.sampling loaded by path (the package __init__ needs wandb/clip)."""
-    root = pathlib.Path(
-        importlib.metadata.distribution("k-diffusion").locate_file("k_diffusion")
-    )
+    root = pathlib.Path(importlib.metadata.distribution("k-diffusion").locate_file("k_diffusion"))
     saved = {k: sys.modules.get(k) for k in ("k_diffusion", "torchdiffeq")}
     pkg = types.ModuleType("k_diffusion")
     pkg.__path__ = [str(root)]
@@ -44,9 +42,7 @@ def K():
         stub = types.ModuleType("torchdiffeq")
         stub.odeint = None  # only the ODE log-likelihood uses it
         sys.modules["torchdiffeq"] = stub
-    spec = importlib.util.spec_from_file_location(
-        "k_diffusion.sampling", root / "sampling.py"
-    )
+    spec = importlib.util.spec_from_file_location("k_diffusion.sampling", root / "sampling.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     yield module
@@ -68,16 +64,12 @@ def mixture_denoiser(x, sigma, cond=None):
     sigma = sigma.reshape(-1, *([1] * x.ndim))
     var = s**2 + sigma**2
     xk = x[..., None]
-    r = torch.softmax(
-        torch.log(w) - 0.5 * torch.log(var) - 0.5 * (xk - mu) ** 2 / var, -1
-    )
+    r = torch.softmax(torch.log(w) - 0.5 * torch.log(var) - 0.5 * (xk - mu) ** 2 / var, -1)
     return (r * (mu + s**2 / var * (xk - mu))).sum(-1)
 
 
 def _ours(name, disc=EDM, **kwargs):
-    return getattr(sampling, name)(
-        discretization_config=disc, num_steps=STEPS, **kwargs
-    )
+    return getattr(sampling, name)(discretization_config=disc, num_steps=STEPS, **kwargs)
 
 
 def _kd_start(sampler, x):
@@ -232,20 +224,13 @@ def test_lms_coefficients_match_exact_and_quadrature(K, disc):
 
                 def basis(tau, order=order, i=i, j=j):
                     return np.prod(
-                        [
-                            (tau - t[i - k]) / (t[i - j] - t[i - k])
-                            for k in range(order)
-                            if k != j
-                        ]
+                        [(tau - t[i - k]) / (t[i - j] - t[i - k]) for k in range(order) if k != j]
                     )
 
                 quad = integrate.quad(basis, t[i], t[i + 1], epsrel=1e-12)[0]
                 assert abs(ours - quad) <= 1e-12 * scale
                 # k-diffusion integrates in the sigmas' float32 with epsrel=1e-4.
-                assert (
-                    abs(ours - K.linear_multistep_coeff(order, t32, i, j))
-                    <= 1e-5 * scale
-                )
+                assert abs(ours - K.linear_multistep_coeff(order, t32, i, j)) <= 1e-5 * scale
     with pytest.raises(ValueError, match="Order 3 too high for step 1"):
         sampling_utils.linear_multistep_coeff(3, t, 1, 0)
 
@@ -259,9 +244,7 @@ def test_small_helpers_match_k_diffusion(K):
             torch.testing.assert_close(down[n], kd_down)
             torch.testing.assert_close(up[n], kd_up)
     x, den = torch.randn(3, 2, 2), torch.randn(3, 2, 2)
-    torch.testing.assert_close(
-        sampling_utils.to_d(x, s_from, den), K.to_d(x, s_from, den)
-    )
+    torch.testing.assert_close(sampling_utils.to_d(x, s_from, den), K.to_d(x, s_from, den))
     torch.testing.assert_close(
         sampling_utils.to_sigma(sampling_utils.to_neg_log_sigma(s_from)), s_from
     )
@@ -299,9 +282,7 @@ class _KwargsDenoiser:
 
 
 @pytest.mark.parametrize("name,kwargs,kd_name", CONTRACT, ids=[c[0] for c in CONTRACT])
-def test_every_sampler_forwards_kwargs_and_reports_steps_like_k_diffusion(
-    K, name, kwargs, kd_name
-):
+def test_every_sampler_forwards_kwargs_and_reports_steps_like_k_diffusion(K, name, kwargs, kd_name):
     """One table for every sampler: ``**denoiser_kwargs`` reach each network call and
     ``callback`` gets k-diffusion's per-step dictionary, value for value."""
     sampler = _ours(name, **kwargs)
@@ -313,8 +294,12 @@ def test_every_sampler_forwards_kwargs_and_reports_steps_like_k_diffusion(
     ours = sampler(ours_den, x, {}, callback=ours_steps.append, **extra)
     torch.manual_seed(11)
     theirs = getattr(K, kd_name)(
-        kd_den, _kd_start(sampler, x), sampler.discretization(STEPS), extra_args=extra,
-        callback=kd_steps.append, disable=True,
+        kd_den,
+        _kd_start(sampler, x),
+        sampler.discretization(STEPS),
+        extra_args=extra,
+        callback=kd_steps.append,
+        disable=True,
     )
     _assert_matches(name, ours, theirs)
     assert len(ours_den.calls) == len(kd_den.calls) >= STEPS
@@ -333,7 +318,14 @@ def test_every_sampler_forwards_kwargs_and_reports_steps_like_k_diffusion(
 def test_every_sampler_has_one_signature(name):
     params = inspect.signature(getattr(sampling, name).__call__).parameters
     assert list(params) == [
-        "self", "denoiser", "x", "cond", "uc", "num_steps", "generator", "callback",
+        "self",
+        "denoiser",
+        "x",
+        "cond",
+        "uc",
+        "num_steps",
+        "generator",
+        "callback",
         "denoiser_kwargs",
     ]
     assert params["denoiser_kwargs"].kind is inspect.Parameter.VAR_KEYWORD
@@ -357,8 +349,12 @@ def _hand_loop(sampler, denoiser, x, gammas=None, **kw):
 
 @pytest.mark.parametrize(
     "name,kwargs",
-    [("HeunEDMSampler", {"s_churn": 2.0}), ("DPMPP2SAncestralSampler", {"eta": 0.7}),
-     ("EulerAncestralSampler", {}), ("DPMPP2MSampler", {})],
+    [
+        ("HeunEDMSampler", {"s_churn": 2.0}),
+        ("DPMPP2SAncestralSampler", {"eta": 0.7}),
+        ("EulerAncestralSampler", {}),
+        ("DPMPP2MSampler", {}),
+    ],
 )
 def test_sampler_step_loop_equals_the_sampler_bit_for_bit(name, kwargs):
     sampler = _ours(name, **kwargs)

@@ -62,9 +62,7 @@ def test_resampling_3d_closed_form():
     down = Downsample(4, False, dims=3)(torch.randn(1, 4, 2, 4, 4))
     assert down.shape == (1, 4, 2, 2, 2)
     x = torch.randn(1, 4, 4, 4, 4)
-    torch.testing.assert_close(
-        Downsample(4, False, dims=3, third_down=True)(x), F.avg_pool3d(x, 2)
-    )
+    torch.testing.assert_close(Downsample(4, False, dims=3, third_down=True)(x), F.avg_pool3d(x, 2))
     conv_down = Downsample(4, True, dims=3, out_channels=8)
     assert conv_down.op.stride == (1, 2, 2) and conv_down.op.out_channels == 8
 

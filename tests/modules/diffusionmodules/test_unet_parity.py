@@ -171,17 +171,13 @@ def test_sequential_projection_and_scale_shift_norm_match_diffusers():
     x, t, context = _inputs(ctx=64)
     y = torch.randn(2, 24)
     with torch.no_grad():
-        assert_close(
-            ours(x, t, context, y), theirs(x, t, context, class_labels=y).sample
-        )
+        assert_close(ours(x, t, context, y), theirs(x, t, context, class_labels=y).sample)
 
 
 @pytest.mark.slow
 def test_full_size_sdxl_matches_diffusers_at_small_latents():
     params = OmegaConf.to_container(
-        OmegaConf.load(
-            "configs/inference/sd_xl_base.yaml"
-        ).model.params.network_config.params
+        OmegaConf.load("configs/inference/sd_xl_base.yaml").model.params.network_config.params
     )
     start = time.perf_counter()
     ours = UNetModel(**params)

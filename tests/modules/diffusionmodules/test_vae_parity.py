@@ -19,8 +19,16 @@ from sgm.util import instantiate_from_config
 
 ROOT = Path(__file__).resolve().parents[3]
 TINY = dict(
-    double_z=True, z_channels=4, resolution=32, in_channels=3, out_ch=3, ch=32,
-    ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], dropout=0.0,
+    double_z=True,
+    z_channels=4,
+    resolution=32,
+    in_channels=3,
+    out_ch=3,
+    ch=32,
+    ch_mult=[1, 2],
+    num_res_blocks=1,
+    attn_resolutions=[],
+    dropout=0.0,
 )
 
 
@@ -32,8 +40,14 @@ def _diffusers_vae(state_dict, ddconfig, image_size):
     )
 
     ckpt = {f"first_stage_model.{k}": v for k, v in state_dict.items()}
-    original = {"model": {"params": {"scale_factor": 0.18215,
-                                     "first_stage_config": {"params": {"ddconfig": ddconfig}}}}}
+    original = {
+        "model": {
+            "params": {
+                "scale_factor": 0.18215,
+                "first_stage_config": {"params": {"ddconfig": ddconfig}},
+            }
+        }
+    }
     config = create_vae_diffusers_config_from_ldm(original, ckpt, image_size=image_size)
     converted = convert_ldm_vae_checkpoint(ckpt, config)
     return DiffusersAutoencoderKL, config, converted
@@ -55,7 +69,9 @@ def _randomize(model):
 @pytest.mark.parametrize("attn_type", ["vanilla", "vanilla-xformers"])
 def test_encode_decode_match_diffusers(attn_type):
     dd = {**TINY, "attn_type": attn_type}
-    ours = _randomize(AutoencoderKLModeOnly(embed_dim=4, ddconfig=dd, lossconfig={"target": "torch.nn.Identity"})).eval()
+    ours = _randomize(
+        AutoencoderKLModeOnly(embed_dim=4, ddconfig=dd, lossconfig={"target": "torch.nn.Identity"})
+    ).eval()
     cls, config, converted = _diffusers_vae(ours.state_dict(), dd, image_size=32)
     ref = cls(**config).eval()
     ref.load_state_dict(converted, strict=True)
@@ -69,7 +85,9 @@ def test_encode_decode_match_diffusers(attn_type):
 
 
 def test_sampling_encoder_draws_from_the_posterior():
-    model = _randomize(AutoencoderKL(embed_dim=4, ddconfig=TINY, lossconfig={"target": "torch.nn.Identity"}))
+    model = _randomize(
+        AutoencoderKL(embed_dim=4, ddconfig=TINY, lossconfig={"target": "torch.nn.Identity"})
+    )
     x = torch.randn(1, 3, 32, 32).expand(64, -1, -1, -1)
     with torch.no_grad():
         mean, logvar = model.encode_moments(x[:1]).chunk(2, dim=1)

@@ -87,7 +87,9 @@ def test_sv4d_layout(name, svd_shapes):
                 expected[k] = (v[0], 1280)
     assert core == expected
     extras = {k: v for k, v in ours.items() if MOTION_EXTRAS.search(k)}
-    attention_layers = {k.split(".time_mix_blocks.")[0] for k in ours if ".time_mix_blocks.0.attn1" in k}
+    attention_layers = {
+        k.split(".time_mix_blocks.")[0] for k in ours if ".time_mix_blocks.0.attn1" in k
+    }
     assert len(attention_layers) == 16
     for layer in attention_layers:
         for k, v in ours.items():

@@ -12,11 +12,20 @@ from sgm.modules.diffusionmodules.video_model import SpatialUNetModelWithTime, V
 from sgm.modules.encoders.modules import ConcatTimestepEmbedderND
 
 TINY = dict(
-    in_channels=8, out_channels=4, model_channels=32, num_res_blocks=1,
-    attention_resolutions=[1, 2], channel_mult=[1, 2], num_head_channels=16,
-    use_linear_in_transformer=True, transformer_depth=1, context_dim=24,
-    num_classes="sequential", extra_ff_mix_layer=True, use_spatial_context=True,
-)  # fmt: skip
+    in_channels=8,
+    out_channels=4,
+    model_channels=32,
+    num_res_blocks=1,
+    attention_resolutions=[1, 2],
+    channel_mult=[1, 2],
+    num_head_channels=16,
+    use_linear_in_transformer=True,
+    transformer_depth=1,
+    context_dim=24,
+    num_classes="sequential",
+    extra_ff_mix_layer=True,
+    use_spatial_context=True,
+)
 
 
 def _randomize(model: torch.nn.Module) -> None:
@@ -27,8 +36,13 @@ def _randomize(model: torch.nn.Module) -> None:
 
 
 def _video_unet(**kw) -> VideoUNet:
-    return VideoUNet(**TINY, adm_in_channels=40, merge_strategy="learned_with_images",
-                     video_kernel_size=[3, 1, 1], **kw)  # fmt: skip
+    return VideoUNet(
+        **TINY,
+        adm_in_channels=40,
+        merge_strategy="learned_with_images",
+        video_kernel_size=[3, 1, 1],
+        **kw,
+    )
 
 
 def _sv3d_vector(cond_aug, polars, azimuths):
@@ -51,15 +65,23 @@ def test_sv3d_camera_conditioning_path():
     assert y.shape == (frames, 40)
     # closed form of the sinusoidal embedding: [cos(a * f_i), sin(a * f_i)], f_i = 1e4^(-i/8)
     freqs = torch.exp(-math.log(10000) * torch.arange(8) / 8)
-    expected = torch.cat([torch.cos(azimuths[:, None] * freqs), torch.sin(azimuths[:, None] * freqs)], 1)
+    expected = torch.cat(
+        [torch.cos(azimuths[:, None] * freqs), torch.sin(azimuths[:, None] * freqs)], 1
+    )
     torch.testing.assert_close(y[:, 24:], expected)
     x = torch.randn(frames, 8, 8, 8)
     t = torch.full((frames,), 0.7)
     with torch.no_grad():
         emb = model._embedding(x, t, y)
         manual = model.time_embed(timestep_embedding(t, 32)) + model.label_emb(y)
-        out = model(x, t, context=torch.randn(frames, 1, 24), y=y, num_video_frames=frames,
-                    image_only_indicator=torch.zeros(1, frames))  # fmt: skip
+        out = model(
+            x,
+            t,
+            context=torch.randn(frames, 1, 24),
+            y=y,
+            num_video_frames=frames,
+            image_only_indicator=torch.zeros(1, frames),
+        )
     torch.testing.assert_close(emb, manual)
     assert out.shape == (frames, 4, 8, 8)
     assert torch.isfinite(out).all()
@@ -75,21 +97,34 @@ SV4D_VARIANTS = {
 def _sv4d(**kw) -> SpatialUNetModelWithTime:
     tiny = {k: v for k, v in TINY.items() if k != "num_classes"}
     return SpatialUNetModelWithTime(
-        **tiny, num_classes="sequential", adm_in_channels=128, legacy=False,
-        use_spatial_transformer=True, use_motion_attention=True, motion_context_dim=4,
-        time_block_merge_strategy="learned_with_images", time_block_merge_factor=0.0,
-        time_kernel_size=[3, 1, 1], time_mix_legacy=False, replicate_time_mix_bug=True, **kw,
-    )  # fmt: skip
+        **tiny,
+        num_classes="sequential",
+        adm_in_channels=128,
+        legacy=False,
+        use_spatial_transformer=True,
+        use_motion_attention=True,
+        motion_context_dim=4,
+        time_block_merge_strategy="learned_with_images",
+        time_block_merge_factor=0.0,
+        time_kernel_size=[3, 1, 1],
+        time_mix_legacy=False,
+        replicate_time_mix_bug=True,
+        **kw,
+    )
 
 
 def _sv4d_inputs(b=1, t=2, v=2, h=8):
     n = b * t * v
     return dict(
-        x=torch.randn(n, 8, h, h), timesteps=torch.full((n,), 0.5),
-        context=torch.randn(b, t, 24), y=torch.randn(n, 128),
-        cond_view=torch.randn(b * v, 4, h, h), cond_motion=torch.randn(b * t, 4, h, h),
-        num_video_frames=t * v, image_only_indicator=torch.zeros(b, t * v),
-    )  # fmt: skip
+        x=torch.randn(n, 8, h, h),
+        timesteps=torch.full((n,), 0.5),
+        context=torch.randn(b, t, 24),
+        y=torch.randn(n, 128),
+        cond_view=torch.randn(b * v, 4, h, h),
+        cond_motion=torch.randn(b * t, 4, h, h),
+        num_video_frames=t * v,
+        image_only_indicator=torch.zeros(b, t * v),
+    )
 
 
 @pytest.mark.parametrize("variant", sorted(SV4D_VARIANTS))
@@ -109,10 +144,12 @@ def _train(model, steps=2, seed=0):
     x = torch.randn(2 * frames, 8, 8, 8, generator=gen)
     target = torch.randn(2 * frames, 4, 8, 8, generator=gen)
     batch = dict(
-        timesteps=torch.rand(2 * frames, generator=gen), context=torch.randn(2 * frames, 1, 24, generator=gen),
-        y=torch.randn(2 * frames, 40, generator=gen), num_video_frames=frames,
+        timesteps=torch.rand(2 * frames, generator=gen),
+        context=torch.randn(2 * frames, 1, 24, generator=gen),
+        y=torch.randn(2 * frames, 40, generator=gen),
+        num_video_frames=frames,
         image_only_indicator=torch.zeros(2, frames),
-    )  # fmt: skip
+    )
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses, grads = [], None
     for _ in range(steps):

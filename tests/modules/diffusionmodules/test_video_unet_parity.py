@@ -26,21 +26,35 @@ def _models():
     from diffusers import UNetSpatioTemporalConditionModel
 
     ours = VideoUNet(
-        in_channels=8, out_channels=4, model_channels=MC, num_res_blocks=NRB,
-        attention_resolutions=[1, 2], channel_mult=list(MULT), num_head_channels=HEAD_CH,
-        use_linear_in_transformer=True, transformer_depth=1, context_dim=CTX,
-        num_classes="sequential", adm_in_channels=ADM, extra_ff_mix_layer=True,
-        use_spatial_context=True, merge_strategy="learned_with_images",
+        in_channels=8,
+        out_channels=4,
+        model_channels=MC,
+        num_res_blocks=NRB,
+        attention_resolutions=[1, 2],
+        channel_mult=list(MULT),
+        num_head_channels=HEAD_CH,
+        use_linear_in_transformer=True,
+        transformer_depth=1,
+        context_dim=CTX,
+        num_classes="sequential",
+        adm_in_channels=ADM,
+        extra_ff_mix_layer=True,
+        use_spatial_context=True,
+        merge_strategy="learned_with_images",
         video_kernel_size=[3, 1, 1],
-    )  # fmt: skip
+    )
     theirs = UNetSpatioTemporalConditionModel(
-        in_channels=8, out_channels=4, block_out_channels=tuple(MC * m for m in MULT),
+        in_channels=8,
+        out_channels=4,
+        block_out_channels=tuple(MC * m for m in MULT),
         down_block_types=("CrossAttnDownBlockSpatioTemporal",) * 2 + ("DownBlockSpatioTemporal",),
         up_block_types=("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * 2,
-        layers_per_block=NRB, cross_attention_dim=CTX, addition_time_embed_dim=16,
+        layers_per_block=NRB,
+        cross_attention_dim=CTX,
+        addition_time_embed_dim=16,
         projection_class_embeddings_input_dim=ADM,
         num_attention_heads=tuple(MC * m // HEAD_CH for m in MULT),
-    )  # fmt: skip
+    )
     return ours.eval(), theirs.eval()
 
 

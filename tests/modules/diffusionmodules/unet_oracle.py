@@ -21,9 +21,7 @@ def diffusers_config(params: dict) -> dict:
         "model": {
             "params": {
                 "network_config": {"params": params},
-                "first_stage_config": {
-                    "params": {"ddconfig": {"ch_mult": [1, 2, 4, 4]}}
-                },
+                "first_stage_config": {"params": {"ddconfig": {"ch_mult": [1, 2, 4, 4]}}},
             }
         }
     }

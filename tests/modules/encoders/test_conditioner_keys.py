@@ -36,11 +36,7 @@ def open_clip_shapes(arch, drop):
 
     with torch.device("meta"):
         model = open_clip.create_model(arch, pretrained=None, device="meta")
-    return {
-        k: tuple(v.shape)
-        for k, v in model.state_dict().items()
-        if not k.startswith(drop)
-    }
+    return {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith(drop)}
 
 
 def clip_l_shapes():

@@ -133,9 +133,7 @@ def test_dim_routing_and_passthrough_keys():
 
 def test_ucg_dropout_statistics():
     n, rate = 4000, 0.3
-    conditioner = GeneralConditioner(
-        [cte("x", 8, ucg_rate=rate), cte("y", 8, ucg_rate=0.6)]
-    )
+    conditioner = GeneralConditioner([cte("x", 8, ucg_rate=rate), cte("y", 8, ucg_rate=0.6)])
     values = torch.rand(n) * 100 + 1
     out = conditioner({"x": values, "y": values})["vector"]
     full = sinusoid(values.numpy(), 8)

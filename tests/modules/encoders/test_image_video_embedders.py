@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 
 from sgm.modules.encoders.modules import (
     FrozenOpenCLIPImageEmbedder,
@@ -72,8 +71,10 @@ def test_image_embedder_downsampling_uses_kornia_antialias(image_embedder, refer
 
 @torch.no_grad()
 def test_prediction_embedder_layout(tiny_arch, image_embedder):
-    config = {"target": "sgm.modules.encoders.modules.FrozenOpenCLIPImageEmbedder",
-              "params": {"arch": tiny_arch}}
+    config = {
+        "target": "sgm.modules.encoders.modules.FrozenOpenCLIPImageEmbedder",
+        "params": {"arch": tiny_arch},
+    }
     embedder = FrozenOpenCLIPImagePredictionEmbedder(config, n_cond_frames=2, n_copies=3)
     embedder.open_clip.load_state_dict(image_embedder.state_dict())
     frames = torch.rand(4, 3, 32, 32) * 2 - 1  # 2 samples x 2 frames
@@ -92,9 +93,16 @@ def tiny_vae_config():
         "params": {
             "embed_dim": 4,
             "ddconfig": {
-                "double_z": True, "z_channels": 4, "resolution": 16, "in_channels": 3,
-                "out_ch": 3, "ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1,
-                "attn_resolutions": [], "dropout": 0.0,
+                "double_z": True,
+                "z_channels": 4,
+                "resolution": 16,
+                "in_channels": 3,
+                "out_ch": 3,
+                "ch": 32,
+                "ch_mult": [1, 2],
+                "num_res_blocks": 1,
+                "attn_resolutions": [],
+                "dropout": 0.0,
             },
             "lossconfig": {"target": "torch.nn.Identity"},
         },
@@ -104,8 +112,12 @@ def tiny_vae_config():
 @torch.no_grad()
 def test_video_embedder_single_frame_copies():
     embedder = VideoPredictionEmbedderWithEncoder(
-        n_cond_frames=1, n_copies=3, encoder_config=tiny_vae_config(), is_ae=True,
-        scale_factor=0.18215, en_and_decode_n_samples_a_time=1,
+        n_cond_frames=1,
+        n_copies=3,
+        encoder_config=tiny_vae_config(),
+        is_ae=True,
+        scale_factor=0.18215,
+        en_and_decode_n_samples_a_time=1,
     ).eval()
     frames = torch.rand(2, 3, 16, 16) * 2 - 1
     latents = embedder.encoder.encode(frames) * 0.18215
@@ -114,17 +126,25 @@ def test_video_embedder_single_frame_copies():
     for i in range(6):
         torch.testing.assert_close(out[i], latents[i // 3], atol=1e-6, rtol=0)
     assert {k.split(".")[1] for k in embedder.state_dict()} == {
-        "encoder", "decoder", "quant_conv", "post_quant_conv"
+        "encoder",
+        "decoder",
+        "quant_conv",
+        "post_quant_conv",
     }
 
 
 @torch.no_grad()
 def test_video_embedder_many_frames_with_sigma_cond():
     embedder = VideoPredictionEmbedderWithEncoder(
-        n_cond_frames=4, n_copies=1, encoder_config=tiny_vae_config(), is_ae=True,
+        n_cond_frames=4,
+        n_copies=1,
+        encoder_config=tiny_vae_config(),
+        is_ae=True,
         sigma_sampler_config={"target": "sgm.modules.diffusionmodules.sigma_sampling.ZeroSampler"},
-        sigma_cond_config={"target": "sgm.modules.encoders.modules.ConcatTimestepEmbedderND",
-                           "params": {"outdim": 256}},
+        sigma_cond_config={
+            "target": "sgm.modules.encoders.modules.ConcatTimestepEmbedderND",
+            "params": {"outdim": 256},
+        },
         en_and_decode_n_samples_a_time=3,
     ).eval()
     frames = torch.rand(8, 3, 16, 16) * 2 - 1  # 2 samples x 4 frames
@@ -147,11 +167,15 @@ def _sigma_embedding(sigmas: torch.Tensor, dim: int = 256) -> torch.Tensor:
 @torch.no_grad()
 def test_video_embedder_sigma_rows_follow_the_latents(n_cond_frames, n_copies, rows_per_sample):
     embedder = VideoPredictionEmbedderWithEncoder(
-        n_cond_frames=n_cond_frames, n_copies=n_copies, encoder_config=tiny_vae_config(),
+        n_cond_frames=n_cond_frames,
+        n_copies=n_copies,
+        encoder_config=tiny_vae_config(),
         is_ae=True,
         sigma_sampler_config={"target": "sgm.modules.diffusionmodules.sigma_sampling.ZeroSampler"},
-        sigma_cond_config={"target": "sgm.modules.encoders.modules.ConcatTimestepEmbedderND",
-                           "params": {"outdim": 256}},
+        sigma_cond_config={
+            "target": "sgm.modules.encoders.modules.ConcatTimestepEmbedderND",
+            "params": {"outdim": 256},
+        },
     ).eval()
     sigmas = torch.tensor([0.25, 2.0])  # one noise level per sample
     embedder.sigma_sampler = lambda n: sigmas[:n]

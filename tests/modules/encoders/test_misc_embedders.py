@@ -60,7 +60,9 @@ def test_identity_and_rescaler():
     x = torch.randn(2, 3, 8, 8)
     assert IdentityEncoder()(x) is x
     rescaler = SpatialRescaler(n_stages=2, method="bilinear", multiplier=0.5)
-    expected = F.interpolate(F.interpolate(x, scale_factor=0.5, mode="bilinear"), scale_factor=0.5, mode="bilinear")
+    expected = F.interpolate(
+        F.interpolate(x, scale_factor=0.5, mode="bilinear"), scale_factor=0.5, mode="bilinear"
+    )
     torch.testing.assert_close(rescaler(x), expected)
     mapped = SpatialRescaler(n_stages=1, in_channels=3, out_channels=5, kernel_size=3)
     assert mapped(x).shape == (2, 5, 4, 4)
@@ -81,13 +83,19 @@ class _HalfEncoder(nn.Module):
 
 def test_low_scale_encoder_schedule_and_noise():
     encoder = LowScaleEncoder(
-        {"target": "torch.nn.Identity"}, linear_start=1e-4, linear_end=2e-2, timesteps=1000,
-        max_noise_level=250, output_size=4,
+        {"target": "torch.nn.Identity"},
+        linear_start=1e-4,
+        linear_end=2e-2,
+        timesteps=1000,
+        max_noise_level=250,
+        output_size=4,
     )
     betas = torch.linspace(1e-4**0.5, 2e-2**0.5, 1000, dtype=torch.float64) ** 2
     alphas_cumprod = torch.cumprod(1 - betas, 0)
     torch.testing.assert_close(encoder.alphas_cumprod, alphas_cumprod.float())
-    torch.testing.assert_close(encoder.sqrt_one_minus_alphas_cumprod, (1 - alphas_cumprod).sqrt().float())
+    torch.testing.assert_close(
+        encoder.sqrt_one_minus_alphas_cumprod, (1 - alphas_cumprod).sqrt().float()
+    )
     encoder.model = _HalfEncoder()
     z, level = encoder(torch.randn(3, 4, 8, 8))
     assert z.shape == (3, 2, 4, 4) and level.shape == (3,) and level.max() < 250
@@ -149,11 +157,15 @@ def test_sd21_checkpoint_layout_loads_strictly(tiny_arch, tmp_path):
     class Engine(nn.Module):
         def __init__(self):
             super().__init__()
-            self.conditioner = GeneralConditioner([{
-                "target": "sgm.modules.encoders.modules.FrozenOpenCLIPEmbedder",
-                "params": {"arch": tiny_arch, "layer": "penultimate"},
-                "input_key": "txt",
-            }])
+            self.conditioner = GeneralConditioner(
+                [
+                    {
+                        "target": "sgm.modules.encoders.modules.FrozenOpenCLIPEmbedder",
+                        "params": {"arch": tiny_arch, "layer": "penultimate"},
+                        "input_key": "txt",
+                    }
+                ]
+            )
 
     reference = open_clip.create_model(tiny_arch, pretrained=None)
     legacy = {
@@ -175,8 +187,16 @@ def test_gaussian_encoder_posterior_tokens():
     from sgm.modules.encoders.modules import GaussianEncoder
 
     encoder = GaussianEncoder(
-        weight=0.5, ch=32, out_ch=3, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[],
-        in_channels=3, resolution=16, z_channels=4, double_z=True,
+        weight=0.5,
+        ch=32,
+        out_ch=3,
+        ch_mult=[1, 2],
+        num_res_blocks=1,
+        attn_resolutions=[],
+        in_channels=3,
+        resolution=16,
+        z_channels=4,
+        double_z=True,
     )
     log, z = encoder(torch.randn(2, 3, 16, 16))
     assert z.shape == (2, 8 * 8, 4)

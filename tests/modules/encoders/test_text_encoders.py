@@ -97,7 +97,9 @@ def test_openclip_bad_arguments(tiny_arch):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("layer,layer_idx", [("last", None), ("hidden", 2), ("hidden", -2), ("pooled", None)])
+@pytest.mark.parametrize(
+    "layer,layer_idx", [("last", None), ("hidden", 2), ("hidden", -2), ("pooled", None)]
+)
 def test_clip_embedder_matches_transformers(no_network, clip_dir, layer, layer_idx):
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -153,12 +155,14 @@ def test_clip_embedder_bad_arguments(tmp_path):
 
 @torch.no_grad()
 def test_built_on_meta_then_loaded_equals_real(tiny_arch, reference_clip, clip_dir):
-    real = FrozenOpenCLIPEmbedder2(arch=tiny_arch, layer="penultimate", legacy=False,
-                                   always_return_pooled=True)
+    real = FrozenOpenCLIPEmbedder2(
+        arch=tiny_arch, layer="penultimate", legacy=False, always_return_pooled=True
+    )
     real.model.load_state_dict(text_weights(reference_clip))
     with torch.device("meta"):
-        lazy = FrozenOpenCLIPEmbedder2(arch=tiny_arch, layer="penultimate", legacy=False,
-                                       always_return_pooled=True)
+        lazy = FrozenOpenCLIPEmbedder2(
+            arch=tiny_arch, layer="penultimate", legacy=False, always_return_pooled=True
+        )
     assert lazy.model.token_embedding.weight.is_meta
     lazy.load_state_dict(real.state_dict(), assign=True)
     for a, b in zip(lazy(PROMPTS), real(PROMPTS)):

@@ -54,7 +54,9 @@ class GeneralLPIPSWithDiscriminator(nn.Module):
     ):
         super().__init__()
         if disc_loss not in DISC_LOSSES:
-            raise ValueError(f"unknown disc_loss {disc_loss!r}; expected one of {sorted(DISC_LOSSES)}")
+            raise ValueError(
+                f"unknown disc_loss {disc_loss!r}; expected one of {sorted(DISC_LOSSES)}"
+            )
         self.dims = dims
         if dims > 2:
             logger.info("dims=%d: LPIPS is applied to each frame independently", dims)
@@ -67,7 +69,11 @@ class GeneralLPIPSWithDiscriminator(nn.Module):
             discriminator_config,
             {
                 "target": "sgm.modules.autoencoding.lpips.model.model.NLayerDiscriminator",
-                "params": {"input_nc": disc_in_channels, "n_layers": disc_num_layers, "use_actnorm": False},
+                "params": {
+                    "input_nc": disc_in_channels,
+                    "n_layers": disc_num_layers,
+                    "use_actnorm": False,
+                },
             },
         )
         self.discriminator = instantiate_from_config(discriminator_config).apply(weights_init)
@@ -75,7 +81,9 @@ class GeneralLPIPSWithDiscriminator(nn.Module):
         self.disc_loss = DISC_LOSSES[disc_loss]
         self.disc_factor = disc_factor
         self.discriminator_weight = disc_weight
-        self.regularization_weights = {k: float(v) for k, v in (regularization_weights or {}).items()}
+        self.regularization_weights = {
+            k: float(v) for k, v in (regularization_weights or {}).items()
+        }
         self.additional_log_keys = set(additional_log_keys or [])
         self.additional_log_keys.update(self.regularization_weights)
 
@@ -96,7 +104,9 @@ class GeneralLPIPSWithDiscriminator(nn.Module):
         logits_fake = self.discriminator(reconstructions.contiguous())
         high = max(logits_fake.abs().max().item(), logits_real.abs().max().item(), 1e-8)
         maps = [
-            F.interpolate(logits / high, size=inputs.shape[-2:], mode="nearest").expand(-1, 3, -1, -1)
+            F.interpolate(logits / high, size=inputs.shape[-2:], mode="nearest").expand(
+                -1, 3, -1, -1
+            )
             for logits in (logits_real, logits_fake)
         ]
         return {"vis_logits": torch.cat(maps, dim=-1)}
@@ -130,7 +140,9 @@ class GeneralLPIPSWithDiscriminator(nn.Module):
         weights: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict]:
         if self.scale_input_to_tgt_size:
-            inputs = F.interpolate(inputs, reconstructions.shape[2:], mode="bicubic", antialias=True)
+            inputs = F.interpolate(
+                inputs, reconstructions.shape[2:], mode="bicubic", antialias=True
+            )
         if self.dims > 2:
             inputs, reconstructions = (
                 rearrange(x, "b c t h w -> (b t) c h w") for x in (inputs, reconstructions)
@@ -141,7 +153,13 @@ class GeneralLPIPSWithDiscriminator(nn.Module):
             rec_loss = rec_loss + self.perceptual_weight * p_loss
         if optimizer_idx == 0:
             return self._generator_loss(
-                rec_loss, reconstructions, regularization_log, global_step, last_layer, split, weights
+                rec_loss,
+                reconstructions,
+                regularization_log,
+                global_step,
+                last_layer,
+                split,
+                weights,
             )
         if optimizer_idx == 1:
             return self._discriminator_loss(inputs, reconstructions, global_step, split)
@@ -150,8 +168,9 @@ class GeneralLPIPSWithDiscriminator(nn.Module):
     def _gan_active(self, global_step: int) -> bool:
         return global_step >= self.discriminator_iter_start or not self.training
 
-    def _generator_loss(self, rec_loss, reconstructions, regularization_log, global_step,
-                        last_layer, split, weights):
+    def _generator_loss(
+        self, rec_loss, reconstructions, regularization_log, global_step, last_layer, split, weights
+    ):
         nll_loss, weighted_nll_loss = self.get_nll_loss(rec_loss, weights)
         if self._gan_active(global_step):
             logits_fake = self.discriminator(reconstructions.contiguous())

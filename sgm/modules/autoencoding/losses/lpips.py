@@ -61,7 +61,9 @@ class LatentLPIPS(nn.Module):
             perceptual_loss = self.perceptual_loss(
                 image_targets.contiguous(), image_reconstructions.contiguous()
             )
-            loss = self.latent_weight * loss.mean() + self.perceptual_weight * perceptual_loss.mean()
+            loss = (
+                self.latent_weight * loss.mean() + self.perceptual_weight * perceptual_loss.mean()
+            )
             log[f"{split}/perceptual_loss"] = perceptual_loss.mean().detach()
         if self.perceptual_weight_on_inputs > 0.0:
             if image_reconstructions is None:

@@ -15,6 +15,4 @@ def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.
 
 def vanilla_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
     """Non-saturating GAN loss: ``0.5 * (mean(softplus(-real)) + mean(softplus(fake)))``."""
-    return 0.5 * (
-        torch.mean(F.softplus(-logits_real)) + torch.mean(F.softplus(logits_fake))
-    )
+    return 0.5 * (torch.mean(F.softplus(-logits_real)) + torch.mean(F.softplus(logits_fake)))

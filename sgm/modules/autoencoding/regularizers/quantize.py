@@ -54,7 +54,9 @@ class AbstractQuantizer(AbstractRegularizer):
         new = match.argmax(-1)
         unknown = match.sum(2) < 1
         if self.unknown_index == "random":
-            new[unknown] = torch.randint(0, self.re_embed, size=new[unknown].shape, device=new.device)
+            new[unknown] = torch.randint(
+                0, self.re_embed, size=new[unknown].shape, device=new.device
+            )
         else:
             new[unknown] = self.unknown_index
         return new.reshape(ishape)
@@ -316,7 +318,9 @@ class VectorQuantizerWithInputProjection(VectorQuantizer):
         super().__init__(n_codes, codebook_dim, beta, **kwargs)
         self.proj_in = nn.Linear(input_dim, codebook_dim)
         self.output_dim = output_dim
-        self.proj_out = nn.Linear(codebook_dim, output_dim) if output_dim is not None else nn.Identity()
+        self.proj_out = (
+            nn.Linear(codebook_dim, output_dim) if output_dim is not None else nn.Identity()
+        )
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, dict]:
         in_shape = z.shape

@@ -164,7 +164,7 @@ def vgg_features_to_lpips(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
             continue
         index = int(key.split(".")[1])
         slice_id = next(i for i, end in enumerate(_SLICE_ENDS, 1) if index < end)
-        out[f"net.slice{slice_id}.{key[len('features.'):]}"] = value
+        out[f"net.slice{slice_id}.{key[len('features.') :]}"] = value
     return out
 
 
@@ -185,8 +185,10 @@ def _find_lin_weights(path) -> Path:
         if shipped.is_file():
             return shipped
     raise _missing(
-        "its linear-head weights", f"{LIN_FILE}, md5 d507d7349b931f0638a25a48a722f98a",
-        WEIGHTS_ENV, " (the `lpips` pip package ships this file)",
+        "its linear-head weights",
+        f"{LIN_FILE}, md5 d507d7349b931f0638a25a48a722f98a",
+        WEIGHTS_ENV,
+        " (the `lpips` pip package ships this file)",
     )
 
 
@@ -200,5 +202,6 @@ def _find_vgg_weights(path, lin_file: Path) -> Path:
         return cached
     raise _missing(
         f"the VGG16 ImageNet backbone ({lin_file} holds only the linear heads)",
-        f"torchvision's {VGG16_FILE}", VGG_WEIGHTS_ENV,
+        f"torchvision's {VGG16_FILE}",
+        VGG_WEIGHTS_ENV,
     )

@@ -24,7 +24,9 @@ def weights_init(m: nn.Module) -> None:
 class NLayerDiscriminator(nn.Module):
     """PatchGAN discriminator: (B, input_nc, H, W) -> patch logits (B, 1, h, w)."""
 
-    def __init__(self, input_nc: int = 3, ndf: int = 64, n_layers: int = 3, use_actnorm: bool = False):
+    def __init__(
+        self, input_nc: int = 3, ndf: int = 64, n_layers: int = 3, use_actnorm: bool = False
+    ):
         super().__init__()
         norm_layer = ActNorm if use_actnorm else nn.BatchNorm2d
         base = norm_layer.func if isinstance(norm_layer, functools.partial) else norm_layer
