@@ -141,9 +141,16 @@ class LinearPredictionGuider(Guider):
         x_u = rearrange(x_u, "(b t) ... -> b t ...", t=self.num_frames)
         x_c = rearrange(x_c, "(b t) ... -> b t ...", t=self.num_frames)
         # (1, t) -> (b, t, 1, ...)
-        scale = self.scale.expand(x_u.shape[0], -1)
-        scale = append_dims(scale, x_u.ndim).to(x_u.device)
+        scale = append_dims(self._scale_on(x_u.device).expand(x_u.shape[0], -1), x_u.ndim)
         return rearrange(cfg_combine(x_u, x_c, scale), "b t ... -> (b t) ...")
+
+    def _scale_on(self, device: torch.device) -> torch.Tensor:
+        """``self.scale`` on ``device``, copied once per device rather than once per step."""
+        cached = getattr(self, "_scale_cache", None)
+        if cached is None or cached[0] is not self.scale or cached[1].device != device:
+            cached = (self.scale, self.scale.to(device))
+            self._scale_cache = cached
+        return cached[1]
 
     def prepare_inputs(
         self, x: torch.Tensor, s: torch.Tensor, c: Cond, uc: Cond

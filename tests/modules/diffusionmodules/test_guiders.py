@@ -92,6 +92,27 @@ def test_linear_guider_doubles_additional_keys():
     assert LinearPredictionGuider(2.0, 2, additional_cond_keys="a").additional_cond_keys == ["a"]
 
 
+def test_per_frame_scale_reaches_the_device_once(monkeypatch):
+    # Each copy of the scale to an accelerator is a host->device transfer inside the sampling
+    # loop; the meta device stands in for one. Steps after the first must not copy again.
+    g = LinearPredictionGuider(max_scale=2.0, num_frames=3)
+    copies = []
+    original_to = torch.Tensor.to
+
+    def recording_to(self, *args, **kwargs):
+        if self is g.scale:
+            copies.append(args or kwargs)
+        return original_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", recording_to)
+    x = torch.zeros(12, 4, device="meta")
+    for _ in range(5):
+        assert g(x, None).device.type == "meta"
+    assert len(copies) == 1
+    g.scale = torch.full((1, 3), 7.0)  # a new scale is used, not the stale copy
+    assert _per_frame(g, 3) == [7.0, 7.0, 7.0]
+
+
 def test_linear_guider_rejects_batch_not_multiple_of_frames():
     with pytest.raises(ValueError, match="num_frames=3"):
         LinearPredictionGuider(2.0, 3)(torch.zeros(8, 1), None)
