@@ -232,6 +232,8 @@ ROWS: list[tuple[str, str, list[str], str]] = [
     (CONVERT, "file as folder", ["to_sgm", "{file}", "out.safetensors"], "{file}"),
     # ---------------------------------------------------------------- demo/detect
     (DETECT, "missing path", [], "PATH"),
+    (DETECT, "missing path", ["{image}", "{missing}"], "{missing}"),
+    (DETECT, "missing path", ["{image}", "{missing}/*.png"], "no file matches"),
     (DETECT, "unknown flag", ["--bogus", "{image}"], "--bogus"),
     # ------------------------------------------- demo/gradio_app (must not start serving)
     (GRADIO, "wrong type", ["--port=abc"], "--port"),

@@ -6,7 +6,8 @@ Takes files, folders (their images) and glob patterns. For each image it prints 
 of the 48 watermark bits match and a verdict: up to 27 matching bits "not watermarked",
 up to 33 "partial match", up to 35 "likely watermarked", more "watermarked". Files that
 cannot be read (or are below 256x256 pixels) are reported and skipped. Ends with a
-summary line; the exit status is 0 unless the command line itself is wrong.
+summary line. Exit status: 0 when every file was checked, 1 when some could not be read,
+2 (before anything is read) when an argument names no file at all.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from sgm.cli import ArgumentParser, run
+from sgm.errors import InputError
 from sgm.inference.watermark import VERDICTS, WATERMARK_BITS, detect_watermark
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
@@ -60,6 +62,13 @@ def check_file(path: str) -> tuple[int, str]:
     return detect_watermark(rgb)
 
 
+def check_arguments(patterns: Sequence[str]) -> None:
+    """Raise InputError for the first argument that names nothing to check."""
+    for path, problem in expand(patterns):
+        if problem is not None:
+            raise InputError(f"{path}: {problem}")
+
+
 def detect(patterns: Sequence[str]) -> Counter:
     """Print one line per file and a summary; returns the count of each verdict."""
     counts: Counter = Counter()
@@ -87,7 +96,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "paths", nargs="+", metavar="PATH", help="image files, folders of images or glob patterns"
     )
     args = parser.parse_args(argv)
-    return run(lambda: detect(args.paths), prog="detect.py")
+
+    unreadable = 0
+
+    def job() -> None:
+        nonlocal unreadable
+        check_arguments(args.paths)
+        unreadable = detect(args.paths)[UNREADABLE]
+
+    return run(job, prog="detect.py") or (1 if unreadable else 0)
 
 
 if __name__ == "__main__":
