@@ -240,11 +240,17 @@ ROWS: list[tuple[str, str, list[str], str]] = [
     (GRADIO, "out of range", ["--num_steps=0"], "--num_steps"),
     (GRADIO, "unknown flag", ["--portt=1"], "--portt=1"),
     (GRADIO, "unavailable device", ["--device=cuda"], "cuda"),
+    (GRADIO, "file as folder", ["--outputs={file}"], "{file}"),
+    (GRADIO, "file as folder", ["--outputs={file}/demo"], "{file}"),
+    (GRADIO, "missing path", ["--ckpt={missing}"], "{missing}"),
+    (GRADIO, "missing path", ["--checkpoints={missing}"], "{missing}"),
     (GRADIO_4D, "wrong type", ["--port=abc"], "--port"),
     (GRADIO_4D, "out of range", ["--img_size=100"], "--img_size"),
     (GRADIO_4D, "out of range", ["--sv3d_version=sv3d_x"], "--sv3d_version"),
     (GRADIO_4D, "unknown flag", ["--portt=1"], "--portt=1"),
     (GRADIO_4D, "unavailable device", ["--device=cuda"], "cuda"),
+    (GRADIO_4D, "file as folder", ["--outputs={file}"], "{file}"),
+    (GRADIO_4D, "missing path", ["--ckpt={missing}"], "{missing}"),
 ]
 
 # Rows that only make sense on a machine without the named hardware.

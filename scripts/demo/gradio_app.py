@@ -13,13 +13,11 @@ import sys
 from collections.abc import Sequence
 
 from sgm.cli import ArgumentParser, positive_int, run
+from sgm.demo.gradio_launch import add_server_arguments, page_parser, serve
 
 
 def build_parser() -> ArgumentParser:
-    from sgm.demo.options import add_page_arguments
-
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_page_arguments(parser)
+    parser = page_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--num_steps", type=positive_int, default=30)
     parser.add_argument(
         "--decoding_t",
@@ -32,33 +30,22 @@ def build_parser() -> ArgumentParser:
         action="store_true",
         help="keep the model on the host, move parts to the device as they run",
     )
-    parser.add_argument("--server_name", default="127.0.0.1")
-    parser.add_argument("--port", type=positive_int, default=7860)
-    parser.add_argument(
-        "--share",
-        action="store_true",
-        help="also serve through a public Gradio link (off by default)",
-    )
+    add_server_arguments(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
-    def serve() -> None:
+    def build(options):
         from sgm.demo.gradio_svd import SvdApp, build_demo
-        from sgm.demo.options import demo_options
 
-        options = demo_options(parsed=args)
         app = SvdApp(
             options, steps=args.num_steps, decoding_t=args.decoding_t, low_vram=args.low_vram
         )
-        demo = build_demo(app)
-        demo.queue(max_size=20).launch(
-            share=args.share, server_name=args.server_name, server_port=args.port
-        )
+        return build_demo(app)
 
-    return run(serve, prog="gradio_app.py")
+    return run(lambda: serve(args, build, max_queue=20), prog="gradio_app.py")
 
 
 if __name__ == "__main__":

@@ -16,14 +16,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from sgm.cli import ArgumentParser, multiple_of, positive_int, run
+from sgm.cli import ArgumentParser, multiple_of, run
+from sgm.demo.gradio_launch import add_server_arguments, page_parser, serve
 
 
 def build_parser() -> ArgumentParser:
-    from sgm.demo.options import add_page_arguments
-
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_page_arguments(parser)
+    parser = page_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--img_size", type=multiple_of(64), default=576)
     parser.add_argument("--sv3d_version", choices=("sv3d_u", "sv3d_p"), default="sv3d_u")
     parser.add_argument(
@@ -31,35 +29,22 @@ def build_parser() -> ArgumentParser:
         action="store_true",
         help="keep the models on the host, move parts to the device as they run",
     )
-    parser.add_argument("--server_name", default="127.0.0.1")
-    parser.add_argument("--port", type=positive_int, default=7860)
-    parser.add_argument(
-        "--share",
-        action="store_true",
-        help="also serve through a public Gradio link (off by default)",
-    )
+    add_server_arguments(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
-    def serve() -> None:
+    def build(options):
         from sgm.demo.gradio_sv4d import Sv4dApp, build_demo
-        from sgm.demo.options import demo_options
 
         app = Sv4dApp(
-            demo_options(parsed=args),
-            img_size=args.img_size,
-            sv3d_version=args.sv3d_version,
-            low_vram=args.low_vram,
+            options, img_size=args.img_size, sv3d_version=args.sv3d_version, low_vram=args.low_vram
         )
-        demo = build_demo(app)
-        demo.queue(max_size=4).launch(
-            share=args.share, server_name=args.server_name, server_port=args.port
-        )
+        return build_demo(app)
 
-    return run(serve, prog="gradio_app_sv4d.py")
+    return run(lambda: serve(args, build, max_queue=4), prog="gradio_app_sv4d.py")
 
 
 if __name__ == "__main__":

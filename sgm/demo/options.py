@@ -101,9 +101,13 @@ def demo_options(
     environ: Mapping[str, str] | None = None,
     prog: str = "page",
     parsed: Any = None,
+    strict: bool = False,
 ) -> DemoOptions:
     """Options from ``argv`` (or an already ``parsed`` namespace), then the environment,
-    then the defaults; a bad flag raises ``InputError``."""
+    then the defaults; a bad flag raises ``InputError``. The outputs folder may not be (or
+    lie below) a file. ``strict`` (a server started from a command line) also refuses a
+    ``--ckpt`` that does not exist and a ``--checkpoints`` folder that does not exist,
+    where a page would show the missing-checkpoint message instead."""
     environ = os.environ if environ is None else environ
     args = parsed if parsed is not None else _parser(prog).parse_args(list(argv))
     values: dict[str, Any] = {}
@@ -122,7 +126,23 @@ def demo_options(
             raise InputError(f"{name} folder {folder} is a file")
     if options.config is not None and not options.config.is_file():
         raise ConfigError(f"model config not found: {options.config}")
+    _check_outputs(options.outputs)
+    if strict and options.ckpt is not None and not options.ckpt.is_file():
+        raise InputError(f"checkpoint not found: {options.ckpt} (set by --ckpt / {ENV['ckpt']})")
+    if strict and "checkpoints" in values and not options.checkpoints.is_dir():
+        raise InputError(f"checkpoints folder not found: {options.checkpoints}")
     return options
+
+
+def _check_outputs(folder: Path) -> None:
+    import argparse
+
+    from ..cli import output_folder
+
+    try:
+        output_folder(str(folder))
+    except argparse.ArgumentTypeError as error:
+        raise InputError(f"outputs: {error}") from None
 
 
 def _device(text: str) -> str:
