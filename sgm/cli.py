@@ -249,6 +249,16 @@ def add_device_args(parser: argparse.ArgumentParser, low_vram: bool = True) -> N
         )
 
 
+def add_compile_arg(parser: argparse.ArgumentParser) -> None:
+    """``--compile``: the network runs through ``torch.compile`` (the engine's
+    ``compile_model``)."""
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the network with torch.compile (slow first step, faster after)",
+    )
+
+
 def add_lora_arg(parser: argparse.ArgumentParser) -> None:
     """``--lora PATH[:SCALE]``, repeatable."""
     parser.add_argument(

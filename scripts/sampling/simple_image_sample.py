@@ -22,6 +22,7 @@ from typing import Any
 
 from sgm.cli import (
     ArgumentParser,
+    add_compile_arg,
     add_device_args,
     add_lora_arg,
     check,
@@ -191,6 +192,7 @@ def build_parser() -> ArgumentParser:
         help="where the PNGs go (if none: outputs/simple_image_sample/<version>)",
     )
     add_device_args(out)
+    add_compile_arg(out)
     add_lora_arg(out)
     out.add_argument("--verbose", action="store_true")
     return parser
@@ -400,6 +402,7 @@ def _pipeline(model: Model, args: argparse.Namespace, lora: bool) -> Any:
         device=args.device,
         dtype=args.dtype,
         offload=args.low_vram,
+        compile_model=args.compile,
         **options,
     )
 

@@ -206,6 +206,31 @@ def test_same_seed_same_bytes_and_never_overwrites(cli, models, tmp_path, capsys
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["000000000.png", "000000001.png"]
 
 
+def test_compile_flag_compiles_the_network_and_keeps_the_bytes(
+    cli, models, tmp_path, capsys, monkeypatch
+):
+    # TorchDynamo's eager backend: the network is traced (graphs counted) without paying
+    # a C++ compilation; the samples must be byte-identical to the uncompiled run.
+    import functools
+
+    import torch._dynamo
+
+    argv = ["--steps", "2", "--prompt", "a cat", "--width", "256", "--height", "256"]
+    _, plain, _ = _run(cli, capsys, _args(models, "sdxl_base_1.0", tmp_path / "a", *argv))
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    try:
+        code, compiled, _ = _run(
+            cli, capsys, _args(models, "sdxl_base_1.0", tmp_path / "b", *argv, "--compile")
+        )
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    finally:
+        torch._dynamo.reset()
+    assert code == 0 and graphs >= 1
+    assert Path(compiled[0]).read_bytes() == Path(plain[0]).read_bytes()
+
+
 def test_sd21_uses_the_full_schedule(cli, models, tmp_path, capsys, sigmas_seen):
     code, paths, _ = _run(
         cli,
