@@ -8,130 +8,23 @@
 
 from __future__ import annotations
 
-import logging
-import os
-from abc import abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from einops import rearrange
 from torch import nn
 
-from ..checkpoint import compare_state_dict, load_state_dict
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError
 from ..modules.autoencoding.regularizers import AbstractRegularizer
-from ..util import default, get_nested_attribute, get_obj_from_str, instantiate_from_config
+from ..util import default, get_nested_attribute, instantiate_from_config
+from ._autoencoder_base import (  # noqa: F401  (importable from here)
+    EMBEDDED_PREFIX,
+    OPTIONAL_PREFIXES,
+    AbstractAutoencoder,
+)
 from ._autoencoder_tiling import apply_in_chunks, apply_tiled
 from ._autoencoder_training import AutoencoderTrainingMixin
-
-logger = logging.getLogger(__name__)
-
-# Subtrees a checkpoint may lack or carry extra: training losses (LPIPS,
-# discriminator) and EMA copies are not needed to encode or decode.
-OPTIONAL_PREFIXES = ("loss.", "model_ema.")
-EMBEDDED_PREFIX = "first_stage_model."
-
-
-class AbstractAutoencoder(pl.LightningModule):
-    """Base of all first stages: input key, optional EMA, checkpoint loading."""
-
-    def __init__(
-        self,
-        ema_decay: float | None = None,
-        monitor: str | None = None,
-        input_key: str = "jpg",
-    ):
-        super().__init__()
-        self.input_key = input_key
-        self.use_ema = ema_decay is not None
-        if monitor is not None:
-            self.monitor = monitor
-        if self.use_ema:
-            from ..modules.ema import LitEma
-
-            self.model_ema = LitEma(self, decay=ema_decay)
-            logger.info("Keeping EMAs of %d.", len(list(self.model_ema.buffers())))
-        self.automatic_optimization = False
-
-    def apply_ckpt(self, ckpt: None | str | os.PathLike | Mapping[str, Any]) -> None:
-        """Load weights: a file path, or a ``{target, params}`` engine called with the model."""
-        if ckpt is None:
-            return
-        if isinstance(ckpt, (str, os.PathLike)):
-            self.load_autoencoder_checkpoint(ckpt)
-            return
-        engine = instantiate_from_config(ckpt)
-        engine(self)
-
-    def load_autoencoder_checkpoint(self, path: str | os.PathLike) -> None:
-        """Strictly load this autoencoder's keys from ``path``.
-
-        Keys may be bare (``encoder.*``) or embedded in a diffusion checkpoint
-        (``first_stage_model.encoder.*``, other top-level keys are then ignored).
-        Training-only subtrees (``loss.*``, ``model_ema.*``) may be absent or extra.
-        """
-        state = load_state_dict(path)
-        if any(k.startswith(EMBEDDED_PREFIX) for k in state):
-            state = {
-                k[len(EMBEDDED_PREFIX) :]: v
-                for k, v in state.items()
-                if k.startswith(EMBEDDED_PREFIX)
-            }
-        report = compare_state_dict(self, state)
-        missing = [k for k in report.missing if not k.startswith(OPTIONAL_PREFIXES)]
-        unexpected = [k for k in report.unexpected if not k.startswith(OPTIONAL_PREFIXES)]
-        if missing or unexpected or report.wrong_shape:
-            report.missing, report.unexpected = missing, unexpected
-            raise CheckpointError(
-                f"{path} does not match {type(self).__name__}:\n{report.summary()}"
-            )
-        own = self.state_dict()
-        self.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-        logger.info("Loaded %s from %s", type(self).__name__, path)
-
-    @abstractmethod
-    def get_input(self, batch: Any) -> Any:
-        raise NotImplementedError()
-
-    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
-        if self.use_ema:
-            self.model_ema(self)
-
-    @contextmanager
-    def ema_scope(self, context: str | None = None) -> Iterator[None]:
-        """Temporarily swap in the EMA weights (no-op without EMA)."""
-        if self.use_ema:
-            self.model_ema.store(self.parameters())
-            self.model_ema.copy_to(self)
-            if context is not None:
-                logger.info("%s: Switched to EMA weights", context)
-        try:
-            yield None
-        finally:
-            if self.use_ema:
-                self.model_ema.restore(self.parameters())
-                if context is not None:
-                    logger.info("%s: Restored training weights", context)
-
-    @abstractmethod
-    def encode(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        raise NotImplementedError("encode()-method of abstract base class called")
-
-    @abstractmethod
-    def decode(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        raise NotImplementedError("decode()-method of abstract base class called")
-
-    def instantiate_optimizer_from_config(
-        self, params: Any, lr: float, cfg: Mapping[str, Any]
-    ) -> torch.optim.Optimizer:
-        logger.info("loading >>> %s <<< optimizer from config", cfg["target"])
-        return get_obj_from_str(cfg["target"])(params, lr=lr, **cfg.get("params", dict()))
-
-    def configure_optimizers(self) -> Any:
-        raise NotImplementedError()
 
 
 class AutoencodingEngine(AutoencoderTrainingMixin, AbstractAutoencoder):

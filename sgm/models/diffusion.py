@@ -7,7 +7,7 @@ import logging
 import math
 import sys
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 import pytorch_lightning as pl
@@ -26,6 +26,8 @@ from ..util import (
     instantiate_from_config,
     log_txt_as_img,
 )
+from ._ema_scope import ema_weights
+from ._optimizer import instantiate_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -247,28 +249,16 @@ class DiffusionEngine(pl.LightningModule):
         if self.use_ema:
             self.model_ema(self.model)
 
-    @contextmanager
-    def ema_scope(self, context: str | None = None) -> Iterator[None]:
+    def ema_scope(self, context: str | None = None) -> AbstractContextManager[None]:
         """Run the block with the EMA weights in ``self.model`` (no-op without EMA)."""
-        if self.use_ema:
-            self.model_ema.store(self.model.parameters())
-            self.model_ema.copy_to(self.model)
-            if context is not None:
-                logger.info("%s: switched to EMA weights", context)
-        try:
-            yield None
-        finally:
-            if self.use_ema:
-                self.model_ema.restore(self.model.parameters())
-                if context is not None:
-                    logger.info("%s: restored training weights", context)
+        return ema_weights(self.model_ema if self.use_ema else None, self.model, context)
 
     def instantiate_optimizer_from_config(
         self, params: Any, lr: float, cfg: Mapping
     ) -> torch.optim.Optimizer:
-        """``target(params, lr=lr, **params)`` from an optimizer config."""
-        cls = get_obj_from_str(cfg["target"])
-        return cls(params, lr=lr, **(cfg.get("params") or {}))
+        """``target(params, lr=lr, **params)`` from an optimizer config (``params`` may be
+        missing or null)."""
+        return instantiate_optimizer(params, lr, cfg)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         """The network's parameters plus those of trainable embedders (with
