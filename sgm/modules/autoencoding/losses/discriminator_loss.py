@@ -183,23 +183,25 @@ class GeneralLPIPSWithDiscriminator(nn.Module):
             d_weight = torch.tensor(0.0, device=rec_loss.device)
             g_loss = torch.tensor(0.0, requires_grad=True, device=rec_loss.device)
         loss = weighted_nll_loss + d_weight * self.disc_factor * g_loss
-        log = dict()
-        for k in regularization_log:
-            if k in self.regularization_weights:
-                loss = loss + self.regularization_weights[k] * regularization_log[k]
-            if k in self.additional_log_keys:
-                log[f"{split}/{k}"] = regularization_log[k].detach().float().mean()
-        log.update(
+        for name, value in regularization_log.items():
+            if name in self.regularization_weights:
+                loss = loss + self.regularization_weights[name] * value
+        logged = {
+            name: value.float()
+            for name, value in regularization_log.items()
+            if name in self.additional_log_keys
+        }
+        logged.update(
             {
-                f"{split}/loss/total": loss.clone().detach().mean(),
-                f"{split}/loss/nll": nll_loss.detach().mean(),
-                f"{split}/loss/rec": rec_loss.detach().mean(),
-                f"{split}/loss/g": g_loss.detach().mean(),
-                f"{split}/scalars/logvar": self.logvar.detach(),
-                f"{split}/scalars/d_weight": d_weight.detach(),
+                "loss/total": loss,
+                "loss/nll": nll_loss,
+                "loss/rec": rec_loss,
+                "loss/g": g_loss,
+                "scalars/logvar": self.logvar,
+                "scalars/d_weight": d_weight,
             }
         )
-        return loss, log
+        return loss, _log_under(split, logged)
 
     def _discriminator_loss(self, inputs, reconstructions, global_step, split):
         logits_real = self.discriminator(inputs.contiguous().detach())
@@ -208,9 +210,10 @@ class GeneralLPIPSWithDiscriminator(nn.Module):
             d_loss = self.disc_factor * self.disc_loss(logits_real, logits_fake)
         else:
             d_loss = torch.tensor(0.0, requires_grad=True, device=inputs.device)
-        log = {
-            f"{split}/loss/disc": d_loss.clone().detach().mean(),
-            f"{split}/logits/real": logits_real.detach().mean(),
-            f"{split}/logits/fake": logits_fake.detach().mean(),
-        }
-        return d_loss, log
+        logged = {"loss/disc": d_loss, "logits/real": logits_real, "logits/fake": logits_fake}
+        return d_loss, _log_under(split, logged)
+
+
+def _log_under(split: str, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Logged scalars: each value detached and averaged, its name under ``split/``."""
+    return {f"{split}/{name}": value.detach().mean() for name, value in values.items()}
