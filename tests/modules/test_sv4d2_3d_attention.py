@@ -2,7 +2,8 @@
 
 Oracles:
 - the original implementation's output of a tiny SV4D 2.0 4-view network
-  (``../shared/fixtures/sv4d2_3d_attention``), with and without image-only frames;
+  (``tests/fixtures/sv4d2_3d_attention``, a copy of the project's shared fixture), with and
+  without image-only frames;
 - a reference forward written here with einops from the description of the
   original's token regrouping, built from the block's own sub-blocks, at sizes the
   fixture does not cover (several clips, odd token counts, more views and frames);
@@ -26,7 +27,7 @@ from sgm.modules.spacetime_attention import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-FIXTURE = REPO / ".." / "shared" / "fixtures" / "sv4d2_3d_attention"
+FIXTURE = REPO / "tests" / "fixtures" / "sv4d2_3d_attention"
 C, HEADS, CTX, ADM, COND = 32, 2, 24, 20, 4
 
 
@@ -34,8 +35,6 @@ C, HEADS, CTX, ADM, COND = 32, 2, 24, 20, 4
 
 
 def _fixture_net():
-    if not (REPO / ".." / "shared").is_dir():
-        pytest.skip(f"shared fixtures folder {REPO.parent / 'shared'} is absent")
     from omegaconf import OmegaConf
     from safetensors.torch import load_file
 
