@@ -5,249 +5,42 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
-from enum import Enum
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .. import precision
-from ..errors import CheckpointError, ConfigError, InputError
-from ..offload import offload_engine
-from ..util import instantiate_from_config, resolve_device
+from ..errors import ConfigError, InputError
+from ..util import get_configs_path, resolve_device
+from .engines import load_engine
 from .helpers import (
     Img2ImgDiscretizationWrapper,
     Txt2NoisyDiscretizationWrapper,
     do_img2img,
     do_sample,
 )
+from .params_check import check_image_size, check_sampling_params, size_multiple
+from .sampling_params import (  # noqa: F401  (importable from here)
+    Discretization,
+    Guider,
+    Sampler,
+    SamplingParams,
+    Thresholder,
+    get_discretization_config,
+    get_guider_config,
+    get_sampler_config,
+)
+from .specs import (  # noqa: F401  (importable from here)
+    SD_XL_BASE_RATIOS,
+    ModelArchitecture,
+    SamplingSpec,
+    infer_spec,
+    model_specs,
+)
 
 logger = logging.getLogger(__name__)
-
-_DIFF = "sgm.modules.diffusionmodules"
-
-
-class ModelArchitecture(str, Enum):
-    """Released image models."""
-
-    SD_2_1 = "stable-diffusion-v2-1"
-    SD_2_1_768 = "stable-diffusion-v2-1-768"
-    SDXL_V0_9_BASE = "stable-diffusion-xl-v0-9-base"
-    SDXL_V0_9_REFINER = "stable-diffusion-xl-v0-9-refiner"
-    SDXL_V1_BASE = "stable-diffusion-xl-v1-base"
-    SDXL_V1_REFINER = "stable-diffusion-xl-v1-refiner"
-    SDXL_TURBO = "stable-diffusion-xl-turbo"
-    SD_TURBO = "stable-diffusion-turbo"
-
-
-class Sampler(str, Enum):
-    """Sampler classes of ``sgm.modules.diffusionmodules.sampling``."""
-
-    EULER_EDM = "EulerEDMSampler"
-    HEUN_EDM = "HeunEDMSampler"
-    EULER_ANCESTRAL = "EulerAncestralSampler"
-    DPMPP2S_ANCESTRAL = "DPMPP2SAncestralSampler"
-    DPMPP2M = "DPMPP2MSampler"
-    LINEAR_MULTISTEP = "LinearMultistepSampler"
-
-
-class Discretization(str, Enum):
-    """Noise schedules of ``sgm.modules.diffusionmodules.discretizer``."""
-
-    LEGACY_DDPM = "LegacyDDPMDiscretization"
-    EDM = "EDMDiscretization"
-
-
-class Guider(str, Enum):
-    """Guiders of ``sgm.modules.diffusionmodules.guiders``."""
-
-    VANILLA = "VanillaCFG"
-    IDENTITY = "IdentityGuider"
-
-
-class Thresholder(str, Enum):
-    """Dynamic thresholding of the guided output (only none)."""
-
-    NONE = "None"
-
-
-@dataclass
-class SamplingParams:
-    """Sampling settings; the unused ones are ignored by the chosen sampler."""
-
-    width: int = 1024
-    height: int = 1024
-    steps: int = 50
-    sampler: Sampler = Sampler.DPMPP2M
-    discretization: Discretization = Discretization.LEGACY_DDPM
-    guider: Guider = Guider.VANILLA
-    thresholder: Thresholder = Thresholder.NONE
-    scale: float = 6.0
-    aesthetic_score: float = 5.0
-    negative_aesthetic_score: float = 5.0
-    img2img_strength: float = 1.0
-    orig_width: int = 1024
-    orig_height: int = 1024
-    crop_coords_top: int = 0
-    crop_coords_left: int = 0
-    sigma_min: float = 0.0292
-    sigma_max: float = 14.6146
-    rho: float = 3.0
-    s_churn: float = 0.0
-    s_tmin: float = 0.0
-    s_tmax: float = 999.0
-    s_noise: float = 1.0
-    eta: float = 1.0
-    order: int = 4
-
-    def __post_init__(self) -> None:
-        from .params_check import check_sampling_params
-
-        check_sampling_params(self)
-
-
-@dataclass
-class SamplingSpec:
-    """Image size, latent channels and downsampling factor, config and checkpoint names."""
-
-    width: int
-    height: int
-    channels: int
-    factor: int
-    is_legacy: bool
-    config: str
-    ckpt: str
-    is_guided: bool
-
-
-def _spec(
-    size: int, config: str, ckpt: str, is_legacy: bool, is_guided: bool = True
-) -> SamplingSpec:
-    return SamplingSpec(size, size, 4, 8, is_legacy, config, ckpt, is_guided)
-
-
-model_specs = {
-    ModelArchitecture.SD_2_1: _spec(512, "sd_2_1.yaml", "v2-1_512-ema-pruned.safetensors", True),
-    ModelArchitecture.SD_2_1_768: _spec(
-        768, "sd_2_1_768.yaml", "v2-1_768-ema-pruned.safetensors", True
-    ),
-    ModelArchitecture.SDXL_V0_9_BASE: _spec(
-        1024, "sd_xl_base.yaml", "sd_xl_base_0.9.safetensors", False
-    ),
-    ModelArchitecture.SDXL_V0_9_REFINER: _spec(
-        1024, "sd_xl_refiner.yaml", "sd_xl_refiner_0.9.safetensors", True
-    ),
-    ModelArchitecture.SDXL_V1_BASE: _spec(
-        1024, "sd_xl_base.yaml", "sd_xl_base_1.0.safetensors", False
-    ),
-    ModelArchitecture.SDXL_V1_REFINER: _spec(
-        1024, "sd_xl_refiner.yaml", "sd_xl_refiner_1.0.safetensors", True
-    ),
-    # distilled few-step models: no classifier-free guidance (sgm.inference.turbo)
-    ModelArchitecture.SDXL_TURBO: _spec(
-        512, "sd_xl_base.yaml", "sd_xl_turbo_1.0.safetensors", False, is_guided=False
-    ),
-    ModelArchitecture.SD_TURBO: _spec(
-        512, "sd_2_1.yaml", "sd_turbo.safetensors", False, is_guided=False
-    ),
-}
-
-
-# SDXL's trained aspect-ratio buckets: width / height (rounded) -> (width, height).
-SD_XL_BASE_RATIOS = {
-    "0.5": (704, 1408),
-    "0.52": (704, 1344),
-    "0.57": (768, 1344),
-    "0.6": (768, 1280),
-    "0.68": (832, 1216),
-    "0.72": (832, 1152),
-    "0.78": (896, 1152),
-    "0.82": (896, 1088),
-    "0.88": (960, 1088),
-    "0.94": (960, 1024),
-    "1.0": (1024, 1024),
-    "1.07": (1024, 960),
-    "1.13": (1088, 960),
-    "1.21": (1088, 896),
-    "1.29": (1152, 896),
-    "1.38": (1152, 832),
-    "1.46": (1216, 832),
-    "1.67": (1280, 768),
-    "1.75": (1344, 768),
-    "1.91": (1344, 704),
-    "2.0": (1408, 704),
-    "2.09": (1472, 704),
-    "2.4": (1536, 640),
-    "2.5": (1600, 640),
-    "2.89": (1664, 576),
-    "3.0": (1728, 576),
-}
-
-
-def get_guider_config(params: SamplingParams) -> dict[str, Any]:
-    """Guider config for ``params.guider`` (classifier-free guidance at ``params.scale``)."""
-    guider = Guider(params.guider)
-    if Thresholder(params.thresholder) is not Thresholder.NONE:
-        raise InputError(f"unsupported thresholder {params.thresholder!r}")
-    if guider is Guider.IDENTITY:
-        return {"target": f"{_DIFF}.guiders.IdentityGuider"}
-    return {"target": f"{_DIFF}.guiders.VanillaCFG", "params": {"scale": params.scale}}
-
-
-def get_discretization_config(params: SamplingParams) -> dict[str, Any]:
-    """Discretization config for ``params.discretization``."""
-    discretization = Discretization(params.discretization)
-    target = f"{_DIFF}.discretizer.{discretization.value}"
-    if discretization is Discretization.LEGACY_DDPM:
-        return {"target": target}
-    sigmas = {"sigma_min": params.sigma_min, "sigma_max": params.sigma_max, "rho": params.rho}
-    return {"target": target, "params": sigmas}
-
-
-def get_sampler_config(params: SamplingParams) -> Any:
-    """The sampler object for ``params`` (discretization and guider included)."""
-    from ..modules.diffusionmodules import sampling
-
-    sampler = Sampler(params.sampler)
-    common = {
-        "num_steps": params.steps,
-        "discretization_config": get_discretization_config(params),
-        "guider_config": get_guider_config(params),
-        "verbose": True,
-    }
-    if sampler in (Sampler.EULER_EDM, Sampler.HEUN_EDM):
-        extra = {
-            "s_churn": params.s_churn,
-            "s_tmin": params.s_tmin,
-            "s_tmax": params.s_tmax,
-            "s_noise": params.s_noise,
-        }
-    elif sampler in (Sampler.EULER_ANCESTRAL, Sampler.DPMPP2S_ANCESTRAL):
-        extra = {"eta": params.eta, "s_noise": params.s_noise}
-    elif sampler is Sampler.LINEAR_MULTISTEP:
-        extra = {"order": params.order}
-    else:
-        extra = {}
-    return getattr(sampling, sampler.value)(**common, **extra)
-
-
-def _embedder_keys(config: Any) -> set[str]:
-    embedders = config.get("conditioner_config", {}).get("params", {}).get("emb_models", []) or []
-    return {str(e.get("input_key")) for e in embedders}
-
-
-def infer_spec(config: Any, ckpt: str | os.PathLike) -> SamplingSpec:
-    """A SamplingSpec read from a model config (channels, factor, legacy text path)."""
-    params = config["model"]["params"] if "model" in config else config["params"]
-    channels = int(params["network_config"]["params"]["out_channels"])
-    ddconfig = params["first_stage_config"].get("params", {}).get("ddconfig")
-    factor = 2 ** (len(ddconfig["ch_mult"]) - 1) if ddconfig else 1
-    keys = _embedder_keys(params)
-    is_legacy = not ("txt" in keys and "target_size_as_tuple" in keys) or (
-        "aesthetic_score" in keys
-    )
-    return SamplingSpec(1024, 1024, channels, factor, is_legacy, "", str(ckpt), True)
 
 
 def _read_config(config: Any) -> Any:
@@ -309,8 +102,6 @@ class SamplingPipeline:
         if model_id is not None:
             self.specs = self._released_spec(model_id)
             if config_path is None:
-                from ..util import get_configs_path
-
                 config_path = Path(get_configs_path(), "inference")
             config = Path(config_path, self.specs.config) if config is None else config
             ckpt = Path(model_path, self.specs.ckpt) if ckpt is None else ckpt
@@ -337,39 +128,18 @@ class SamplingPipeline:
             raise InputError(f"unknown model_id {model_id!r}; expected one of {known}") from None
 
     def _load_model(self) -> torch.nn.Module:
-        if not Path(self.ckpt).is_file():
-            raise CheckpointError(
-                f"checkpoint not found: expected {self.ckpt} (download it there, or pass "
-                "model_path= / ckpt=)"
-            )
-        model_config = self.config["model"] if "model" in self.config else self.config
-        if self.compile_model:
-            from omegaconf import OmegaConf
-
-            model_config = OmegaConf.merge(model_config, {"params": {"compile_model": True}})
-        model = instantiate_from_config(model_config, key="model")
-        if hasattr(model, "init_from_ckpt"):
-            model.init_from_ckpt(self.ckpt, strict=True)
-        else:
-            from ..checkpoint import load_checkpoint_into
-
-            load_checkpoint_into(model, self.ckpt, strict=True)
-        if self.lora:
-            from ..lora import apply_lora_specs
-
-            apply_lora_specs(model, self.lora)
-        for param in model.parameters():
-            param.requires_grad_(False)
-        model = model.eval()
-        if self.use_fp16:
-            model.conditioner.to(dtype=self.dtype)
-            precision.cast_network(model, self.dtype)
-        if self.offload:
-            offload_engine(model, self.device)
-        else:
-            model = model.to(self.device)
-        model.compute_dtype = self.dtype
-        return model
+        return load_engine(
+            self.config,
+            self.ckpt,
+            self.device,
+            dtype=self.dtype,
+            half_weights=self.use_fp16,
+            half_conditioner=self.use_fp16,
+            offload_weights=self.offload,
+            lora=self.lora,
+            compile_model=self.compile_model,
+            missing_hint=" (download it there, or pass model_path= / ckpt=)",
+        )
 
     def _value_dict(
         self, params: SamplingParams, prompt: str, negative_prompt: Any, height: int, width: int
@@ -465,8 +235,6 @@ class SamplingPipeline:
     ) -> None:
         """``InputError`` for bad ``params`` (``sized``: their width and height are the
         output's) or an ``image`` whose sides do not fit the model, before any sampling."""
-        from .params_check import check_image_size, check_sampling_params, size_multiple
-
         multiple = size_multiple(self.model, self.specs.factor)
         check_sampling_params(params, multiple if sized else self.specs.factor)
         if image is not None:

@@ -7,10 +7,11 @@ before sampling, since fields can be changed after construction.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import fields
 from enum import Enum
-from typing import Any
+from typing import Any, get_type_hints
 
 from ..errors import InputError
 
@@ -57,6 +58,7 @@ def check_sampling_params(params: Any, multiple: int = LATENT_FACTOR) -> None:
     Enum fields given as their string values are converted in place; ``width`` and
     ``height`` must be multiples of ``multiple``.
     """
+    hints = _field_types(type(params))
     for field in fields(params):
         value = getattr(params, field.name)
         if field.name in _RANGES:
@@ -68,7 +70,7 @@ def check_sampling_params(params: Any, multiple: int = LATENT_FACTOR) -> None:
                 if high is not None:
                     bound = f"in ({low:g}, {high:g}]"
                 raise InputError(f"SamplingParams.{field.name}={value!r}: must be {bound}")
-        enum = _enum_type(field.type, value)
+        enum = _enum_type(hints.get(field.name))
         if enum is not None and not isinstance(value, enum):
             try:
                 setattr(params, field.name, enum(value))
@@ -91,11 +93,12 @@ def check_sampling_params(params: Any, multiple: int = LATENT_FACTOR) -> None:
         )
 
 
-def _enum_type(annotation: Any, value: Any) -> type[Enum] | None:
-    from . import api
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
 
-    if isinstance(annotation, str):
-        annotation = getattr(api, annotation, None)
+
+def _enum_type(annotation: Any) -> type[Enum] | None:
     if isinstance(annotation, type) and issubclass(annotation, Enum):
         return annotation
     return None

@@ -36,8 +36,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import offload, precision
+from .. import offload
 from ..errors import InputError
+from .engines import engine_autocast
 from .sv4d_sampling import (  # noqa: F401  (re-exported)
     SPECS,
     SV3D_VIEWS,
@@ -78,9 +79,8 @@ def window_starts(spec: Spec, n_frames: int) -> list[int]:
 
 @contextlib.contextmanager
 def _running(model: Any, device: torch.device, encoding_t: int | None, dtype: Any) -> Any:
-    dtype = dtype if dtype is not None else getattr(model, "compute_dtype", None)
     with (
-        precision.autocast(device, dtype),
+        engine_autocast(model, device, dtype),
         offload.released(model),
         encoding_chunks(model, encoding_t),
     ):

@@ -15,16 +15,21 @@ import numpy as np
 import torch
 from einops import rearrange, repeat
 
-from .. import offload, precision
-from ..errors import CheckpointError, ConfigError, InputError
-from ..offload import offload_engine
+from .. import offload
+from ..errors import ConfigError, InputError
 from ..output_files import write_new_file
-from .helpers import get_batch, get_unique_embedder_keys_from_conditioner, model_device
+from ..util import load_configs
+from .batch import get_batch, get_unique_embedder_keys_from_conditioner
+from .engines import check_checkpoint, engine_autocast, load_engine, model_device
+from .video_images import (  # noqa: F401  (importable from here)
+    SV3D_SIZE,
+    prepare_sv3d_image,
+    prepare_svd_image,
+)
 
 logger = logging.getLogger(__name__)
 
 SV3D_FRAMES = 21
-SV3D_SIZE = 576
 FORCE_UC_ZERO = ("cond_frames", "cond_frames_without_noise")
 
 
@@ -41,6 +46,7 @@ def load_video_model(
     dtype: str | torch.dtype | None = "auto",
     offload: bool = False,
     half_weights: bool | None = None,
+    lora: Sequence[tuple[str | os.PathLike, float]] = (),
 ) -> torch.nn.Module:
     """Build the ``DiffusionEngine`` of ``config_path`` on ``device`` and load ``ckpt`` strictly.
 
@@ -50,20 +56,16 @@ def load_video_model(
     ``offload`` (low-VRAM mode, ``sgm.offload``) keeps the conditioner, the network and
     the first stage on the host, each moved to ``device`` only while it runs;
     ``half_weights`` stores the network in the half ``dtype`` (default: with
-    ``offload`` on an accelerator, as the original's low-VRAM mode).
+    ``offload`` on an accelerator, as the original's low-VRAM mode); ``lora``:
+    ``(path, scale)`` adapters applied after the base weights.
     """
     from omegaconf import OmegaConf
 
-    from ..checkpoint import load_checkpoint_into
-    from ..util import instantiate_from_config, load_configs
-
-    compute_dtype = precision.parse_dtype(dtype, device)
+    if ckpt is not None:
+        check_checkpoint(ckpt)
     if half_weights is None:
         half_weights = offload and torch.device(device).type != "cpu"
-    half_weights = half_weights and compute_dtype in precision.HALF_DTYPES
     build_on = "cpu" if offload else device
-    if ckpt is not None and not Path(ckpt).is_file():
-        raise CheckpointError(f"checkpoint not found: {ckpt}")
     config = load_configs([config_path])
     params = config.model.params
     params.ckpt_path = None
@@ -77,20 +79,17 @@ def load_video_model(
     if guider is not None and num_frames is not None and "Prediction" in str(guider.target):
         OmegaConf.update(guider, "params.num_frames", int(num_frames), force_add=True)
     _set_open_clip_init_device(params, str(build_on))
-    with torch.device(build_on):
-        model = instantiate_from_config(config.model, key="model")
-    if ckpt is not None:
-        report = load_checkpoint_into(model, ckpt, strict=True)
-        if verbose:
-            logger.info("loaded %s: %s", ckpt, report.summary() or "all keys matched")
-    model.requires_grad_(False)
-    model.compute_dtype = compute_dtype
-    if half_weights:
-        precision.cast_network(model, compute_dtype)
-    if offload:
-        offload_engine(model, device)
-        return model.eval()
-    return model.to(device).eval()
+    return load_engine(
+        config,
+        ckpt,
+        device,
+        dtype=dtype,
+        half_weights=half_weights,
+        offload_weights=offload,
+        lora=lora,
+        build_on=build_on,
+        verbose=verbose,
+    )
 
 
 def _set_open_clip_init_device(params: Any, device: str) -> None:
@@ -98,106 +97,6 @@ def _set_open_clip_init_device(params: Any, device: str) -> None:
         inner = emb.get("params", {}).get("open_clip_embedding_config")
         if inner is not None and str(inner.get("target", "")).endswith("ImageEmbedder"):
             inner.setdefault("params", {})["init_device"] = device
-
-
-# --------------------------------------------------------------------------- images
-
-
-def _to_tensor(image: Any) -> torch.Tensor:
-    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0) * 2 - 1
-
-
-def _open(image: Any) -> Any:
-    from PIL import Image
-
-    if isinstance(image, Image.Image):
-        return image
-    path = Path(image)
-    if not path.is_file():
-        raise InputError(f"input image not found: {path}")
-    try:
-        with Image.open(path) as opened:
-            opened.load()
-            return opened.copy()
-    except OSError as error:
-        raise InputError(f"cannot read image {path}: {error}") from None
-
-
-def prepare_svd_image(image: Any, multiple: int = 64) -> torch.Tensor:
-    """RGB image (path or PIL) -> ``(1, 3, H, W)`` in [-1, 1], H and W multiples of ``multiple``.
-
-    Sizes that are not multiples are resized (LANCZOS) down to the nearest multiple.
-    """
-    from PIL import Image
-
-    image = _open(image).convert("RGB")
-    width, height = image.size
-    new_w = max(multiple, width - width % multiple)
-    new_h = max(multiple, height - height % multiple)
-    if (new_w, new_h) != (width, height):
-        logger.warning(
-            "resizing %dx%d to %dx%d (multiples of %d)", width, height, new_w, new_h, multiple
-        )
-        image = image.resize((new_w, new_h), Image.LANCZOS)
-    if (new_h, new_w) != (576, 1024):
-        logger.warning("the SVD models were trained at 1024x576; got %dx%d", new_w, new_h)
-    return _to_tensor(image)
-
-
-def _centre_offset(side: int, size: int) -> int:
-    # The released SV3D/SV4D preprocessing centres at side // 2 - size // 2, which is
-    # one pixel off (side - size) // 2 when the parities of side and size differ.
-    return side // 2 - size // 2
-
-
-def _on_white_uint8(rgba: Any) -> Any:
-    """RGBA image -> RGB image composited on white, 8-bit as the released scripts make it.
-
-    The blend runs in float64 on [0, 1] values and is truncated (not rounded) to 8 bits,
-    exactly as the original preprocessing does.
-    """
-    from PIL import Image
-
-    values = np.asarray(rgba, dtype=np.uint8) / 255.0
-    alpha = values[..., 3:]
-    rgb = values[..., :3] * alpha + (1 - alpha)
-    return Image.fromarray((rgb * 255).astype(np.uint8), mode="RGB")
-
-
-def prepare_sv3d_image(
-    image: Any, image_frame_ratio: float | None = None, size: int = SV3D_SIZE
-) -> torch.Tensor:
-    """Object image (path or PIL) -> ``(1, 3, size, size)`` in [-1, 1] on white.
-
-    RGBA input: the alpha bounding box is placed at the centre of a square of side
-    ``max(box) / image_frame_ratio`` (default: the larger image side), resized
-    (LANCZOS), composited on white and quantised to 8 bits, as in the released SV3D
-    scripts. Other inputs are padded to a square and treated the same way (no
-    background removal is done; a warning says so).
-    """
-    from PIL import Image
-
-    image = _open(image)
-    if image.mode == "RGBA":
-        alpha = np.asarray(image)[..., 3]
-        ys, xs = np.nonzero(alpha)
-        if len(xs) == 0:
-            raise InputError("SV3D input has an empty alpha channel (fully transparent)")
-        box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-        crop = image.crop(box)
-        largest = max(crop.size)
-        side = int(largest / image_frame_ratio) if image_frame_ratio else max(image.size)
-        side = max(side, largest)
-    else:
-        logger.warning("SV3D input is not RGBA: background is kept (no background removal)")
-        crop = image.convert("RGBA")
-        side = max(crop.size)
-    square = Image.new("RGBA", (side, side), (0, 0, 0, 0))
-    width, height = crop.size
-    square.paste(crop, (_centre_offset(side, width), _centre_offset(side, height)))
-    square = square.resize((size, size), Image.LANCZOS)
-    return _to_tensor(_on_white_uint8(square))
 
 
 # --------------------------------------------------------------------------- conditioning
@@ -292,11 +191,7 @@ def sample_video(
     if generator is None:
         generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
     device = model_device(model)
-    context = (
-        precision.autocast(device, dtype or getattr(model, "compute_dtype", None))
-        if autocast
-        else contextlib.nullcontext()
-    )
+    context = engine_autocast(model, device, dtype) if autocast else contextlib.nullcontext()
     with context, offload.released(model), _chunking(model, encoding_t, decoding_t):
         return _sample_video(
             model, value_dict, num_frames, generator, device, replace_last_with_input, callback
