@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -15,6 +16,7 @@ import torch
 from omegaconf import OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
+from .. import precision
 from ..util import isheatmap
 from .images import make_grid, save_png, to_uint8
 
@@ -190,6 +192,12 @@ class ImageLogger(pl.Callback):
             return True
         return False
 
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """The accelerator's autocast while sampling (``enable_autocast``), else float32."""
+        if self.enable_autocast and device.type != "cpu":
+            return precision.accelerator_autocast(device)
+        return precision.float32(device)
+
     @staticmethod
     def _save_dir(trainer: pl.Trainer) -> str:
         return getattr(trainer, "logdir", None) or trainer.default_root_dir
@@ -229,11 +237,7 @@ class ImageLogger(pl.Callback):
             return
         was_training = pl_module.training
         pl_module.eval()
-        device_type = pl_module.device.type
-        autocast = torch.autocast(
-            device_type, enabled=self.enable_autocast and device_type != "cpu"
-        )
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), self._autocast(pl_module.device):
             images = pl_module.log_images(batch, split=split, **self.log_images_kwargs)
         for key in images:
             if isinstance(images[key], torch.Tensor):

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...precision import device_of
+
 
 def _reset_to_none_property(name: str) -> property:
     """A property stored in ``_<name>`` that ``del`` resets to None."""
@@ -55,11 +57,7 @@ class AbstractEmbModel(nn.Module):
 
 def module_device(module: nn.Module) -> torch.device:
     """Device of the first parameter or buffer of ``module`` (CPU if it has none)."""
-    for tensor in module.parameters():
-        return tensor.device
-    for tensor in module.buffers():
-        return tensor.device
-    return torch.device("cpu")
+    return device_of(module)
 
 
 def resolve_init_device(init_device: str | torch.device | None = None) -> torch.device:
