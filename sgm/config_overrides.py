@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .errors import ConfigError
+from .targets import get_obj_from_str
 
 # The top-level sections main.py reads; configs may add their own top-level keys.
 KNOWN_SECTIONS = ("model", "data", "lightning")
@@ -153,8 +154,6 @@ def _signature_type(config: Any, parts: list[str], text: str) -> tuple[type | No
     owner = _select(config, ".".join(parts[:-2]))
     if not (isinstance(owner, Mapping) or hasattr(owner, "keys")) or "target" not in owner:
         return None
-    from .util import get_obj_from_str
-
     target = owner["target"]
     try:
         signature = inspect.signature(get_obj_from_str(target))

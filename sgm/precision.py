@@ -26,7 +26,23 @@ from typing import Any
 
 import torch
 
+from . import util
+from .devices import accelerator_autocast, device_of
 from .errors import InputError
+
+__all__ = [
+    "DTYPES",
+    "DTYPE_NAMES",
+    "HALF_DTYPES",
+    "DeviceLike",
+    "accelerator_autocast",
+    "autocast",
+    "cast_network",
+    "device_of",
+    "float32",
+    "parse_dtype",
+    "to_float32",
+]
 
 DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
@@ -37,21 +53,6 @@ HALF_DTYPES = (torch.float16, torch.bfloat16)
 DTYPE_NAMES = ("auto", *DTYPES)
 
 DeviceLike = torch.device | str | torch.Tensor | torch.nn.Module
-
-
-def device_of(where: DeviceLike | None) -> torch.device:
-    """The device of a device name, a tensor or a module's first parameter or buffer."""
-    if where is None:
-        from .util import resolve_device
-
-        return torch.device(resolve_device("auto"))
-    if isinstance(where, torch.Tensor):
-        return where.device
-    if isinstance(where, torch.nn.Module):
-        for tensor in (*where.parameters(), *where.buffers()):
-            return tensor.device
-        return torch.device("cpu")
-    return torch.device(where)
 
 
 def parse_dtype(name: str | torch.dtype | None, device: DeviceLike | None = None) -> torch.dtype:
@@ -66,17 +67,18 @@ def parse_dtype(name: str | torch.dtype | None, device: DeviceLike | None = None
             raise InputError(f"dtype {name} is not supported; use one of {DTYPE_NAMES}")
         return name
     if name is None or name == "auto":
-        return _auto_dtype(device_of(device))
+        return _auto_dtype(device)
     key = str(name).lower()
     if key not in DTYPES:
         raise InputError(f"dtype {name!r} is not supported; use one of {', '.join(DTYPE_NAMES)}")
     return DTYPES[key]
 
 
-def _auto_dtype(device: torch.device) -> torch.dtype:
-    from .util import accelerator_type
-
-    if device.type in ("cpu", "mps", "meta") or device.type != accelerator_type():
+def _auto_dtype(where: DeviceLike | None) -> torch.dtype:
+    # The machine's accelerator is looked up through sgm.util, the one place to override it.
+    accelerator = util.accelerator_type()
+    kind = (accelerator or "cpu") if where is None else device_of(where).type
+    if kind in ("cpu", "mps", "meta") or kind != accelerator:
         return torch.float32
     return torch.float16
 
@@ -105,19 +107,6 @@ def to_float32(x: Any) -> Any:
     if isinstance(x, torch.Tensor) and x.is_floating_point():
         return x.float()
     return x
-
-
-def accelerator_autocast(where: DeviceLike) -> contextlib.AbstractContextManager:
-    """Autocast in the caller's current dtype for the device of ``where``, but only on
-    an accelerator (a no-op on CPU): the original's ``autocast`` for encoders."""
-    device = device_of(where)
-    if device.type in ("cpu", "meta"):
-        return contextlib.nullcontext()
-    return torch.autocast(
-        device.type,
-        dtype=torch.get_autocast_dtype(device.type),
-        cache_enabled=torch.is_autocast_cache_enabled(),
-    )
 
 
 def cast_network(engine: torch.nn.Module, dtype: torch.dtype | str | None) -> None:

@@ -1,33 +1,35 @@
-"""Config instantiation, small tensor helpers and model loading."""
+"""Small tensor helpers, model loading, and the config and device helpers by their old
+paths (they live in :mod:`sgm.config` and :mod:`sgm.devices`)."""
 
 from __future__ import annotations
 
-import contextvars
 import functools
-import importlib
 import inspect
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError
+# The config machinery and the device helpers, by their old paths.
+from .config import SPECIAL_CONFIG_VALUES as SPECIAL_CONFIG_VALUES
+from .config import _check_params as _check_params
+from .config import _locate as _locate
+from .config import _walk as _walk
+from .config import get_configs_path as get_configs_path
+from .config import get_obj_from_str as get_obj_from_str
+from .config import instantiate_from_config as instantiate_from_config
+from .config import load_configs as load_configs
+from .config import load_partial_from_config as load_partial_from_config
+from .config import to_plain as to_plain
+from .devices import accelerator_autocast
+from .devices import accelerator_type as accelerator_type
+from .devices import resolve_device as resolve_device
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
 logger = logging.getLogger(__name__)
-
-SPECIAL_CONFIG_VALUES = ("__is_first_stage__", "__is_unconditional__")
-
-# (location, params) of the config whose object is being constructed; lets a nested
-# instantiate_from_config name its place, e.g. "model.params.network_config".
-_BUILDING: contextvars.ContextVar[tuple[str, Any] | None] = contextvars.ContextVar(
-    "sgm_building_config", default=None
-)
-
 
 # --------------------------------------------------------------------------- basics
 
@@ -152,28 +154,6 @@ def get_nested_attribute(
     return (current, ".".join(parts)) if return_key else current
 
 
-def accelerator_type() -> str | None:
-    """Device type of the available accelerator (e.g. CUDA, MPS), or None on CPU only."""
-    import torch
-
-    if hasattr(torch, "accelerator"):
-        if torch.accelerator.is_available():
-            return torch.accelerator.current_accelerator().type
-        return None
-    if torch.cuda.is_available():
-        return torch.device(torch.cuda.current_device()).type
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return None
-
-
-def resolve_device(device: str | None = "auto") -> str:
-    """``"auto"``/None picks the accelerator (CUDA, then MPS) if any, else cpu."""
-    if device not in (None, "auto"):
-        return str(device)
-    return accelerator_type() or "cpu"
-
-
 def autocast(f: Callable, enabled: bool = True) -> Callable:
     """Decorator running ``f`` under autocast on the device of its arguments (the first
     tensor argument, else the first module argument's parameters), in that device's
@@ -183,8 +163,6 @@ def autocast(f: Callable, enabled: bool = True) -> Callable:
     def wrapper(*args, **kwargs):
         if not enabled:
             return f(*args, **kwargs)
-        from .precision import accelerator_autocast
-
         with accelerator_autocast(_argument_device(args, kwargs)):
             return f(*args, **kwargs)
 
@@ -204,204 +182,7 @@ def _argument_device(args: tuple, kwargs: dict) -> Any:
     return torch.device("cpu")
 
 
-# --------------------------------------------------------------------------- configs
-
-
-def get_obj_from_str(string: str, reload: bool = False, invalidate_cache: bool = True) -> Any:
-    """Import ``"package.module.Name"`` and return ``Name``."""
-    if not isinstance(string, str) or "." not in string:
-        raise ConfigError(f"target must be a dotted path 'module.Name', got {string!r}")
-    module_name, attr = string.rsplit(".", 1)
-    if invalidate_cache:
-        importlib.invalidate_caches()
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name and (module_name + ".").startswith(error.name + "."):
-            raise ConfigError(f"cannot import {string!r} (no module {error.name})") from None
-        raise ConfigError(
-            f"cannot import {string!r}: importing {module_name} needs the missing "
-            f"package {error.name!r}"
-        ) from error
-    if reload:
-        module = importlib.reload(module)
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise ConfigError(
-            f"cannot import {string!r} (module {module_name} has no attribute {attr!r})"
-        ) from None
-
-
-def instantiate_from_config(config: Any, key: str | None = None) -> Any:
-    """Build ``target(**params)`` from a ``{target, params}`` mapping.
-
-    The special strings ``__is_first_stage__`` and ``__is_unconditional__`` give None.
-    ``key`` names the config's place for error messages (e.g. ``"model"``); configs
-    built from inside another config's constructor find their place by themselves.
-    """
-    if isinstance(config, str) and config in SPECIAL_CONFIG_VALUES:
-        return None
-    where = key or _locate(config) or "config"
-    if not isinstance(config, Mapping) and not _is_dictconfig(config):
-        raise ConfigError(f"{where}: expected a mapping with 'target', got {config!r}")
-    if "target" not in config:
-        raise ConfigError(f"{where}: expected key `target` to instantiate")
-    try:
-        cls = get_obj_from_str(config["target"])
-    except ConfigError as error:
-        raise ConfigError(f"{where}: {error}") from error.__cause__
-    params = config.get("params", None) or {}
-    if not isinstance(params, Mapping) and not _is_dictconfig(params):
-        raise ConfigError(f"{where}.params: expected a mapping, got {params!r}")
-    _check_params(cls, params, where, config["target"])
-    token = _BUILDING.set((where, params))
-    try:
-        return cls(**params)
-    finally:
-        _BUILDING.reset(token)
-
-
-def _is_dictconfig(obj: Any) -> bool:
-    try:
-        from omegaconf import DictConfig
-    except ImportError:
-        return False
-    return isinstance(obj, DictConfig)
-
-
-def _check_params(
-    cls: Any, params: Mapping, where: str, target: str, complete: bool = True
-) -> None:
-    """Raise ConfigError for unknown parameters and, if ``complete``, missing ones."""
-    try:
-        signature = inspect.signature(cls)
-    except (TypeError, ValueError):
-        return
-    kinds = {p.kind for p in signature.parameters.values()}
-    if inspect.Parameter.VAR_KEYWORD not in kinds:
-        accepted = [
-            name
-            for name, p in signature.parameters.items()
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-        ]
-        unknown = [k for k in params if k not in accepted]
-        if unknown:
-            raise ConfigError(
-                f"{where}.params: {target} has no parameter "
-                f"{', '.join(map(repr, unknown))}; accepted: {', '.join(accepted)}"
-            )
-    if not complete:
-        return
-    try:
-        signature.bind(**params)
-    except TypeError as error:
-        raise ConfigError(f"{where}.params: cannot call {target}: {error}") from None
-
-
-def _locate(config: Any) -> str | None:
-    """Where ``config`` sits inside the params of the config being built, if anywhere."""
-    building = _BUILDING.get()
-    if building is None:
-        return None
-    parent, params = building
-    for path, value in _walk(params, f"{parent}.params"):
-        if value is config:
-            return path
-    for path, value in _walk(params, f"{parent}.params"):
-        if _same_config(value, config):
-            return path
-    return None
-
-
-def _walk(node: Any, path: str, depth: int = 0) -> Iterator[tuple[str, Any]]:
-    if depth > 4:
-        return
-    if isinstance(node, Mapping) or _is_dictconfig(node):
-        items = node.items()
-    elif isinstance(node, (list, tuple)) or type(node).__name__ == "ListConfig":
-        items = enumerate(node)
-    else:
-        return
-    for k, v in items:
-        child = f"{path}.{k}"
-        yield child, v
-        yield from _walk(v, child, depth + 1)
-
-
-def _same_config(a: Any, b: Any) -> bool:
-    if not (isinstance(a, Mapping) or _is_dictconfig(a)) or "target" not in a:
-        return False
-    try:
-        return _to_plain(a) == _to_plain(b)
-    except Exception:  # unresolvable interpolations: not a match
-        return False
-
-
-def _to_plain(x: Any) -> Any:
-    if _is_dictconfig(x) or type(x).__name__ == "ListConfig":
-        from omegaconf import OmegaConf
-
-        return OmegaConf.to_container(x, resolve=True)
-    return x
-
-
-def load_partial_from_config(config: Mapping) -> Callable:
-    """``functools.partial(target, **params)``, built later by the caller."""
-    return functools.partial(get_obj_from_str(config["target"]), **config.get("params", {}))
-
-
-def load_configs(
-    paths: Sequence[str | os.PathLike],
-    overrides: Sequence[str] = (),
-    sections: Sequence[str] | None = None,
-):
-    """Merge YAML files left to right, then apply ``key=value`` dot-list overrides.
-
-    Each file must hold a mapping. Overrides are checked by
-    :func:`sgm.config_overrides.apply_overrides` (``sections``: the allowed new top-level
-    keys; None allows any).
-    """
-    from omegaconf import DictConfig, OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-    from yaml import YAMLError
-
-    from .config_overrides import apply_overrides
-
-    configs = []
-    for path in paths:
-        if not Path(path).is_file():
-            what = "is a folder, not a config file" if Path(path).is_dir() else "not found"
-            raise ConfigError(f"config file {what}: {path}")
-        try:
-            loaded = OmegaConf.load(path)
-        except (YAMLError, OmegaConfBaseException, UnicodeDecodeError) as error:
-            first = (str(error).splitlines() or [""])[0]
-            raise ConfigError(f"{path}: not valid YAML: {first}") from None
-        if not isinstance(loaded, DictConfig):
-            raise ConfigError(
-                f"{path}: the top level must be a mapping of sections (model, data, "
-                f"lightning), found a {type(loaded).__name__.replace('Config', '').lower()}"
-            )
-        configs.append(loaded)
-    try:
-        merged = OmegaConf.merge(*configs) if configs else OmegaConf.create()
-    except (OmegaConfBaseException, ValueError) as error:
-        first = (str(error).splitlines() or [""])[0]
-        raise ConfigError(f"cannot merge {', '.join(map(str, paths))}: {first}") from None
-    return apply_overrides(merged, overrides, sections)
-
-
-def get_configs_path() -> str:
-    """The ``configs`` folder: inside the installed package, or the source checkout."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "configs", here.parent / "configs"):
-        if candidate.is_dir():
-            return str(candidate)
-    raise FileNotFoundError(
-        f"could not find the sgm configs folder; looked in {here / 'configs'} and "
-        f"{here.parent / 'configs'}"
-    )
+# --------------------------------------------------------------------------- models
 
 
 def load_model_from_config(

@@ -10,16 +10,18 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from ..config import instantiate_from_config, load_configs
 from ..config_overrides import KNOWN_SECTIONS
+from ..devices import accelerator_type
 from ..errors import ConfigError
-from ..util import instantiate_from_config, load_configs
 from . import trainer_args
-from .cli import RunPaths, exit_code_for, resolve_paths
+from .paths import RunPaths, exit_code_for, resolve_paths
 
 logger = logging.getLogger("sgm.main")
 
 MAIN_PREFIX = "main."
 CALLBACKS_MODULE = "sgm.training.callbacks."
+SETUP_CALLBACK = "setup_callback"
 
 
 def _localize_targets(node: Any) -> Any:
@@ -34,8 +36,6 @@ def _localize_targets(node: Any) -> Any:
 
 
 def _gpu_available() -> bool:
-    from ..util import accelerator_type
-
     return accelerator_type() is not None
 
 
@@ -114,13 +114,12 @@ def _logger_config(opt: argparse.Namespace, paths: RunPaths, lightning_config: D
 
 
 def callback_configs(
-    opt: argparse.Namespace,
-    paths: RunPaths,
-    config: DictConfig,
-    lightning_config: DictConfig,
-    has_logger: bool,
+    opt: argparse.Namespace, paths: RunPaths, lightning_config: DictConfig, has_logger: bool
 ) -> DictConfig:
-    """Default callbacks (setup, images, LR monitor, checkpoints) merged with the config's."""
+    """Default callbacks (setup, images, LR monitor, checkpoints) merged with the config's.
+
+    The setup callback's ``config`` and ``lightning_config`` are not among its params:
+    :func:`build_callbacks` hands them over as they are."""
     ckpt = {
         "target": "pytorch_lightning.callbacks.ModelCheckpoint",
         "params": {
@@ -133,7 +132,7 @@ def callback_configs(
     }
     ckpt = OmegaConf.merge(ckpt, lightning_config.get("modelcheckpoint") or {})
     defaults = {
-        "setup_callback": {
+        SETUP_CALLBACK: {
             "target": "sgm.training.callbacks.SetupCallback",
             "params": {
                 "resume": opt.resume,
@@ -141,8 +140,6 @@ def callback_configs(
                 "logdir": paths.logdir,
                 "ckptdir": paths.ckptdir,
                 "cfgdir": paths.cfgdir,
-                "config": config,
-                "lightning_config": lightning_config,
                 "debug": opt.debug,
             },
         },
@@ -175,6 +172,22 @@ def callback_configs(
             },
         }
     return _localize_targets(OmegaConf.merge(defaults, custom))
+
+
+def build_callbacks(
+    callbacks_cfg: DictConfig, config: DictConfig, lightning_config: DictConfig
+) -> list:
+    """The callbacks of ``callbacks_cfg``; the setup callback gets the run's configs as
+    DictConfigs (it saves them with their interpolations)."""
+    setup = {"config": config, "lightning_config": lightning_config}
+    return [
+        instantiate_from_config(
+            callbacks_cfg[k],
+            key=f"lightning.callbacks.{k}",
+            extra=setup if k == SETUP_CALLBACK else None,
+        )
+        for k in callbacks_cfg
+    ]
 
 
 def _strategy(lightning_config: DictConfig, trainer: dict) -> Any:
@@ -267,11 +280,8 @@ def build(opt: argparse.Namespace, overrides: list[str]) -> Run:
     run_logger = False
     if logger_cfg is not None:
         run_logger = instantiate_from_config(logger_cfg, key="lightning.logger")
-    callbacks_cfg = callback_configs(opt, paths, config, lightning_config, bool(run_logger))
-    callbacks = [
-        instantiate_from_config(callbacks_cfg[k], key=f"lightning.callbacks.{k}")
-        for k in callbacks_cfg
-    ]
+    callbacks_cfg = callback_configs(opt, paths, lightning_config, bool(run_logger))
+    callbacks = build_callbacks(callbacks_cfg, config, lightning_config)
     if trainer_cfg.get("enable_progress_bar", True) is not False:
         from pytorch_lightning.callbacks.progress import ProgressBar
 
