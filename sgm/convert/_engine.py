@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config import instantiate_from_config, load_configs, to_plain
 from ..errors import ConfigError
 
 # Engine parts that hold no weights of the released files.
@@ -18,8 +19,6 @@ _NOT_WEIGHTS = ("sampler_config", "loss_fn_config", "ckpt_path", "scheduler_conf
 
 def load_config(path: str | os.PathLike) -> Any:
     """The YAML at ``path`` (an OmegaConf node with a ``model`` section)."""
-    from ..util import load_configs
-
     config = load_configs([path])
     if "model" not in config or "target" not in config.model:
         raise ConfigError(f"{path}: no model.target; expected an sgm model config")
@@ -28,23 +27,15 @@ def load_config(path: str | os.PathLike) -> Any:
 
 def engine_params(config: Any) -> dict[str, Any]:
     """``model.params`` as plain containers, with every config resolved."""
-    from omegaconf import OmegaConf
-
-    params = config.model.get("params", {})
-    return OmegaConf.to_container(params, resolve=True) if params is not None else {}
+    return to_plain(config.model.get("params")) or {}
 
 
 def build_engine(config: Any, device: str | torch.device = "meta") -> nn.Module:
     """The config's model without checkpoint, sampler or loss (their weights are not in
     released files), built on ``device``."""
-    from omegaconf import OmegaConf
-
-    from ..util import instantiate_from_config
-
-    model = OmegaConf.create(OmegaConf.to_container(config.model, resolve=True))
-    for key in _NOT_WEIGHTS:
-        model.params.pop(key, None)
-    model.params["use_ema"] = False
+    params = config.model.get("params") or {}
+    params = {k: v for k, v in params.items() if k not in _NOT_WEIGHTS}
+    model = {"target": config.model.target, "params": {**params, "use_ema": False}}
     try:
         with torch.device(device):
             return instantiate_from_config(model)
@@ -56,8 +47,6 @@ def build_engine(config: Any, device: str | torch.device = "meta") -> nn.Module:
 
 def denoiser_buffers(config: Any) -> dict[str, torch.Tensor]:
     """``denoiser.*`` buffers (the sigma table of discrete denoisers), from the config."""
-    from ..util import instantiate_from_config
-
     denoiser = instantiate_from_config(config.model.params.denoiser_config)
     return {f"denoiser.{k}": v for k, v in denoiser.state_dict().items()}
 

@@ -28,27 +28,16 @@ from ._webdataset import build_loader
 logger = logging.getLogger(__name__)
 
 
-def _plain(config: Any) -> dict:
-    if config is None:
-        return {}
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(config, DictConfig):
-            return OmegaConf.to_container(config, resolve=True)
-    except ImportError:
-        pass
+def _split(name: str, config: Any) -> dict:
+    """The split's config, checked: a mapping with ``datapipeline`` and ``loader``."""
     if not isinstance(config, Mapping):
-        raise ConfigError(f"expected a mapping, got {config!r}")
-    return dict(config)
-
-
-def _check_split(name: str, config: dict) -> None:
+        raise ConfigError(f"data.params.{name}: expected a mapping, got {config!r}")
     for key in ("datapipeline", "loader"):
         if key not in config:
             raise ConfigError(
                 f"data.params.{name}: missing key {key!r} (expected 'datapipeline' and 'loader')"
             )
+    return dict(config)
 
 
 class StableDataModuleFromConfig(pl.LightningDataModule):
@@ -67,13 +56,9 @@ class StableDataModuleFromConfig(pl.LightningDataModule):
         dummy: bool = False,
     ):
         super().__init__()
-        self.train_config = _plain(train)
-        _check_split("train", self.train_config)
-        self.val_config = _plain(validation) if validation is not None else None
-        self.test_config = _plain(test) if test is not None else None
-        for name, cfg in (("validation", self.val_config), ("test", self.test_config)):
-            if cfg is not None:
-                _check_split(name, cfg)
+        self.train_config = _split("train", train)
+        self.val_config = _split("validation", validation) if validation is not None else None
+        self.test_config = _split("test", test) if test is not None else None
         if self.val_config is None and not skip_val_loader:
             logger.info("no validation config: validating on the train data")
             self.val_config = self.train_config

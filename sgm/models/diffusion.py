@@ -12,7 +12,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import ListConfig, OmegaConf
+from omegaconf import ListConfig
 
 from .. import offload, precision
 from ..checkpoint import LoadReport, load_state_dict, load_state_dict_into
@@ -33,12 +33,6 @@ logger = logging.getLogger(__name__)
 
 OPENAIUNETWRAPPER = "sgm.modules.diffusionmodules.wrappers.OpenAIWrapper"
 DEFAULT_OPTIMIZER = {"target": "torch.optim.AdamW"}
-
-
-def _plain(config: Any) -> Any:
-    if OmegaConf.is_config(config):
-        return OmegaConf.to_container(config, resolve=True)
-    return config
 
 
 class DiffusionEngine(pl.LightningModule):
@@ -77,7 +71,7 @@ class DiffusionEngine(pl.LightningModule):
         super().__init__()
         self.log_keys = list(log_keys) if log_keys is not None else None
         self.input_key = input_key
-        self.optimizer_config = _plain(default(optimizer_config, DEFAULT_OPTIMIZER))
+        self.optimizer_config = default(optimizer_config, DEFAULT_OPTIMIZER)
         network = instantiate_from_config(network_config)
         wrapper = get_obj_from_str(default(network_wrapper, OPENAIUNETWRAPPER))
         self.model = wrapper(network, compile_model=compile_model)
@@ -88,7 +82,7 @@ class DiffusionEngine(pl.LightningModule):
         self.conditioner = instantiate_from_config(
             default(conditioner_config, UNCONDITIONAL_CONFIG)
         )
-        self.scheduler_config = _plain(scheduler_config)
+        self.scheduler_config = scheduler_config
         self._init_first_stage(first_stage_config)
         self.loss_fn = (
             instantiate_from_config(loss_fn_config) if loss_fn_config is not None else None
@@ -107,7 +101,7 @@ class DiffusionEngine(pl.LightningModule):
             self.learning_rate = float(learning_rate)
         if ckpt_path is not None:
             self.init_from_ckpt(ckpt_path)
-        self.lora_config = _plain(lora_config)
+        self.lora_config = lora_config
         if self.lora_config is not None:  # after the base weights: only the adapter trains
             from ..lora.training import attach_lora
 

@@ -9,10 +9,8 @@ keys ``input_blocks.N.M``, ``middle_block.K``, ``output_blocks.N.M``) stays the 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from ...errors import ConfigError, InputError
@@ -45,13 +43,6 @@ __all__ = [
     "UNetModel",
     "Upsample",
 ]
-
-
-def _plain(value: Any) -> Any:
-    """OmegaConf containers -> plain lists/dicts; anything else unchanged."""
-    if isinstance(value, (ListConfig, DictConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
 
 
 def _per_level(value, levels: int, name: str) -> list[int]:
@@ -113,20 +104,20 @@ class UNetModel(nn.Module):
         adm_in_channels: int | None = None,
     ):
         super().__init__()
-        channel_mult = tuple(int(m) for m in _plain(channel_mult))
+        channel_mult = tuple(int(m) for m in channel_mult)
         levels = len(channel_mult)
         if num_heads == -1 and num_head_channels == -1:
             raise ConfigError("set either num_heads or num_head_channels")
         self.in_channels = in_channels
         self.model_channels = model_channels
         self.out_channels = out_channels
-        self.num_res_blocks = _per_level(_plain(num_res_blocks), levels, "num_res_blocks")
-        self.attention_resolutions = tuple(_plain(attention_resolutions))
+        self.num_res_blocks = _per_level(num_res_blocks, levels, "num_res_blocks")
+        self.attention_resolutions = tuple(attention_resolutions)
         self.dropout = dropout
         self.channel_mult = channel_mult
         self.conv_resample = conv_resample
         self.dims = dims
-        self.num_classes = _plain(num_classes)
+        self.num_classes = num_classes
         self.use_checkpoint = use_checkpoint
         self.num_heads = num_heads
         self.num_head_channels = num_head_channels
@@ -135,16 +126,15 @@ class UNetModel(nn.Module):
         self.resblock_updown = resblock_updown
         self.use_new_attention_order = use_new_attention_order
         self.use_spatial_transformer = use_spatial_transformer
-        self.transformer_depth = _per_level(_plain(transformer_depth), levels, "transformer_depth")
+        self.transformer_depth = _per_level(transformer_depth, levels, "transformer_depth")
         self.transformer_depth_middle = (
             self.transformer_depth[-1]
             if transformer_depth_middle is None
             else int(transformer_depth_middle)
         )
-        context_dim = _plain(context_dim)
         self.context_dim = context_dim
-        self.disable_self_attentions = _plain(disable_self_attentions)
-        self.num_attention_blocks = _plain(num_attention_blocks)
+        self.disable_self_attentions = disable_self_attentions
+        self.num_attention_blocks = num_attention_blocks
         if self.num_attention_blocks is not None:
             self._check_num_attention_blocks()
         self.use_linear_in_transformer = use_linear_in_transformer
