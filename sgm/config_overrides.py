@@ -152,7 +152,7 @@ def _signature_type(config: Any, parts: list[str], text: str) -> tuple[type | No
     if len(parts) < 3 or parts[-2] != "params":
         return None
     owner = _select(config, ".".join(parts[:-2]))
-    if not (isinstance(owner, Mapping) or hasattr(owner, "keys")) or "target" not in owner:
+    if not isinstance(owner, Mapping) or "target" not in owner:
         return None
     target = owner["target"]
     try:

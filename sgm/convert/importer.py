@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ..config import get_configs_path
 from ..errors import CheckpointError, InputError
 from ._components import PIPELINES, Component, layout
 from ._engine import (
@@ -31,8 +32,6 @@ _XL = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")
 def released_config(folder: str | os.PathLike) -> Path:
     """The released config that fits a diffusers folder, from its ``model_index.json``
     and component configs (SD 2.1 / 2.1-768, SDXL base / refiner, SVD / SVD-XT)."""
-    from ..util import get_configs_path
-
     folder = Path(folder)
     index = read_json(folder / "model_index.json")
     pipeline = index.get("_class_name")

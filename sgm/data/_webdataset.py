@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
+from ..config import instantiate_from_config
 from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -63,8 +64,6 @@ def _register_fsspec(url: str) -> None:
 
 
 def _postprocessor(config: Any, where: str) -> Callable:
-    from ..util import instantiate_from_config
-
     if isinstance(config, dict) and str(config.get("target", "")).startswith(SDATA_PREFIX):
         try:
             import sdata  # noqa: F401

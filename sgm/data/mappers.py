@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ..config import instantiate_from_config
 from ..errors import InputError
 
 
@@ -44,8 +45,6 @@ class TorchVisionImageTransforms:
         key: str = "jpg",
         original_size_key: str = "original_size_as_tuple",
     ):
-        from ..util import instantiate_from_config
-
         self.key = key
         self.original_size_key = original_size_key
         built = [t if callable(t) else instantiate_from_config(t) for t in transforms]

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config import instantiate_from_config
 from ..errors import ConfigError, InputError
 from .image_caption import _size, missing_field, where
 
@@ -207,8 +208,6 @@ class PerClipSigmaSampling:
     """A sigma sampler giving all ``num_frames`` frames of a clip the same noise level."""
 
     def __init__(self, num_frames: int, sigma_sampler_config: Mapping[str, Any]):
-        from ..util import instantiate_from_config
-
         self.num_frames = int(num_frames)
         self.sampler = instantiate_from_config(sigma_sampler_config)
 
