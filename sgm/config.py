@@ -85,13 +85,13 @@ def instantiate_from_config(
 
 def to_plain(node: Any) -> Any:
     """``node`` with every OmegaConf node in it turned into plain dicts and lists, its
-    interpolations resolved. Plain containers holding no OmegaConf node come back as they
-    are (the same object), as does anything else."""
+    interpolations resolved (a missing ``???`` value raises). Plain containers holding no
+    OmegaConf node come back as they are (the same object), as does anything else."""
     omegaconf = sys.modules.get("omegaconf")
     if omegaconf is None:  # never imported: no node can be an OmegaConf one
         return node
     if omegaconf.OmegaConf.is_config(node):
-        return omegaconf.OmegaConf.to_container(node, resolve=True)
+        return omegaconf.OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
     if isinstance(node, dict):
         converted = {k: to_plain(v) for k, v in node.items()}
         return node if all(converted[k] is v for k, v in node.items()) else converted
