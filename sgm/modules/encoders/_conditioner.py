@@ -134,22 +134,38 @@ class GeneralConditioner(nn.Module):
         force_zero_embeddings: Sequence[str] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Embed ``batch``; embedders whose input key is in ``force_zero_embeddings`` give zeros."""
+        return self._condition(batch, force_zero_embeddings)[0]
+
+    def _condition(
+        self,
+        batch: Mapping[str, Any],
+        force_zero_embeddings: Sequence[str] | None = None,
+        zeros_like: Mapping[int, list[torch.Tensor]] | None = None,
+    ) -> tuple[dict[str, torch.Tensor], dict[int, list[torch.Tensor]]]:
+        """``(output, each embedder's own outputs)``. A zeroed embedder listed in
+        ``zeros_like`` is not run: its zeros take the shapes of the given outputs."""
         force_zero = list(force_zero_embeddings or [])
         output: dict[str, torch.Tensor] = {}
-        for embedder in self.embedders:
-            for emb in self._embed(embedder, batch):
+        embedded: dict[int, list[torch.Tensor]] = {}
+        for n, embedder in enumerate(self.embedders):
+            zeroed = embedder.input_key is not None and embedder.input_key in force_zero
+            if zeroed and zeros_like is not None and n in zeros_like:
+                embedded[n] = [torch.zeros_like(emb) for emb in zeros_like[n]]
+            else:
+                embedded[n] = self._embed(embedder, batch)
+            for emb in embedded[n]:
                 out_key = self._out_key(embedder, emb)
                 if embedder.ucg_rate > 0.0 and embedder.legacy_ucg_val is None:
                     keep = keep_mask(
                         emb.shape[0], embedder.ucg_rate, emb.device, embedder.ucg_generator
                     )
                     emb = append_dims(keep, emb.ndim) * emb
-                if embedder.input_key is not None and embedder.input_key in force_zero:
+                if zeroed:
                     emb = torch.zeros_like(emb)
                 if out_key in output:
                     emb = torch.cat((output[out_key], emb), self.KEY2CATDIM[out_key])
                 output[out_key] = emb
-        return output
+        return output, embedded
 
     @contextlib.contextmanager
     def ucg_disabled(self) -> Iterator[None]:
@@ -171,11 +187,38 @@ class GeneralConditioner(nn.Module):
         force_cond_zero_embeddings: Sequence[str] | None = None,
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """``(c, uc)`` without dropout: ``c`` from ``batch_c``, ``uc`` from ``batch_uc``
-        (default ``batch_c``) with the listed embedders zeroed."""
+        (default ``batch_c``) with the listed embedders zeroed.
+
+        A zeroed text embedder is not run a second time for ``uc``: its zeros take the
+        shapes of its ``c`` outputs (text encoders are deterministic and their output shape
+        depends only on the number of prompts). Other embedders always run, so anything
+        they draw from a random generator is drawn as before."""
+        batch_uc = batch_c if batch_uc is None else batch_uc
         with self.ucg_disabled():
-            c = self(batch_c, force_cond_zero_embeddings)
-            uc = self(batch_c if batch_uc is None else batch_uc, force_uc_zero_embeddings)
+            c, embedded = self._condition(batch_c, force_cond_zero_embeddings)
+            reusable = {
+                n: embedded[n]
+                for n, embedder in enumerate(self.embedders)
+                if _same_prompt_count(embedder.input_key, batch_c, batch_uc)
+            }
+            uc, _ = self._condition(batch_uc, force_uc_zero_embeddings, zeros_like=reusable)
         return c, uc
+
+
+def _prompt_count(value: Any) -> int | None:
+    """How many prompts ``value`` holds (a string or a list of strings), else None."""
+    if isinstance(value, str):
+        return 1
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        return len(value)
+    return None
+
+
+def _same_prompt_count(key: str | None, a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    if key is None or key not in a or key not in b:
+        return False
+    count = _prompt_count(a[key])
+    return count is not None and count == _prompt_count(b[key])
 
 
 def _batch_value(batch: Mapping[str, Any], key: str) -> Any:

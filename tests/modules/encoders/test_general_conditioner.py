@@ -211,6 +211,41 @@ def test_force_zero_and_unconditional(sdxl_like):
             embedder.ucg_rate = 0.0
 
 
+@torch.no_grad()
+def test_zeroed_text_towers_run_once_for_c_and_uc(sdxl_like):
+    # The oracle is the conditioner's own forward on the uc batch with the same embedders
+    # zeroed (what get_unconditional_conditioning did before): identical tensors, while the
+    # text towers run for c only. Size embedders (not text) still run for uc.
+    calls = [0] * len(sdxl_like.embedders)
+    hooks = [
+        embedder.register_forward_hook(lambda *_, n=n: calls.__setitem__(n, calls[n] + 1))
+        for n, embedder in enumerate(sdxl_like.embedders)
+    ]
+    try:
+        batch_c = sdxl_batch()
+        batch_uc = {**sdxl_batch(), "txt": ["", ""]}
+        expected_c = sdxl_like(batch_c)
+        expected_uc = sdxl_like(batch_uc, force_zero_embeddings=["txt"])
+        calls[:] = [0] * len(calls)
+        c, uc = sdxl_like.get_unconditional_conditioning(
+            batch_c, batch_uc, force_uc_zero_embeddings=["txt"]
+        )
+        assert calls == [1, 1, 2, 2, 2]
+        assert c.keys() == expected_c.keys() and uc.keys() == expected_uc.keys()
+        for key in c:
+            assert torch.equal(c[key], expected_c[key])
+            assert torch.equal(uc[key], expected_uc[key])
+        # a different number of prompts for uc: the towers run again, shapes follow uc
+        calls[:] = [0] * len(calls)
+        _, uc1 = sdxl_like.get_unconditional_conditioning(
+            sdxl_batch(2), {**sdxl_batch(1), "txt": [""]}, force_uc_zero_embeddings=["txt"]
+        )
+        assert calls[:2] == [2, 2] and uc1["crossattn"].shape[0] == 1
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
 def test_config_errors():
     with pytest.raises(ConfigError, match="input_key"):
         GeneralConditioner([{"target": MODULES + "IdentityEncoder"}])
