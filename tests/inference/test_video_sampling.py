@@ -448,3 +448,23 @@ def test_released_configs_build_and_get_every_conditioning_key(version, frames, 
         build_value_dict(torch.zeros(1, 3, 8, 8), 0.02, polars_rad=[0.0], azimuths_rad=[0.0])
     )
     assert set(_embedder_keys(model.conditioner)) <= provided
+
+
+def test_load_video_model_lora_adds_up_and_freezes(arch_dir, tmp_path):
+    """``lora=`` applies each ``(path, scale)`` adapter: scale 0 is the base model, two
+    halves are the whole adapter (the update is linear in the scale), nothing trains."""
+    ckpt, lora = _engine_and_lora(tmp_path)
+    image = prepare_svd_image(_png_image(64, 64))
+
+    def frames(**kwargs):
+        model = load_video_model(TINY_CONFIG, ckpt, "cpu", num_frames=3, num_steps=2, **kwargs)
+        assert not any(p.requires_grad for p in model.parameters())
+        generator = torch.Generator().manual_seed(3)
+        values = build_value_dict(image, 0.02, generator=generator)
+        return sample_video(model, values, 3, generator=generator, decoding_t=3)
+
+    plain = frames()
+    assert torch.equal(frames(lora=[(lora, 0.0)]), plain)
+    whole = frames(lora=[(lora, 1.0)])
+    assert (whole - plain).abs().max() > 1e-2
+    torch.testing.assert_close(frames(lora=[(lora, 0.5), (lora, 0.5)]), whole, atol=1e-4, rtol=0)
