@@ -1,7 +1,9 @@
 """Video UNets: ``VideoUNet`` (SVD, SV3D) and ``SpatialUNetModelWithTime`` (SV4D).
 
 Both take frames flattened into the batch, ``x`` of shape ``(B*T, C, H, W)``, with
-``num_video_frames=T``; the blocks live in ``_video_blocks``.
+``num_video_frames=T``. They are the UNet skeleton of ``_unet_skeleton`` with temporal
+residual blocks and attention layers (``_make_res_block`` / ``_make_attention``); the
+blocks live in ``_video_blocks``.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import nn
 
 from ...errors import ConfigError
 from ..spacetime_attention import (
@@ -17,7 +20,7 @@ from ..spacetime_attention import (
     PostHocSpatialTransformerWithTimeMixingAndMotion,
 )
 from ..video_attention import SpatialVideoTransformer
-from ._unet_blocks import ResBlock
+from ._unet_skeleton import UNetSkeleton
 from ._video_blocks import (
     PostHocAttentionBlockWithTimeMixing,
     PostHocResBlockWithTime,
@@ -25,7 +28,6 @@ from ._video_blocks import (
     plain_kernel,
 )
 from ._video_mixing import get_alpha
-from ._video_unet_base import VideoUNetBase
 from .util import AlphaBlender
 
 __all__ = [
@@ -43,7 +45,28 @@ __all__ = [
 ]
 
 
-class VideoUNet(VideoUNetBase):
+def _time_attention_kwargs(
+    net: UNetSkeleton, merge_strategy: str, merge_factor: float, disable_self_attn: bool
+) -> dict:
+    """Settings every spatial-plus-temporal transformer of a video UNet shares."""
+    return dict(
+        context_dim=net.context_dim,
+        time_context_dim=net.time_context_dim,
+        dropout=net.dropout,
+        ff_in=net.extra_ff_mix_layer,
+        use_spatial_context=net.use_spatial_context,
+        merge_strategy=merge_strategy,
+        merge_factor=merge_factor,
+        checkpoint=net.use_checkpoint,
+        use_linear=net.use_linear_in_transformer,
+        attn_mode=net.spatial_transformer_attn_type,
+        disable_self_attn=disable_self_attn,
+        disable_temporal_crossattention=net.disable_temporal_crossattention,
+        max_time_embed_period=net.max_ddpm_temb_period,
+    )
+
+
+class VideoUNet(UNetSkeleton):
     """UNet with temporal ResBlocks and temporal attention (Blattmann et al., 2023).
 
     Args:
@@ -92,59 +115,28 @@ class VideoUNet(VideoUNetBase):
         super().__init__()
         if context_dim is None:
             raise ConfigError("VideoUNet needs context_dim")
-        self._init_heads(num_heads, num_head_channels, num_heads_upsample, dropout, use_checkpoint)
-        self._dims, self._scale_shift = dims, use_scale_shift_norm
-        self._merge = dict(merge_strategy=merge_strategy, merge_factor=merge_factor)
-        self._kernel = plain_kernel(video_kernel_size)
-        self._attn_kw = dict(
-            context_dim=context_dim,
-            time_context_dim=time_context_dim,
-            dropout=dropout,
-            ff_in=extra_ff_mix_layer,
-            use_spatial_context=use_spatial_context,
-            merge_strategy=merge_strategy,
-            merge_factor=merge_factor,
-            checkpoint=use_checkpoint,
-            use_linear=use_linear_in_transformer,
-            attn_mode=spatial_transformer_attn_type,
-            disable_self_attn=False,
-            disable_temporal_crossattention=disable_temporal_crossattention,
-            max_time_embed_period=max_ddpm_temb_period,
-        )
-        self._build(
-            in_channels=in_channels,
-            model_channels=model_channels,
-            out_channels=out_channels,
-            num_res_blocks=num_res_blocks,
-            attention_resolutions=attention_resolutions,
-            channel_mult=channel_mult,
-            conv_resample=conv_resample,
-            dims=dims,
-            num_classes=num_classes,
-            adm_in_channels=adm_in_channels,
-            transformer_depth=transformer_depth,
-            transformer_depth_middle=transformer_depth_middle,
-            resblock_updown=resblock_updown,
-            time_downup=time_downup,
-        )
+        self._configure(locals())
 
-    def _resblock(self, ch, out_ch, down=False, up=False):
+    def _make_res_block(self, ch: int, out_ch: int, **kwargs) -> VideoResBlock:
         return VideoResBlock(
             channels=ch,
-            emb_channels=4 * self.model_channels,
+            emb_channels=self.time_embed_dim,
             dropout=self.dropout,
-            video_kernel_size=self._kernel,
+            video_kernel_size=plain_kernel(self.video_kernel_size),
+            merge_strategy=self.merge_strategy,
+            merge_factor=self.merge_factor,
             out_channels=out_ch,
-            dims=self._dims,
+            dims=self.dims,
             use_checkpoint=self.use_checkpoint,
-            use_scale_shift_norm=self._scale_shift,
-            down=down,
-            up=up,
-            **self._merge,
+            use_scale_shift_norm=self.use_scale_shift_norm,
+            **kwargs,
         )
 
-    def _attention(self, ch, num_heads, dim_head, depth):
-        return SpatialVideoTransformer(ch, num_heads, dim_head, depth=depth, **self._attn_kw)
+    def _make_attention(
+        self, ch: int, depth: int, disable_self_attn: bool, upsampling: bool = False
+    ) -> SpatialVideoTransformer:
+        kw = _time_attention_kwargs(self, self.merge_strategy, self.merge_factor, disable_self_attn)
+        return SpatialVideoTransformer(ch, *self._heads(ch), depth=depth, **kw)
 
     def forward(
         self,
@@ -157,18 +149,18 @@ class VideoUNet(VideoUNetBase):
         image_only_indicator: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B*T, C, H, W), timesteps (B*T,), context (B*T, M, D), y (B*T, adm) -> (B*T, C_out, H, W)."""
-        emb = self._embedding(x, timesteps, y)
-        return self._run(
+        return self._forward(
             x,
-            emb,
-            context=context,
-            image_only_indicator=image_only_indicator,
+            timesteps,
+            context,
+            y,
             time_context=time_context,
             num_video_frames=num_video_frames,
+            image_only_indicator=image_only_indicator,
         )
 
 
-class SpatialUNetModelWithTime(VideoUNetBase):
+class SpatialUNetModelWithTime(UNetSkeleton):
     """UNet with frame (and, with ``use_motion_attention``, view) mixing for SV4D.
 
     Args:
@@ -235,104 +227,74 @@ class SpatialUNetModelWithTime(VideoUNetBase):
             raise ConfigError(
                 "context_dim must be set exactly when use_spatial_transformer is True"
             )
-        self._init_heads(num_heads, num_head_channels, num_heads_upsample, dropout, use_checkpoint)
         self.use_temporal_resblocks = use_temporal_resblock
-        self._legacy, self._spatial_tf = legacy, use_spatial_transformer
-        self._motion = use_motion_attention
-        self._new_order = use_new_attention_order
-        self._res_kw = dict(
-            dims=dims, use_checkpoint=use_checkpoint, use_scale_shift_norm=use_scale_shift_norm
-        )
-        self._time_res_kw = dict(
-            merge_factor=time_block_merge_factor,
-            merge_strategy=time_block_merge_strategy,
-            time_kernel_size=plain_kernel(time_kernel_size),
-            time_mix_legacy=time_mix_legacy,
-            replicate_bug=replicate_time_mix_bug,
-        )
-        self._attn_kw = dict(
-            context_dim=context_dim,
-            time_context_dim=time_context_dim,
-            dropout=dropout,
-            ff_in=extra_ff_mix_layer,
-            use_spatial_context=use_spatial_context,
-            merge_strategy=time_block_merge_strategy,
-            merge_factor=time_block_merge_factor,
-            checkpoint=use_checkpoint,
-            use_linear=use_linear_in_transformer,
-            attn_mode=spatial_transformer_attn_type,
-            disable_self_attn=False,
-            disable_temporal_crossattention=disable_temporal_crossattention,
-            time_mix_legacy=time_mix_legacy,
-            max_time_embed_period=max_ddpm_temb_period,
-        )
-        self._motion_kw = dict(
-            motion_context_dim=motion_context_dim,
-            use_camera_emb=use_camera_emb,
-            use_3d_attention=use_3d_attention,
-            separate_motion_merge_factor=separate_motion_merge_factor,
-            adm_in_channels=adm_in_channels,
-            merge_factor_motion=motion_block_merge_factor,
-        )
-        self._build(
-            in_channels=in_channels,
-            model_channels=model_channels,
-            out_channels=out_channels,
-            num_res_blocks=num_res_blocks,
-            attention_resolutions=attention_resolutions,
-            channel_mult=channel_mult,
-            conv_resample=conv_resample,
-            dims=dims,
-            num_classes=num_classes,
-            adm_in_channels=adm_in_channels,
-            transformer_depth=transformer_depth,
-            transformer_depth_middle=transformer_depth_middle,
-            resblock_updown=resblock_updown,
-            time_downup=time_downup,
-        )
+        self._configure(locals())
 
     def _heads(self, ch: int) -> tuple[int, int]:
         num_heads, dim_head = super()._heads(ch)
-        if self._legacy:
-            dim_head = ch // num_heads if self._spatial_tf else self.num_head_channels
+        if self.legacy:
+            dim_head = ch // num_heads if self.use_spatial_transformer else self.num_head_channels
         return num_heads, dim_head
 
-    def _resblock(self, ch, out_ch, down=False, up=False):
-        kw = dict(
+    def _make_res_block(self, ch: int, out_ch: int, **kwargs) -> nn.Module:
+        if not self.use_temporal_resblock:
+            return super()._make_res_block(ch, out_ch, **kwargs)
+        return PostHocResBlockWithTime(
             channels=ch,
-            emb_channels=4 * self.model_channels,
+            emb_channels=self.time_embed_dim,
             dropout=self.dropout,
+            time_kernel_size=plain_kernel(self.time_kernel_size),
+            merge_strategy=self.time_block_merge_strategy,
+            merge_factor=self.time_block_merge_factor,
             out_channels=out_ch,
-            down=down,
-            up=up,
-            **self._res_kw,
+            dims=self.dims,
+            use_checkpoint=self.use_checkpoint,
+            use_scale_shift_norm=self.use_scale_shift_norm,
+            time_mix_legacy=self.time_mix_legacy,
+            replicate_bug=self.replicate_time_mix_bug,
+            **kwargs,
         )
-        if self.use_temporal_resblocks:
-            return PostHocResBlockWithTime(**kw, **self._time_res_kw)
-        return ResBlock(**kw)
 
-    def _attention(self, ch, num_heads, dim_head, depth):
-        kw = self._attn_kw
-        if not self._spatial_tf:
+    def _make_attention(
+        self, ch: int, depth: int, disable_self_attn: bool, upsampling: bool = False
+    ) -> nn.Module:
+        num_heads, dim_head = self._heads(ch)
+        if not self.use_spatial_transformer:
             return PostHocAttentionBlockWithTimeMixing(
                 ch,
                 num_heads,
                 dim_head,
                 use_checkpoint=self.use_checkpoint,
-                use_new_attention_order=self._new_order,
+                use_new_attention_order=self.use_new_attention_order,
                 dropout=self.dropout,
-                ff_in=kw["ff_in"],
-                use_spatial_context=kw["use_spatial_context"],
-                merge_strategy=kw["merge_strategy"],
-                merge_factor=kw["merge_factor"],
-                attn_mode=kw["attn_mode"],
-                disable_temporal_crossattention=kw["disable_temporal_crossattention"],
+                ff_in=self.extra_ff_mix_layer,
+                use_spatial_context=self.use_spatial_context,
+                merge_strategy=self.time_block_merge_strategy,
+                merge_factor=self.time_block_merge_factor,
+                attn_mode=self.spatial_transformer_attn_type,
+                disable_temporal_crossattention=self.disable_temporal_crossattention,
             )
-        if self._motion:
-            return PostHocSpatialTransformerWithTimeMixingAndMotion(
-                ch, num_heads, dim_head, depth=depth, **kw, **self._motion_kw
+        kw = _time_attention_kwargs(
+            self, self.time_block_merge_strategy, self.time_block_merge_factor, disable_self_attn
+        )
+        kw["time_mix_legacy"] = self.time_mix_legacy
+        if not self.use_motion_attention:
+            return PostHocSpatialTransformerWithTimeMixing(
+                ch, num_heads, dim_head, depth=depth, **kw
             )
-        return PostHocSpatialTransformerWithTimeMixing(ch, num_heads, dim_head, depth=depth, **kw)
+        return PostHocSpatialTransformerWithTimeMixingAndMotion(
+            ch,
+            num_heads,
+            dim_head,
+            depth=depth,
+            motion_context_dim=self.motion_context_dim,
+            use_camera_emb=self.use_camera_emb,
+            use_3d_attention=self.use_3d_attention,
+            separate_motion_merge_factor=self.separate_motion_merge_factor,
+            adm_in_channels=self.adm_in_channels,
+            merge_factor_motion=self.motion_block_merge_factor,
+            **kw,
+        )
 
     def forward(
         self,
@@ -349,14 +311,14 @@ class SpatialUNetModelWithTime(VideoUNetBase):
         time_step: int | None = None,
     ) -> torch.Tensor:
         """x (B*T*V, C, H, W), context (B, T, D), cond_view (B*V, 4, h, w) -> like x."""
-        emb = self._embedding(x, timesteps, y)
-        return self._run(
+        return self._forward(
             x,
-            emb,
-            context=context,
+            timesteps,
+            context,
+            y,
+            time_context=time_context,
+            num_video_frames=num_video_frames,
             image_only_indicator=image_only_indicator,
             cond_view=cond_view,
             cond_motion=cond_motion,
-            time_context=time_context,
-            num_video_frames=num_video_frames,
         )
