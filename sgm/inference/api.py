@@ -12,8 +12,9 @@ from typing import Any
 import torch
 
 from .. import precision
+from ..config import get_configs_path
+from ..devices import resolve_device
 from ..errors import ConfigError, InputError
-from ..util import get_configs_path, resolve_device
 from .engines import load_engine
 from .helpers import (
     Img2ImgDiscretizationWrapper,

@@ -19,9 +19,10 @@ import torch
 
 from .. import offload, precision
 from ..checkpoint import load_checkpoint_into
+from ..config import instantiate_from_config
+from ..devices import device_of
 from ..errors import CheckpointError
 from ..lora import apply_lora_specs
-from ..util import instantiate_from_config
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def model_device(model: torch.nn.Module) -> torch.device:
     """The device a model runs on: its offloader's (``sgm.offload``) if it has one, else
     that of its first parameter or buffer (cpu if it has none)."""
     offloaded = offload.execution_device(model)
-    return offloaded if offloaded is not None else precision.device_of(model)
+    return offloaded if offloaded is not None else device_of(model)
 
 
 def engine_autocast(

@@ -16,9 +16,9 @@ import torch
 from einops import rearrange, repeat
 
 from .. import offload
+from ..config import load_configs
 from ..errors import ConfigError, InputError
 from ..output_files import write_new_file
-from ..util import load_configs
 from .batch import get_batch, get_unique_embedder_keys_from_conditioner
 from .engines import check_checkpoint, engine_autocast, load_engine, model_device
 from .video_images import (  # noqa: F401  (importable from here)

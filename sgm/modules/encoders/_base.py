@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...precision import device_of
+from ...devices import device_of
 
 
 def _reset_to_none_property(name: str) -> property:
