@@ -14,7 +14,7 @@ from ._attention_layers import (
     MemoryEfficientCrossAttention,
     Normalize,
 )
-from .diffusionmodules.util import checkpoint, zero_module
+from .layers import checkpoint, zero_module
 
 logger = logging.getLogger(__name__)
 

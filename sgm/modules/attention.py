@@ -39,7 +39,7 @@ from ._transformer import (
     SpatialTransformer,
     attention_class,
 )
-from .diffusionmodules.util import zero_module
+from .layers import zero_module
 
 __all__ = [
     "ATTENTION_MODES",

@@ -11,8 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .diffusionmodules._video_mixing import init_merge, legacy_blend
-from .diffusionmodules.util import AlphaBlender
+from .blending import AlphaBlender, init_merge, legacy_blend
 from .video_attention import (
     TimeMixSequential,
     VideoTransformerBlock,

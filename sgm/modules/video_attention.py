@@ -3,7 +3,7 @@
 :class:`VideoTransformerBlock` attends along the frame axis of a ``(B*T, S, C)``
 token tensor; :class:`SpatialVideoTransformer` interleaves it with the spatial
 blocks of a :class:`~sgm.modules.attention.SpatialTransformer` and blends the two
-paths with an :class:`~sgm.modules.diffusionmodules.util.AlphaBlender`.
+paths with an :class:`~sgm.modules.blending.AlphaBlender`.
 """
 
 from __future__ import annotations
@@ -13,12 +13,8 @@ from einops import rearrange
 from torch import nn
 
 from .attention import FeedForward, SpatialTransformer, attention_class
-from .diffusionmodules.util import (
-    AlphaBlender,
-    checkpoint,
-    linear,
-    timestep_embedding,
-)
+from .blending import AlphaBlender
+from .layers import checkpoint, linear, timestep_embedding
 
 
 class TimeMixSequential(nn.Sequential):

@@ -16,29 +16,20 @@ import torch
 from einops import rearrange, repeat
 from torch import nn
 
+from ..blending import blend, mix_alpha, register_mix_factor
 from ..diffusionmodules._vae_blocks import AttnBlock, MemoryEfficientAttnBlock, ResnetBlock
+from ..diffusionmodules._video_blocks import temporal_resblock
 from ..diffusionmodules.model import Decoder, make_attn
-from ..diffusionmodules.util import timestep_embedding
+from ..layers import timestep_embedding
+from ..video_attention import VideoTransformerBlock
 
 MERGE_STRATEGIES = ("fixed", "learned")
 
 
 def _mix_factor(module: nn.Module, alpha: float, merge_strategy: str) -> None:
-    if merge_strategy not in MERGE_STRATEGIES:
-        raise ValueError(
-            f"unknown merge_strategy {merge_strategy!r}; expected one of {MERGE_STRATEGIES}"
-        )
+    """The block's own ``mix_factor`` (blender rule, frames only: fixed or learned)."""
+    register_mix_factor(module, merge_strategy, alpha, MERGE_STRATEGIES)
     module.merge_strategy = merge_strategy
-    if merge_strategy == "fixed":
-        module.register_buffer("mix_factor", torch.tensor([float(alpha)]))
-    else:
-        module.register_parameter("mix_factor", nn.Parameter(torch.tensor([float(alpha)])))
-
-
-def _alpha(module: nn.Module) -> torch.Tensor:
-    if module.merge_strategy == "fixed":
-        return module.mix_factor
-    return torch.sigmoid(module.mix_factor)
 
 
 class VideoResBlock(ResnetBlock):
@@ -58,8 +49,6 @@ class VideoResBlock(ResnetBlock):
         **kwargs: Any,
     ):
         super().__init__(*args, out_channels=out_channels, dropout=dropout, **kwargs)
-        from ..diffusionmodules._video_blocks import temporal_resblock
-
         if video_kernel_size is None:
             video_kernel_size = [3, 1, 1]
         self.time_stack = temporal_resblock(
@@ -68,7 +57,7 @@ class VideoResBlock(ResnetBlock):
         _mix_factor(self, alpha, merge_strategy)
 
     def get_alpha(self, bs: int | None = None) -> torch.Tensor:
-        return _alpha(self)
+        return mix_alpha(self.merge_strategy, self.mix_factor)
 
     def forward(
         self,
@@ -84,8 +73,7 @@ class VideoResBlock(ResnetBlock):
             return x
         x = rearrange(x, "(b t) c h w -> b c t h w", t=timesteps)
         x_time = self.time_stack(x, temb)
-        alpha = self.get_alpha().to(x.dtype)
-        x = alpha * x_time + (1.0 - alpha) * x
+        x = blend(self.get_alpha(), x_time, x, dtype=x.dtype)
         return rearrange(x, "b c t h w -> (b t) c h w")
 
 
@@ -133,8 +121,6 @@ class VideoBlock(AttnBlock):
 
     def __init__(self, in_channels: int, alpha: float = 0, merge_strategy: str = "learned"):
         super().__init__(in_channels)
-        from ..video_attention import VideoTransformerBlock
-
         self.time_mix_block = VideoTransformerBlock(
             dim=in_channels,
             n_heads=1,
@@ -152,7 +138,7 @@ class VideoBlock(AttnBlock):
         _mix_factor(self, alpha, merge_strategy)
 
     def get_alpha(self) -> torch.Tensor:
-        return _alpha(self)
+        return mix_alpha(self.merge_strategy, self.mix_factor)
 
     def forward(
         self, x: torch.Tensor, timesteps: int | None = None, skip_video: bool = False
@@ -170,8 +156,7 @@ class VideoBlock(AttnBlock):
         t_emb = timestep_embedding(frame_ids, self.in_channels, repeat_only=False)
         emb = self.video_time_embed(t_emb.to(x.dtype))[:, None, :]
         x_mix = self.time_mix_block(x + emb, timesteps=timesteps)
-        alpha = self.get_alpha().to(x.dtype)
-        x = alpha * x + (1.0 - alpha) * x_mix
+        x = blend(self.get_alpha(), x, x_mix)
         x = rearrange(x, "b (h w) c -> b c h w", h=h, w=w)
         return x_in + self.proj_out(x)
 

@@ -13,7 +13,8 @@ from torch import nn
 
 from ...errors import ConfigError
 from ...util import default, instantiate_from_config
-from ..diffusionmodules.util import extract_into_tensor, make_beta_schedule, timestep_embedding
+from ..diffusionmodules.util import extract_into_tensor, make_beta_schedule
+from ..layers import timestep_embedding
 from ._base import AbstractEmbModel
 
 
