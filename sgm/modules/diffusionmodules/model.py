@@ -28,6 +28,7 @@ from ._vae_blocks import (
     make_attn,
     nonlinearity,
 )
+from ._vae_levels import down_levels, init_sizes, mid_block, up_levels
 
 __all__ = [
     "ATTN_TYPES",
@@ -47,134 +48,6 @@ __all__ = [
     "make_attn",
     "nonlinearity",
 ]
-
-
-def _levels(ch_mult: Sequence[int]) -> tuple[int, ...]:
-    if isinstance(ch_mult, int) or len(ch_mult) == 0:
-        raise ValueError(f"ch_mult must be a non-empty list of ints, got {ch_mult!r}")
-    return tuple(int(m) for m in ch_mult)
-
-
-def _init_sizes(
-    module,
-    ch,
-    temb_ch,
-    ch_mult,
-    num_res_blocks,
-    attn_resolutions,
-    resolution,
-    in_channels,
-    use_linear_attn,
-    attn_type,
-) -> tuple[tuple[int, ...], list[int], str]:
-    """Set the size attributes of Encoder, Decoder and Model; returns the normalised
-    ``(ch_mult, attn_resolutions, attn_type)``."""
-    ch_mult = _levels(ch_mult)
-    module.ch = ch
-    module.temb_ch = temb_ch
-    module.num_resolutions = len(ch_mult)
-    module.num_res_blocks = num_res_blocks
-    module.resolution = resolution
-    module.in_channels = in_channels
-    attn_type = "linear" if use_linear_attn else attn_type
-    return ch_mult, [int(r) for r in attn_resolutions], attn_type
-
-
-def _down_levels(
-    ch,
-    ch_mult,
-    num_res_blocks,
-    attn_resolutions,
-    dropout,
-    resamp_with_conv,
-    resolution,
-    temb_ch,
-    attn_type,
-) -> tuple[nn.ModuleList, int, int]:
-    """The ``down`` stack shared by Encoder and Model: (modules, channels, resolution)."""
-    in_ch_mult = (1, *ch_mult)
-    down = nn.ModuleList()
-    curr_res = resolution
-    block_in = ch
-    for i_level, mult in enumerate(ch_mult):
-        block, attn = nn.ModuleList(), nn.ModuleList()
-        block_in, block_out = ch * in_ch_mult[i_level], ch * mult
-        for _ in range(num_res_blocks):
-            block.append(
-                ResnetBlock(
-                    in_channels=block_in,
-                    out_channels=block_out,
-                    temb_channels=temb_ch,
-                    dropout=dropout,
-                )
-            )
-            block_in = block_out
-            if curr_res in attn_resolutions:
-                attn.append(make_attn(block_in, attn_type=attn_type))
-        level = nn.Module()
-        level.block, level.attn = block, attn
-        if i_level != len(ch_mult) - 1:
-            level.downsample = Downsample(block_in, resamp_with_conv)
-            curr_res //= 2
-        down.append(level)
-    return down, block_in, curr_res
-
-
-def _mid(block_in, temb_ch, dropout, attn_type, make_resblock=ResnetBlock, attn_fn=make_attn):
-    mid = nn.Module()
-    mid.block_1 = make_resblock(
-        in_channels=block_in, out_channels=block_in, temb_channels=temb_ch, dropout=dropout
-    )
-    mid.attn_1 = attn_fn(block_in, attn_type=attn_type)
-    mid.block_2 = make_resblock(
-        in_channels=block_in, out_channels=block_in, temb_channels=temb_ch, dropout=dropout
-    )
-    return mid
-
-
-def _up_levels(
-    ch,
-    ch_mult,
-    num_res_blocks,
-    attn_resolutions,
-    dropout,
-    resamp_with_conv,
-    block_in,
-    curr_res,
-    temb_ch,
-    attn_type,
-    make_resblock=ResnetBlock,
-    attn_fn=make_attn,
-    skip: bool = False,
-) -> tuple[nn.ModuleList, int]:
-    """The ``up`` stack of Decoder and, with ``skip`` connections, Model."""
-    in_ch_mult = (1, *ch_mult)
-    up = nn.ModuleList()
-    for i_level in reversed(range(len(ch_mult))):
-        block, attn = nn.ModuleList(), nn.ModuleList()
-        block_out = ch * ch_mult[i_level]
-        for i_block in range(num_res_blocks + 1):
-            skip_in = 0
-            if skip:
-                skip_in = ch * in_ch_mult[i_level] if i_block == num_res_blocks else block_out
-            block.append(
-                make_resblock(
-                    in_channels=block_in + skip_in,
-                    out_channels=block_out,
-                    temb_channels=temb_ch,
-                    dropout=dropout,
-                )
-            )
-            block_in = block_out
-            if curr_res in attn_resolutions:
-                attn.append(attn_fn(block_in, attn_type=attn_type))
-        level = nn.Module()
-        level.block, level.attn = block, attn
-        if i_level != 0:
-            level.upsample = Upsample(block_in, resamp_with_conv)
-            curr_res *= 2
-        up.insert(0, level)
-    return up, block_in
 
 
 class Encoder(nn.Module):
@@ -199,7 +72,7 @@ class Encoder(nn.Module):
         **ignore_kwargs: Any,
     ):
         super().__init__()
-        ch_mult, attn_resolutions, attn_type = _init_sizes(
+        ch_mult, attn_resolutions, attn_type = init_sizes(
             self,
             ch,
             0,
@@ -213,7 +86,7 @@ class Encoder(nn.Module):
         )
         self.in_ch_mult = (1, *ch_mult)
         self.conv_in = nn.Conv2d(in_channels, ch, kernel_size=3, stride=1, padding=1)
-        self.down, block_in, _ = _down_levels(
+        self.down, block_in, _ = down_levels(
             ch,
             ch_mult,
             num_res_blocks,
@@ -224,7 +97,7 @@ class Encoder(nn.Module):
             self.temb_ch,
             attn_type,
         )
-        self.mid = _mid(block_in, self.temb_ch, dropout, attn_type)
+        self.mid = mid_block(block_in, self.temb_ch, dropout, attn_type)
         self.norm_out = Normalize(block_in)
         out = 2 * z_channels if double_z else z_channels
         self.conv_out = nn.Conv2d(block_in, out, kernel_size=3, stride=1, padding=1)
@@ -270,7 +143,7 @@ class Decoder(nn.Module):
         **ignorekwargs: Any,
     ):
         super().__init__()
-        ch_mult, attn_resolutions, attn_type = _init_sizes(
+        ch_mult, attn_resolutions, attn_type = init_sizes(
             self,
             ch,
             0,
@@ -291,10 +164,10 @@ class Decoder(nn.Module):
         make_resblock_cls = self._make_resblock()
         make_conv_cls = self._make_conv()
         self.conv_in = nn.Conv2d(z_channels, block_in, kernel_size=3, stride=1, padding=1)
-        self.mid = _mid(
+        self.mid = mid_block(
             block_in, self.temb_ch, dropout, attn_type, make_resblock_cls, make_attn_cls
         )
-        self.up, block_in = _up_levels(
+        self.up, block_in = up_levels(
             ch,
             ch_mult,
             num_res_blocks,
@@ -364,7 +237,7 @@ class Model(nn.Module):
         attn_type: str = "vanilla",
     ):
         super().__init__()
-        ch_mult, attn_resolutions, attn_type = _init_sizes(
+        ch_mult, attn_resolutions, attn_type = init_sizes(
             self,
             ch,
             ch * 4,
@@ -383,7 +256,7 @@ class Model(nn.Module):
                 [nn.Linear(ch, self.temb_ch), nn.Linear(self.temb_ch, self.temb_ch)]
             )
         self.conv_in = nn.Conv2d(in_channels, ch, kernel_size=3, stride=1, padding=1)
-        self.down, block_in, curr_res = _down_levels(
+        self.down, block_in, curr_res = down_levels(
             ch,
             ch_mult,
             num_res_blocks,
@@ -394,8 +267,8 @@ class Model(nn.Module):
             self.temb_ch,
             attn_type,
         )
-        self.mid = _mid(block_in, self.temb_ch, dropout, attn_type)
-        self.up, block_in = _up_levels(
+        self.mid = mid_block(block_in, self.temb_ch, dropout, attn_type)
+        self.up, block_in = up_levels(
             ch,
             ch_mult,
             num_res_blocks,
