@@ -19,7 +19,7 @@ from einops import rearrange
 from torch import nn
 
 from .._attention_backend import scaled_dot_product
-from .util import (
+from ..layers import (
     avg_pool_nd,
     checkpoint,
     conv_nd,

@@ -20,6 +20,7 @@ from torch import nn
 
 from ...errors import ConfigError, InputError
 from ..attention import SpatialTransformer
+from ..layers import conv_nd, linear, normalization, timestep_embedding, zero_module
 from ._unet_blocks import (
     AttentionBlock,
     Downsample,
@@ -29,7 +30,6 @@ from ._unet_blocks import (
     Upsample,
     call_layer,
 )
-from .util import conv_nd, linear, normalization, timestep_embedding, zero_module
 
 
 def _per_level(value, levels: int, name: str) -> list[int]:

@@ -9,11 +9,10 @@ from einops import rearrange
 from torch import nn
 
 from ...util import default
+from ..blending import AlphaBlender, init_merge, legacy_blend, register_mix_factor
 from ..spacetime_attention import BasicTransformerTimeMixBlock
 from ..video_attention import _FrameKwargsMixin, frame_embed_mlp, frame_index_embedding
 from ._unet_blocks import AttentionBlock, ResBlock
-from ._video_mixing import init_merge, legacy_blend, register_mix_factor
-from .util import AlphaBlender
 
 
 def plain_kernel(kernel_size) -> int | list[int]:

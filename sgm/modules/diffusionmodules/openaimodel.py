@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from ..attention import SpatialTransformer
+from ..layers import conv_nd, linear, normalization, timestep_embedding, zero_module
 from ._unet_blocks import (
     AttentionBlock,
     AttentionPool2d,
@@ -28,7 +29,6 @@ from ._unet_blocks import (
     call_layer,
 )
 from ._unet_skeleton import UNetSkeleton
-from .util import conv_nd, linear, normalization, timestep_embedding, zero_module
 
 __all__ = [
     "AttentionBlock",

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError
+from ..blending import AlphaBlender, get_alpha
 from ..spacetime_attention import (
     BasicTransformerTimeMixBlock,
     PostHocSpatialTransformerWithTimeMixing,
@@ -27,8 +28,6 @@ from ._video_blocks import (
     VideoResBlock,
     plain_kernel,
 )
-from ._video_mixing import get_alpha
-from .util import AlphaBlender
 
 __all__ = [
     "AlphaBlender",
