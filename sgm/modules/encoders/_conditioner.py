@@ -189,36 +189,39 @@ class GeneralConditioner(nn.Module):
         """``(c, uc)`` without dropout: ``c`` from ``batch_c``, ``uc`` from ``batch_uc``
         (default ``batch_c``) with the listed embedders zeroed.
 
-        A zeroed text embedder is not run a second time for ``uc``: its zeros take the
-        shapes of its ``c`` outputs (text encoders are deterministic and their output shape
-        depends only on the number of prompts). Other embedders always run, so anything
-        they draw from a random generator is drawn as before."""
+        An embedder zeroed for ``uc`` whose ``uc`` input has the shape of its ``c`` input
+        (as many prompts, or a tensor of the same shape) is not run a second time: its
+        zeros take the shapes of its ``c`` outputs, which depend only on the input's shape.
+        Such an embedder then draws nothing from the global random generator for ``uc``."""
         batch_uc = batch_c if batch_uc is None else batch_uc
         with self.ucg_disabled():
             c, embedded = self._condition(batch_c, force_cond_zero_embeddings)
             reusable = {
                 n: embedded[n]
                 for n, embedder in enumerate(self.embedders)
-                if _same_prompt_count(embedder.input_key, batch_c, batch_uc)
+                if _same_input_shape(embedder.input_key, batch_c, batch_uc)
             }
             uc, _ = self._condition(batch_uc, force_uc_zero_embeddings, zeros_like=reusable)
         return c, uc
 
 
-def _prompt_count(value: Any) -> int | None:
-    """How many prompts ``value`` holds (a string or a list of strings), else None."""
+def _input_shape(value: Any) -> tuple | None:
+    """What an embedder's output shape depends on: the number of prompts (a string or a
+    list of strings) or a tensor's shape; None for anything else."""
+    if isinstance(value, torch.Tensor):
+        return ("tensor", *value.shape)
     if isinstance(value, str):
-        return 1
+        return ("prompts", 1)
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
-        return len(value)
+        return ("prompts", len(value))
     return None
 
 
-def _same_prompt_count(key: str | None, a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+def _same_input_shape(key: str | None, a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     if key is None or key not in a or key not in b:
         return False
-    count = _prompt_count(a[key])
-    return count is not None and count == _prompt_count(b[key])
+    shape = _input_shape(a[key])
+    return shape is not None and shape == _input_shape(b[key])
 
 
 def _batch_value(batch: Mapping[str, Any], key: str) -> Any:

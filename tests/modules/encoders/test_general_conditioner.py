@@ -215,7 +215,7 @@ def test_force_zero_and_unconditional(sdxl_like):
 def test_zeroed_text_towers_run_once_for_c_and_uc(sdxl_like):
     # The oracle is the conditioner's own forward on the uc batch with the same embedders
     # zeroed (what get_unconditional_conditioning did before): identical tensors, while the
-    # text towers run for c only. Size embedders (not text) still run for uc.
+    # zeroed embedders (text towers, one size embedder) run for c only.
     calls = [0] * len(sdxl_like.embedders)
     hooks = [
         embedder.register_forward_hook(lambda *_, n=n: calls.__setitem__(n, calls[n] + 1))
@@ -225,12 +225,13 @@ def test_zeroed_text_towers_run_once_for_c_and_uc(sdxl_like):
         batch_c = sdxl_batch()
         batch_uc = {**sdxl_batch(), "txt": ["", ""]}
         expected_c = sdxl_like(batch_c)
-        expected_uc = sdxl_like(batch_uc, force_zero_embeddings=["txt"])
+        zeroed = ["txt", "original_size_as_tuple"]
+        expected_uc = sdxl_like(batch_uc, force_zero_embeddings=zeroed)
         calls[:] = [0] * len(calls)
         c, uc = sdxl_like.get_unconditional_conditioning(
-            batch_c, batch_uc, force_uc_zero_embeddings=["txt"]
+            batch_c, batch_uc, force_uc_zero_embeddings=zeroed
         )
-        assert calls == [1, 1, 2, 2, 2]
+        assert calls == [1, 1, 1, 2, 2]
         assert c.keys() == expected_c.keys() and uc.keys() == expected_uc.keys()
         for key in c:
             assert torch.equal(c[key], expected_c[key])
