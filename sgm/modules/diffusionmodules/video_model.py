@@ -21,6 +21,7 @@ from ..spacetime_attention import (
     PostHocSpatialTransformerWithTimeMixingAndMotion,
 )
 from ..video_attention import SpatialVideoTransformer
+from ._unet_blocks import ResBlock
 from ._unet_skeleton import UNetSkeleton
 from ._video_blocks import (
     PostHocAttentionBlockWithTimeMixing,
@@ -36,6 +37,7 @@ __all__ = [
     "PostHocResBlockWithTime",
     "PostHocSpatialTransformerWithTimeMixing",
     "PostHocSpatialTransformerWithTimeMixingAndMotion",
+    "ResBlock",
     "SpatialUNetModelWithTime",
     "SpatialVideoTransformer",
     "VideoResBlock",
