@@ -92,6 +92,7 @@ def sample(
     dtype: str = "auto",
     low_vram: bool = False,
     lora: Sequence[tuple[str | Path, float]] = (),
+    compile: bool = False,
 ) -> list[str]:
     """Sample a video for each input image; returns the written mp4 paths.
 
@@ -143,12 +144,17 @@ def sample(
     device = resolve_device(device)
     parse_dtype(dtype, device)
     model = load_video_model(
-        config, ckpt, device, num_frames, num_steps, verbose, dtype=dtype, offload=low_vram
+        config,
+        ckpt,
+        device,
+        num_frames,
+        num_steps,
+        verbose,
+        dtype=dtype,
+        offload=low_vram,
+        lora=lora,
+        compile_model=compile,
     )
-    if lora:
-        from sgm.lora import apply_lora_specs
-
-        apply_lora_specs(model, lora)
     written = []
     for path in inputs:
         image = prepare_sv3d_image(path, image_frame_ratio) if sv3d else prepare_svd_image(path)
@@ -257,6 +263,7 @@ def get_parser() -> argparse.ArgumentParser:
         help="checkpoint (default: checkpoints/<version>.safetensors)",
     )
     cli.add_device_args(p)
+    cli.add_compile_arg(p)
     cli.add_lora_arg(p)
     return p
 

@@ -70,11 +70,7 @@ def sample(args: argparse.Namespace) -> list[Path]:
     sv4d_cli.release(sv3d)
     del sv3d
 
-    model = sv4d_cli.load_engine(config, ckpt, args, N_TIME * N_VIEW, half=True)
-    if args.lora:
-        from sgm.lora import apply_lora_specs
-
-        apply_lora_specs(model, args.lora)
+    model = sv4d_cli.load_engine(config, ckpt, args, N_TIME * N_VIEW, half=True, lora=True)
     grid = sv4d.sample_sv4d(
         model,
         video,

@@ -74,11 +74,7 @@ def sample(args: argparse.Namespace) -> list[Path]:
         frames, args.img_size, args.image_frame_ratio, args.remove_bg
     )
     video = video_io.frames_to_tensor(processed)
-    model = sv4d_cli.load_engine(config, ckpt, args, spec.n_frames, half=False)
-    if args.lora:
-        from sgm.lora import apply_lora_specs
-
-        apply_lora_specs(model, args.lora)
+    model = sv4d_cli.load_engine(config, ckpt, args, spec.n_frames, half=False, lora=True)
     grid = sv4d.sample_sv4d2(
         model,
         spec,

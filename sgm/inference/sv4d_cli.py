@@ -89,6 +89,7 @@ def add_common_args(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -
         help="model config (default: the release's)",
     )
     cli.add_device_args(p)
+    cli.add_compile_arg(p)
     cli.add_lora_arg(p)
 
 
@@ -196,10 +197,13 @@ def uint8_video(frames: np.ndarray) -> Any:
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255
 
 
-def load_engine(config: Path, ckpt: Path, args: Any, num_frames: int, half: bool) -> Any:
-    """Build and load an engine with the command line's device, dtype and low-VRAM mode;
-    ``half`` stores the network in the half compute dtype on an accelerator (the
-    original's SV4D script halves its network)."""
+def load_engine(
+    config: Path, ckpt: Path, args: Any, num_frames: int, half: bool, lora: bool = False
+) -> Any:
+    """Build and load an engine with the command line's device, dtype, low-VRAM mode and
+    --compile; ``half`` stores the network in the half compute dtype on an accelerator
+    (the original's SV4D script halves its network); ``lora`` applies the --lora
+    adapters."""
     from .video import load_video_model
 
     return load_video_model(
@@ -212,6 +216,8 @@ def load_engine(config: Path, ckpt: Path, args: Any, num_frames: int, half: bool
         dtype=args.dtype,
         offload=args.low_vram,
         half_weights=True if half and str(args.device) != "cpu" else None,
+        lora=args.lora if lora else (),
+        compile_model=args.compile,
     )
 
 

@@ -47,6 +47,7 @@ def load_video_model(
     offload: bool = False,
     half_weights: bool | None = None,
     lora: Sequence[tuple[str | os.PathLike, float]] = (),
+    compile_model: bool = False,
 ) -> torch.nn.Module:
     """Build the ``DiffusionEngine`` of ``config_path`` on ``device`` and load ``ckpt`` strictly.
 
@@ -57,7 +58,8 @@ def load_video_model(
     the first stage on the host, each moved to ``device`` only while it runs;
     ``half_weights`` stores the network in the half ``dtype`` (default: with
     ``offload`` on an accelerator, as the original's low-VRAM mode); ``lora``:
-    ``(path, scale)`` adapters applied after the base weights.
+    ``(path, scale)`` adapters applied after the base weights; ``compile_model`` runs the
+    network through ``torch.compile``.
     """
     from omegaconf import OmegaConf
 
@@ -87,6 +89,7 @@ def load_video_model(
         half_weights=half_weights,
         offload_weights=offload,
         lora=lora,
+        compile_model=compile_model,
         build_on=build_on,
         verbose=verbose,
     )
