@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ... import precision
 from ...errors import ConfigError
 from ._base import AbstractEmbModel, building_on, module_device, resolve_init_device
 from ._clip import WEIGHT_FILES, FrozenCLIPEmbedder
@@ -69,7 +70,7 @@ class FrozenT5Embedder(AbstractEmbModel):
 
     def forward(self, text: str | Sequence[str]) -> torch.Tensor:
         tokens = self.tokenizer(text).to(module_device(self.transformer))
-        with torch.autocast(tokens.device.type, enabled=False):
+        with precision.float32(tokens):
             outputs = self.transformer(input_ids=tokens)
         return outputs.last_hidden_state
 
