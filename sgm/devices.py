@@ -28,11 +28,21 @@ def accelerator_type() -> str | None:
     return None
 
 
-def resolve_device(device: str | None = "auto") -> str:
-    """``"auto"``/None picks the accelerator (CUDA, then MPS) if any, else cpu."""
-    if device not in (None, "auto"):
-        return str(device)
-    return accelerator_type() or "cpu"
+def resolve_device(device: Any = "auto") -> str:
+    """``"auto"``/None picks the accelerator (CUDA, then MPS) if any, else cpu; any other
+    value must name a device (``InputError`` otherwise)."""
+    if device in (None, "auto"):
+        return accelerator_type() or "cpu"
+    import torch
+
+    from .errors import InputError
+
+    try:
+        return str(torch.device(device))
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(
+            f"device {device!r} is not a device name (expected auto, cpu, cuda, cuda:N or mps)"
+        ) from None
 
 
 def device_of(where: Any) -> torch.device:

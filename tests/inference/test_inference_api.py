@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from sgm.errors import CheckpointError
+from sgm.errors import CheckpointError, InputError
 from sgm.inference import api
 from sgm.inference.api import (
     Discretization,
@@ -252,6 +252,12 @@ def test_missing_checkpoint_names_expected_path(tmp_path, tiny):
     missing = tmp_path / "nope.safetensors"
     with pytest.raises(CheckpointError, match="nope.safetensors"):
         SamplingPipeline(config=tiny[0], ckpt=missing, device="cpu")
+
+
+@pytest.mark.parametrize("device", ["bogus", "cuda:x", 3.5])
+def test_a_device_that_is_no_device_name_is_an_input_error(tiny, device):
+    with pytest.raises(InputError, match="is not a device name"):
+        SamplingPipeline(config=tiny[0], ckpt=tiny[1], device=device)
 
 
 def test_sampler_builders_cover_every_enum():
