@@ -103,6 +103,24 @@ def _randn(shape: Sequence[int], device: torch.device, generator: torch.Generato
     return torch.randn(tuple(shape), generator=generator, device=generator.device).to(device)
 
 
+def _encode(model: Any, img: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """``model.encode_first_stage(img)``. With a ``generator``, a posterior sample is drawn
+    from the global random generator forked and seeded from ``generator``, so that a seed
+    gives the same latents and the caller's global random state is left as it was."""
+    if generator is None:
+        return model.encode_first_stage(img)
+    probe = torch.Generator(device=generator.device)
+    probe.set_state(generator.get_state())  # the caller's generator does not advance
+    seed = int(torch.randint(2**62, (1,), generator=probe, device=generator.device))
+    accelerator = img.device.type in ("cuda", "mps")
+    with torch.random.fork_rng(
+        devices=[img.device] if accelerator else [],
+        device_type=img.device.type if accelerator else "cuda",
+    ):
+        torch.manual_seed(seed)
+        return model.encode_first_stage(img)
+
+
 def _conditioning(model, value_dict, num_samples, force_uc_zero_embeddings, device):
     keys = get_unique_embedder_keys_from_conditioner(model.conditioner)
     batch, batch_uc = get_batch(keys, value_dict, [num_samples], device=device)
@@ -202,6 +220,8 @@ def do_img2img(
 
     ``add_noise=False`` takes latents that already hold the first sigma's noise (a base
     model stopped by :class:`Txt2NoisyDiscretizationWrapper`) and only denoises them.
+    A ``seed`` (or ``generator``) fixes everything random, the first stage's posterior
+    sample included.
     ``dtype`` and ``callback`` as in :func:`do_sample`.
     """
     device = torch.device(device) if device is not None else model_device(model)
@@ -218,7 +238,7 @@ def do_img2img(
         for k, v in (additional_kwargs or {}).items():
             c[k] = uc[k] = v
         img = img.to(device)
-        z = img if skip_encode else model.encode_first_stage(img)
+        z = img if skip_encode else _encode(model, img, generator)
         noise = _randn(z.shape, z.device, generator)
         sigmas = sampler.discretization(sampler.num_steps, device=z.device)
         sigma = sigmas[0]

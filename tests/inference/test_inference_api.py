@@ -180,6 +180,31 @@ def test_image_to_image_uses_lowest_sigmas_and_noises_input(pipeline, monkeypatc
     torch.testing.assert_close(calls[0][0], torch.cat([start, start]), atol=1e-5, rtol=1e-5)
 
 
+def test_image_to_image_seed_fixes_the_posterior_sample(tmp_path):
+    # The first stage samples its posterior (two encodes differ); a seed must still give
+    # the same output whatever the global random state, and leave that state alone.
+    from tiny_image_models import make_clip_folder, write_tiny_model
+
+    config, ckpt = write_tiny_model(
+        "sdxl_base", make_clip_folder(tmp_path / "clip"), tmp_path, "tiny.safetensors"
+    )
+    pipeline = SamplingPipeline(config=config, ckpt=ckpt, device="cpu")
+    image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    with torch.no_grad():
+        assert not torch.equal(
+            pipeline.model.encode_first_stage(image), pipeline.model.encode_first_stage(image)
+        )
+    params = _params(steps=2, img2img_strength=0.5, width=64, height=64)
+    torch.manual_seed(1)
+    first = pipeline.image_to_image(params, image, "a red cube", seed=5)
+    torch.manual_seed(2)
+    state = torch.get_rng_state()
+    second = pipeline.image_to_image(params, image, "a red cube", seed=5)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(first, second)
+    assert not torch.equal(first, pipeline.image_to_image(params, image, "a red cube", seed=6))
+
+
 def test_get_batch_sdxl_layout():
     value_dict = dict(
         prompt="cat",
