@@ -32,7 +32,6 @@ def sample(args: argparse.Namespace) -> list[Path]:
     from sgm.inference import sv4d, video_io
 
     sv4d_cli.check_inputs(args)
-    frames = sv4d_cli.read_input(args.input_path, sv4d.SV4D_FRAMES)
     polars, azimuths = sv4d.orbit_rad(sv4d.SV3D_VIEWS, args.elevations_deg, args.azimuths_deg)
     config = Path(args.config) if args.config else sv4d_cli.CONFIGS / "sv4d.yaml"
     sv4d_cli.check_window(sv4d_cli.load_config(config), config, N_TIME, N_VIEW)
@@ -46,6 +45,7 @@ def sample(args: argparse.Namespace) -> list[Path]:
     sv3d_ckpt = sv4d_cli.check_checkpoint(
         args.sv3d_ckpt or f"checkpoints/{args.sv3d_version}.safetensors", "--sv3d_ckpt"
     )
+    frames = sv4d_cli.read_input(args.input_path, sv4d.SV4D_FRAMES)
 
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)

@@ -63,10 +63,10 @@ def sample(args: argparse.Namespace) -> list[Path]:
         raise InputError(
             f"n_frames must be at least {spec.n_time} for {spec.name}, got {args.n_frames}"
         )
-    frames = sv4d_cli.read_input(args.input_path, args.n_frames)
     azimuths_deg = args.azimuths_deg if args.azimuths_deg is not None else spec.azimuths_deg
     polars, azimuths = sv4d.orbit_rad(spec.n_view + 1, args.elevations_deg, azimuths_deg)
     ckpt = sv4d_cli.check_checkpoint(model_path, "--model_path")
+    frames = sv4d_cli.read_input(args.input_path, args.n_frames)
 
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)

@@ -162,6 +162,7 @@ def check_inputs(args: Any) -> None:
         video_io.check_background_removal()
     if args.input_path is None:
         raise InputError("input_path is required")
+    video_io.check_video_path(args.input_path)
 
 
 # --------------------------------------------------------------------------- outputs

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from sgm.inference import sv4d_cli
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "scripts" / "sampling"
 CONFIGS = REPO / "tests" / "configs"
@@ -291,24 +293,30 @@ def test_config_window_must_match_the_release(scratch, monkeypatch, capsys):
 def test_missing_and_corrupt_checkpoints_say_where(scratch, tmp_path_factory, monkeypatch, capsys):
     empty = tmp_path_factory.mktemp("no_checkpoints")
     (empty / "clip.gif").symlink_to(scratch / "clip.gif")
-    line = _bad(
-        SV4D,
-        ["--input_path=clip.gif"],
-        empty,
-        monkeypatch,
-        capsys,
-        "checkpoints/sv4d.safetensors",
-        "--ckpt",
-    )
-    assert "not found" in line
-    line = _bad(
-        SV4D2,
-        ["--input_path=clip.gif", "--model_path=checkpoints/sv4d2_8views.safetensors"],
-        empty,
-        monkeypatch,
-        capsys,
-        "checkpoints/sv4d2_8views.safetensors",
-    )
+
+    def no_decoding(*args):
+        raise AssertionError("the input is decoded before the checkpoint is checked")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sv4d_cli, "read_input", no_decoding)
+        line = _bad(
+            SV4D,
+            ["--input_path=clip.gif"],
+            empty,
+            monkeypatch,
+            capsys,
+            "checkpoints/sv4d.safetensors",
+            "--ckpt",
+        )
+        assert "not found" in line
+        line = _bad(
+            SV4D2,
+            ["--input_path=clip.gif", "--model_path=checkpoints/sv4d2_8views.safetensors"],
+            empty,
+            monkeypatch,
+            capsys,
+            "checkpoints/sv4d2_8views.safetensors",
+        )
     corrupt = empty / "checkpoints"
     corrupt.mkdir()
     (corrupt / "sv4d.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
