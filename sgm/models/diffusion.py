@@ -6,13 +6,12 @@ import inspect
 import logging
 import math
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import ListConfig
 
 from .. import offload, precision
 from ..checkpoint import LoadReport, load_state_dict, load_state_dict_into
@@ -375,7 +374,7 @@ def _conditioning_image(x: Any, key: str, image_h: int, image_w: int) -> torch.T
         if x.dim() == 2:
             text = ["x".join(str(v) for v in row.tolist()) for row in x]
             return log_txt_as_img((image_w, image_h), text, size=max(image_h // 20, 4))
-    elif isinstance(x, (list, tuple, ListConfig)) and x and isinstance(x[0], str):
+    elif isinstance(x, Sequence) and not isinstance(x, str) and x and isinstance(x[0], str):
         return log_txt_as_img((image_w, image_h), list(x), size=max(image_h // 20, 4))
     raise ConfigError(
         f"cannot render conditioning {key!r} of type {type(x).__name__} as an "
