@@ -90,7 +90,37 @@ class SiLU(nn.SiLU):
     """Kept for old imports; same as ``torch.nn.SiLU``."""
 
 
-_CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` (same parameters and state-dict keys) that runs a time-only kernel
+    ``(k, 1, 1)`` as a 2-D convolution over ``(time, pixels)``: the same sums, through the
+    faster 2-D kernels (PyTorch's CPU backend has no fast path for such 3-D kernels)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._time_only or x.dim() != 5:
+            return super().forward(x)
+        b, c, t, h, w = x.shape
+        out = F.conv2d(
+            x.reshape(b, c, t, h * w),
+            self.weight.squeeze(-1),
+            self.bias,
+            padding=(self.padding[0], 0),
+        )
+        return out.view(b, out.shape[1], out.shape[2], h, w)
+
+    @property
+    def _time_only(self) -> bool:
+        return (
+            isinstance(self.padding, tuple)
+            and self.kernel_size[1:] == (1, 1)
+            and self.padding[1:] == (0, 0)
+            and self.stride == (1, 1, 1)
+            and self.dilation == (1, 1, 1)
+            and self.groups == 1
+            and self.padding_mode == "zeros"
+        )
+
+
+_CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: Conv3d}
 _POOLS = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}
 
 

@@ -20,7 +20,7 @@ from ..blending import blend, mix_alpha, register_mix_factor
 from ..diffusionmodules._vae_blocks import AttnBlock, MemoryEfficientAttnBlock, ResnetBlock
 from ..diffusionmodules._video_blocks import temporal_resblock
 from ..diffusionmodules.model import Decoder, make_attn
-from ..layers import timestep_embedding
+from ..layers import Conv3d, timestep_embedding
 from ..video_attention import VideoTransformerBlock
 
 MERGE_STRATEGIES = ("fixed", "learned")
@@ -94,7 +94,7 @@ class AE3DConv(nn.Conv2d):
             padding = [k // 2 for k in video_kernel_size]
         else:
             padding = video_kernel_size // 2
-        self.time_mix_conv = nn.Conv3d(
+        self.time_mix_conv = Conv3d(
             in_channels=out_channels,
             out_channels=out_channels,
             kernel_size=video_kernel_size,
