@@ -113,10 +113,19 @@ class ResnetBlock(nn.Module):
         self, x: torch.Tensor, temb: torch.Tensor | None = None, **kwargs: Any
     ) -> torch.Tensor:
         """(B, C_in, H, W), temb (B, temb_channels) or None -> (B, C_out, H, W)."""
-        h = self.conv1(nonlinearity(self.norm1(x)))
+        # One name for the running value, so each step's input is freed once the next
+        # exists; without autograd the activation overwrites the normalised tensor. At most
+        # three full-resolution tensors are then alive (x, a conv's input and output).
+        inplace = not torch.is_grad_enabled()
+        h = self.norm1(x)
+        h = F.silu(h, inplace=inplace)
+        h = self.conv1(h)
         if temb is not None:
             h = h + self.temb_proj(nonlinearity(temb))[:, :, None, None]
-        h = self.conv2(self.dropout(nonlinearity(self.norm2(h))))
+        h = self.norm2(h)
+        h = F.silu(h, inplace=inplace)
+        h = self.dropout(h)
+        h = self.conv2(h)
         if self.in_channels != self.out_channels:
             x = self.conv_shortcut(x) if self.use_conv_shortcut else self.nin_shortcut(x)
         return x + h
