@@ -9,6 +9,7 @@
 #   flops          FLOPs per forward, sgm vs diffusers, and compute floors (meta device)
 #   sdxl           SDXL base 1024x1024, 30 Euler steps, CFG 5, fp16 (sample_sdxl.py --gpu)
 #   svd-xt         SVD-XT 25 frames 576x1024, 25 steps, fp16 (sample_svd.py --gpu)
+#   svd-xt low-vram  the same in low-VRAM mode (offloading, decoding_t 2): peak vs 24 GiB
 #   sdxl compiled  as sdxl, sgm with compile_model (torch.compile) vs diffusers eager
 # Each row writes NAME.log; results.md holds the table (benchmarks/gpu_table.py).
 set -uo pipefail
@@ -29,9 +30,11 @@ START=$SECONDS
 
 if [[ $MODE == gpu ]]; then
   SIZE=(--gpu)
+  LOWVRAM=(--gpu)
   DEVICE="$("$PY" -c 'import torch; print(torch.cuda.get_device_name(0))' 2>/dev/null || echo GPU)"
 else
   SIZE=(--quick --in-memory --repeats 1)
+  LOWVRAM=()
   DEVICE="CPU smoke run (scaled down)"
   SCALE=8
   BUDGET=$((BUDGET * SCALE))
@@ -63,6 +66,7 @@ cd "$HERE/.."
 row flops 90 - benchmarks/flops.py
 row sdxl 130 SDXL benchmarks/sample_sdxl.py --repeats 3 "${SIZE[@]}"
 row svd-xt 200 SVD-XT benchmarks/sample_svd.py --repeats 1 "${SIZE[@]}"
+row "svd-xt low-vram" 120 SVD-XT benchmarks/svd_low_vram.py "${LOWVRAM[@]}"
 row "sdxl compiled" 150 SDXL benchmarks/sample_sdxl.py --compile sgm --repeats 2 "${SIZE[@]}"
 
 echo "== results ($((SECONDS - START)) s), $DIR/results.md"

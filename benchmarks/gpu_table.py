@@ -19,7 +19,7 @@ SIDE = re.compile(
     r"([\d.]+) MiB during a run"
 )
 RATIO = re.compile(r"^ratio sgm/diffusers: time ([\d.]+), memory (\S+)")
-SAME = re.compile(r"^same output: (.*)$")
+SAME = re.compile(r"^same output: (.*)$|^(low-VRAM budget .*)$")
 FLOOR = re.compile(r"^compute floor of (SDXL|SVD-XT)[^:]*: ([\d.]+) s")
 
 
@@ -34,7 +34,7 @@ def parse(log: str) -> dict[str, str]:
         elif m := RATIO.match(line):
             out["time"], out["memory"] = m.groups()
         elif m := SAME.match(line):
-            out["same"] = m.group(1)
+            out["same"] = m.group(1) or m.group(2)
         elif m := FLOOR.match(line):
             out[f"floor:{m.group(1)}"] = f"{float(m.group(2)):.2f} s"
     return out
