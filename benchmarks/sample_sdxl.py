@@ -91,12 +91,11 @@ def register_text_towers(workdir: str) -> str:
 
 
 def make_config(args, clip_dir: str | None):
-    """sd_xl_base.yaml, scaled down unless ``--full``; compile_model as asked."""
+    """sd_xl_base.yaml, scaled down unless ``--full``."""
     config = OmegaConf.load(CONFIG)
     params = config.model.params
     unet = params.network_config.params
     unet.use_checkpoint = False
-    params.compile_model = args.compile in ("sgm", "both")
     if args.full:
         return config
     embedders = params.conditioner_config.params.emb_models
@@ -144,6 +143,7 @@ def load_from_files(args, workdir: str, side: str):
             device=args.device,
             dtype=args.sgm_dtype,
             use_fp16=False,
+            compile_model=args.compile in ("sgm", "both"),
         )
         return pipe.model
     from diffusers import StableDiffusionXLPipeline
@@ -169,6 +169,8 @@ def build_in_memory(args, workdir: str):
         engine.conditioner.to(dtype=args.dtype)
         precision.cast_network(engine, args.dtype)
     engine.compute_dtype = args.dtype
+    if args.compile in ("sgm", "both"):  # as load_engine(compile_model=True) does
+        compile_network(engine.model.diffusion_model, freeze=True)
     return engine.requires_grad_(False), pipe
 
 
@@ -282,7 +284,7 @@ def parse_args(argv=None):
         "--compile",
         choices=["none", "sgm", "both"],
         default="none",
-        help="torch.compile the network: sgm's (compile_model) or both",
+        help="torch.compile the network (weights frozen in): sgm's (compile_model) or both",
     )
     parser.add_argument(
         "--bf16",
@@ -310,6 +312,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.child:
         engine_or_pipe = load_from_files(args, args.workdir, args.child)
+        if args.child == "diffusers" and args.compile == "both":
+            compile_network(engine_or_pipe.unet, freeze=True)
         pair = (engine_or_pipe, None) if args.child == "sgm" else (None, engine_or_pipe)
         child_report(make_runs(args, *pair)[args.child], torch.device(args.device))
         return
@@ -321,7 +325,7 @@ def main() -> None:
             engine = load_from_files(args, workdir, "sgm")
             pipe = load_from_files(args, workdir, "diffusers")
         if args.compile == "both":
-            compile_network(pipe.unet)
+            compile_network(pipe.unet, freeze=True)
         n_params = sum(p.numel() for p in engine.model.parameters())
         print(
             f"SDXL base architecture{'' if args.full else ' scaled down'} (UNet "

@@ -86,7 +86,6 @@ def make_config(args):
     params.pop("ckpt_path", None)
     unet = params.network_config.params
     unet.use_checkpoint = False
-    params.compile_model = args.compile in ("sgm", "both")
     if args.full:
         return config
     unet.model_channels = args.model_channels
@@ -149,6 +148,7 @@ def load_from_files(args, workdir: str, side: str):
             num_frames=args.frames,
             num_steps=args.steps,
             dtype=args.sgm_dtype,
+            compile_model=args.compile in ("sgm", "both"),
         )
     from diffusers import StableVideoDiffusionPipeline
 
@@ -178,6 +178,8 @@ def build_in_memory(args, workdir: str):
     if args.dtype != torch.float32:
         precision.cast_network(engine, args.dtype)
     engine.compute_dtype = args.dtype
+    if args.compile in ("sgm", "both"):  # as load_engine(compile_model=True) does
+        compile_network(engine.model.diffusion_model, freeze=True)
     return engine.requires_grad_(False), pipe
 
 
@@ -273,7 +275,7 @@ def parse_args(argv=None):
         "--compile",
         choices=["none", "sgm", "both"],
         default="none",
-        help="torch.compile the network: sgm's (compile_model) or both",
+        help="torch.compile the network (weights frozen in): sgm's (compile_model) or both",
     )
     parser.add_argument(
         "--bf16",
@@ -307,6 +309,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.child:
         side = load_from_files(args, args.workdir, args.child)
+        if args.child == "diffusers" and args.compile == "both":
+            compile_network(side.unet, freeze=True)
         pair = (side, None) if args.child == "sgm" else (None, side)
         child_report(make_runs(args, *pair)[0][args.child], torch.device(args.device))
         return
@@ -318,7 +322,7 @@ def main() -> None:
             engine = load_from_files(args, workdir, "sgm")
             pipe = load_from_files(args, workdir, "diffusers")
         if args.compile == "both":
-            compile_network(pipe.unet)
+            compile_network(pipe.unet, freeze=True)
         n_params = sum(p.numel() for p in engine.model.parameters())
         print(
             f"{'SVD-XT' if args.full else 'SVD scaled down'} (video UNet "

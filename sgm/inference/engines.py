@@ -23,6 +23,7 @@ from ..config import instantiate_from_config
 from ..devices import device_of
 from ..errors import CheckpointError
 from ..lora import apply_lora_specs
+from ..modules.diffusionmodules.wrappers import compile_network
 
 logger = logging.getLogger(__name__)
 
@@ -55,18 +56,16 @@ def load_engine(
     with a half ``dtype``, ``half_weights`` keeps the network and ``half_conditioner``
     the conditioner in it. ``lora``: ``(path, scale)`` adapters applied after the
     base weights. ``offload_weights`` keeps the parts on the host, each moved to
-    ``device`` while it runs (``sgm.offload``). ``build_on`` is the device the weights
-    are created on (default: torch's default device). A missing checkpoint is a
-    ``CheckpointError`` (``missing_hint`` appended) before anything is built.
+    ``device`` while it runs (``sgm.offload``). ``compile_model`` compiles the network
+    once the weights are final (``compile_network``; frozen into the graph unless
+    offloaded). ``build_on`` is the device the weights are created on (default: torch's
+    default device). A missing checkpoint is a ``CheckpointError`` (``missing_hint``
+    appended) before anything is built.
     """
     if ckpt is not None:
         check_checkpoint(ckpt, missing_hint)
     compute_dtype = precision.parse_dtype(dtype, device)
     model_config = config["model"] if "model" in config else config
-    if compile_model:
-        from omegaconf import OmegaConf
-
-        model_config = OmegaConf.merge(model_config, {"params": {"compile_model": True}})
     with torch.device(build_on) if build_on is not None else contextlib.nullcontext():
         model = instantiate_from_config(model_config, key="model")
     if ckpt is not None:
@@ -90,6 +89,10 @@ def load_engine(
     else:
         model.to(device)
     model.compute_dtype = compute_dtype
+    if compile_model:
+        # Weights are final here (checkpoint, adapters, dtype, device): freeze them into
+        # the graph, unless offloading moves them between calls.
+        compile_network(model.model.diffusion_model, freeze=not offload_weights)
     return model
 
 

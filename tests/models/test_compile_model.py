@@ -93,3 +93,54 @@ def test_sampling_pipeline_compile_option_samples_the_same_images(tiny, dynamo):
     assert "compile_model" not in OmegaConf.load(config).model.params  # caller's file intact
     assert float(want.std()) > 1e-3
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+class _ConvNet(torch.nn.Module):
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.inner = torch.nn.Conv2d(4, 16, 3, padding=1)
+        self.outer = torch.nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.outer(torch.nn.functional.silu(self.inner(x)))
+
+
+def test_frozen_compile_follows_weight_changes():
+    """Inductor with ``freezing`` really folds the weights into the graph (a plain
+    frozen compile keeps answering with (partly) old weights after ``load_state_dict``);
+    ``compile_network(freeze=True)`` notices the change and compiles again."""
+    import torch._dynamo
+
+    from sgm.modules.diffusionmodules.wrappers import compile_network
+
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    old, new = _ConvNet(seed=1), _ConvNet(seed=2)
+    with torch.no_grad():
+        want_old, want_new = old(x), new(x)
+    assert float((want_old - want_new).abs().max()) > 1e-2
+
+    torch._dynamo.reset()
+    try:
+        from torch._inductor import config as inductor_config
+
+        unguarded = _ConvNet(seed=1)
+        forward = torch.compile(unguarded.forward)
+        with torch.no_grad(), inductor_config.patch(freezing=True):
+            torch.testing.assert_close(forward(x), want_old)
+            unguarded.load_state_dict(new.state_dict())
+            stale = forward(x)  # packed kernels were folded in as constants
+        assert float((stale - want_new).abs().max()) > 1e-2
+
+        torch._dynamo.reset()
+        guarded = compile_network(_ConvNet(seed=1), freeze=True)
+        with torch.no_grad():
+            torch.testing.assert_close(guarded(x), want_old)
+            guarded.load_state_dict(new.state_dict())
+            torch.testing.assert_close(guarded(x), want_new)
+        assert list(guarded.state_dict()) == list(new.state_dict())
+        # with autograd the compiled graph takes the weights as inputs and trains
+        guarded(x).sum().backward()
+        assert guarded.inner.weight.grad is not None
+    finally:
+        torch._dynamo.reset()
