@@ -10,6 +10,7 @@ from einops import rearrange, repeat
 from torch import nn
 
 from ..util import default
+from . import run_cache
 from ._attention_backend import scaled_dot_product
 
 
@@ -132,8 +133,15 @@ class CrossAttention(nn.Module):
         if additional_tokens is not None:
             n_extra = additional_tokens.shape[1]
             x = torch.cat([additional_tokens, x], dim=1)
-        context = default(context, x)
-        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+        q = self.to_q(x)
+        if context is None:
+            k, v = self.to_k(x), self.to_v(x)
+        else:  # the same context at every step of a sampling run: project it once
+            k, v = run_cache.reuse(
+                (self, "context_kv"),
+                (context, self.to_k.weight, self.to_v.weight),
+                lambda: (self.to_k(context), self.to_v(context)),
+            )
         if n_times_crossframe_attn_in_self:
             # Every frame attends to the keys/values of the first frame of its group.
             n = n_times_crossframe_attn_in_self

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ...util import default, instantiate_from_config
+from .. import run_cache
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ class BaseDiffusionSampler:
         **denoiser_kwargs: Any,
     ) -> torch.Tensor:
         """Sample from unit noise ``x``; returns a new tensor."""
-        with self.generator_scope(generator):
+        with self.generator_scope(generator), run_cache.sampling_run():
             x, s_in, sigmas, num_sigmas, cond, uc = self.prepare_sampling_loop(
                 x, cond, uc, num_steps
             )

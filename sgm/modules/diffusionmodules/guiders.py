@@ -11,6 +11,7 @@ import torch
 from einops import rearrange
 
 from ...util import append_dims
+from .. import run_cache
 
 logpy = logging.getLogger(__name__)
 
@@ -36,14 +37,16 @@ def _same_value(a: Any, b: Any) -> bool:
 def double_cond(c: Cond, uc: Cond, keys: Sequence[str], strict: bool) -> dict[str, Any]:
     """``[uc, c]`` concatenated along the batch for ``keys``; other entries from ``c``.
 
-    With ``strict``, entries outside ``keys`` must be equal in ``c`` and ``uc``.
+    With ``strict``, entries outside ``keys`` must be equal in ``c`` and ``uc``. Within
+    a sampling run the batches are built once (``sgm.modules.run_cache``).
     """
     out: dict[str, Any] = {}
     for k in c:
         if k in keys:
             if k not in uc:
                 raise KeyError(f"guidance needs unconditional {k!r}; uc has {list(uc)}")
-            out[k] = torch.cat((uc[k], c[k]), 0)
+            parts = (uc[k], c[k])
+            out[k] = run_cache.reuse(("double_cond", k), parts, lambda p=parts: torch.cat(p, 0))
         else:
             if strict and k in uc and not _same_value(c[k], uc[k]):
                 raise ValueError(
