@@ -137,7 +137,9 @@ def blend(
     """``alpha * x_first + (1 - alpha) * x_second``, alpha cast to ``dtype``
     (default: that of ``x_first``)."""
     alpha = alpha.to(x_first.dtype if dtype is None else dtype)
-    return alpha * x_first + (1.0 - alpha) * x_second
+    if torch.is_grad_enabled():
+        return alpha * x_first + (1.0 - alpha) * x_second
+    return (alpha * x_first).add_((1.0 - alpha) * x_second)  # same sum, one buffer fewer
 
 
 class AlphaBlender(nn.Module):
