@@ -49,8 +49,10 @@ def reuse(slot: Hashable, inputs: Sequence[torch.Tensor], compute: Callable[[], 
     ``inputs`` are the same tensors, unchanged. One value per slot is kept (the latest),
     and only while all its inputs are alive: a value whose inputs were temporary (made
     anew at every call) is dropped with them instead of being held to the run's end."""
+    if torch.compiler.is_compiling():  # first: TorchDynamo traces the plain computation
+        return compute()
     run = _RUN.get()
-    if run is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
+    if run is None or torch.is_grad_enabled():
         return compute()
     stamp = _stamp(inputs)
     if stamp is None:

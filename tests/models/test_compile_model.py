@@ -144,3 +144,26 @@ def test_frozen_compile_follows_weight_changes():
         assert guarded.inner.weight.grad is not None
     finally:
         torch._dynamo.reset()
+
+
+def test_network_traces_as_one_graph_inside_a_sampling_run(tiny):
+    """No graph break: inside a run, TorchDynamo traces the plain computation of the
+    values ``sgm.modules.run_cache`` would reuse in eager mode."""
+    import torch._dynamo
+
+    from sgm.modules import run_cache
+
+    engine = _engine(*tiny, compile_model=False)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 8, 8, generator=gen)
+    cond = {
+        "crossattn": torch.randn(2, 77, 32, generator=gen),
+        "vector": torch.randn(2, 48, generator=gen),
+    }
+    network = engine.model.diffusion_model
+    with torch.no_grad(), run_cache.sampling_run():
+        explained = torch._dynamo.explain(network.forward)(
+            x, timesteps=torch.tensor([3.0, 700.0]), context=cond["crossattn"], y=cond["vector"]
+        )
+    torch._dynamo.reset()
+    assert explained.graph_count == 1, explained.break_reasons
