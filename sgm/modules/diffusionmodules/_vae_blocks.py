@@ -109,16 +109,34 @@ class ResnetBlock(nn.Module):
             else:
                 self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1, 1, 0)
 
+    def _shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        if self.in_channels == self.out_channels:
+            return x
+        return self.conv_shortcut(x) if self.use_conv_shortcut else self.nin_shortcut(x)
+
     def forward(
-        self, x: torch.Tensor, temb: torch.Tensor | None = None, **kwargs: Any
+        self,
+        x: torch.Tensor,
+        temb: torch.Tensor | None = None,
+        consume_input: bool = False,
+        **kwargs: Any,
     ) -> torch.Tensor:
-        """(B, C_in, H, W), temb (B, temb_channels) or None -> (B, C_out, H, W)."""
+        """(B, C_in, H, W), temb (B, temb_channels) or None -> (B, C_out, H, W).
+
+        ``consume_input``: the caller hands ``x`` over and never reads it again; without
+        autograd a block that changes the channel count then projects the shortcut first
+        and keeps the activation in ``x``'s storage (same numbers, one input-sized
+        tensor fewer during ``conv1``)."""
         # One name for the running value, so each step's input is freed once the next
         # exists; without autograd the activation overwrites the normalised tensor. At most
         # three full-resolution tensors are then alive (x, a conv's input and output).
         inplace = not torch.is_grad_enabled()
-        h = self.norm1(x)
-        h = F.silu(h, inplace=inplace)
+        skip = None
+        if inplace and consume_input and self.in_channels != self.out_channels:
+            skip = self._shortcut(x)
+            h = x.copy_(F.silu(self.norm1(x), inplace=True))
+        else:
+            h = F.silu(self.norm1(x), inplace=inplace)
         h = self.conv1(h)
         if temb is not None:
             h = h + self.temb_proj(nonlinearity(temb))[:, :, None, None]
@@ -126,9 +144,7 @@ class ResnetBlock(nn.Module):
         h = F.silu(h, inplace=inplace)
         h = self.dropout(h)
         h = self.conv2(h)
-        if self.in_channels != self.out_channels:
-            x = self.conv_shortcut(x) if self.use_conv_shortcut else self.nin_shortcut(x)
-        return x + h
+        return (self._shortcut(x) if skip is None else skip) + h
 
 
 class AttnBlock(nn.Module):

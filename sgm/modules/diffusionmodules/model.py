@@ -206,7 +206,9 @@ class Decoder(nn.Module):
         for i_level in reversed(range(self.num_resolutions)):
             level = self.up[i_level]
             for i_block, block in enumerate(level.block):
-                h = block(h, None, **kwargs)
+                # h is this loop's own: a plain resnet block may reuse its storage
+                hand_over = {"consume_input": True} if type(block) is ResnetBlock else {}
+                h = block(h, None, **hand_over, **kwargs)
                 if len(level.attn) > 0:
                     h = level.attn[i_block](h, **kwargs)
             if i_level != 0:

@@ -145,3 +145,28 @@ def test_attn_block_is_single_head_softmax_attention():
     with torch.no_grad():
         torch.testing.assert_close(block(x), expected, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(efficient(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_resnet_block_handed_its_input_gives_the_same_numbers():
+    from diffusers.models.resnet import ResnetBlock2D
+
+    from sgm.modules.diffusionmodules.model import Decoder, ResnetBlock
+
+    ours = _randomize(ResnetBlock(in_channels=64, out_channels=32, temb_channels=0)).eval()
+    theirs = ResnetBlock2D(in_channels=64, out_channels=32, temb_channels=None, eps=1e-6).eval()
+    state = {k.replace("nin_shortcut", "conv_shortcut"): v for k, v in ours.state_dict().items()}
+    theirs.load_state_dict(state)
+    x = torch.randn(2, 64, 8, 8)
+    with torch.no_grad():
+        expected = theirs(x.clone(), None)
+        kept = ours(x)
+        handed = ours(x.clone(), None, consume_input=True)
+    torch.testing.assert_close(kept, expected, atol=1e-5, rtol=1e-5)
+    assert torch.equal(handed, kept)
+    # the decoder hands over only its own intermediates, never the latents
+    decoder = _randomize(Decoder(**TINY)).eval()
+    z = torch.randn(1, 4, 16, 16)
+    z_before = z.clone()
+    with torch.no_grad():
+        decoder(z)
+    assert torch.equal(z, z_before)
