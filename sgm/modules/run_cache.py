@@ -31,11 +31,13 @@ _RUN: contextvars.ContextVar[dict[Hashable, tuple] | None] = contextvars.Context
 @contextlib.contextmanager
 def sampling_run() -> Iterator[None]:
     """A scope in which :func:`reuse` keeps values (nested runs get their own)."""
-    token = _RUN.set({})
+    run: dict[Hashable, tuple] = {}
+    token = _RUN.set(run)
     try:
         yield
     finally:
         _RUN.reset(token)
+        run.clear()  # the values go now, not when the cyclic collector next runs
 
 
 def _stamp(inputs: Sequence[torch.Tensor]) -> tuple[int, ...] | None:
@@ -63,12 +65,13 @@ def reuse(slot: Hashable, inputs: Sequence[torch.Tensor], compute: Callable[[], 
         if kept_stamp == stamp and all(r() is t for r, t in zip(refs, inputs, strict=True)):
             return value
     value = compute()
-    entry: list = []
 
-    def forget(_ref: weakref.ref) -> None:
-        if run.get(slot) is entry[0]:
+    def forget(ref: weakref.ref) -> None:
+        # Names the run and the slot, not the entry: an entry -> weakref -> callback
+        # -> entry cycle would keep the value alive until the cyclic collector runs.
+        kept = run.get(slot)
+        if kept is not None and any(r is ref for r in kept[0]):
             del run[slot]
 
-    entry.append((tuple(weakref.ref(t, forget) for t in inputs), stamp, value))
-    run[slot] = entry[0]
+    run[slot] = (tuple(weakref.ref(t, forget) for t in inputs), stamp, value)
     return value

@@ -173,3 +173,21 @@ def test_values_of_temporary_inputs_are_not_held():
             del temporary
             kept.append(len(run_cache._RUN.get()))
     assert kept == [1, 0, 1, 0, 1, 0]
+
+
+def test_the_end_of_a_run_frees_its_values_without_the_cyclic_collector():
+    import gc
+    import weakref
+
+    a = torch.ones(3)
+    gc.disable()
+    try:
+        with torch.no_grad(), run_cache.sampling_run():
+            value = run_cache.reuse("slot", (a,), lambda: a * 2)
+            assert run_cache.reuse("slot", (a,), lambda: a * 3) is value
+            ref = weakref.ref(value)
+            del value
+            assert ref() is not None  # kept through the run
+        assert ref() is None  # and gone as soon as it ends, its input still alive
+    finally:
+        gc.enable()
