@@ -170,7 +170,9 @@ def build_in_memory(args, workdir: str):
         precision.cast_network(engine, args.dtype)
     engine.compute_dtype = args.dtype
     if args.compile in ("sgm", "both"):  # as load_engine(compile_model=True) does
-        compile_network(engine.model.diffusion_model, freeze=True)
+        from sgm.inference.engines import compile_engine
+
+        compile_engine(engine, freeze=True)
     return engine.requires_grad_(False), pipe
 
 
@@ -284,7 +286,7 @@ def parse_args(argv=None):
         "--compile",
         choices=["none", "sgm", "both"],
         default="none",
-        help="torch.compile the network (weights frozen in): sgm's (compile_model) or both",
+        help="torch.compile network and VAE decoder (weights frozen in): sgm's (compile_model) or both",
     )
     parser.add_argument(
         "--bf16",
@@ -314,6 +316,7 @@ def main() -> None:
         engine_or_pipe = load_from_files(args, args.workdir, args.child)
         if args.child == "diffusers" and args.compile == "both":
             compile_network(engine_or_pipe.unet, freeze=True)
+            compile_network(engine_or_pipe.vae.decoder, freeze=True)
         pair = (engine_or_pipe, None) if args.child == "sgm" else (None, engine_or_pipe)
         child_report(make_runs(args, *pair)[args.child], torch.device(args.device))
         return
@@ -326,6 +329,7 @@ def main() -> None:
             pipe = load_from_files(args, workdir, "diffusers")
         if args.compile == "both":
             compile_network(pipe.unet, freeze=True)
+            compile_network(pipe.vae.decoder, freeze=True)
         n_params = sum(p.numel() for p in engine.model.parameters())
         print(
             f"SDXL base architecture{'' if args.full else ' scaled down'} (UNet "

@@ -250,12 +250,12 @@ def add_device_args(parser: argparse.ArgumentParser, low_vram: bool = True) -> N
 
 
 def add_compile_arg(parser: argparse.ArgumentParser) -> None:
-    """``--compile``: the network runs through ``torch.compile`` (the engine's
-    ``compile_model``)."""
+    """``--compile``: the network and the VAE decoder run through ``torch.compile``
+    with their weights frozen in (``sgm.inference.engines.compile_engine``)."""
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="compile the network with torch.compile (slow first step, faster after)",
+        help="compile the network and VAE decoder with torch.compile (slow first run, faster after)",
     )
 
 

@@ -76,9 +76,9 @@ class SamplingPipeline:
             checkpoint, instead of ``model_id``.
         spec: sizes and flags for a custom model (default: read from its config).
         lora: LoRA adapters to apply, as ``(path, scale)`` pairs (``sgm.lora``).
-        compile_model: compile the network with ``torch.compile`` (the engine's
-            ``compile_model``; in place, so state-dict keys stay the same). The first
-            sampling run pays the compilation.
+        compile_model: compile the network and the VAE decoder with ``torch.compile``,
+            weights frozen in (``engines.compile_engine``; in place, so state-dict keys
+            stay the same). The first sampling run pays the compilation.
     """
 
     def __init__(

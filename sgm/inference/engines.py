@@ -57,8 +57,8 @@ def load_engine(
     the conditioner in it. ``lora``: ``(path, scale)`` adapters applied after the
     base weights. ``offload_weights`` keeps the parts on the host, each moved to
     ``device`` while it runs (``sgm.offload``). ``compile_model`` compiles the network
-    once the weights are final (``compile_network``; frozen into the graph unless
-    offloaded). ``build_on`` is the device the weights are created on (default: torch's
+    and the decoder once the weights are final (:func:`compile_engine`; weights frozen
+    into the graphs unless offloaded). ``build_on`` is the device the weights are created on (default: torch's
     default device). A missing checkpoint is a ``CheckpointError`` (``missing_hint``
     appended) before anything is built.
     """
@@ -90,9 +90,19 @@ def load_engine(
         model.to(device)
     model.compute_dtype = compute_dtype
     if compile_model:
-        # Weights are final here (checkpoint, adapters, dtype, device): freeze them into
-        # the graph, unless offloading moves them between calls.
-        compile_network(model.model.diffusion_model, freeze=not offload_weights)
+        compile_engine(model, freeze=not offload_weights)
+    return model
+
+
+def compile_engine(model: torch.nn.Module, freeze: bool = True) -> torch.nn.Module:
+    """``torch.compile`` the engine's network and its first stage's decoder in place
+    (``compile_network``; ``freeze`` folds the weights into the graphs, for weights
+    that are final and stay on one device). Compilation happens at each one's first call.
+    """
+    compile_network(model.model.diffusion_model, freeze=freeze)
+    decoder = getattr(getattr(model, "first_stage_model", None), "decoder", None)
+    if isinstance(decoder, torch.nn.Module):
+        compile_network(decoder, freeze=freeze)
     return model
 
 

@@ -58,8 +58,8 @@ def load_video_model(
     the first stage on the host, each moved to ``device`` only while it runs;
     ``half_weights`` stores the network in the half ``dtype`` (default: with
     ``offload`` on an accelerator, as the original's low-VRAM mode); ``lora``:
-    ``(path, scale)`` adapters applied after the base weights; ``compile_model`` runs the
-    network through ``torch.compile``.
+    ``(path, scale)`` adapters applied after the base weights; ``compile_model`` compiles the
+    network and the VAE decoder (``engines.compile_engine``).
     """
     from omegaconf import OmegaConf
 
