@@ -226,3 +226,14 @@ def summary(
     mem = f"{peaks[ours][0] / peaks[theirs][0]:.3f}" if peaks[theirs][0] >= 1.0 else "n/a"
     lines.append(f"ratio {ours}/{theirs}: time {time_ratio:.3f}, memory {mem}")
     return "\n".join(lines)
+
+
+def without_run_cache(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` with ``sgm.modules.run_cache`` off: every step computes all its work."""
+    from sgm.modules import run_cache
+
+    def run() -> Any:
+        with run_cache.disabled():
+            return fn()
+
+    return run

@@ -42,6 +42,7 @@ from _pipeline import (
     peak_of_run,
     randomize,
     summary,
+    without_run_cache,
 )
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -245,6 +246,8 @@ def make_runs(args, engine, pipe):
             ).images
         return image, captured["latents"]
 
+    if args.no_run_cache:
+        run_sgm = without_run_cache(run_sgm)
     return {"sgm": run_sgm, "diffusers": run_diffusers}
 
 
@@ -287,6 +290,11 @@ def parse_args(argv=None):
         choices=["none", "sgm", "both"],
         default="none",
         help="torch.compile network and VAE decoder (weights frozen in): sgm's (compile_model) or both",
+    )
+    parser.add_argument(
+        "--no-run-cache",
+        action="store_true",
+        help="sgm computes the text keys/values and [uc, c] batches at every step",
     )
     parser.add_argument(
         "--bf16",

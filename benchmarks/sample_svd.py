@@ -47,6 +47,7 @@ from _pipeline import (
     peak_of_run,
     randomize,
     summary,
+    without_run_cache,
 )
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -252,6 +253,8 @@ def make_runs(args, engine, pipe):
             return out.frames[0]
 
         runs["diffusers"] = run_diffusers
+    if args.no_run_cache and "sgm" in runs:
+        runs["sgm"] = without_run_cache(runs["sgm"])
     return runs, sigmas
 
 
@@ -278,6 +281,11 @@ def parse_args(argv=None):
         choices=["none", "sgm", "both"],
         default="none",
         help="torch.compile network and VAE decoder (weights frozen in): sgm's (compile_model) or both",
+    )
+    parser.add_argument(
+        "--no-run-cache",
+        action="store_true",
+        help="sgm computes the text keys/values and [uc, c] batches at every step",
     )
     parser.add_argument(
         "--bf16",

@@ -8,7 +8,9 @@ its inputs are the same tensor objects, unchanged since (PyTorch's version count
 see in-place writes, ``load_state_dict`` included). Outside a run, under autograd,
 while TorchDynamo traces, or for inference-mode tensors (no version counter) it computes
 every time. The cache lives in a context variable, so concurrent runs in other threads
-neither see nor disturb it, and it is dropped when the run ends.
+neither see nor disturb it, and it is dropped when the run ends. It holds its values for
+the whole loop (about 47 MB of text keys/values at SDXL 1024² in fp16); :func:`disabled`
+trades that memory back for the per-step work.
 """
 
 from __future__ import annotations
@@ -28,9 +30,30 @@ _RUN: contextvars.ContextVar[dict[Hashable, tuple] | None] = contextvars.Context
 )
 
 
+_ENABLED: contextvars.ContextVar[bool] = contextvars.ContextVar("sgm_run_cache", default=True)
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Sampling runs started inside the block reuse nothing (every step computes all)."""
+    token = _ENABLED.set(False)
+    try:
+        yield
+    finally:
+        _ENABLED.reset(token)
+
+
 @contextlib.contextmanager
 def sampling_run() -> Iterator[None]:
-    """A scope in which :func:`reuse` keeps values (nested runs get their own)."""
+    """A scope in which :func:`reuse` keeps values (nested runs get their own); inside
+    :func:`disabled` it keeps none."""
+    if not _ENABLED.get():
+        token = _RUN.set(None)
+        try:
+            yield
+        finally:
+            _RUN.reset(token)
+        return
     run: dict[Hashable, tuple] = {}
     token = _RUN.set(run)
     try:

@@ -111,8 +111,8 @@ def tiny(tmp_path_factory):
 
 def test_sampling_an_engine_projects_the_text_once_per_run_with_the_same_numbers(tiny, monkeypatch):
     """A tiny SDXL engine, Euler with CFG: the same latents bit for bit as when every step
-    computes everything, and each cross-attention's ``to_k`` runs once per run (it ran
-    once per step before)."""
+    computes everything (``run_cache.disabled()``), and each cross-attention's ``to_k``
+    runs once per run instead of once per step."""
     from sgm.inference.helpers import do_sample
     from sgm.modules.diffusionmodules.sampling import EulerEDMSampler
     from sgm.util import instantiate_from_config
@@ -156,8 +156,8 @@ def test_sampling_an_engine_projects_the_text_once_per_run_with_the_same_numbers
 
     cached, cached_calls = sample()
     assert cached_calls == len(cross)
-    monkeypatch.setattr(run_cache, "sampling_run", lambda: run_cache.contextlib.nullcontext())
-    plain, plain_calls = sample()
+    with run_cache.disabled():
+        plain, plain_calls = sample()
     assert plain_calls == 4 * len(cross)
     assert float(plain.abs().max()) > 1e-3
     torch.testing.assert_close(cached, plain, rtol=0, atol=0)
@@ -191,3 +191,17 @@ def test_the_end_of_a_run_frees_its_values_without_the_cyclic_collector():
         assert ref() is None  # and gone as soon as it ends, its input still alive
     finally:
         gc.enable()
+
+
+def test_disabled_runs_keep_nothing_and_the_switch_is_restored():
+    a = torch.ones(3)
+    compute, calls = _counting(lambda: a * 2)
+    with torch.no_grad():
+        with run_cache.disabled(), run_cache.sampling_run():
+            run_cache.reuse("slot", (a,), compute)
+            run_cache.reuse("slot", (a,), compute)
+        assert len(calls) == 2
+        with run_cache.sampling_run():
+            run_cache.reuse("slot", (a,), compute)
+            run_cache.reuse("slot", (a,), compute)
+    assert len(calls) == 3
