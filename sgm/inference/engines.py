@@ -58,9 +58,9 @@ def load_engine(
     base weights. ``offload_weights`` keeps the parts on the host, each moved to
     ``device`` while it runs (``sgm.offload``). ``compile_model`` compiles the network
     and the decoder once the weights are final (:func:`compile_engine`; weights frozen
-    into the graphs unless offloaded). ``build_on`` is the device the weights are created on (default: torch's
-    default device). A missing checkpoint is a ``CheckpointError`` (``missing_hint``
-    appended) before anything is built.
+    into the graphs unless offloaded). ``build_on`` is the device the weights are
+    created on (default: torch's default device). A missing checkpoint is a
+    ``CheckpointError`` (``missing_hint`` appended) before anything is built.
     """
     if ckpt is not None:
         check_checkpoint(ckpt, missing_hint)

@@ -112,10 +112,9 @@ def _encode(model: Any, img: torch.Tensor, generator: torch.Generator | None) ->
     probe = torch.Generator(device=generator.device)
     probe.set_state(generator.get_state())  # the caller's generator does not advance
     seed = int(torch.randint(2**62, (1,), generator=probe, device=generator.device))
-    accelerator = img.device.type in ("cuda", "mps")
+    on_host = img.device.type == "cpu"  # the global CPU generator is always forked
     with torch.random.fork_rng(
-        devices=[img.device] if accelerator else [],
-        device_type=img.device.type if accelerator else "cuda",
+        devices=[] if on_host else [img.device], device_type=img.device.type
     ):
         torch.manual_seed(seed)
         return model.encode_first_stage(img)

@@ -28,8 +28,6 @@ T = TypeVar("T")
 _RUN: contextvars.ContextVar[dict[Hashable, tuple] | None] = contextvars.ContextVar(
     "sgm_sampling_run", default=None
 )
-
-
 _ENABLED: contextvars.ContextVar[bool] = contextvars.ContextVar("sgm_run_cache", default=True)
 
 
@@ -47,20 +45,14 @@ def disabled() -> Iterator[None]:
 def sampling_run() -> Iterator[None]:
     """A scope in which :func:`reuse` keeps values (nested runs get their own); inside
     :func:`disabled` it keeps none."""
-    if not _ENABLED.get():
-        token = _RUN.set(None)
-        try:
-            yield
-        finally:
-            _RUN.reset(token)
-        return
-    run: dict[Hashable, tuple] = {}
+    run: dict[Hashable, tuple] | None = {} if _ENABLED.get() else None
     token = _RUN.set(run)
     try:
         yield
     finally:
         _RUN.reset(token)
-        run.clear()  # the values go now, not when the cyclic collector next runs
+        if run is not None:
+            run.clear()  # the values go now, not when the cyclic collector next runs
 
 
 def _stamp(inputs: Sequence[torch.Tensor]) -> tuple[int, ...] | None:
