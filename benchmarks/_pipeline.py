@@ -237,3 +237,13 @@ def without_run_cache(fn: Callable[[], Any]) -> Callable[[], Any]:
             return fn()
 
     return run
+
+
+def compile_diffusers(pipe: Any) -> Any:
+    """diffusers' UNet and VAE decoder compiled as sgm's ``compile_engine`` compiles its
+    network and decoder (weights frozen in)."""
+    from sgm.modules.diffusionmodules.wrappers import compile_network
+
+    compile_network(pipe.unet, freeze=True)
+    compile_network(pipe.vae.decoder, freeze=True)
+    return pipe

@@ -29,12 +29,12 @@ import tempfile
 import sgm  # noqa: F401  (must precede diffusers)
 
 # isort: split
-from sgm.modules.diffusionmodules.wrappers import compile_network
 import torch
 from omegaconf import OmegaConf
 
 from _pipeline import (
     child_report,
+    compile_diffusers,
     diffusers_pipeline,
     interleaved,
     max_abs_diff,
@@ -323,8 +323,7 @@ def main() -> None:
     if args.child:
         engine_or_pipe = load_from_files(args, args.workdir, args.child)
         if args.child == "diffusers" and args.compile == "both":
-            compile_network(engine_or_pipe.unet, freeze=True)
-            compile_network(engine_or_pipe.vae.decoder, freeze=True)
+            compile_diffusers(engine_or_pipe)
         pair = (engine_or_pipe, None) if args.child == "sgm" else (None, engine_or_pipe)
         child_report(make_runs(args, *pair)[args.child], torch.device(args.device))
         return
@@ -336,8 +335,7 @@ def main() -> None:
             engine = load_from_files(args, workdir, "sgm")
             pipe = load_from_files(args, workdir, "diffusers")
         if args.compile == "both":
-            compile_network(pipe.unet, freeze=True)
-            compile_network(pipe.vae.decoder, freeze=True)
+            compile_diffusers(pipe)
         n_params = sum(p.numel() for p in engine.model.parameters())
         print(
             f"SDXL base architecture{'' if args.full else ' scaled down'} (UNet "

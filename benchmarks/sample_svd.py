@@ -33,13 +33,13 @@ import tempfile
 import sgm  # noqa: F401  (must precede diffusers)
 
 # isort: split
-from sgm.modules.diffusionmodules.wrappers import compile_network
 import numpy as np
 import torch
 from omegaconf import OmegaConf
 
 from _pipeline import (
     child_report,
+    compile_diffusers,
     diffusers_pipeline,
     interleaved,
     max_abs_diff,
@@ -320,8 +320,7 @@ def main() -> None:
     if args.child:
         side = load_from_files(args, args.workdir, args.child)
         if args.child == "diffusers" and args.compile == "both":
-            compile_network(side.unet, freeze=True)
-            compile_network(side.vae.decoder, freeze=True)
+            compile_diffusers(side)
         pair = (side, None) if args.child == "sgm" else (None, side)
         child_report(make_runs(args, *pair)[0][args.child], torch.device(args.device))
         return
@@ -333,8 +332,7 @@ def main() -> None:
             engine = load_from_files(args, workdir, "sgm")
             pipe = load_from_files(args, workdir, "diffusers")
         if args.compile == "both":
-            compile_network(pipe.unet, freeze=True)
-            compile_network(pipe.vae.decoder, freeze=True)
+            compile_diffusers(pipe)
         n_params = sum(p.numel() for p in engine.model.parameters())
         print(
             f"{'SVD-XT' if args.full else 'SVD scaled down'} (video UNet "
