@@ -228,12 +228,9 @@ def load_configs(
 
 
 def get_configs_path() -> str:
-    """The ``configs`` folder: inside the installed package, or the source checkout."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "configs", here.parent / "configs"):
-        if candidate.is_dir():
-            return str(candidate)
-    raise FileNotFoundError(
-        f"could not find the sgm configs folder; looked in {here / 'configs'} and "
-        f"{here.parent / 'configs'}"
-    )
+    """The ``configs`` folder inside the package (``sgm/configs``; the checkout's
+    ``configs/`` links to it)."""
+    path = Path(__file__).resolve().parent / "configs"
+    if not path.is_dir():
+        raise FileNotFoundError(f"the sgm configs folder {path} is missing; reinstall sgm")
+    return str(path)
