@@ -14,6 +14,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .config_trainer import check_value
 from .errors import ConfigError
 from .targets import get_obj_from_str
 
@@ -74,8 +75,6 @@ def apply_overrides(
 def _checked(config: Any, key: str, value: Any, text: str) -> Any:
     parts = key.split(".")
     if parts[:2] == ["lightning", "trainer"] and len(parts) == 3:
-        from .training.trainer_args import check_value
-
         try:
             return check_value(parts[2], value)
         except ValueError as error:

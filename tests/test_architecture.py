@@ -1,6 +1,6 @@
-"""The package's shape: imports read as the architecture (no cycles), modules and constructors
-that fit in a head. Imports inside functions count too: a lazy import that dodges a cycle is
-still a cycle."""
+"""The package's shape: imports read as the architecture (no cycles, and only down the
+floors of LAYERS), modules and constructors that fit in a head. Imports inside functions
+count too: a lazy import that dodges a cycle, or reaches up a floor, still does."""
 
 from __future__ import annotations
 
@@ -10,6 +10,25 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "sgm"
 MAX_MODULE_LINES = 400
 MAX_CONSTRUCTOR_LINES = 80
+
+# The floors of sgm, lowest first (the README's layout): a module may import its own floor
+# and the ones below it, never one above. The ground floor is every module directly in
+# sgm/ (errors, targets, devices, precision, offload, checkpoint, config*, cli,
+# output_files, util, ...) and the packaged configs. lora/ sits on modules/ rather than
+# beside convert/: it adapts the networks' layers and needs nothing above them, while
+# DiffusionEngine (training with ``lora_config``) and the engine loader (adapter files
+# at sampling time) both use it.
+LAYERS = (
+    ("configs",),  # the ground floor's own package
+    ("modules",),
+    ("lora",),
+    ("models",),
+    ("inference",),
+    ("convert",),
+    ("data", "training"),
+    ("demo",),
+    ("commands",),
+)
 
 
 def _modules(package: Path = PACKAGE) -> dict[str, Path]:
@@ -104,6 +123,36 @@ def import_cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
     return cycles
 
 
+def layer_of(module: str, packages: set[str], layers=LAYERS) -> int | None:
+    """Floor of a dotted module name; None for a subpackage no floor names. ``packages``:
+    the subpackages of the root package (a module directly in it is on the ground floor)."""
+    parts = module.split(".")
+    if len(parts) == 1 or parts[1] not in packages:
+        return 0
+    return next((i for i, names in enumerate(layers) if parts[1] in names), None)
+
+
+def subpackages(graph: dict[str, dict[str, int]]) -> set[str]:
+    return {name.split(".")[1] for name in graph if name.count(".") >= 2}
+
+
+def unplaced(graph: dict[str, dict[str, int]], layers=LAYERS) -> list[str]:
+    packages = subpackages(graph)
+    return sorted(name for name in packages if layer_of(f"_.{name}._", packages, layers) is None)
+
+
+def upward_imports(graph: dict[str, dict[str, int]], layers=LAYERS) -> list[str]:
+    """Every import of a module on a higher floor than the importer's."""
+    packages = subpackages(graph)
+    found = []
+    for module, edges in graph.items():
+        floor = layer_of(module, packages, layers)
+        for target, line in edges.items():
+            if floor is not None and (layer_of(target, packages, layers) or 0) > floor:
+                found.append(f"{module} -> {target} (line {line})")
+    return found
+
+
 def describe(cycle: list[str], graph: dict[str, dict[str, int]]) -> str:
     edges = [
         f"{a} -> {b} (line {line})" for a in cycle for b, line in graph[a].items() if b in cycle
@@ -169,6 +218,38 @@ def test_no_import_cycles():
     assert not cycles, "import cycles: " + " | ".join(describe(c, graph) for c in cycles)
 
 
+def test_layer_check_finds_an_upward_import(tmp_path):
+    # A lazy import from the ground floor up to a package, and one between packages.
+    files = {
+        "pkg/__init__.py": "",
+        "pkg/errors.py": "def f():\n    from .high import run\n",
+        "pkg/low/__init__.py": "from ..errors import f\n",
+        "pkg/low/a.py": "from pkg.high.b import g\nfrom . import c\n",
+        "pkg/low/c.py": "",
+        "pkg/high/__init__.py": "from ..low import a\n",
+        "pkg/high/b.py": "import pkg.errors\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    graph = import_graph(tmp_path / "pkg")
+    layers = ((), ("low",), ("high",))
+    assert sorted(upward_imports(graph, layers)) == [
+        "pkg.errors -> pkg.high (line 2)",
+        "pkg.low.a -> pkg.high.b (line 1)",
+    ]
+    assert unplaced(graph, layers) == [] and unplaced(graph, ((), ("low",))) == ["high"]
+
+
+def test_every_package_is_on_a_floor():
+    assert not unplaced(import_graph()), "add these sgm packages to LAYERS"
+
+
+def test_imports_point_down():
+    found = upward_imports(import_graph())
+    assert not found, "imports from a lower floor to a higher one: " + "; ".join(found)
+
+
 def test_modules_fit_in_a_head():
     assert not long_modules()
 
@@ -181,5 +262,7 @@ if __name__ == "__main__":
     graph = import_graph()
     for cycle in import_cycles(graph):
         print("cycle:", describe(cycle, graph))
+    for line in unplaced(graph) + upward_imports(graph):
+        print(line)
     for line in long_modules() + long_constructors():
         print(line)

@@ -8,9 +8,9 @@ import os
 import sys
 from typing import Any
 
+from .. import config_trainer as trainer_args
 from ..cli import ArgumentParser, existing_file, output_folder
 from ..errors import ConfigError, SgmError
-from . import trainer_args
 from .paths import RUN_ENV as RUN_ENV
 from .paths import RunPaths as RunPaths
 from .paths import exit_code_for as exit_code_for

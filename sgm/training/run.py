@@ -10,11 +10,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from .. import config_trainer as trainer_args
 from ..config import instantiate_from_config, load_configs
 from ..config_overrides import KNOWN_SECTIONS
 from ..devices import accelerator_type
 from ..errors import ConfigError
-from . import trainer_args
 from .paths import RunPaths, exit_code_for, resolve_paths
 
 logger = logging.getLogger("sgm.main")

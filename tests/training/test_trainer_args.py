@@ -6,7 +6,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from sgm.training import trainer_args
+from sgm import config_trainer as trainer_args
 
 QUIET = {
     "logger": False,
