@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import sys
@@ -27,6 +26,8 @@ from ..util import (
 )
 from ._ema_scope import ema_weights
 from ._optimizer import instantiate_optimizer
+from ._trainable import CHECKPOINT_KEY, apply_trainable, trained_record
+from .engine_run import EngineRun
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class DiffusionEngine(pl.LightningModule):
         en_and_decode_n_samples_a_time: int | None = None,
         learning_rate: float | None = None,
         lora_config: Mapping | None = None,
+        trainable: Sequence[str] | str | None = None,
     ):
         super().__init__()
         self.log_keys = list(log_keys) if log_keys is not None else None
@@ -105,6 +107,7 @@ class DiffusionEngine(pl.LightningModule):
             from ..lora.training import attach_lora
 
             attach_lora(self, self.lora_config)
+        self.trainable = apply_trainable(self, trainable)  # name patterns; None: default
 
     def _init_first_stage(self, config: Mapping) -> None:
         model = instantiate_from_config(config).eval()
@@ -221,6 +224,7 @@ class DiffusionEngine(pl.LightningModule):
         return loss
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[CHECKPOINT_KEY] = trained_record(self, self.trainable)
         if self.lora_config is not None:
             from ..lora.training import adapter_only
 
@@ -255,8 +259,8 @@ class DiffusionEngine(pl.LightningModule):
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         """The network's parameters plus those of trainable embedders (with
-        ``lora_config``: the adapter's only)."""
-        if self.lora_config is not None:
+        ``lora_config``: the adapter's only; with ``trainable``: the selected ones)."""
+        if self.lora_config is not None or getattr(self, "trainable", None) is not None:
             return [p for p in self.parameters() if p.requires_grad]
         params = list(self.model.parameters())
         for embedder in getattr(self.conditioner, "embedders", []):
@@ -274,6 +278,7 @@ class DiffusionEngine(pl.LightningModule):
         opt = self.instantiate_optimizer_from_config(
             self.trainable_parameters(), lr, self.optimizer_config
         )
+        getattr(opt, "check_trainer", lambda trainer: None)(self._trainer)  # fused step
         if self.scheduler_config is None:
             return opt
         scheduler = instantiate_from_config(self.scheduler_config, key="scheduler_config")
@@ -299,14 +304,10 @@ class DiffusionEngine(pl.LightningModule):
         if shape is None:
             raise ValueError("sample() needs the latent shape (C, H, W)")
         randn = torch.randn(batch_size, *shape, generator=generator, device=self.device)
-
-        def denoiser(x: torch.Tensor, sigma: torch.Tensor, c: dict) -> torch.Tensor:
-            return self.denoiser(self.model, x, sigma, c, **kwargs)
-
-        extra = {}
-        if generator is not None and "generator" in inspect.signature(self.sampler).parameters:
-            extra["generator"] = generator
-        return self.sampler(denoiser, randn, cond, uc=uc, **extra)
+        run = EngineRun(self, self.device)  # the caller's block decides autocast and EMA
+        return run.sample(
+            self.sampler, randn, cond, uc, denoiser=run.denoiser(**kwargs), generator=generator
+        )
 
     @torch.no_grad()
     def log_conditionings(self, batch: Mapping, n: int) -> dict:
@@ -341,22 +342,20 @@ class DiffusionEngine(pl.LightningModule):
         else:
             ucg_keys = input_keys
         x = self.get_input(batch)
-        c, uc = self.conditioner.get_unconditional_conditioning(
-            batch, force_uc_zero_embeddings=ucg_keys if embedders else []
-        )
         N = min(x.shape[0], N)
+        run = EngineRun(self, self.device)
+        c, uc = run.condition(
+            batch, force_uc_zero=ucg_keys if embedders else [], num=N, per_sample_except=()
+        )
         x = x.to(self.device)[:N]
         log = {"inputs": x}
-        z = self.encode_first_stage(x)
-        log["reconstructions"] = self.decode_first_stage(z)
+        z = run.encode(x)
+        log["reconstructions"] = run.decode(z)
         log.update(self.log_conditionings(batch, N))
-        for k in c:
-            if isinstance(c[k], torch.Tensor):
-                c[k], uc[k] = (y[k][:N].to(self.device) for y in (c, uc))
         if sample:
             with self.ema_scope("Plotting"):
                 samples = self.sample(c, shape=z.shape[1:], uc=uc, batch_size=N)
-            log["samples"] = self.decode_first_stage(samples)
+            log["samples"] = run.decode(samples)
         return log
 
 
