@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from ..config import get_configs_path
 from ..errors import CheckpointError, InputError
+from ..inference.releases import config_path
 from ._components import PIPELINES, Component, layout
 from ._engine import (
     build_engine,
@@ -45,9 +45,10 @@ def released_config(folder: str | os.PathLike) -> Path:
             )
         scheduler = read_json(folder / "scheduler" / "scheduler_config.json")
         v = scheduler.get("prediction_type") == "v_prediction"
-        name = "sd_2_1_768" if v else "sd_2_1"
+        name = "sd2.1_768" if v else "sd2.1"
     elif pipeline in _XL:
-        name = "sd_xl_refiner" if (index.get("text_encoder") or [None])[0] is None else "sd_xl_base"
+        refiner = (index.get("text_encoder") or [None])[0] is None
+        name = "sdxl_refiner_1.0" if refiner else "sdxl_base_1.0"
     elif pipeline == "StableVideoDiffusionPipeline":
         frames = read_json(folder / "unet" / "config.json").get("num_frames", 14)
         name = "svd_xt" if frames == 25 else "svd"
@@ -56,11 +57,7 @@ def released_config(folder: str | os.PathLike) -> Path:
             f"{folder / 'model_index.json'}: pipeline {pipeline} is not supported "
             f"(supported: {', '.join(sorted(set(PIPELINES.values())))})"
         )
-    configs = Path(get_configs_path())
-    for where in (configs / "inference", configs.parent / "scripts" / "sampling" / "configs"):
-        if (where / f"{name}.yaml").is_file():
-            return where / f"{name}.yaml"
-    raise InputError(f"released config {name}.yaml not found; pass --config")
+    return config_path(name)
 
 
 def _component_table(component: Component, engine_shapes: dict[str, tuple]) -> KeyTable:

@@ -12,10 +12,10 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError, InputError, SgmError
+from ..inference.releases import config_path, get_release
 from .options import DemoOptions, missing_checkpoint, model_files
 
 TITLE = "Stable Video 4D: novel-view videos (SV4D)"
-CONFIGS = Path(__file__).resolve().parents[2] / "scripts" / "sampling" / "configs"
 
 
 def grid_video(grid: list, rows: int = 3) -> torch.Tensor:
@@ -28,6 +28,13 @@ def grid_video(grid: list, rows: int = 3) -> torch.Tensor:
         views.append(torch.ones_like(views[0]))
     lines = [torch.cat(views[r * cols : (r + 1) * cols], dim=-1) for r in range(rows)]
     return torch.cat(lines, dim=-2)
+
+
+def _files(name: str, options: DemoOptions, selected: bool = True) -> Any:
+    """The config and checkpoint of a release (``sgm.inference.releases``)."""
+    release = get_release(name)
+    config = config_path(release)
+    return model_files(name, config.name, release.ckpt, config.parent, options, selected)
 
 
 class Sv4dApp:
@@ -47,15 +54,8 @@ class Sv4dApp:
             raise InputError(f"sv3d_version must be sv3d_u or sv3d_p, got {sv3d_version!r}")
         self.options, self.img_size, self.low_vram = options, img_size, low_vram
         self.sv3d_version = sv3d_version
-        self.sv4d_files = model_files("sv4d", "sv4d.yaml", "sv4d.safetensors", CONFIGS, options)
-        self.sv3d_files = model_files(
-            sv3d_version,
-            f"{sv3d_version}.yaml",
-            f"{sv3d_version}.safetensors",
-            CONFIGS,
-            options,
-            selected=False,
-        )
+        self.sv4d_files = _files("sv4d", options)
+        self.sv3d_files = _files(sv3d_version, options, selected=False)
         self.models: dict[str, Any] = {}
         self.lock = threading.Lock()
 
@@ -70,7 +70,8 @@ class Sv4dApp:
 
         if name not in self.models:
             files = self.sv4d_files if name == "sv4d" else self.sv3d_files
-            frames = 40 if name == "sv4d" else 21
+            release = get_release("sv4d" if name == "sv4d" else self.sv3d_version)
+            frames = release.n_time * release.n_view if release.n_time else release.num_frames
             self.models[name] = load_video_model(
                 files.config,
                 files.ckpt,

@@ -16,7 +16,6 @@ from ..inference.api import (
     SD_XL_BASE_RATIOS,
     Discretization,
     Guider,
-    ModelArchitecture,
     Sampler,
     SamplingParams,
     SamplingPipeline,
@@ -25,21 +24,14 @@ from ..inference.api import (
     model_specs,
     text_to_image_refined,
 )
+from ..inference.releases import configs_dir, get_release, releases
 from .options import DemoOptions, ModelFiles, model_files
 
-IMAGE_VERSIONS = {
-    "SDXL-base-1.0": ModelArchitecture.SDXL_V1_BASE,
-    "SDXL-base-0.9": ModelArchitecture.SDXL_V0_9_BASE,
-    "SD-2.1": ModelArchitecture.SD_2_1,
-    "SD-2.1-768": ModelArchitecture.SD_2_1_768,
-    "SDXL-refiner-0.9": ModelArchitecture.SDXL_V0_9_REFINER,
-    "SDXL-refiner-1.0": ModelArchitecture.SDXL_V1_REFINER,
-}
-TURBO_VERSIONS = {
-    "SDXL-Turbo": ModelArchitecture.SDXL_TURBO,
-    "SD-Turbo": ModelArchitecture.SD_TURBO,
-}
-REFINER_FOR = {"SDXL-base-1.0": "SDXL-refiner-1.0", "SDXL-base-0.9": "SDXL-refiner-0.9"}
+_IMAGE = [r for r in releases("image") if r.label]
+# the pages' model names (from the release registry) -> ModelArchitecture
+IMAGE_VERSIONS = {r.label: r.architecture for r in _IMAGE if not r.is_turbo}
+TURBO_VERSIONS = {r.label: r.architecture for r in _IMAGE if r.is_turbo}
+REFINER_FOR = {r.label: get_release(r.refiner).label for r in _IMAGE if r.refiner}
 DEFAULT_PROMPT = "Astronaut in a jungle, cold color palette, muted colors, detailed, 8k"
 TURBO_PROMPT = "A cinematic shot of a baby racoon wearing an intricate italian priest robe."
 SDXL_SIZES = list(SD_XL_BASE_RATIOS.values())
@@ -55,12 +47,8 @@ class ImageModel:
 
 
 def released_config_dir() -> str:
-    """sgm's ``configs/inference`` folder."""
-    from pathlib import Path
-
-    from ..util import get_configs_path
-
-    return str(Path(get_configs_path(), "inference"))
+    """The packaged ``configs/inference`` folder."""
+    return str(configs_dir() / "inference")
 
 
 def image_model(version: str, options: DemoOptions, selected: bool = True) -> ImageModel:

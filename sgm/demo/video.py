@@ -12,9 +12,8 @@ from typing import Any
 import torch
 
 from ..errors import InputError
+from ..inference.releases import config_path, get_release, releases
 from .options import DemoOptions, ModelFiles, model_files
-
-VIDEO_CONFIGS = Path(__file__).resolve().parents[2] / "scripts" / "sampling" / "configs"
 
 
 @dataclass(frozen=True)
@@ -33,25 +32,23 @@ class VideoVersion:
         return self.width == self.height
 
 
+# the video releases of the registry (sgm.inference.releases) and their page defaults
 VIDEO_VERSIONS = {
-    "svd": VideoVersion(14, 25),
-    "svd_image_decoder": VideoVersion(14, 25),
-    "svd_xt": VideoVersion(25, 30),
-    "svd_xt_image_decoder": VideoVersion(25, 30),
-    "svd_xt_1_1": VideoVersion(25, 30, decoding_t=7),
-    "sv3d_u": VideoVersion(21, 50, 576, 576, cond_aug=1e-5),
-    "sv3d_p": VideoVersion(21, 50, 576, 576, cond_aug=1e-5),
+    r.name: VideoVersion(r.num_frames, r.num_steps, r.width, r.height, r.decoding_t, r.cond_aug)
+    for r in releases("video")
 }
 
 
 def video_model(version: str, options: DemoOptions) -> ModelFiles:
-    """Config (``scripts/sampling/configs/<version>.yaml``) and checkpoint
+    """Config (the release's packaged ``sampling/<version>.yaml``) and checkpoint
     (``<version>.safetensors``) of a released video model."""
     if version not in VIDEO_VERSIONS:
         raise InputError(
             f"unknown video model {version!r}; expected one of {', '.join(VIDEO_VERSIONS)}"
         )
-    return model_files(version, f"{version}.yaml", f"{version}.safetensors", VIDEO_CONFIGS, options)
+    release = get_release(version)
+    config = config_path(release)
+    return model_files(version, config.name, release.ckpt, config.parent, options)
 
 
 @dataclass

@@ -12,7 +12,6 @@ from typing import Any
 import torch
 
 from .. import precision
-from ..config import get_configs_path
 from ..devices import resolve_device
 from ..errors import ConfigError, InputError
 from .engines import load_engine
@@ -23,6 +22,7 @@ from .helpers import (
     do_sample,
 )
 from .params_check import check_image_size, check_sampling_params, size_multiple
+from .releases import configs_dir, for_architecture
 from .sampling_params import (  # noqa: F401  (importable from here)
     Discretization,
     Guider,
@@ -59,10 +59,10 @@ class SamplingPipeline:
 
     Args:
         model_id: a ``ModelArchitecture``; its config and checkpoint names come from
-            ``model_specs``.
+            the release registry (``sgm.inference.releases``).
         model_path: folder holding the checkpoint files.
-        config_path: folder holding the inference configs (default: sgm's
-            ``configs/inference``).
+        config_path: folder holding the inference configs (default: the packaged
+            ``sgm/configs/inference``).
         device: ``"auto"`` picks the accelerator if any, else cpu.
         use_fp16: keep the conditioner's and the network's weights in the half
             ``dtype`` (only on an accelerator; EMA shadows and the first stage stay
@@ -103,7 +103,7 @@ class SamplingPipeline:
         if model_id is not None:
             self.specs = self._released_spec(model_id)
             if config_path is None:
-                config_path = Path(get_configs_path(), "inference")
+                config_path = configs_dir() / "inference"
             config = Path(config_path, self.specs.config) if config is None else config
             ckpt = Path(model_path, self.specs.ckpt) if ckpt is None else ckpt
         elif config is None or ckpt is None:
@@ -122,11 +122,8 @@ class SamplingPipeline:
 
     @staticmethod
     def _released_spec(model_id: ModelArchitecture | str) -> SamplingSpec:
-        try:
-            return model_specs[ModelArchitecture(model_id)]
-        except ValueError:
-            known = ", ".join(m.value for m in ModelArchitecture)
-            raise InputError(f"unknown model_id {model_id!r}; expected one of {known}") from None
+        """The spec of a released model (``sgm.inference.releases``)."""
+        return model_specs[for_architecture(model_id).architecture]
 
     def _load_model(self) -> torch.nn.Module:
         return load_engine(

@@ -1,25 +1,14 @@
-"""The released image models: their names, sizes, configs and checkpoints, SDXL's
-aspect-ratio buckets, and the same facts read from a custom model's config."""
+"""The released image models' sampling specs (derived from ``sgm.inference.releases``),
+SDXL's aspect-ratio buckets, and the same facts read from a custom model's config."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from enum import Enum
+from pathlib import Path
 from typing import Any
 
-
-class ModelArchitecture(str, Enum):
-    """Released image models."""
-
-    SD_2_1 = "stable-diffusion-v2-1"
-    SD_2_1_768 = "stable-diffusion-v2-1-768"
-    SDXL_V0_9_BASE = "stable-diffusion-xl-v0-9-base"
-    SDXL_V0_9_REFINER = "stable-diffusion-xl-v0-9-refiner"
-    SDXL_V1_BASE = "stable-diffusion-xl-v1-base"
-    SDXL_V1_REFINER = "stable-diffusion-xl-v1-refiner"
-    SDXL_TURBO = "stable-diffusion-xl-turbo"
-    SD_TURBO = "stable-diffusion-turbo"
+from .releases import ModelArchitecture, Release, for_architecture
 
 
 @dataclass
@@ -36,37 +25,23 @@ class SamplingSpec:
     is_guided: bool
 
 
-def _spec(
-    size: int, config: str, ckpt: str, is_legacy: bool, is_guided: bool = True
-) -> SamplingSpec:
-    return SamplingSpec(size, size, 4, 8, is_legacy, config, ckpt, is_guided)
+def release_spec(release: Release) -> SamplingSpec:
+    """The ``SamplingSpec`` of an image release (``config``: the file name in
+    ``configs/inference``)."""
+    return SamplingSpec(
+        release.width,
+        release.height,
+        release.channels,
+        release.factor,
+        release.is_legacy,
+        Path(release.config).name,
+        release.ckpt,
+        release.is_guided,
+    )
 
 
-model_specs = {
-    ModelArchitecture.SD_2_1: _spec(512, "sd_2_1.yaml", "v2-1_512-ema-pruned.safetensors", True),
-    ModelArchitecture.SD_2_1_768: _spec(
-        768, "sd_2_1_768.yaml", "v2-1_768-ema-pruned.safetensors", True
-    ),
-    ModelArchitecture.SDXL_V0_9_BASE: _spec(
-        1024, "sd_xl_base.yaml", "sd_xl_base_0.9.safetensors", False
-    ),
-    ModelArchitecture.SDXL_V0_9_REFINER: _spec(
-        1024, "sd_xl_refiner.yaml", "sd_xl_refiner_0.9.safetensors", True
-    ),
-    ModelArchitecture.SDXL_V1_BASE: _spec(
-        1024, "sd_xl_base.yaml", "sd_xl_base_1.0.safetensors", False
-    ),
-    ModelArchitecture.SDXL_V1_REFINER: _spec(
-        1024, "sd_xl_refiner.yaml", "sd_xl_refiner_1.0.safetensors", True
-    ),
-    # distilled few-step models: no classifier-free guidance (sgm.inference.turbo)
-    ModelArchitecture.SDXL_TURBO: _spec(
-        512, "sd_xl_base.yaml", "sd_xl_turbo_1.0.safetensors", False, is_guided=False
-    ),
-    ModelArchitecture.SD_TURBO: _spec(
-        512, "sd_2_1.yaml", "sd_turbo.safetensors", False, is_guided=False
-    ),
-}
+# ModelArchitecture -> SamplingSpec, in ModelArchitecture's order (from the release registry)
+model_specs = {arch: release_spec(for_architecture(arch)) for arch in ModelArchitecture}
 
 
 # SDXL's trained aspect-ratio buckets: width / height (rounded) -> (width, height).
