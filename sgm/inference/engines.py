@@ -20,9 +20,9 @@ import torch
 from .. import offload, precision
 from ..checkpoint import load_checkpoint_into
 from ..config import instantiate_from_config
-from ..devices import device_of
 from ..errors import CheckpointError
 from ..lora import apply_lora_specs
+from ..models.engine_run import engine_device
 from ..modules.diffusionmodules.wrappers import compile_network
 
 logger = logging.getLogger(__name__)
@@ -109,8 +109,7 @@ def compile_engine(model: torch.nn.Module, freeze: bool = True) -> torch.nn.Modu
 def model_device(model: torch.nn.Module) -> torch.device:
     """The device a model runs on: its offloader's (``sgm.offload``) if it has one, else
     that of its first parameter or buffer (cpu if it has none)."""
-    offloaded = offload.execution_device(model)
-    return offloaded if offloaded is not None else device_of(model)
+    return engine_device(model)
 
 
 def engine_autocast(

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from .. import offload
 from ..errors import InputError
+from ..models.engine_run import EngineRun, to_unit
 from ..output_files import write_new_file
 from ..util import append_dims
 from .batch import (  # noqa: F401  (importable from here)
@@ -83,10 +83,6 @@ class Txt2NoisyDiscretizationWrapper:
         return torch.flip(ascending[first_kept:], (0,))
 
 
-def _callback_kw(callback: Callable[[dict], Any] | None) -> dict[str, Any]:
-    return {} if callback is None else {"callback": callback}
-
-
 def _generator(
     device: torch.device, seed: int | None, generator: torch.Generator | None
 ) -> torch.Generator | None:
@@ -104,37 +100,19 @@ def _randn(shape: Sequence[int], device: torch.device, generator: torch.Generato
 
 
 def _encode(model: Any, img: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """``model.encode_first_stage(img)``. With a ``generator``, a posterior sample is drawn
-    from the global random generator forked and seeded from ``generator``, so that a seed
-    gives the same latents and the caller's global random state is left as it was."""
-    if generator is None:
-        return model.encode_first_stage(img)
-    probe = torch.Generator(device=generator.device)
-    probe.set_state(generator.get_state())  # the caller's generator does not advance
-    seed = int(torch.randint(2**62, (1,), generator=probe, device=generator.device))
-    on_host = img.device.type == "cpu"  # the global CPU generator is always forked
-    with torch.random.fork_rng(
-        devices=[] if on_host else [img.device], device_type=img.device.type
-    ):
-        torch.manual_seed(seed)
-        return model.encode_first_stage(img)
+    """``model.encode_first_stage(img)``, seeded from ``generator`` (``EngineRun.encode``)."""
+    return EngineRun(model, img.device).encode(img, generator)
 
 
-def _conditioning(model, value_dict, num_samples, force_uc_zero_embeddings, device):
-    keys = get_unique_embedder_keys_from_conditioner(model.conditioner)
-    batch, batch_uc = get_batch(keys, value_dict, [num_samples], device=device)
-    c, uc = model.conditioner.get_unconditional_conditioning(
-        batch, batch_uc=batch_uc, force_uc_zero_embeddings=force_uc_zero_embeddings
-    )
-    for k in c:
-        if k != "crossattn":
-            c[k], uc[k] = (y[k][:num_samples].to(device) for y in (c, uc))
+def _conditioning(run: EngineRun, value_dict, num_samples, force_uc_zero_embeddings):
+    keys = get_unique_embedder_keys_from_conditioner(run.engine.conditioner)
+    batch, batch_uc = get_batch(keys, value_dict, [num_samples], device=run.device)
+    c, uc = run.condition(batch, batch_uc, force_uc_zero_embeddings or (), num=num_samples)
     return batch, c, uc
 
 
-def _finish(model, samples_z, filter, return_latents):
-    samples_x = model.decode_first_stage(samples_z)
-    samples = torch.clamp((samples_x + 1.0) / 2.0, min=0.0, max=1.0)
+def _finish(run: EngineRun, samples_z, filter, return_latents):
+    samples = to_unit(run.decode(samples_z))
     if filter is not None:
         samples = filter(samples)
     return (samples, samples_z) if return_latents else samples
@@ -169,31 +147,23 @@ def do_sample(
     """
     device = torch.device(device) if device is not None else model_device(model)
     generator = _generator(device, seed, generator)
-    with (
-        torch.no_grad(),
-        engine_autocast(model, device, dtype),
-        model.ema_scope(),
-        offload.released(model),
-    ):
-        batch, c, uc = _conditioning(
-            model, value_dict, num_samples, force_uc_zero_embeddings, device
-        )
+    shape = (num_samples, C, H // F, W // F)
+    if noise is not None and tuple(noise.shape) != shape:
+        raise InputError(f"do_sample: noise must have shape {shape}, got {tuple(noise.shape)}")
+    with EngineRun(model, device, dtype) as run:
+        batch, c, uc = _conditioning(run, value_dict, num_samples, force_uc_zero_embeddings)
         extra = {k: batch[k] for k in (batch2model_input or [])}
-        shape = (num_samples, C, H // F, W // F)
-        if noise is None:
-            randn = _randn(shape, device, generator)
-        elif tuple(noise.shape) != shape:
-            raise InputError(f"do_sample: noise must have shape {shape}, got {tuple(noise.shape)}")
-        else:
-            randn = noise.to(device)
-
-        def denoiser(x: torch.Tensor, sigma: torch.Tensor, cond: dict) -> torch.Tensor:
-            return model.denoiser(model.model, x, sigma, cond, **extra)
-
-        samples_z = sampler(
-            denoiser, randn, cond=c, uc=uc, generator=generator, **_callback_kw(callback)
+        randn = _randn(shape, device, generator) if noise is None else noise.to(device)
+        samples_z = run.sample(
+            sampler,
+            randn,
+            c,
+            uc,
+            denoiser=run.denoiser(**extra),
+            generator=generator,
+            callback=callback,
         )
-        return _finish(model, samples_z, filter, return_latents)
+        return _finish(run, samples_z, filter, return_latents)
 
 
 def do_img2img(
@@ -225,19 +195,12 @@ def do_img2img(
     """
     device = torch.device(device) if device is not None else model_device(model)
     generator = _generator(device, seed, generator)
-    with (
-        torch.no_grad(),
-        engine_autocast(model, device, dtype),
-        model.ema_scope(),
-        offload.released(model),
-    ):
-        _, c, uc = _conditioning(
-            model, value_dict, num_samples, force_uc_zero_embeddings or [], device
-        )
+    with EngineRun(model, device, dtype) as run:
+        _, c, uc = _conditioning(run, value_dict, num_samples, force_uc_zero_embeddings)
         for k, v in (additional_kwargs or {}).items():
             c[k] = uc[k] = v
         img = img.to(device)
-        z = img if skip_encode else _encode(model, img, generator)
+        z = img if skip_encode else run.encode(img, generator)
         noise = _randn(z.shape, z.device, generator)
         sigmas = sampler.discretization(sampler.num_steps, device=z.device)
         sigma = sigmas[0]
@@ -247,14 +210,8 @@ def do_img2img(
         if add_noise:
             z = z + noise * sigma
         noised_z = z / torch.sqrt(1.0 + sigma**2.0)
-
-        def denoiser(x: torch.Tensor, sigma: torch.Tensor, cond: dict) -> torch.Tensor:
-            return model.denoiser(model.model, x, sigma, cond)
-
-        samples_z = sampler(
-            denoiser, noised_z, cond=c, uc=uc, generator=generator, **_callback_kw(callback)
-        )
-        return _finish(model, samples_z, filter, return_latents)
+        samples_z = run.sample(sampler, noised_z, c, uc, generator=generator, callback=callback)
+        return _finish(run, samples_z, filter, return_latents)
 
 
 def get_input_image_tensor(image: Any, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -8,8 +8,8 @@ from enum import Enum
 from typing import Any
 
 from ..errors import InputError
-from ..modules.diffusionmodules import sampling
 from .params_check import check_sampling_params
+from .samplers import make_sampler
 
 _DIFF = "sgm.modules.diffusionmodules"
 
@@ -98,8 +98,8 @@ def get_discretization_config(params: SamplingParams) -> dict[str, Any]:
     return {"target": target, "params": sigmas}
 
 
-def get_sampler_config(params: SamplingParams) -> Any:
-    """The sampler object for ``params`` (discretization and guider included)."""
+def sampler_config(params: SamplingParams) -> dict[str, Any]:
+    """The sampler config ``params`` describe (discretization and guider included)."""
     sampler = Sampler(params.sampler)
     common = {
         "num_steps": params.steps,
@@ -120,4 +120,10 @@ def get_sampler_config(params: SamplingParams) -> Any:
         extra = {"order": params.order}
     else:
         extra = {}
-    return getattr(sampling, sampler.value)(**common, **extra)
+    return {"target": f"{_DIFF}.sampling.{sampler.value}", "params": {**common, **extra}}
+
+
+def get_sampler_config(params: SamplingParams) -> Any:
+    """The sampler object for ``params`` (:func:`sampler_config`, made by
+    ``sgm.inference.samplers.make_sampler``)."""
+    return make_sampler(sampler_config(params))

@@ -28,7 +28,6 @@ latents of the whole clip stay on the host::
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -36,9 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import offload
 from ..errors import InputError
-from .engines import engine_autocast
+from ..models.engine_run import EngineRun
 from .sv4d_sampling import (  # noqa: F401  (re-exported)
     SPECS,
     SV3D_VIEWS,
@@ -77,14 +75,8 @@ def window_starts(spec: Spec, n_frames: int) -> list[int]:
     return starts
 
 
-@contextlib.contextmanager
-def _running(model: Any, device: torch.device, encoding_t: int | None, dtype: Any) -> Any:
-    with (
-        engine_autocast(model, device, dtype),
-        offload.released(model),
-        encoding_chunks(model, encoding_t),
-    ):
-        yield
+def _running(model: Any, device: torch.device, encoding_t: int | None, dtype: Any) -> EngineRun:
+    return EngineRun(model, device, dtype, ema=False, encoding_t=encoding_t)
 
 
 def _column(grid: Grid, frames: Sequence[int], view: int) -> torch.Tensor:

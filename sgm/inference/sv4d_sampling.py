@@ -5,9 +5,9 @@ them together are in :mod:`sgm.inference.sv4d`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +15,9 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, InputError
+from ..models.engine_run import EngineRun, to_unit
+from ..modules.diffusionmodules.sampling import StepInputs
+from .samplers import make_sampler
 
 logger = logging.getLogger(__name__)
 
@@ -145,10 +148,9 @@ def sv4d2_cameras(polars: np.ndarray, azimuths: np.ndarray, n_time: int) -> tupl
 # --------------------------------------------------------------------------- sampler
 
 
-def build_sampler(spec: Spec, num_steps: int, verbose: bool = False) -> Any:
-    """Euler EDM sampler with the release's guider and EDM schedule (0.002 .. 700, rho 7)."""
-    from ..modules.diffusionmodules.sampling import EulerEDMSampler
-
+def sampler_config(spec: Spec, num_steps: int, verbose: bool = False) -> dict[str, Any]:
+    """The release's sampler config: Euler EDM with its guider and the EDM schedule
+    (0.002 .. 700, rho 7)."""
     guider_params: dict[str, Any] = {
         "max_scale": spec.max_scale,
         "num_frames": spec.n_frames,
@@ -157,22 +159,30 @@ def build_sampler(spec: Spec, num_steps: int, verbose: bool = False) -> Any:
     }
     if spec.guider == "SpatiotemporalPredictionGuider":
         guider_params["num_views"] = spec.n_view
-    return EulerEDMSampler(
-        num_steps=num_steps,
-        discretization_config={
-            "target": "sgm.modules.diffusionmodules.discretizer.EDMDiscretization",
-            "params": {"sigma_min": SIGMA_MIN, "sigma_max": SIGMA_MAX, "rho": RHO},
+    return {
+        "target": "sgm.modules.diffusionmodules.sampling.EulerEDMSampler",
+        "params": {
+            "num_steps": num_steps,
+            "discretization_config": {
+                "target": "sgm.modules.diffusionmodules.discretizer.EDMDiscretization",
+                "params": {"sigma_min": SIGMA_MIN, "sigma_max": SIGMA_MAX, "rho": RHO},
+            },
+            "guider_config": {
+                "target": f"sgm.modules.diffusionmodules.guiders.{spec.guider}",
+                "params": guider_params,
+            },
+            "s_churn": 0.0,
+            "s_tmin": 0.0,
+            "s_tmax": 999.0,
+            "s_noise": 1.0,
+            "verbose": verbose,
         },
-        guider_config={
-            "target": f"sgm.modules.diffusionmodules.guiders.{spec.guider}",
-            "params": guider_params,
-        },
-        s_churn=0.0,
-        s_tmin=0.0,
-        s_tmax=999.0,
-        s_noise=1.0,
-        verbose=verbose,
-    )
+    }
+
+
+def build_sampler(spec: Spec, num_steps: int, verbose: bool = False) -> Any:
+    """The release's sampler (:func:`sampler_config`)."""
+    return make_sampler(sampler_config(spec, num_steps, verbose))
 
 
 @dataclass
@@ -184,10 +194,12 @@ class Window:
     extra: dict[str, Any]
 
     def denoiser(self, model: Any) -> Callable[..., torch.Tensor]:
-        def denoise(x: torch.Tensor, sigma: torch.Tensor, cond: dict) -> torch.Tensor:
-            return model.denoiser(model.model, x, sigma, cond, **self.extra)
+        """The engine's denoiser with this window's network inputs."""
+        return EngineRun(model, "cpu").denoiser(**self.extra)
 
-        return denoise
+    def step_inputs(self, model: Any, order: torch.Tensor | None = None) -> StepInputs:
+        """What a sampler step sees of this window (rows in ``order``)."""
+        return StepInputs(self.denoiser(model), self.c, self.uc, order)
 
 
 def _condition_values(
@@ -238,12 +250,7 @@ def condition(
     batch = {k: values[k] for k in keys}
     batch["num_video_frames"] = n
     batch_uc = {k: v.clone() if torch.is_tensor(v) else v for k, v in batch.items()}
-    c, uc = model.conditioner.get_unconditional_conditioning(
-        batch, batch_uc=batch_uc, force_uc_zero_embeddings=list(FORCE_UC_ZERO)
-    )
-    for k in list(c):
-        if k != "crossattn":
-            c[k], uc[k] = c[k][:n], uc[k][:n]
+    c, uc = EngineRun(model, device).condition(batch, batch_uc, FORCE_UC_ZERO, num=n)
     if not multi_view:
         c["cond_view"] = c["cond_view"] * 0
         uc["cond_view"] = uc["cond_view"] * 0
@@ -266,8 +273,10 @@ def sample_window(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """A whole sampler run from unit ``noise`` for one window; latents on the device."""
-    x = noise.to(window.extra["image_only_indicator"].device)
-    return sampler(window.denoiser(model), x, cond=window.c, uc=window.uc, generator=generator)
+    run = EngineRun(model, window.extra["image_only_indicator"].device)
+    return run.sample(
+        sampler, noise, window.c, window.uc, denoiser=window.denoiser(model), generator=generator
+    )
 
 
 @torch.no_grad()
@@ -284,67 +293,32 @@ def sample_dense_window(
     """SV4D's dense pass over one window, in place on the host ``latents`` (the whole
     ``(n_frames, n_views, 4, h, w)`` matrix of unit noise for the window's entries).
 
-    Every step reads the window's latents, moves them to the device, takes one sampler
-    step and writes them back; even steps run backward (frames reversed, conditioned
-    on the last frame), odd steps forward. The first step scales the noise by
-    ``sqrt(1 + sigma_0^2)``.
+    One sampler run over the window's entries in which even steps see them backward
+    (frames reversed, conditioned on the last frame) and odd steps forward
+    (``StepInputs``); the run starts from the noise scaled by ``sqrt(1 + sigma_0^2)``.
     """
     device = torch.device(device)
-    num_steps = sampler.num_steps
-    sigmas = sampler.discretization(num_steps, device=device)
-    schedule = sigmas.detach().cpu().numpy()
     frames, views = list(frames), list(views)
-    size = len(frames) * len(views)
-    s_in = torch.ones(size, device=device)
-    for step in sampler.get_sigma_gen(len(sigmas)):
-        order = frames if step % 2 == 1 else frames[::-1]
-        window = forward if step % 2 == 1 else backward
-        rows, cols = torch.tensor(order)[:, None], torch.tensor(views)[None, :]
-        x = latents[rows, cols].flatten(0, 1).to(device)
-        if step == 0:
-            x = x * torch.sqrt(1.0 + sigmas[0] ** 2.0)
-        gamma = sampler.churn_gamma(schedule[step], len(sigmas))
-        x = sampler.sampler_step(
-            s_in * sigmas[step],
-            s_in * sigmas[step + 1],
-            window.denoiser(model),
-            x,
-            window.c,
-            window.uc,
-            gamma,
-        )
-        latents[rows, cols] = x.view(len(order), len(views), *x.shape[1:]).to(latents)
+    rows, cols = torch.tensor(frames)[:, None], torch.tensor(views)[None, :]
+    x = latents[rows, cols].flatten(0, 1).to(device)
+    reverse = torch.arange(len(x), device=device).view(len(frames), len(views)).flip(0)
+    by_parity = (backward.step_inputs(model, reverse.flatten()), forward.step_inputs(model))
+    x = EngineRun(model, device).sample(
+        sampler, x, forward.c, forward.uc, step_inputs=lambda i: by_parity[i % 2]
+    )
+    latents[rows, cols] = x.view(len(frames), len(views), *x.shape[1:]).to(latents)
 
 
 @torch.no_grad()
 def decode(model: Any, latents: torch.Tensor, decoding_t: int) -> torch.Tensor:
     """Latents -> images in [-1, 1] on the host, ``decoding_t`` at a time."""
-    saved = model.en_and_decode_n_samples_a_time
-    model.en_and_decode_n_samples_a_time = decoding_t
-    try:
-        images = model.decode_first_stage(latents)
-    finally:
-        model.en_and_decode_n_samples_a_time = saved
-    return (((images.float() + 1) / 2).clamp(0, 1) * 2 - 1).cpu()
+    images = EngineRun(model, latents.device).decode(latents, decoding_t)
+    return (to_unit(images.float()) * 2 - 1).cpu()
 
 
-@contextlib.contextmanager
-def encoding_chunks(model: Any, encoding_t: int | None) -> Iterator[None]:
+def encoding_chunks(model: Any, encoding_t: int | None) -> AbstractContextManager[None]:
     """Conditioning frames encoded ``encoding_t`` at a time inside the block."""
-    embedders = [
-        e
-        for e in getattr(model.conditioner, "embedders", [])
-        if hasattr(e, "en_and_decode_n_samples_a_time")
-    ]
-    saved = [e.en_and_decode_n_samples_a_time for e in embedders]
-    try:
-        if encoding_t is not None:
-            for embedder in embedders:
-                embedder.en_and_decode_n_samples_a_time = encoding_t
-        yield
-    finally:
-        for embedder, value in zip(embedders, saved):
-            embedder.en_and_decode_n_samples_a_time = value
+    return EngineRun(model, "cpu", encoding_t=encoding_t).chunking()
 
 
 def _stack(grid: Grid, frames: Sequence[int], column: int) -> torch.Tensor:

@@ -3,24 +3,23 @@ sampling and mp4 writing."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from einops import rearrange, repeat
 
-from .. import offload
 from ..config import load_configs
 from ..errors import ConfigError, InputError
+from ..models.engine_run import EngineRun, to_unit
 from ..output_files import write_new_file
 from .batch import get_batch, get_unique_embedder_keys_from_conditioner
-from .engines import check_checkpoint, engine_autocast, load_engine, model_device
+from .engines import check_checkpoint, load_engine
+from .samplers import make_sampler
 from .video_images import (  # noqa: F401  (importable from here)
     SV3D_SIZE,
     prepare_sv3d_image,
@@ -61,8 +60,6 @@ def load_video_model(
     ``(path, scale)`` adapters applied after the base weights; ``compile_model`` compiles the
     network and the VAE decoder (``engines.compile_engine``).
     """
-    from omegaconf import OmegaConf
-
     if ckpt is not None:
         check_checkpoint(ckpt)
     if half_weights is None:
@@ -73,15 +70,20 @@ def load_video_model(
     params.ckpt_path = None
     if "sampler_config" not in params or params.sampler_config is None:
         raise ConfigError(f"{config_path}: model.params.sampler_config is required")
-    sampler = params.sampler_config.params
-    sampler.verbose = verbose
-    if num_steps is not None:
-        sampler.num_steps = int(num_steps)
-    guider = sampler.get("guider_config")
-    if guider is not None and num_frames is not None and "Prediction" in str(guider.target):
-        OmegaConf.update(guider, "params.num_frames", int(num_frames), force_add=True)
+    sampler_config, params.sampler_config = params.sampler_config, None  # made below
+    guider = sampler_config.get("params", {}).get("guider_config")
+    per_frame = guider is not None and "Prediction" in str(guider.get("target"))
+    with torch.device(build_on):  # where the engine's own parts are made
+        sampler = make_sampler(
+            sampler_config,
+            num_steps=num_steps,
+            verbose=verbose,
+            guider_params={"num_frames": int(num_frames)}
+            if per_frame and num_frames is not None
+            else None,
+        )
     _set_open_clip_init_device(params, str(build_on))
-    return load_engine(
+    model = load_engine(
         config,
         ckpt,
         device,
@@ -93,6 +95,8 @@ def load_video_model(
         build_on=build_on,
         verbose=verbose,
     )
+    model.sampler = sampler
+    return model
 
 
 def _set_open_clip_init_device(params: Any, device: str) -> None:
@@ -193,70 +197,40 @@ def sample_video(
     """
     if generator is None:
         generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
-    device = model_device(model)
-    context = engine_autocast(model, device, dtype) if autocast else contextlib.nullcontext()
-    with context, offload.released(model), _chunking(model, encoding_t, decoding_t):
+    with EngineRun(
+        model,
+        dtype=dtype,
+        autocast=autocast,
+        ema=False,
+        decoding_t=decoding_t,
+        encoding_t=encoding_t,
+    ) as run:
         return _sample_video(
-            model, value_dict, num_frames, generator, device, replace_last_with_input, callback
+            run, value_dict, num_frames, generator, replace_last_with_input, callback
         )
 
 
-@contextlib.contextmanager
-def _chunking(model: Any, encoding_t: int | None, decoding_t: int) -> Iterator[None]:
-    """Frames encoded / decoded at a time, restored on the way out."""
-    encoders = [
-        e
-        for e in getattr(model.conditioner, "embedders", [])
-        if hasattr(e, "en_and_decode_n_samples_a_time")
-    ]
-    saved = [e.en_and_decode_n_samples_a_time for e in encoders]
-    saved_decode = model.en_and_decode_n_samples_a_time
-    try:
-        if encoding_t is not None:
-            for embedder in encoders:
-                embedder.en_and_decode_n_samples_a_time = encoding_t
-        model.en_and_decode_n_samples_a_time = decoding_t
-        yield
-    finally:
-        for embedder, value in zip(encoders, saved, strict=True):
-            embedder.en_and_decode_n_samples_a_time = value
-        model.en_and_decode_n_samples_a_time = saved_decode
-
-
 def _sample_video(
-    model, value_dict, num_frames, generator, device, replace_last_with_input, callback
+    run: EngineRun, value_dict, num_frames, generator, replace_last_with_input, callback
 ) -> torch.Tensor:
     image = value_dict["cond_frames_without_noise"]
     _, _, height, width = image.shape
     channels, factor = 4, 8
-    batch = build_video_batch(
-        get_unique_embedder_keys_from_conditioner(model.conditioner), value_dict, num_frames, device
+    keys = get_unique_embedder_keys_from_conditioner(run.engine.conditioner)
+    batch = build_video_batch(keys, value_dict, num_frames, run.device)
+    c, uc = run.condition(
+        batch, dict(batch), FORCE_UC_ZERO, repeat_per_frame=(num_frames, ("crossattn", "concat"))
     )
-    c, uc = model.conditioner.get_unconditional_conditioning(
-        batch, batch_uc=dict(batch), force_uc_zero_embeddings=list(FORCE_UC_ZERO)
-    )
-    for cond in (c, uc):
-        for key in ("crossattn", "concat"):
-            if key in cond:
-                cond[key] = rearrange(
-                    repeat(cond[key], "b ... -> b t ...", t=num_frames), "b t ... -> (b t) ..."
-                )
     shape = (num_frames, channels, height // factor, width // factor)
-    noise = torch.randn(shape, generator=generator, device=_gen_device(generator)).to(device)
-
-    def denoiser(x: torch.Tensor, sigma: torch.Tensor, cond: dict) -> torch.Tensor:
-        # one row per video the network sees (the guider may double the batch)
-        indicator = torch.zeros(x.shape[0] // num_frames, num_frames, device=x.device)
-        return model.denoiser(
-            model.model, x, sigma, cond, image_only_indicator=indicator, num_video_frames=num_frames
-        )
-
-    callback_kw = {} if callback is None else {"callback": callback}
-    latents = model.sampler(denoiser, noise, cond=c, uc=uc, **callback_kw)
-    frames = model.decode_first_stage(latents)
+    noise = torch.randn(shape, generator=generator, device=_gen_device(generator))
+    # the sampler's own noise (churn) comes from the global stream, as in the original
+    latents = run.sample(
+        run.engine.sampler, noise, c, uc, denoiser=run.video_denoiser(num_frames), callback=callback
+    )
+    frames = run.decode(latents)
     if replace_last_with_input:
         frames[-1:] = image.to(frames)
-    return ((frames.float() + 1) / 2).clamp(0, 1)
+    return to_unit(frames.float())
 
 
 # --------------------------------------------------------------------------- output

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..data.embedded import load_embedded, split_indices
+from ..models.engine_run import EngineRun
 
 
 @torch.no_grad()
@@ -22,13 +23,11 @@ def sample_per_class(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``per_class`` samples for each class (class-major order) with CFG; images in [-1, 1]."""
     labels = torch.arange(num_classes).repeat_interleave(per_class).to(model.device)
-    c, uc = model.conditioner.get_unconditional_conditioning(
-        {key: labels}, force_uc_zero_embeddings=[key]
-    )
     generator = torch.Generator(device=model.device).manual_seed(seed)
-    with model.ema_scope():
+    with EngineRun(model, model.device, autocast=False) as run:
+        c, uc = run.condition({key: labels}, force_uc_zero=[key])
         latents = model.sample(c, uc=uc, batch_size=len(labels), shape=shape, generator=generator)
-    images = model.decode_first_stage(latents).clamp(-1.0, 1.0)
+        images = run.decode(latents).clamp(-1.0, 1.0)
     return images.cpu(), labels.cpu()
 
 

@@ -53,6 +53,19 @@ class Step:
 
 
 @dataclass(frozen=True)
+class StepInputs:
+    """What a step sees when it changes from step to step (SV4D's dense windows): the
+    denoiser, the conditioning, and ``order``, the rows of the run's state the step
+    sees, in that order (None: all, as they are). The step's result goes back to the
+    same rows. Meant for samplers that keep no state between steps."""
+
+    denoiser: Denoiser
+    cond: Cond
+    uc: Cond
+    order: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
 class StepResult:
     """A step's new state, the state its network saw, the estimate and the churn."""
 
@@ -184,9 +197,14 @@ class BaseDiffusionSampler:
         num_steps: int | None = None,
         generator: torch.Generator | None = None,
         callback: Callback | None = None,
+        step_inputs: Callable[[int], StepInputs] | None = None,
         **denoiser_kwargs: Any,
     ) -> torch.Tensor:
-        """Sample from unit noise ``x``; returns a new tensor."""
+        """Sample from unit noise ``x``; returns a new tensor.
+
+        ``step_inputs(i)``, when given, replaces the denoiser and the conditioning of step
+        ``i`` and may reorder the rows that step sees (:class:`StepInputs`).
+        """
         with self.generator_scope(generator), run_cache.sampling_run():
             x, s_in, sigmas, num_sigmas, cond, uc = self.prepare_sampling_loop(
                 x, cond, uc, num_steps
@@ -203,8 +221,11 @@ class BaseDiffusionSampler:
                     schedule,
                     final[i],
                 )
-                out = self.loop_step(step, x, denoiser, cond, uc, state, **denoiser_kwargs)
-                x = out.x
+                if step_inputs is None:
+                    out = self.loop_step(step, x, denoiser, cond, uc, state, **denoiser_kwargs)
+                    x = out.x
+                else:
+                    out, x = self._reordered_step(step, x, step_inputs(i), state, denoiser_kwargs)
                 if callback is not None:
                     sigma_hat = sigmas[i] * (out.gamma + 1)
                     callback(
@@ -217,3 +238,14 @@ class BaseDiffusionSampler:
                         }
                     )
         return x
+
+    def _reordered_step(
+        self, step: Step, x: torch.Tensor, inputs: StepInputs, state: dict, kwargs: dict
+    ) -> tuple[StepResult, torch.Tensor]:
+        seen = x if inputs.order is None else x[inputs.order]
+        out = self.loop_step(step, seen, inputs.denoiser, inputs.cond, inputs.uc, state, **kwargs)
+        if inputs.order is None:
+            return out, out.x
+        x = x.clone()
+        x[inputs.order] = out.x
+        return out, x

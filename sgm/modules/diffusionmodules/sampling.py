@@ -39,6 +39,7 @@ from ._sampler_base import (  # noqa: F401  (public names of this module)
     Cond,
     Denoiser,
     Step,
+    StepInputs,
     StepResult,
 )
 from .sampling_utils import (
