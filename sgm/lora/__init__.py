@@ -1,13 +1,15 @@
-"""LoRA adapters (through peft) for the denoising network: train, save, load, merge.
+"""LoRA adapters: train, save, load, merge; community files of every common kind.
 
 Training: give ``DiffusionEngine`` a ``lora_config`` block (see :class:`LoraSettings`);
 only the adapter trains, and checkpoints hold only the adapter. Sampling: load one or
-more ``*.lora.safetensors`` files (ours, or diffusers/peft files of the same UNet) with
-:func:`load_lora` or :func:`apply_lora_specs`, each with its own scale::
+more adapter files with :func:`load_lora` or :func:`apply_lora_specs`, each with its own
+scale. Files in diffusers' / peft's layout (ours) become peft layers on the network; files
+in kohya's / A1111's / ComfyUI's layout (LoRA, LoCon, DoRA, LoHa, LoKr; network and text
+encoders) update the weights in place, reversibly (see ``_patch``)::
 
     from sgm.lora import load_lora, merge
     load_lora(engine, "style.lora.safetensors", scale=0.8)
-    merge(engine)   # optional: fold into the weights
+    merge(engine)   # optional: fold peft adapters into the weights
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
+from . import _kohya, _patch
 from ._config import (
     ATTENTION_PROJECTIONS,
     SPATIAL_ATTENTION,
@@ -28,11 +31,13 @@ from ._config import (
     LoraSettings,
     resolve_targets,
 )
-from ._files import AdapterPlan, export_adapter, plan_adapter, save_adapter
+from ._files import AdapterPlan, export_adapter, plan_adapter, read, save_adapter
 from ._layers import adapter_names, adapter_parameters, add_adapter, lora_layers
 from ._layers import merge as _merge
+from ._layers import remove as _remove_peft
 from ._layers import set_scale as _set_scale
 from ._layers import unmerge as _unmerge
+from ._layers import unwrap as _unwrap
 from ._names import network_of
 
 __all__ = [
@@ -51,6 +56,9 @@ __all__ = [
     "lora_parameters",
     "adapter_names",
     "network_of",
+    "remove_lora",
+    "fuse_lora",
+    "lora_names",
 ]
 
 
@@ -88,13 +96,37 @@ def _copy_weights(network: nn.Module, plan: AdapterPlan, name: str, b_factor: fl
             layer.lora_B[name].weight.copy_(b * b_factor)
 
 
-def _free_name(network: nn.Module) -> str:
-    taken = set(adapter_names(network))
+def lora_names(model: nn.Module) -> list[str]:
+    """Names of every adapter on ``model`` (peft layers, then weight adapters)."""
+    names = adapter_names(network_of(model))
+    return names + [n for n in _patch.names(model) if n not in names]
+
+
+def _free_name(model: nn.Module) -> str:
+    taken = set(lora_names(model))
     return next(f"lora{i}" for i in range(len(taken) + 1) if f"lora{i}" not in taken)
 
 
-def _apply(network: nn.Module, plan: AdapterPlan, scale: float, name: str | None) -> str:
-    name = name or _free_name(network)
+Plan = AdapterPlan | _kohya.Plan
+
+
+def plan_file(model: nn.Module, path: str | os.PathLike) -> Plan:
+    """Read ``path`` and check it against ``model`` (its format told by its keys);
+    nothing changes. ``CheckpointError`` names the file and what does not fit."""
+    tensors, header = read(path)
+    if _kohya.layout_of(list(tensors), str(path)) == "kohya":
+        return _kohya.plan(model, path, tensors, header)
+    return plan_adapter(network_of(model), path, (tensors, header))
+
+
+def _apply(model: nn.Module, plan: Plan, scale: float, name: str | None) -> str:
+    name = name or _free_name(model)
+    if name in lora_names(model):
+        raise ValueError(f"the model already has an adapter named {name!r}")
+    if isinstance(plan, _kohya.Plan):
+        _patch.add(plan.adapters, name, scale)
+        return name
+    network = network_of(model)
     add_adapter(network, plan.targets, plan.settings, name)
     _copy_weights(network, plan, name)
     _set_scale(network, scale, name)
@@ -108,12 +140,10 @@ def load_lora(
 ) -> str:
     """Add the adapter in ``path`` to ``model`` at strength ``scale``; its adapter name.
 
-    The file is checked against the network first (``CheckpointError`` names the first
-    key that fits no layer); on error nothing changes.
+    Any supported format (see the module docstring). The file is checked against the
+    model first (``CheckpointError`` names what does not fit); on error nothing changes.
     """
-    network = network_of(model)
-    plan = plan_adapter(network, path)
-    return _apply(network, plan, float(scale), name)
+    return _apply(model, plan_file(model, path), float(scale), name)
 
 
 def apply_lora_specs(
@@ -121,10 +151,8 @@ def apply_lora_specs(
 ) -> list[str]:
     """Load every ``(path, scale)`` (the ``--lora PATH[:SCALE]`` flags); every file is
     checked before the first one is applied."""
-    specs = list(specs or [])
-    network = network_of(model)
-    plans = [(plan_adapter(network, path), float(scale)) for path, scale in specs]
-    return [_apply(network, plan, scale, None) for plan, scale in plans]
+    plans = [(plan_file(model, path), float(scale)) for path, scale in list(specs or [])]
+    return [_apply(model, plan, scale, None) for plan, scale in plans]
 
 
 def save_lora(model: nn.Module, path: str | os.PathLike, name: str = "default") -> Path:
@@ -144,14 +172,38 @@ def lora_parameters(model: nn.Module, name: str | None = None) -> list[nn.Parame
 
 def set_lora_scale(model: nn.Module, scale: float, name: str | None = None) -> None:
     """Strength of adapter ``name`` (all adapters when ``None``)."""
-    _set_scale(network_of(model), scale, name)
+    network = network_of(model)
+    if name is None or name in adapter_names(network):
+        _set_scale(network, scale, name)
+    _patch.set_strength(model, scale, name)
 
 
 def merge(model: nn.Module) -> None:
-    """Fold the adapters into the network weights (same outputs, no adapter cost)."""
+    """Fold the peft adapters into the network weights (same outputs, no adapter cost);
+    adapters from kohya-layout files already live in the weights."""
     _merge(network_of(model))
 
 
 def unmerge(model: nn.Module) -> None:
     """Undo :func:`merge`."""
     _unmerge(network_of(model))
+
+
+def remove_lora(model: nn.Module, name: str | None = None) -> None:
+    """Take adapter ``name`` (every adapter when ``None``) off ``model``: the weights it
+    changed come back exactly."""
+    network = network_of(model)
+    for adapter in adapter_names(network):
+        if name is None or adapter == name:
+            _remove_peft(network, adapter)
+    _patch.remove(model, name)
+
+
+def fuse_lora(model: nn.Module) -> None:
+    """Make every adapter permanent: peft adapters merged and unwrapped, kohya-layout
+    adapters kept in the weights without their undo copies. Keys are the base model's."""
+    network = network_of(model)
+    if adapter_names(network):
+        _merge(network)
+        _unwrap(network)
+    _patch.fuse(model)

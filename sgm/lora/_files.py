@@ -100,7 +100,9 @@ class AdapterPlan:
     settings: LoraSettings
 
 
-def _read(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+def read(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors and header of a ``.safetensors`` adapter file (``CheckpointError`` for
+    a missing, truncated or unreadable one)."""
     from safetensors import SafetensorError
     from safetensors.torch import safe_open
 
@@ -128,12 +130,17 @@ def _alpha(header: dict, rank: int) -> float:
     return float(rank)
 
 
-def plan_adapter(network: nn.Module, path: str | os.PathLike) -> AdapterPlan:
-    """Read and check ``path`` against ``network`` without changing anything.
+def plan_adapter(
+    network: nn.Module,
+    path: str | os.PathLike,
+    contents: tuple[dict[str, torch.Tensor], dict] | None = None,
+) -> AdapterPlan:
+    """Read (unless ``contents`` holds its tensors and header) and check ``path`` against
+    ``network`` without changing anything.
 
     Raises ``CheckpointError`` naming the first key that fits no layer of ``network``.
     """
-    tensors, header = _read(path)
+    tensors, header = contents if contents is not None else read(path)
     try:
         made_for = json.loads(header.get("sgm_lora", "{}")).get("network")
     except ValueError:
@@ -153,6 +160,8 @@ def plan_adapter(network: nn.Module, path: str | os.PathLike) -> AdapterPlan:
             )
         module, part = stem[: -len(".weight")].rsplit(".", 1)
         module = inverse.get(module, module)
+        if not torch.isfinite(value.float()).all():
+            raise CheckpointError(f"{path}: key {key!r} holds NaN or infinite values")
         if module not in layers:
             raise CheckpointError(
                 f"{path}: key {key!r} matches no layer of this {ours} (the file was {expects})"

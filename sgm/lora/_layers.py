@@ -120,3 +120,28 @@ def adapter_settings(network: nn.Module, name: str) -> tuple[int, float]:
         if name in layer.r:
             return int(layer.r[name]), float(layer.lora_alpha[name])
     raise KeyError(name)
+
+
+def remove(network: nn.Module, name: str) -> None:
+    """Delete adapter ``name`` from every layer (unmerging it first); a layer left with no
+    adapter is unwrapped back to its base layer."""
+    for _, layer in list(lora_layers(network)):
+        if name in layer.lora_A:
+            if name in getattr(layer, "merged_adapters", []):
+                layer.unmerge()
+            layer.delete_adapter(name)
+    for module_name, layer in list(lora_layers(network)):
+        if not layer.lora_A:
+            _replace(network, module_name, layer.get_base_layer())
+
+
+def unwrap(network: nn.Module) -> None:
+    """Put every wrapped layer's base layer back in its place (merged adapters stay in
+    its weights; unmerged ones are dropped)."""
+    for module_name, layer in list(lora_layers(network)):
+        _replace(network, module_name, layer.get_base_layer())
+
+
+def _replace(network: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(network.get_submodule(parent) if parent else network, child, module)
