@@ -271,6 +271,16 @@ def sample_sv4d2(
     return grid
 
 
+def first_frame_video(frames: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """SV4D's frame-0 video, as the SV3D pass made it: the input frame, then SV3D's views
+    ``SV4D_SUBSAMPLED_VIEWS[1:]`` of it; ``(9, 3, H, W)`` in [0, 1]. (The dense windows
+    resample frame 0's views later; this video shows the views they started from.)"""
+    views = [frames[0].float().cpu()] + [
+        reference[v].float().cpu() for v in SV4D_SUBSAMPLED_VIEWS[1:]
+    ]
+    return ((torch.stack(views) + 1) / 2).clamp(0, 1)
+
+
 def view_video(grid: Grid, view: int) -> torch.Tensor:
     """Frames of one view, ``(T, 3, H, W)`` in [0, 1]."""
     return ((torch.stack([row[view] for row in grid]) + 1) / 2).clamp(0, 1)
