@@ -1,8 +1,10 @@
 """The precision policy: the engine's compute dtype, autocast per device, float32 regions.
 
 One engine-wide compute dtype (``fp32``, ``fp16`` or ``bf16``) decides the autocast that
-sampling runs under; ``auto`` is fp16 on CUDA and fp32 elsewhere (bf16 is opt-in on CPU
-and MPS). Parts that must stay exact run in float32 whatever autocast the caller opened:
+sampling runs under; ``auto`` is fp16 on CUDA, bf16 on a CPU that computes it natively
+(AMX or AVX-512 BF16 on x86, the BF16 extension on Arm; :func:`cpu_computes_bf16`) and fp32
+elsewhere (bf16 is opt-in on other CPUs and on MPS). Sampling runs keep a CPU's first stage
+in float32 whatever the compute dtype. Parts that must stay exact run in float32 whatever autocast the caller opened:
 the first stage of an engine with ``disable_first_stage_autocast`` and the video
 conditioning encoder with ``disable_encoder_autocast`` (the SDXL and SVD autoencoders
 overflow in fp16). Command lines pass their ``--dtype`` through :func:`parse_dtype`::
@@ -21,6 +23,7 @@ overflow in fp16). Command lines pass their ``--dtype`` through :func:`parse_dty
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,6 +41,7 @@ __all__ = [
     "accelerator_autocast",
     "autocast",
     "cast_network",
+    "cpu_computes_bf16",
     "device_of",
     "float32",
     "parse_dtype",
@@ -58,8 +62,9 @@ DeviceLike = torch.device | str | torch.Tensor | torch.nn.Module
 def parse_dtype(name: str | torch.dtype | None, device: DeviceLike | None = None) -> torch.dtype:
     """The compute dtype for ``name`` (``auto``, ``fp32``, ``fp16``, ``bf16``, or a dtype).
 
-    ``auto`` (or None) gives fp16 on the machine's accelerator (CUDA) and fp32 on the
-    CPU and on MPS; without ``device`` it looks at the machine's accelerator. Raises
+    ``auto`` (or None) gives fp16 on the machine's accelerator (CUDA), bf16 on a CPU that
+    computes it natively (:func:`cpu_computes_bf16`) and fp32 on other CPUs and on MPS;
+    without ``device`` it looks at the machine's accelerator. Raises
     ``InputError`` naming the bad value.
     """
     if isinstance(name, torch.dtype):
@@ -78,9 +83,36 @@ def _auto_dtype(where: DeviceLike | None) -> torch.dtype:
     # The machine's accelerator is looked up through sgm.util, the one place to override it.
     accelerator = util.accelerator_type()
     kind = (accelerator or "cpu") if where is None else device_of(where).type
-    if kind in ("cpu", "mps", "meta") or kind != accelerator:
+    if kind == "cpu":
+        return torch.bfloat16 if cpu_computes_bf16() else torch.float32
+    if kind in ("mps", "meta") or kind != accelerator:
         return torch.float32
     return torch.float16
+
+
+# CPU feature flags (Linux /proc/cpuinfo names) of native bfloat16 arithmetic
+BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16", "bf16"})
+
+
+def _cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them (``flags`` on x86, ``Features`` on
+    Arm); empty where they cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_computes_bf16() -> bool:
+    """Does this machine's CPU compute bfloat16 natively (AMX, AVX-512 BF16, Arm BF16)?
+    Read once per process."""
+    return bool(BF16_CPU_FLAGS & _cpu_flags())
 
 
 def autocast(

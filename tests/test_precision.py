@@ -100,6 +100,7 @@ def test_video_unet_casts_y_to_the_embedding_dtype():
 
 
 def test_parse_dtype_names_auto_and_errors(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_computes_bf16", lambda: False)
     monkeypatch.setattr("sgm.util.accelerator_type", lambda: "cuda")
     assert precision.parse_dtype("fp32") is torch.float32
     assert precision.parse_dtype("FP16") is torch.float16
@@ -116,6 +117,70 @@ def test_parse_dtype_names_auto_and_errors(monkeypatch):
         precision.parse_dtype("half")
     with pytest.raises(InputError, match="float64"):
         precision.parse_dtype(torch.float64)
+
+
+@pytest.mark.parametrize(
+    "flags,native",
+    [
+        ("fpu sse2 avx2 avx512f avx512_bf16 amx_tile", True),  # Sapphire Rapids, Zen 4
+        ("fpu sse2 avx2 amx_bf16 amx_tile", True),
+        ("fpu asimd bf16 i8mm", True),  # Arm (Features line)
+        ("fpu sse2 avx2 avx512f avx512_vnni", False),  # AVX-512 without BF16
+        ("", False),  # flags unreadable
+    ],
+)
+def test_auto_picks_bf16_exactly_on_cpus_that_compute_it(monkeypatch, flags, native):
+    """``auto`` on a CPU is bf16 exactly when the CPU reports native bf16 arithmetic; an
+    explicit fp32 and the accelerators' choices are unchanged."""
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset(flags.split()))
+    precision.cpu_computes_bf16.cache_clear()
+    try:
+        assert precision.cpu_computes_bf16() is native
+        expected = torch.bfloat16 if native else torch.float32
+        assert precision.parse_dtype("auto", "cpu") is expected
+        monkeypatch.setattr("sgm.util.accelerator_type", lambda: None)
+        assert precision.parse_dtype(None) is expected
+        assert precision.parse_dtype("fp32", "cpu") is torch.float32
+        assert precision.parse_dtype("auto", "mps") is torch.float32
+        monkeypatch.setattr("sgm.util.accelerator_type", lambda: "cuda")
+        assert precision.parse_dtype("auto", "cuda") is torch.float16
+    finally:
+        precision.cpu_computes_bf16.cache_clear()
+
+
+def test_cpu_flags_are_read_from_the_flags_line(tmp_path, monkeypatch):
+    import builtins
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx512_bf16 sse2\n\nprocessor\t: 1\n")
+    real_open = builtins.open
+    monkeypatch.setattr(
+        builtins,
+        "open",
+        lambda f, *a, **k: real_open(cpuinfo if f == "/proc/cpuinfo" else f, *a, **k),
+    )
+    assert precision._cpu_flags() == {"fpu", "avx512_bf16", "sse2"}
+
+
+def test_a_cpu_run_keeps_the_first_stage_in_float32_under_bf16():
+    from sgm.models.engine_run import EngineRun
+
+    seen = []
+
+    class Engine(torch.nn.Module):
+        compute_dtype = torch.bfloat16
+
+        def decode_first_stage(self, z):
+            seen.append(torch.is_autocast_enabled("cpu"))
+            return (z @ z).float()
+
+        encode_first_stage = decode_first_stage
+
+    with EngineRun(Engine(), "cpu", ema=False) as run:
+        seen.append(torch.is_autocast_enabled("cpu"))
+        run.decode(torch.ones(2, 2))
+        run.encode(torch.ones(2, 2))
+    assert seen == [True, False, False]
 
 
 def test_autocast_context_follows_the_dtype():

@@ -203,7 +203,8 @@ class EngineRun:
         caller's global random state is left as it was."""
         images = images.to(self.device)
         if generator is None:
-            return self.engine.encode_first_stage(images)
+            with self._first_stage():
+                return self.engine.encode_first_stage(images)
         probe = torch.Generator(device=generator.device)
         probe.set_state(generator.get_state())
         seed = int(torch.randint(2**62, (1,), generator=probe, device=generator.device))
@@ -212,15 +213,21 @@ class EngineRun:
             devices=[] if on_host else [images.device], device_type=images.device.type
         ):
             torch.manual_seed(seed)
-            return self.engine.encode_first_stage(images)
+            with self._first_stage():
+                return self.engine.encode_first_stage(images)
 
     def decode(self, latents: torch.Tensor, decoding_t: int | None = None) -> torch.Tensor:
         """Images in [-1, 1] (unclamped) from latents, ``decoding_t`` (default: the run's)
         at a time."""
-        if decoding_t is None:
+        chunks = _chunks(self.engine, decoding_t, None)
+        with self._first_stage(), chunks:
             return self.engine.decode_first_stage(latents)
-        with _chunks(self.engine, decoding_t, None):
-            return self.engine.decode_first_stage(latents)
+
+    def _first_stage(self) -> contextlib.AbstractContextManager[None]:
+        """A CPU run's first stage computes in float32 whatever the compute dtype."""
+        if self.device.type == "cpu":
+            return precision.float32(self.device)
+        return contextlib.nullcontext()
 
 
 @contextlib.contextmanager
