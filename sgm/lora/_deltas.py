@@ -45,9 +45,10 @@ OTHER_TYPES = {
     "b2.weight": "GLoRA",
     "on_input": "IA3",
 }
+# per type, groups of tensor names of which a layer needs one each
 REQUIRED = {
-    "LoRA": ({"lora_down.weight", "lora_up.weight"},),
-    "LoHa": ({"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"},),
+    "LoRA": ({"lora_down.weight"}, {"lora_up.weight"}),
+    "LoHa": ({"hada_w1_a"}, {"hada_w1_b"}, {"hada_w2_a"}, {"hada_w2_b"}),
     "LoKr": ({"lokr_w1", "lokr_w1_a"}, {"lokr_w2", "lokr_w2_a"}),
 }
 
@@ -60,7 +61,7 @@ def kind_of(suffixes: set[str]) -> str | None:
 
 def _tucker(core: torch.Tensor, out_proj: torch.Tensor, in_proj: torch.Tensor) -> torch.Tensor:
     """Kernel ``[o, i, *k] = sum_mn out_proj[m, o] core[m, n, *k] in_proj[n, i]``."""
-    return torch.einsum("mn...,mo,ni->oi...", core, out_proj, in_proj)
+    return torch.einsum("mn...,mo,ni->oi...", core, out_proj, in_proj).contiguous()
 
 
 def rank(kind: str, t: Mapping[str, torch.Tensor]) -> int | None:

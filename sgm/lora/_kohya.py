@@ -133,7 +133,8 @@ def _unmatched(path: str, missing: list[str], targets: dict, model: nn.Module, m
     more = f" and {len(missing) - SHOWN} more" if len(missing) > SHOWN else ""
     where = f"; the file was made for {made_for}" if made_for else ""
     return (
-        f"{path}: {len(missing)} adapter layers match no layer of this "
+        f"{path}: {len(missing)} adapter layer{'s' if len(missing) > 1 else ''} match no "
+        f"layer of this "
         f"{describe_model(model)}: {', '.join(shown)}{more}{where}"
     )
 
@@ -169,6 +170,8 @@ def plan(model: nn.Module, path: str | os.PathLike, tensors: dict, header: dict)
         meta = {k: v.to("meta", torch.float32) for k, v in factors.items()}
         try:
             _deltas.delta(kind, meta, alpha, target.shape)
+        except KeyError as error:
+            raise CheckpointError(f"{path}: {kind} layer {layer!r} lacks {error}") from None
         except (ValueError, RuntimeError) as error:
             where = f" (the file was made for {made_for})" if made_for else ""
             raise CheckpointError(

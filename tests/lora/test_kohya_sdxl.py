@@ -98,3 +98,26 @@ def test_fused_adapter_keeps_released_keys_and_outputs(sdxl):
     pipe.load_lora_weights(str(files["b"].parent), weight_name=files["b"].name, adapter_name="b")
     pipe.set_adapters(["b"], adapter_weights=[0.8])
     _close(_outputs(ours, pipe))
+
+
+def test_sd15_file_on_sdxl_names_the_model_it_was_made_for(sdxl, tmp_path):
+    from sgm.errors import CheckpointError
+
+    config, ckpt, _, _ = sdxl
+    ours = engine(config, ckpt)
+    layers = {
+        "lora_te_text_model_encoder_layers_0_self_attn_q_proj": (768, 768),
+        "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k": (640, 768),
+    }
+    tensors = {}
+    for layer, (rows, cols) in layers.items():
+        tensors[f"{layer}.lora_down.weight"] = torch.zeros(4, cols)
+        tensors[f"{layer}.lora_up.weight"] = torch.zeros(rows, 4)
+    path = tmp_path / "sd15_style.safetensors"
+    save_file(tensors, str(path))
+    with pytest.raises(CheckpointError, match="sd15_style.safetensors: 1 adapter layer") as err:
+        load_lora(ours, path)
+    message = str(err.value)
+    assert "made for SD 1.x, cross-attention width 768" in message
+    assert "closest here: lora_te2_text_model_encoder_layers_0_self_attn_q_proj" in message
+    assert "+ 2 text encoders" in message
