@@ -1,0 +1,275 @@
+"""Image-to-video sampling with SVD / SVD-XT / SV3D.
+
+    python scripts/sampling/simple_video_sample.py --input_path=image.png --version=svd_xt
+    sgm-sample-video --input_path=image.png --version=svd_xt      # the same, installed
+
+Writes ``{count:06d}.mp4`` (and the processed input as ``{count:06d}.jpg``) to
+``outputs/simple_video_sample/<version>/``; existing files are never overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .. import cli
+from ..errors import CheckpointError, InputError
+from ..inference.releases import checkpoint_path, config_path, get_release, names
+
+logger = logging.getLogger("simple_video_sample")
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+VERSIONS = names("video")  # the video releases of sgm.inference.releases
+
+
+def _inputs(input_path: str) -> list[Path]:
+    path = Path(input_path)
+    if path.is_file():
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise InputError(f"input {path} is not a {'/'.join(IMAGE_SUFFIXES)} image")
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise InputError(f"folder {path} holds no {'/'.join(IMAGE_SUFFIXES)} images")
+        return files
+    raise InputError(f"input_path not found: {path}")
+
+
+def _check_args(version: str, fps_id: int, motion_bucket_id: int) -> None:
+    if version not in VERSIONS:
+        raise InputError(f"unknown version {version!r}; choose one of {', '.join(VERSIONS)}")
+    if motion_bucket_id > 255:
+        logger.warning("motion_bucket_id %s is above 255, the trained range", motion_bucket_id)
+    if fps_id < 5 or fps_id > 30:
+        logger.warning("fps_id %s is outside 5..30, the trained range", fps_id)
+
+
+def _next_stem(folder: Path) -> str:
+    count = len(list(folder.glob("*.mp4")))
+    while (folder / f"{count:06d}.mp4").exists() or (folder / f"{count:06d}.jpg").exists():
+        count += 1
+    return f"{count:06d}"
+
+
+def _save_input(image: Any, path: Path) -> None:
+    from PIL import Image
+
+    array = ((image[0].permute(1, 2, 0).cpu().float() + 1) * 127.5).round().clamp(0, 255)
+    Image.fromarray(array.byte().numpy()).save(path)
+
+
+def sample(
+    input_path: str = "assets/test_image.png",
+    num_frames: int | None = None,
+    num_steps: int | None = None,
+    version: str = "svd",
+    fps_id: int = 6,
+    motion_bucket_id: int = 127,
+    cond_aug: float = 0.02,
+    seed: int = 23,
+    decoding_t: int = 14,
+    device: str = "auto",
+    output_folder: str | None = None,
+    elevations_deg: float | Sequence[float] | None = 10.0,
+    azimuths_deg: Sequence[float] | None = None,
+    image_frame_ratio: float | None = None,
+    verbose: bool = False,
+    config: str | None = None,
+    ckpt: str | None = None,
+    dtype: str = "auto",
+    low_vram: bool = False,
+    lora: Sequence[tuple[str | Path, float]] = (),
+    compile: bool = False,
+) -> list[str]:
+    """Sample a video for each input image; returns the written mp4 paths.
+
+    Everything is checked before the model loads; nothing is written for a failed input.
+    """
+    _check_args(version, fps_id, motion_bucket_id)
+    for name, value in (
+        ("num_frames", num_frames),
+        ("num_steps", num_steps),
+        ("decoding_t", decoding_t),
+    ):
+        if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
+            raise InputError(f"{name} must be a positive integer, got {value!r}")
+    release = get_release(version)
+    sv3d = release.is_sv3d
+    if sv3d:
+        if num_frames not in (None, release.num_frames):
+            logger.warning("%s always samples %d frames", version, release.num_frames)
+        num_frames, cond_aug = release.num_frames, release.cond_aug
+    num_frames = int(num_frames or release.num_frames)
+    num_steps = int(num_steps or release.num_steps)
+    config = Path(config) if config else config_path(release)
+    ckpt = Path(ckpt) if ckpt else checkpoint_path(release)
+    if not ckpt.is_file():
+        raise CheckpointError(
+            f"checkpoint not found: expected {ckpt} "
+            f"(download {ckpt.name} into checkpoints/ or pass --ckpt)"
+        )
+    inputs = _inputs(input_path)
+    folder = _checked_folder(output_folder or Path("outputs/simple_video_sample") / version)
+    polars = azimuths = None
+    if version == "sv3d_p":
+        from ..inference.video import sv3d_orbit
+
+        polars, azimuths = sv3d_orbit(num_frames, elevations_deg, azimuths_deg)
+    import torch
+
+    from ..devices import resolve_device
+    from ..inference.video import (
+        build_value_dict,
+        load_video_model,
+        prepare_sv3d_image,
+        prepare_svd_image,
+        sample_video,
+        save_video,
+    )
+    from ..precision import parse_dtype
+
+    device = resolve_device(device)
+    parse_dtype(dtype, device)
+    model = load_video_model(
+        config,
+        ckpt,
+        device,
+        num_frames,
+        num_steps,
+        verbose,
+        dtype=dtype,
+        offload=low_vram,
+        lora=lora,
+        compile_model=compile,
+    )
+    written = []
+    for path in inputs:
+        image = prepare_sv3d_image(path, image_frame_ratio) if sv3d else prepare_svd_image(path)
+        generator = torch.Generator().manual_seed(int(seed))
+        values = build_value_dict(
+            image, cond_aug, fps_id, motion_bucket_id, generator, polars, azimuths
+        )
+        frames = sample_video(
+            model,
+            values,
+            num_frames,
+            generator=generator,
+            decoding_t=decoding_t,
+            replace_last_with_input=sv3d,
+        )
+        frames = _watermark(frames)
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = _next_stem(folder)
+        _save_input(image, folder / f"{stem}.jpg")
+        written.append(str(save_video(frames, folder / f"{stem}.mp4", fps=fps_id + 1)))
+        logger.info("wrote %s", written[-1])
+    return written
+
+
+def _checked_folder(folder: str | Path) -> Path:
+    try:
+        return cli.output_folder(str(folder))
+    except argparse.ArgumentTypeError as error:
+        raise InputError(f"output_folder: {error}") from None
+
+
+def _watermark(frames: Any) -> Any:
+    from ..inference.watermark import WATERMARK_BITS, WatermarkEmbedder
+
+    try:
+        return WatermarkEmbedder(WATERMARK_BITS)(frames)
+    except ImportError as error:
+        logger.warning("%s; frames are not watermarked", error)
+        return frames
+
+
+def get_parser() -> argparse.ArgumentParser:
+    """The command line (the flags of ``sample``; ``--flag=value`` or ``--flag value``)."""
+    p = cli.ArgumentParser(prog="simple_video_sample.py", description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--input_path",
+        type=cli.existing_path,
+        default="assets/test_image.png",
+        help="an image, or a folder of images",
+    )
+    p.add_argument(
+        "--num_frames",
+        type=cli.positive_int,
+        default=None,
+        help="frames per video (default: the version's)",
+    )
+    p.add_argument(
+        "--num_steps",
+        type=cli.positive_int,
+        default=None,
+        help="sampling steps (default: the version's)",
+    )
+    p.add_argument("--version", choices=list(VERSIONS), default="svd")
+    p.add_argument("--fps_id", type=cli.non_negative_int, default=6)
+    p.add_argument("--motion_bucket_id", type=cli.non_negative_int, default=127)
+    p.add_argument("--cond_aug", type=cli.non_negative_float, default=0.02)
+    p.add_argument("--seed", type=cli.non_negative_int, default=23)
+    p.add_argument(
+        "--decoding_t", type=cli.positive_int, default=14, help="frames decoded at a time"
+    )
+    p.add_argument(
+        "--output_folder",
+        type=cli.output_folder,
+        default=None,
+        help="default: outputs/simple_video_sample/<version>",
+    )
+    p.add_argument(
+        "--elevations_deg",
+        type=cli.float_list,
+        default=10.0,
+        help="sv3d_p: one elevation, or one per frame",
+    )
+    p.add_argument(
+        "--azimuths_deg",
+        type=cli.float_list,
+        default=None,
+        help="sv3d_p: one azimuth per frame (default: an even orbit)",
+    )
+    p.add_argument(
+        "--image_frame_ratio",
+        type=cli.unit_interval,
+        default=None,
+        help="sv3d: fraction of the frame the object fills",
+    )
+    p.add_argument("--verbose", type=cli.boolean, nargs="?", const=True, default=False)
+    p.add_argument(
+        "--config",
+        type=cli.existing_file,
+        default=None,
+        help="model config (default: the release's, sgm/configs/sampling/<version>.yaml)",
+    )
+    p.add_argument(
+        "--ckpt",
+        type=cli.existing_file,
+        default=None,
+        help="checkpoint (default: checkpoints/<version>.safetensors)",
+    )
+    cli.add_device_args(p)
+    cli.add_compile_arg(p)
+    cli.add_lora_arg(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse and check every flag, then sample; bad input: one line, exit code 2."""
+    args = cli.parse(get_parser(), argv)
+    cli.setup_logging(args.verbose)
+    options = dict(vars(args))
+    loras = options.pop("lora")
+    return cli.run(
+        lambda: print("\n".join(sample(**options, lora=loras))), prog="simple_video_sample.py"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
