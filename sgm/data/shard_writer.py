@@ -88,6 +88,26 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+def write_shard(
+    path: str | os.PathLike,
+    samples: list[tuple[str, dict[str, bytes]]],
+    before_publish: Any = None,
+) -> Path:
+    """Write ``(key, {ext: bytes})`` samples as one tar shard at ``path``: written to a
+    temporary file, ``before_publish()`` called, then published whole; an existing
+    ``path`` is never replaced (FileExistsError)."""
+
+    def write(tmp: str) -> None:
+        with tarfile.open(tmp, "w") as tar:
+            for key, members in samples:
+                for ext, data in members.items():
+                    _add(tar, f"{key}.{ext}", data)
+        if before_publish is not None:
+            before_publish()
+
+    return write_new_file(write, [Path(path)])
+
+
 def _readable(
     files: list[Path],
     source: Path,

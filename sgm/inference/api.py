@@ -148,8 +148,13 @@ class SamplingPipeline:
         )
         return value_dict
 
+    # set to wrap every sampler's guider (guidance-parallel: sgm.inference.cfg_parallel)
+    guider_wrapper: Callable[[Any], Any] | None = None
+
     def _sampler(self, params: SamplingParams, img2img: bool = False) -> Any:
         sampler = get_sampler_config(params)
+        if self.guider_wrapper is not None:
+            sampler.guider = self.guider_wrapper(sampler.guider)
         if img2img and params.img2img_strength < 1.0:
             sampler.discretization = Img2ImgDiscretizationWrapper(
                 sampler.discretization, strength=params.img2img_strength
