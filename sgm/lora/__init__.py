@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, InputError
 from . import _kohya, _patch
 from ._config import (
     ATTENTION_PROJECTIONS,
@@ -71,7 +71,7 @@ def add_lora(
     targets = resolve_targets(network, settings)
     add_adapter(network, targets, settings, name)
     if settings.init_from is not None:
-        plan = plan_adapter(network, settings.init_from)
+        plan = _training_start(model, settings.init_from)
         if plan.settings.rank != settings.rank:
             raise ConfigError(
                 f"lora_config.init_from {settings.init_from} has rank "
@@ -80,6 +80,16 @@ def add_lora(
         # same function as the file: (alpha / rank) * B here == (file alpha / rank) * B there
         _copy_weights(network, plan, name, plan.settings.lora_alpha / settings.lora_alpha)
     return targets
+
+
+def _training_start(model: nn.Module, path: str) -> AdapterPlan:
+    """``lora_config.init_from``: a diffusers-layout file, or a kohya LoRA file."""
+    plan = plan_file(model, path)
+    if isinstance(plan, _kohya.Plan):
+        from ._kohya_export import to_adapter_plan
+
+        return to_adapter_plan(plan, network_of(model))
+    return plan
 
 
 def _copy_weights(network: nn.Module, plan: AdapterPlan, name: str, b_factor: float = 1.0) -> None:
@@ -155,9 +165,31 @@ def apply_lora_specs(
     return [_apply(model, plan, scale, None) for plan, scale in plans]
 
 
-def save_lora(model: nn.Module, path: str | os.PathLike, name: str = "default") -> Path:
-    """Write adapter ``name`` to ``path`` (``*.lora.safetensors``, a new file); the path."""
-    return save_adapter(network_of(model), path, name)
+FORMATS = ("diffusers", "kohya")
+
+
+def save_lora(
+    model: nn.Module, path: str | os.PathLike, name: str = "default", format: str = "diffusers"
+) -> Path:
+    """Write adapter ``name`` to ``path`` (``*.safetensors``, a new file); the path.
+
+    ``format``: ``"diffusers"`` (peft keys, the network only; diffusers'
+    ``load_lora_weights`` reads it) or ``"kohya"`` (A1111 / ComfyUI / kohya's layout;
+    network and text-encoder adapters)."""
+    if format not in FORMATS:
+        raise ConfigError(f"LoRA format must be one of {list(FORMATS)}, got {format!r}")
+    if format == "diffusers":
+        return save_adapter(network_of(model), path, name)
+    from safetensors.torch import save_file
+
+    from ..output_files import write_new_file
+    from ._kohya_export import export_kohya
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise InputError(f"{path}: LoRA files are written as .safetensors")
+    tensors, header = export_kohya(model, name)
+    return write_new_file(lambda tmp: save_file(tensors, tmp, metadata=header), [path])
 
 
 def lora_state_dict(model: nn.Module, name: str = "default") -> dict[str, torch.Tensor]:

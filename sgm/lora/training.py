@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from . import add_lora, network_of, save_lora
+from . import FORMATS, add_lora, network_of, save_lora
 
 logger = logging.getLogger(__name__)
 
@@ -74,13 +74,23 @@ def check_adapter_checkpoint(engine: nn.Module, checkpoint: dict) -> None:
 class LoraExport(pl.Callback):
     """Write the adapter as ``<dirpath>/step-XXXXXXX.lora.safetensors`` every
     ``every_n_train_steps`` steps and at the end of training (``dirpath`` defaults to
-    ``<run logdir>/lora``). Existing files are kept, never replaced."""
+    ``<run logdir>/lora``). Existing files are kept, never replaced. ``format``:
+    ``"diffusers"`` (diffusers' ``load_lora_weights``) or ``"kohya"`` (A1111 / ComfyUI;
+    ``step-XXXXXXX.kohya.safetensors``, text-encoder adapters included)."""
 
-    def __init__(self, every_n_train_steps: int = 1000, dirpath: str | None = None):
+    def __init__(
+        self,
+        every_n_train_steps: int = 1000,
+        dirpath: str | None = None,
+        format: str = "diffusers",
+    ):
         if int(every_n_train_steps) <= 0:
             raise ConfigError("LoraExport.every_n_train_steps must be positive")
+        if format not in FORMATS:
+            raise ConfigError(f"LoraExport.format must be one of {list(FORMATS)}, got {format!r}")
         self.every = int(every_n_train_steps)
         self.dirpath = dirpath
+        self.format = format
         self.written: list[Path] = []
 
     def _folder(self, trainer: Any) -> Path:
@@ -92,10 +102,11 @@ class LoraExport(pl.Callback):
     def _write(self, trainer: Any, module: Any) -> None:
         if not trainer.is_global_zero:
             return
-        path = self._folder(trainer) / f"step-{trainer.global_step:07d}.lora.safetensors"
+        kind = "lora" if self.format == "diffusers" else self.format
+        path = self._folder(trainer) / f"step-{trainer.global_step:07d}.{kind}.safetensors"
         if path.exists():
             return
-        self.written.append(save_lora(module, path))
+        self.written.append(save_lora(module, path, format=self.format))
         logger.info("LoRA adapter written to %s", self.written[-1])
 
     def on_train_batch_end(self, trainer: Any, module: Any, *args: Any) -> None:
