@@ -30,3 +30,14 @@ demo: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
+
+# make gpu-prepare: the wheels a GPU run needs on the lent machines' bare image (.gpu-wheels).
+# make gpu-smoke: gpu.sh --cpu-smoke in a venv holding only the image's packages + those wheels.
+.PHONY: gpu-prepare gpu-smoke
+gpu-prepare: $(STAMP)
+	PYTHON=$(PY) bash benchmarks/gpu.sh --prepare
+
+gpu-smoke: gpu-prepare
+	rm -rf .gpu-smoke
+	$(PY) benchmarks/image_env.py .gpu-smoke/env
+	PYTHON=.gpu-smoke/env/bin/python bash benchmarks/gpu.sh --cpu-smoke .gpu-smoke/results
