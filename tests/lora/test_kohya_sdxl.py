@@ -121,3 +121,28 @@ def test_sd15_file_on_sdxl_names_the_model_it_was_made_for(sdxl, tmp_path):
     assert "made for SD 1.x, cross-attention width 768" in message
     assert "closest here: lora_te2_text_model_encoder_layers_0_self_attn_q_proj" in message
     assert "+ 2 text encoders" in message
+
+
+def test_bake_command_writes_the_released_keys_with_the_adapters_in(sdxl, tmp_path):
+    """``lora.py bake``: same keys and dtypes as the base file; the engine loading it
+    gives diffusers' outputs with both adapters at their scales."""
+    from safetensors.torch import load_file
+
+    from sgm.commands.lora import main
+
+    config, ckpt, pipe_dir, files = sdxl
+    out = tmp_path / "baked.safetensors"
+    argv = ["bake", "--config", str(config), "--ckpt", str(ckpt), str(out)]
+    argv += ["--lora", f"{files['a']}:0.6", "--lora", f"{files['b']}:0.3"]
+    assert main(argv) == 0
+    base, baked = load_file(ckpt), load_file(out)
+    assert list(baked) == list(base)
+    assert all(baked[k].dtype == base[k].dtype for k in base)
+    pipe = _pipe(pipe_dir)
+    for name, path in files.items():
+        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
+    pipe.set_adapters(["a", "b"], adapter_weights=[0.6, 0.3])
+    _close(_outputs(engine(config, out), pipe))
+    with pytest.raises(SystemExit) as exit_:  # the output exists: nothing is overwritten
+        main(argv)
+    assert exit_.value.code == 2
