@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from builders import released_clip_text_model
 from omegaconf import OmegaConf
 from torch.utils._pytree import tree_leaves
 
@@ -172,47 +173,6 @@ def flatten_text_model(model, converted: dict) -> dict:
     return {k.removeprefix("text_model."): v for k, v in converted.items()}
 
 
-def clip_text_model(kind: str):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    common = {"vocab_size": 49408, "max_position_embeddings": 77}
-    if kind == "clip_l":
-        cls = CLIPTextModel
-        config = CLIPTextConfig(
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            hidden_act="quick_gelu",
-            projection_dim=768,
-            **common,
-        )
-    elif kind == "bigg":
-        cls = CLIPTextModelWithProjection
-        config = CLIPTextConfig(
-            hidden_size=1280,
-            intermediate_size=5120,
-            num_hidden_layers=32,
-            num_attention_heads=20,
-            hidden_act="gelu",
-            projection_dim=1280,
-            **common,
-        )
-    else:  # SD 2.x text encoder: ViT-H-14's text tower without its last block.
-        cls = CLIPTextModel
-        config = CLIPTextConfig(
-            hidden_size=1024,
-            intermediate_size=4096,
-            num_hidden_layers=23,
-            num_attention_heads=16,
-            hidden_act="gelu",
-            projection_dim=512,
-            **common,
-        )
-    with torch.device("meta"):
-        return cls(config)
-
-
 def sd2_legacy_state(engine) -> dict[str, Traced]:
     """The engine's keys in the ldm layout of the released SD 2.x files."""
     state, _ = states(engine)
@@ -300,7 +260,7 @@ def test_sdxl_clip_l_converts_to_transformers_layout(engines):
     engine, _ = engines("sd_xl_base")
     state, trace = states(engine)
     prefix = "conditioner.embedders.0.transformer."
-    reference = clip_text_model("clip_l")
+    reference = released_clip_text_model("clip_l")
     converted = flatten_text_model(reference, sfu.convert_ldm_clip_checkpoint(trace))
     assert sources(converted) == with_prefix(state, prefix)
     # The released files (and this engine) carry the constant ``position_ids`` buffer;
@@ -326,7 +286,7 @@ def test_sdxl_bigg_converts_to_transformers_layout(engines, name, prefix):
 
     engine, _ = engines(name)
     state, trace = states(engine)
-    reference = clip_text_model("bigg")
+    reference = released_clip_text_model("bigg")
     converted = flatten_text_model(
         reference, sfu.convert_open_clip_checkpoint(reference, trace, prefix=prefix)
     )
@@ -357,7 +317,7 @@ def test_sd2_open_clip_text_converts_from_legacy_layout(engines, name):
 
     engine, _ = engines(name)
     legacy = sd2_legacy_state(engine)
-    reference = clip_text_model("vit_h")
+    reference = released_clip_text_model("vit_h")
     converted = flatten_text_model(
         reference, sfu.convert_open_clip_checkpoint(reference, legacy, prefix=LEGACY_TEXT)
     )
@@ -390,7 +350,7 @@ def test_converters_read_every_engine_key(engines, name):
         if kind == "clip_l":
             read |= sources(sfu.convert_ldm_clip_checkpoint(trace))
         else:
-            model = clip_text_model(kind)
+            model = released_clip_text_model(kind)
             read |= sources(sfu.convert_open_clip_checkpoint(model, trace, prefix=prefix))
     unread = set(state) - read
     text = next(p for p, kind in TEXT_ENCODERS[name].items() if kind != "clip_l")

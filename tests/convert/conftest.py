@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import socket
 from pathlib import Path
 
 import pytest
 from _tiny_models import FAMILIES, randomize
+from builders import open_clip_arch, register_open_clip, write_tiny_clip
 from omegaconf import OmegaConf
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
-TEXT = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 3}
-VISION = {"image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 32}
 ARCHS = {
-    "sgm-test-convert-text": {"embed_dim": 32, "vision_cfg": VISION, "text_cfg": TEXT},
-    "sgm-test-convert-bigg": {"embed_dim": 48, "vision_cfg": VISION, "text_cfg": TEXT},
-    "sgm-test-convert-vision": {"embed_dim": 32, "vision_cfg": VISION, "text_cfg": TEXT},
+    "sgm-test-convert-text": open_clip_arch(embed_dim=32, text_layers=3, vision_layers=2),
+    "sgm-test-convert-bigg": open_clip_arch(embed_dim=48, text_layers=3, vision_layers=2),
+    "sgm-test-convert-vision": open_clip_arch(embed_dim=32, text_layers=3, vision_layers=2),
 }
 
 
@@ -38,35 +36,14 @@ def offline():
 
 @pytest.fixture(scope="session")
 def archs(tmp_path_factory):
-    from open_clip.factory import add_model_config
-
-    folder = tmp_path_factory.mktemp("convert_open_clip")
-    for name, config in ARCHS.items():
-        (folder / f"{name}.json").write_text(json.dumps(config))
-    add_model_config(folder)
-    return folder
+    return register_open_clip(tmp_path_factory.mktemp("convert_open_clip"), ARCHS)
 
 
 @pytest.fixture(scope="session")
 def clip_l_dir(tmp_path_factory):
     """A tiny CLIP-L-like text model architecture (config.json only)."""
-    from transformers import CLIPTextConfig
-
     folder = tmp_path_factory.mktemp("tiny_clip_l")
-    CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        max_position_embeddings=77,
-        hidden_act="quick_gelu",
-        projection_dim=32,
-        bos_token_id=0,
-        eos_token_id=2,
-        pad_token_id=1,
-    ).save_pretrained(folder)
-    return folder
+    return write_tiny_clip(folder, layers=3, tokenizer=False, weights=False, projection_dim=32)
 
 
 @pytest.fixture(scope="session")

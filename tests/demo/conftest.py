@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import demo_support  # noqa: F401  (puts tiny_image_models on the path)
 import pytest
+from builders import save_state, write_tiny_model
 
 # tiny config kind -> (released config name, released checkpoint names)
 IMAGE_MODELS = {
@@ -17,14 +17,12 @@ IMAGE_MODELS = {
 
 
 @pytest.fixture(scope="session")
-def tiny_image_models(tmp_path_factory) -> dict[str, Path]:
+def tiny_image_models(tmp_path_factory, tiny_image_clip_dir) -> dict[str, Path]:
     """{"checkpoints": folder, "configs": folder}: tiny SDXL base, refiner and SD 2.1
     configs under the released config names, random weights under the released
     checkpoint names (the Turbo files share the base/SD 2.1 weights)."""
-    from tiny_image_models import make_clip_folder, write_tiny_model
-
     root = tmp_path_factory.mktemp("demo_image_models")
-    clip = make_clip_folder(root / "clip")
+    clip = tiny_image_clip_dir
     checkpoints, configs = root / "checkpoints", root / "configs"
     configs.mkdir()
     for seed, (kind, (config_name, ckpt_names)) in enumerate(IMAGE_MODELS.items()):
@@ -35,39 +33,23 @@ def tiny_image_models(tmp_path_factory) -> dict[str, Path]:
     return {"checkpoints": checkpoints, "configs": configs}
 
 
-VIDEO_ARCH = "sgm-test-video-tiny"
-VIDEO_ARCH_CONFIG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 224, "layers": 1, "width": 64, "head_width": 32, "patch_size": 32},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 1},
-}
-
-
 @pytest.fixture(scope="session")
-def tiny_video_models(tmp_path_factory) -> dict[str, Path]:
+def tiny_video_models(tmp_path_factory, video_arch_dir) -> dict[str, Path]:
     """{"checkpoints", "configs"}: tests/configs/video_tiny_svd.yaml (its toy CLIP arch
     registered with open_clip) as svd_xt.yaml and svd_xt_1_1.yaml, random weights under
     both released checkpoint names."""
-    import json
-
     import torch
-    from demo_support import REPO
-    from open_clip.factory import add_model_config
-    from safetensors.torch import save_file
+    from builders import CONFIGS
 
     from sgm.inference.video import load_video_model
 
     root = tmp_path_factory.mktemp("demo_video_models")
-    (root / f"{VIDEO_ARCH}.json").write_text(json.dumps(VIDEO_ARCH_CONFIG))
-    add_model_config(root)
-    config = REPO / "tests" / "configs" / "video_tiny_svd.yaml"
+    config = CONFIGS / "video_tiny_svd.yaml"
     torch.manual_seed(0)
     model = load_video_model(config, None, "cpu", num_frames=3, num_steps=2)
     checkpoints, configs = root / "checkpoints", root / "configs"
-    checkpoints.mkdir()
     configs.mkdir()
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
     for version in ("svd_xt", "svd_xt_1_1"):
-        save_file(state, checkpoints / f"{version}.safetensors")
+        save_state(model, checkpoints / f"{version}.safetensors")
         shutil.copyfile(config, configs / f"{version}.yaml")
     return {"checkpoints": checkpoints, "configs": configs}

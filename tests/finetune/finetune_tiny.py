@@ -8,16 +8,14 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+from builders import open_clip_arch, register_open_clip
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[2]
 FINETUNE = ROOT / "configs" / "example_training" / "finetune"
 ARCH = "sgm-test-finetune-tiny"
-ARCH_CONFIG = {  # two text layers: SDXL and SD 2.1 read the penultimate one
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 224, "layers": 1, "width": 64, "head_width": 32, "patch_size": 32},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2},
-}
+# two text layers: SDXL and SD 2.1 read the penultimate one
+ARCH_CONFIG = open_clip_arch(embed_dim=32, text_layers=2, vision_layers=1)
 VAE = {
     "attn_type": "vanilla",
     "double_z": True,
@@ -43,35 +41,7 @@ UNET = {
 
 
 def register_arch(folder: Path) -> None:
-    from open_clip.factory import add_model_config
-
-    (folder / f"{ARCH}.json").write_text(json.dumps(ARCH_CONFIG))
-    add_model_config(folder)
-
-
-def save_hf_clip(folder: Path) -> Path:
-    """A tiny CLIP text model with its tokenizer, in the Hugging Face layout."""
-    import torch
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from sgm.modules.encoders._tokenizers import build_hf_clip_tokenizer
-
-    config = CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=77,
-        hidden_act="quick_gelu",
-        bos_token_id=0,
-        eos_token_id=2,
-        pad_token_id=1,
-    )
-    torch.manual_seed(2)
-    CLIPTextModel(config).save_pretrained(folder)
-    build_hf_clip_tokenizer().save_pretrained(folder)
-    return folder
+    register_open_clip(folder, {ARCH: ARCH_CONFIG})
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -6,7 +6,6 @@ import torch
 from finetune_tiny import (
     FINETUNE,
     register_arch,
-    save_hf_clip,
     tiny_image_config,
     tiny_video_config,
     write_image_shard,
@@ -18,9 +17,9 @@ from sgm.util import instantiate_from_config
 
 
 @pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
+def clip_dir(tmp_path_factory, tiny_clip_dir):
     register_arch(tmp_path_factory.mktemp("open_clip_arch"))
-    return save_hf_clip(tmp_path_factory.mktemp("hf_clip"))
+    return tiny_clip_dir
 
 
 def _trainer(root, max_steps, callbacks=()):

@@ -44,12 +44,12 @@ def detect():
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def models(tmp_path_factory, tiny_image_clip_dir):
     """Folder of checkpoints under the released names, and the tiny config of each."""
-    from tiny_image_models import make_clip_folder, write_tiny_model
+    from builders import write_tiny_model
 
     root = tmp_path_factory.mktemp("image_cli")
-    clip = make_clip_folder(root / "clip")
+    clip = tiny_image_clip_dir
     folder = root / "checkpoints"
     configs = {}
     for i, (version, kind, name, twin, twin_name) in enumerate(

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
+from builders import build_engine, save_state, tiny_image_config, write_tiny_model
 
 from sgm.errors import CheckpointError, InputError
 from sgm.inference import api
@@ -30,49 +29,17 @@ from sgm.modules.diffusionmodules.discretizer import (
     EDMDiscretization,
     LegacyDDPMDiscretization,
 )
-from sgm.util import instantiate_from_config
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "inference_tiny_sdxl.yaml"
 SDXL_KEYS = ["txt", "original_size_as_tuple", "crop_coords_top_left", "target_size_as_tuple"]
 
 
 @pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    """A tiny CLIP text model in the Hugging Face layout, with its tokenizer."""
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from sgm.modules.encoders._tokenizers import build_hf_clip_tokenizer
-
-    folder = tmp_path_factory.mktemp("tiny_clip")
-    config = CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=77,
-        hidden_act="quick_gelu",
-        bos_token_id=0,
-        eos_token_id=2,
-        pad_token_id=1,
-    )
-    torch.manual_seed(2)
-    CLIPTextModel(config).save_pretrained(folder)
-    build_hf_clip_tokenizer().save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def tiny(clip_dir, tmp_path_factory):
+def tiny(tiny_clip_dir, tmp_path_factory):
     """(config, checkpoint path) of the tiny engine with random weights."""
-    from safetensors.torch import save_file
-
-    config = OmegaConf.load(CONFIG)
-    config.model.params.conditioner_config.params.emb_models[0].params.version = str(clip_dir)
-    torch.manual_seed(0)
-    engine = instantiate_from_config(config.model)
-    ckpt = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in engine.state_dict().items()}, str(ckpt))
+    config = tiny_image_config("sdxl", tiny_clip_dir, name="inference_tiny")
+    ckpt = save_state(
+        build_engine(config, seed=0), tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    )
     return config, ckpt
 
 
@@ -180,14 +147,10 @@ def test_image_to_image_uses_lowest_sigmas_and_noises_input(pipeline, monkeypatc
     torch.testing.assert_close(calls[0][0], torch.cat([start, start]), atol=1e-5, rtol=1e-5)
 
 
-def test_image_to_image_seed_fixes_the_posterior_sample(tmp_path):
+def test_image_to_image_seed_fixes_the_posterior_sample(tmp_path, tiny_image_clip_dir):
     # The first stage samples its posterior (two encodes differ); a seed must still give
     # the same output whatever the global random state, and leave that state alone.
-    from tiny_image_models import make_clip_folder, write_tiny_model
-
-    config, ckpt = write_tiny_model(
-        "sdxl_base", make_clip_folder(tmp_path / "clip"), tmp_path, "tiny.safetensors"
-    )
+    config, ckpt = write_tiny_model("sdxl_base", tiny_image_clip_dir, tmp_path, "tiny.safetensors")
     pipeline = SamplingPipeline(config=config, ckpt=ckpt, device="cpu")
     image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3)) * 2 - 1
     with torch.no_grad():

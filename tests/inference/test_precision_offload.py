@@ -11,54 +11,24 @@ from pathlib import Path
 
 import pytest
 import torch
+from builders import build_engine, save_state, tiny_image_config, wake_zero_weights
 from omegaconf import OmegaConf
 
 from sgm import offload
 from sgm.inference.api import Sampler, SamplingParams, SamplingPipeline
 from sgm.util import instantiate_from_config
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "image_tiny_sdxl_base.yaml"
 PARTS = ("conditioner", "model", "first_stage_model")
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tiny_clip_dir, tmp_path_factory):
     """(config, checkpoint) of the tiny SDXL-like engine: CLIP text, f8 KL autoencoder
     with ``disable_first_stage_autocast``, random weights."""
-    from safetensors.torch import save_file
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from sgm.modules.encoders._tokenizers import build_hf_clip_tokenizer
-
-    folder = tmp_path_factory.mktemp("tiny_sdxl")
-    clip = CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=77,
-        hidden_act="quick_gelu",
-        bos_token_id=0,
-        eos_token_id=2,
-        pad_token_id=1,
-    )
-    torch.manual_seed(2)
-    CLIPTextModel(clip).save_pretrained(folder / "clip")
-    build_hf_clip_tokenizer().save_pretrained(folder / "clip")
-    config = OmegaConf.load(CONFIG)
-    config.model.params.conditioner_config.params.emb_models[0].params.version = str(
-        folder / "clip"
-    )
-    torch.manual_seed(0)
-    engine = instantiate_from_config(config.model)
-    with torch.no_grad():  # zero-initialised output layers would hide the network
-        for param in engine.model.parameters():
-            if not param.any():
-                param.normal_(0.0, 0.05)
-    ckpt = folder / "tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in engine.state_dict().items()}, str(ckpt))
-    return config, ckpt
+    config = tiny_image_config("sdxl_base", tiny_clip_dir)
+    engine = build_engine(config, seed=0)
+    wake_zero_weights(engine.model, std=0.05)  # zero output layers would hide the network
+    return config, save_state(engine, tmp_path_factory.mktemp("tiny_sdxl") / "tiny.safetensors")
 
 
 def _params(**kw) -> SamplingParams:

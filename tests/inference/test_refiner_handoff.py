@@ -50,11 +50,11 @@ def test_zero_strength_keeps_the_whole_schedule_and_bad_strength_raises():
 
 
 @pytest.fixture(scope="module")
-def pipelines(tmp_path_factory):
-    from tiny_image_models import make_clip_folder, write_tiny_model
+def pipelines(tmp_path_factory, tiny_image_clip_dir):
+    from builders import write_tiny_model
 
     folder = tmp_path_factory.mktemp("handoff")
-    clip = make_clip_folder(folder / "clip")
+    clip = tiny_image_clip_dir
     made = [
         write_tiny_model(kind, clip, folder, f"{kind}.safetensors", seed=i)
         for i, kind in enumerate(("sdxl_base", "sdxl_refiner"))

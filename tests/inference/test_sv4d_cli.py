@@ -6,24 +6,18 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from builders import save_state
 
 from sgm.inference import sv4d_cli
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "scripts" / "sampling"
 CONFIGS = REPO / "tests" / "configs"
-ARCH = "sgm-test-video-tiny"
-ARCH_CONFIG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 224, "layers": 1, "width": 64, "head_width": 32, "patch_size": 32},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 1},
-}
 RELEASES = ("sv4d", "sv4d2", "sv4d2_8views", "sv3d_u")
 
 # the original scripts' flags (Fire parameters)
@@ -77,26 +71,20 @@ SV4D2 = _script("simple_video_sample_4d2")
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
+def workdir(tmp_path_factory, video_arch_dir):
     """A folder holding checkpoints/<release>.safetensors (random weights, toy sizes)
     and an 8-frame gif of an object on white; the toy CLIP arch is registered."""
-    from open_clip.factory import add_model_config
     from PIL import Image, ImageDraw
-    from safetensors.torch import save_file
 
     from sgm.inference.video import load_video_model
 
-    arch = tmp_path_factory.mktemp("sv4d_arch")
-    (arch / f"{ARCH}.json").write_text(json.dumps(ARCH_CONFIG))
-    add_model_config(arch)
     root = tmp_path_factory.mktemp("sv4d_work")
     (root / "checkpoints").mkdir()
     for name in RELEASES:
         torch.manual_seed(0)
         frames = 21 if name.startswith("sv3d") else None
         model = load_video_model(CONFIGS / f"{name}_tiny.yaml", None, "cpu", frames)
-        state = {k: v.contiguous() for k, v in model.state_dict().items()}
-        save_file(state, root / "checkpoints" / f"{name}.safetensors")
+        save_state(model, root / "checkpoints" / f"{name}.safetensors")
     frames = []
     for i in range(8):
         frame = Image.new("RGB", (96, 80), "white")

@@ -3,7 +3,6 @@ file, and the handler samples on toy SV4D / SV3D engines."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -12,42 +11,30 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from builders import save_state
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "tests" / "configs"
 SCRIPT = REPO / "scripts" / "demo" / "gradio_app_sv4d.py"
-ARCH_CONFIG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 224, "layers": 1, "width": 64, "head_width": 32, "patch_size": 32},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 1},
-}
 
 pytest.importorskip("gradio")
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def models(tmp_path_factory, video_arch_dir):
     """Tiny SV4D and SV3D_u configs under the released names, random weights under the
     released checkpoint names, and a short gif."""
-    from open_clip.factory import add_model_config
     from PIL import Image, ImageDraw
-    from safetensors.torch import save_file
 
     from sgm.inference.video import load_video_model
 
     root = tmp_path_factory.mktemp("sv4d_demo")
-    (root / "sgm-test-video-tiny.json").write_text(json.dumps(ARCH_CONFIG))
-    add_model_config(root)
-    (root / "checkpoints").mkdir()
     (root / "configs").mkdir()
     for name, frames in (("sv4d", None), ("sv3d_u", 21)):
         shutil.copyfile(CONFIGS / f"{name}_tiny.yaml", root / "configs" / f"{name}.yaml")
         torch.manual_seed(1)
         model = load_video_model(CONFIGS / f"{name}_tiny.yaml", None, "cpu", frames)
-        save_file(
-            {k: v.contiguous() for k, v in model.state_dict().items()},
-            root / "checkpoints" / f"{name}.safetensors",
-        )
+        save_state(model, root / "checkpoints" / f"{name}.safetensors")
     gif = []
     for i in range(5):
         frame = Image.new("RGB", (70, 70), "white")

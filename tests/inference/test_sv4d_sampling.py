@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import json
 import math
 import pathlib
 import sys
@@ -170,34 +169,9 @@ def test_dense_pass_is_euler_per_entry_and_alternates_conditioning(K):
 
 
 @pytest.fixture(scope="module")
-def tiny_sv4d2(tmp_path_factory):
-    from open_clip.factory import add_model_config
-
+def tiny_sv4d2(video_arch_dir):
     from sgm.inference.video import load_video_model
 
-    arch_dir = tmp_path_factory.mktemp("sv4d_arch")
-    (arch_dir / "sgm-test-video-tiny.json").write_text(
-        json.dumps(
-            {
-                "embed_dim": 32,
-                "vision_cfg": {
-                    "image_size": 224,
-                    "layers": 1,
-                    "width": 64,
-                    "head_width": 32,
-                    "patch_size": 32,
-                },
-                "text_cfg": {
-                    "context_length": 77,
-                    "vocab_size": 49408,
-                    "width": 64,
-                    "heads": 4,
-                    "layers": 1,
-                },
-            }
-        )
-    )
-    add_model_config(arch_dir)
     torch.manual_seed(0)
     return load_video_model(CONFIGS / "sv4d2_tiny.yaml", None, "cpu")
 

@@ -159,13 +159,13 @@ def test_turbo_architectures_use_released_names_and_configs(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def turbo_pipeline(tmp_path_factory):
+def turbo_pipeline(tmp_path_factory, tiny_image_clip_dir):
     from dataclasses import replace
 
-    from tiny_image_models import make_clip_folder, write_tiny_model
+    from builders import write_tiny_model
 
     folder = tmp_path_factory.mktemp("turbo")
-    clip = make_clip_folder(folder / "clip")
+    clip = tiny_image_clip_dir
     config, ckpt = write_tiny_model("sdxl_base", clip, folder, "sd_xl_turbo_1.0.safetensors")
     spec = replace(model_specs[ModelArchitecture.SDXL_TURBO], width=64, height=64)
     return SamplingPipeline(config=str(config), ckpt=ckpt, spec=spec, device="cpu")

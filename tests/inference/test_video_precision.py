@@ -3,13 +3,12 @@ the image-only indicator for any batch, and per-step callbacks."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
+from builders import VIDEO_ARCH, wake_zero_weights
 from test_precision_offload import RecordingOffloader, trap_host_reads
-from test_video_sampling import ARCH, ARCH_CONFIG, TINY_CONFIG
+from test_video_sampling import TINY_CONFIG
 
 from sgm import offload
 from sgm.inference.video import build_value_dict, load_video_model, sample_video
@@ -20,22 +19,14 @@ PARTS = ("conditioner", "model", "first_stage_model")
 
 
 @pytest.fixture(scope="module")
-def arch(tmp_path_factory):
-    from open_clip.factory import add_model_config
-
-    folder = tmp_path_factory.mktemp("video_open_clip")
-    (folder / f"{ARCH}.json").write_text(json.dumps(ARCH_CONFIG))
-    add_model_config(folder)
-    return ARCH
+def arch(video_arch_dir):
+    return VIDEO_ARCH
 
 
 def _model(**kwargs) -> torch.nn.Module:
     torch.manual_seed(0)
     model = load_video_model(TINY_CONFIG, None, "cpu", num_frames=FRAMES, num_steps=2, **kwargs)
-    with torch.no_grad():  # zero-initialised output layers would hide the network
-        for param in model.model.parameters():
-            if not param.any():
-                param.normal_(0.0, 0.05)
+    wake_zero_weights(model.model, std=0.05)  # zero output layers would hide the network
     return model
 
 

@@ -5,7 +5,6 @@ through ffmpeg."""
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import subprocess
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from builders import save_state
 
 from sgm.inference.helpers import get_unique_embedder_keys_from_conditioner as _embedder_keys
 from sgm.inference.video import (
@@ -31,12 +31,6 @@ from sgm.inference.video import (
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "sampling" / "simple_video_sample.py"
 TINY_CONFIG = REPO / "tests" / "configs" / "video_tiny_svd.yaml"
-ARCH = "sgm-test-video-tiny"
-ARCH_CONFIG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 224, "layers": 1, "width": 64, "head_width": 32, "patch_size": 32},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 1},
-}
 # Registers the toy CLIP arch with open_clip, then runs the script as __main__.
 LAUNCHER = """
 import runpy, sys
@@ -50,25 +44,16 @@ runpy.run_path(script, run_name="__main__")
 
 
 @pytest.fixture(scope="module")
-def arch_dir(tmp_path_factory):
-    from open_clip.factory import add_model_config
-
-    folder = tmp_path_factory.mktemp("video_open_clip")
-    (folder / f"{ARCH}.json").write_text(json.dumps(ARCH_CONFIG))
-    add_model_config(folder)
-    return folder
+def arch_dir(video_arch_dir):
+    return video_arch_dir
 
 
 @pytest.fixture(scope="module")
 def tiny(arch_dir, tmp_path_factory):
     """The toy engine (random weights, fixed seed) and its .safetensors file."""
-    from safetensors.torch import save_file
-
     torch.manual_seed(0)
     model = load_video_model(TINY_CONFIG, None, "cpu", num_frames=3, num_steps=2)
-    ckpt = tmp_path_factory.mktemp("video_ckpt") / "tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, ckpt)
-    return model, ckpt
+    return model, save_state(model, tmp_path_factory.mktemp("video_ckpt") / "tiny.safetensors")
 
 
 def _png(path: Path, width: int = 70, height: int = 100) -> Path:

@@ -9,24 +9,18 @@ test. ``benchmarks/sample_*.py --compile`` run the default (inductor) backend.
 from __future__ import annotations
 
 import functools
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from builders import write_tiny_model
 from omegaconf import OmegaConf
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "inference"))
-
-from tiny_image_models import make_clip_folder, write_tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, tiny_image_clip_dir):
     """(config path, checkpoint path) of a tiny SDXL-like engine with random weights."""
     root = tmp_path_factory.mktemp("compile_model")
-    clip = make_clip_folder(root / "clip")
-    return write_tiny_model("sdxl_base", clip, root / "model", "tiny.safetensors")
+    return write_tiny_model("sdxl_base", tiny_image_clip_dir, root / "model", "tiny.safetensors")
 
 
 @pytest.fixture

@@ -4,19 +4,13 @@ as computing everything at every step, and projects the text context once per ru
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from builders import write_tiny_model
 from omegaconf import OmegaConf
 
 from sgm.modules import run_cache
 from sgm.modules._attention_layers import CrossAttention
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "inference"))
-
-from tiny_image_models import make_clip_folder, write_tiny_model  # noqa: E402
 
 
 def _counting(fn):
@@ -103,10 +97,9 @@ def test_cross_attention_projects_a_context_once_and_follows_weight_changes():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, tiny_image_clip_dir):
     root = tmp_path_factory.mktemp("run_cache")
-    clip = make_clip_folder(root / "clip")
-    return write_tiny_model("sdxl_base", clip, root / "model", "tiny.safetensors")
+    return write_tiny_model("sdxl_base", tiny_image_clip_dir, root / "model", "tiny.safetensors")
 
 
 def test_sampling_an_engine_projects_the_text_once_per_run_with_the_same_numbers(tiny, monkeypatch):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from builders import released_clip_text_model
 
 from sgm.util import instantiate_from_config, load_configs
 
@@ -40,19 +41,7 @@ def open_clip_shapes(arch, drop):
 
 
 def clip_l_shapes():
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    config = CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        max_position_embeddings=77,
-        hidden_act="quick_gelu",
-    )
-    with torch.device("meta"):
-        model = CLIPTextModel(config)
+    model = released_clip_text_model("clip_l")
     out = {"text_model." + k: tuple(v.shape) for k, v in model.state_dict().items()}
     out["text_model.embeddings.position_ids"] = (1, 77)
     return out
