@@ -221,8 +221,18 @@ class LoadReport:
     def ok(self) -> bool:
         return not (self.missing or self.unexpected or self.wrong_shape)
 
-    def summary(self, max_lines: int = 20) -> str:
-        """One line per key prefix: ``first_stage_model.decoder.*: 12 missing``."""
+    def counts(self) -> str:
+        """``12 missing, 3 unexpected, 1 wrong-shape keys`` (the kinds that occur)."""
+        kinds = (
+            (len(self.missing), "missing"),
+            (len(self.unexpected), "unexpected"),
+            (len(self.wrong_shape), "wrong-shape"),
+        )
+        return ", ".join(f"{n} {what}" for n, what in kinds if n) + " keys" if not self.ok else ""
+
+    def lines(self, max_lines: int = 20) -> list[str]:
+        """One line per key prefix (``first_stage_model.decoder.*: 12 missing``), then
+        the first wrong shapes; past ``max_lines``, a last line says how many more."""
         lines = []
         for what, keys in (
             ("missing", self.missing),
@@ -234,7 +244,11 @@ class LoadReport:
             lines.append(f"  {key}: model {list(expected)}, checkpoint {list(found)}")
         if len(lines) > max_lines:
             lines = lines[:max_lines] + [f"... and {len(lines) - max_lines} more lines"]
-        return "\n".join(lines)
+        return lines
+
+    def summary(self, max_lines: int = 20) -> str:
+        """:meth:`lines` as one text."""
+        return "\n".join(self.lines(max_lines))
 
 
 def remap_legacy_keys(
@@ -257,16 +271,26 @@ def remap_legacy_keys(
 
 def compare_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> LoadReport:
     """Missing, unexpected and wrong-shape keys of ``state_dict`` against ``model``."""
-    own = model.state_dict()
+    return compare_shapes(
+        {k: tuple(v.shape) for k, v in model.state_dict().items()},
+        {k: tuple(v.shape) for k, v in state_dict.items()},
+    )
+
+
+def compare_shapes(
+    expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]]
+) -> LoadReport:
+    """Missing, unexpected and wrong-shape keys of ``found`` (key -> shape) against
+    ``expected``; the constant buffers of ``OPTIONAL_KEY_SUFFIXES`` may be missing."""
     report = LoadReport(
         missing=[
-            k for k in own if k not in state_dict and not ("." + k).endswith(OPTIONAL_KEY_SUFFIXES)
+            k for k in expected if k not in found and not ("." + k).endswith(OPTIONAL_KEY_SUFFIXES)
         ],
-        unexpected=[k for k in state_dict if k not in own],
+        unexpected=[k for k in found if k not in expected],
     )
-    for key, value in state_dict.items():
-        if key in own and tuple(own[key].shape) != tuple(value.shape):
-            report.wrong_shape.append((key, tuple(own[key].shape), tuple(value.shape)))
+    for key, shape in found.items():
+        if key in expected and tuple(expected[key]) != tuple(shape):
+            report.wrong_shape.append((key, tuple(expected[key]), tuple(shape)))
     return report
 
 
@@ -292,7 +316,8 @@ def load_state_dict_into(
     report = compare_state_dict(model, state_dict)
     if not report.ok and strict:
         raise CheckpointError(
-            f"{source} does not match {type(model).__name__}:\n{report.summary()}"
+            f"{source} does not match {type(model).__name__}: {report.counts()}",
+            details=report.lines(max_lines=100),
         )
     bad_shape = {k for k, _, _ in report.wrong_shape}
     loadable = {k: v for k, v in state_dict.items() if k not in bad_shape}

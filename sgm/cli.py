@@ -3,7 +3,8 @@
 A script builds its parser with :class:`ArgumentParser`, checks everything it can while
 parsing (the ``*_arg`` types below raise ``argparse.ArgumentTypeError`` with the reason),
 then does its work inside :func:`run`, which turns any :class:`~sgm.errors.SgmError` into one
-line on stderr and exit status 2::
+line on stderr (followed by the first lines of its report, if it carries one, e.g. the
+per-prefix key counts of a checkpoint that does not match) and exit status 2::
 
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--num_steps", type=positive_int, default=25)
@@ -27,6 +28,8 @@ from typing import Any, NoReturn
 from sgm.errors import InputError, SgmError
 
 DTYPES = ("auto", "fp32", "fp16", "bf16")
+# Lines of an error's report (``SgmError.details``) shown under its one-line message.
+MAX_DETAIL_LINES = 8
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -298,11 +301,22 @@ def run(work: Callable[[], Any], prog: str | None = None) -> int:
     except SgmError as error:
         message = " ".join(str(error).split("\n")[0].split())
         print(f"error: {prog}: {message}", file=sys.stderr)
+        for line in _shown_details(error.details):
+            print(f"  {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _shown_details(details: Sequence[str]) -> list[str]:
+    """The lines of an error's report a command line shows: the first
+    ``MAX_DETAIL_LINES``, then how many more (all of them with ``--verbose``)."""
+    if len(details) <= MAX_DETAIL_LINES or logging.getLogger().isEnabledFor(logging.DEBUG):
+        return list(details)
+    more = len(details) - MAX_DETAIL_LINES
+    return [*details[:MAX_DETAIL_LINES], f"... {more} more (--verbose shows all)"]
 
 
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:

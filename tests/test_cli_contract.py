@@ -379,3 +379,58 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(row, materials, tmp_pat
     assert "this must never run" not in result.stdout
     assert _tree(cwd) == before, "a refused command wrote something"
     assert _tree(watched) == materials_before, "a refused command changed its inputs"
+
+
+def _run_script(script: str, argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *argv],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def mismatched(tmp_path_factory, tiny_image_clip_dir):
+    """(config, checkpoint, missing, unexpected): the tiny SDXL config, and a file holding
+    its weights without the UNet's and with 12 foreign subtrees."""
+    from builders import build_engine, save_state, tiny_image_config
+    from omegaconf import OmegaConf
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("mismatch")
+    config = tiny_image_config("sdxl_base", tiny_image_clip_dir)
+    OmegaConf.save(config, folder / "tiny.yaml")
+    state = build_engine(config).state_dict()
+    missing = [k for k in state if k.startswith("model.diffusion_model.")]
+    kept = {k: v.contiguous() for k, v in state.items() if k not in missing}
+    foreign = {f"foreign.part{i:02d}.weight": torch.zeros(2) for i in range(12)}
+    save_file({**kept, **foreign}, str(folder / "wrong.safetensors"))
+    save_state(build_engine(config), folder / "right.safetensors")
+    return folder / "tiny.yaml", folder / "wrong.safetensors", len(missing), sorted(foreign)
+
+
+def test_checkpoint_mismatch_report_is_shown_bounded(mismatched, tmp_path):
+    # The per-prefix report follows the one-line error: the first lines, then how many more
+    # (all of them with --verbose); nothing is written.
+    config, wrong, n_missing, foreign = mismatched
+    argv = [f"--config={config}", f"--ckpt={wrong}", "--steps=1", "--device=cpu"]
+    argv += ["--output_folder=out", "--width=64", "--height=64"]
+    result = _run_script(IMAGE, argv, tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and str(wrong) in errors[0] and "does not match" in errors[0], lines
+    report = lines[lines.index(errors[0]) + 1 :]
+    expected = [f"model.diffusion_model.*: {n_missing} missing"]
+    expected += [f"{key.rsplit('.', 1)[0]}.*: 1 unexpected" for key in foreign]
+    assert [line.strip() for line in report] == [*expected[:8], "... 5 more (--verbose shows all)"]
+    assert all(line.startswith("  ") for line in report)
+    assert not (tmp_path / "out").exists()
+    verbose = _run_script(IMAGE, [*argv, "--verbose"], tmp_path)
+    shown = [line.strip() for line in verbose.stderr.strip().splitlines()]
+    assert verbose.returncode == 2 and shown[-len(expected) :] == expected, shown[-15:]

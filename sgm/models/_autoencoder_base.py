@@ -76,7 +76,8 @@ class AbstractAutoencoder(pl.LightningModule):
         if missing or unexpected or report.wrong_shape:
             report.missing, report.unexpected = missing, unexpected
             raise CheckpointError(
-                f"{path} does not match {type(self).__name__}:\n{report.summary()}"
+                f"{path} does not match {type(self).__name__}: {report.counts()}",
+                details=report.lines(max_lines=100),
             )
         own = self.state_dict()
         self.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
