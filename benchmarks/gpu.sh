@@ -23,6 +23,8 @@
 # step that also goes to stdout) and logs.tar.gz (every step's log) in RESULTS_DIR; when
 # that is $OUT the logs are packed (a device call returns at most 8 files), else they also
 # stay in RESULTS_DIR as NAME.log / NAME.err.
+# Exit status: 0 when no step failed or timed out (steps skipped for time are listed),
+# 1 otherwise, 2 when the install or the import check fails (before any step runs).
 #
 # Environment: PYTHON (default python, else python3), GPU_WHEELS (default .gpu-wheels),
 # GPU_WHEELS_HERE (more wheels to pick from, default .gpu-wheels-here when it exists: the
@@ -121,6 +123,7 @@ fi
 say "python: $("$PY" -P -c 'import sys, torch, sgm; print(sys.version.split()[0], "torch", torch.__version__, "sgm from", sgm.__file__)'), device: $DEVICE"
 
 SKIPPED=()
+FAILED=()
 fits() {  # fits NAME LIMIT: true if LIMIT seconds are left in the budget
   local left=$((BUDGET - (SECONDS - START)))
   if (($2 > left)); then
@@ -141,8 +144,8 @@ gpu_tests() {  # the gpu-marked tests; on a CPU they are collected (imports chec
   last="$(grep -E '(passed|failed|skipped|deselected|error)' "$WORK/gpu_tests.log" | tail -n 1)"
   case "$rc" in
     0|5) say "gpu tests: ok, ${last:-no result line} (${#files[@]} files)" ;;
-    124|130|137) say "gpu tests: timed out after ${limit}s" ;;
-    *) say "gpu tests: failed (exit $rc), ${last:-no result line}" ;;
+    124|130|137) FAILED+=("gpu tests"); say "gpu tests: timed out after ${limit}s" ;;
+    *) FAILED+=("gpu tests"); say "gpu tests: failed (exit $rc), ${last:-no result line}" ;;
   esac
 }
 
@@ -158,8 +161,8 @@ row() {  # row NAME LIMIT_S FLOOR_KEY ARGS...: run one benchmark under a time li
       > "$WORK/$log"
     case "$?" in
       0) ;;
-      124|130|137) status="timed out" ;;
-      *) status="failed"; tail -n 5 "$WORK/${log%.log}.err" ;;
+      124|130|137) status="timed out"; FAILED+=("$name") ;;
+      *) status="failed"; FAILED+=("$name"); tail -n 5 "$WORK/${log%.log}.err" ;;
     esac
     local ratio
     ratio="$(grep -E '^ratio sgm/diffusers|^compute floor|^low-VRAM' "$WORK/$log" | tr '\n' ';' | sed 's/;$//')"
@@ -181,4 +184,6 @@ row "sdxl compiled" 150 SDXL benchmarks/sample_sdxl.py --compile sgm --repeats 2
 "$PY" benchmarks/gpu_table.py "$WORK" "$DEVICE" > /dev/null
 publish
 skipped="$(IFS=,; echo "${SKIPPED[*]}")"
-say "results: $DIR/results.md, $((SECONDS - START)) s${skipped:+, skipped: $skipped}"
+failed="$(IFS=,; echo "${FAILED[*]}")"
+say "results: $DIR/results.md, $((SECONDS - START)) s${skipped:+, skipped: $skipped}${failed:+, failed: $failed}"
+[[ -z "$failed" ]]
