@@ -148,6 +148,30 @@ def interleaved(
     return seconds, peaks
 
 
+def option_ratio(
+    label: str,
+    off: Callable[[], Any],
+    on: Callable[[], Any],
+    repeats: int,
+    device: torch.device,
+) -> float:
+    """Time a run without and with an option (interleaved, medians) and print the ratio
+    and the PSNR of its output against the output without it (images in [0, 1]);
+    returns the ratio."""
+    first = {name: fn() for name, fn in (("off", off), ("on", on))}
+    images = {k: (v[0] if isinstance(v, tuple) else v).float().cpu() for k, v in first.items()}
+    mse = float(((images["on"] - images["off"]) ** 2).mean())
+    psnr = float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
+    seconds, _ = interleaved({"off": off, "on": on}, repeats, device, warmup=0)
+    t_off, t_on = (statistics.median(seconds[k]) for k in ("off", "on"))
+    ratio = t_off / t_on
+    print(
+        f"{label}: {t_off:.2f} s without, {t_on:.2f} s with (median of {repeats}): "
+        f"{ratio:.2f}x; PSNR vs without {psnr:.1f} dB"
+    )
+    return ratio
+
+
 # --------------------------------------------------------------------------- memory
 
 
@@ -228,13 +252,13 @@ def summary(
     return "\n".join(lines)
 
 
-def without_run_cache(fn: Callable[[], Any]) -> Callable[[], Any]:
+def without_run_cache(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` with ``sgm.modules.run_cache`` off: every step computes all its work."""
     from sgm.modules import run_cache
 
-    def run() -> Any:
+    def run(**kwargs: Any) -> Any:
         with run_cache.disabled():
-            return fn()
+            return fn(**kwargs)
 
     return run
 

@@ -38,6 +38,7 @@ from _pipeline import (
     diffusers_pipeline,
     interleaved,
     max_abs_diff,
+    option_ratio,
     peak_in_fresh_process,
     peak_of_run,
     randomize,
@@ -216,7 +217,7 @@ def make_runs(args, engine, pipe):
         captured["latents"] = kwargs["latents"]
         return kwargs
 
-    def run_sgm():
+    def run_sgm(deepcache=None):
         return do_sample(
             engine,
             sampler,
@@ -230,6 +231,7 @@ def make_runs(args, engine, pipe):
             noise=noise.to(device),
             return_latents=True,
             dtype=args.sgm_dtype,
+            deepcache=deepcache,
         )
 
     def run_diffusers():
@@ -249,6 +251,22 @@ def make_runs(args, engine, pipe):
     if args.no_run_cache:
         run_sgm = without_run_cache(run_sgm)
     return {"sgm": run_sgm, "diffusers": run_diffusers}
+
+
+def run_deepcache(args, run_sgm) -> None:
+    """sgm with DeepCache against sgm without it: time ratio and PSNR."""
+    from sgm.modules.diffusionmodules.deepcache import DeepCache
+
+    options = DeepCache(args.deepcache, args.deepcache_branch)
+    full = len(options.full_steps(args.steps))
+    option_ratio(
+        f"DeepCache interval {args.deepcache}, branch {args.deepcache_branch} "
+        f"({full} of {args.steps} steps whole)",
+        run_sgm,
+        lambda: run_sgm(deepcache=options),
+        args.repeats,
+        torch.device(args.device),
+    )
 
 
 def check_same(runs, args) -> None:
@@ -302,6 +320,14 @@ def parse_args(argv=None):
         help="CPU: sgm computes in bfloat16 (autocast; first stage float32), "
         "diffusers stays float32 (the output check allows 5e-2)",
     )
+    parser.add_argument(
+        "--deepcache",
+        type=int,
+        default=0,
+        metavar="N",
+        help="time sgm with DeepCache (one full network step in N) against sgm without it",
+    )
+    parser.add_argument("--deepcache-branch", type=int, default=0, metavar="B")
     parser.add_argument("--child", choices=["sgm", "diffusers"], help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -344,6 +370,9 @@ def main() -> None:
             f"{args.threads} threads, compile={args.compile}, median of {args.repeats}"
         )
         runs = make_runs(args, engine, pipe)
+        if args.deepcache:
+            run_deepcache(args, runs["sgm"])
+            return
         check_same(runs, args)
         seconds, peaks = interleaved(runs, args.repeats, torch.device(args.device), warmup=0)
         # CUDA: the allocator's peaks during the timed runs; CPU: resident set

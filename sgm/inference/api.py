@@ -29,6 +29,7 @@ from .sampling_params import (  # noqa: F401  (importable from here)
     Sampler,
     SamplingParams,
     Thresholder,
+    deepcache_of,
     get_discretization_config,
     get_guider_config,
     get_sampler_config,
@@ -231,6 +232,7 @@ class SamplingPipeline:
             return_latents=return_latents,
             seed=seed,
             callback=callback,
+            deepcache=deepcache_of(params),
         )
 
     def _check(
@@ -281,6 +283,7 @@ class SamplingPipeline:
             return_latents=return_latents,
             seed=seed,
             callback=callback,
+            deepcache=deepcache_of(params),
         )
 
     def refiner(
@@ -328,6 +331,7 @@ class SamplingPipeline:
             seed=seed,
             add_noise=add_noise,
             callback=callback,
+            deepcache=deepcache_of(params),
         )
 
 

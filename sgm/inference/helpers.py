@@ -20,6 +20,7 @@ from einops import rearrange
 
 from ..errors import InputError
 from ..models.engine_run import EngineRun, to_unit
+from ..modules.diffusionmodules.deepcache import DeepCache
 from ..output_files import write_new_file
 from ..util import append_dims
 from .batch import (  # noqa: F401  (importable from here)
@@ -137,20 +138,22 @@ def do_sample(
     noise: torch.Tensor | None = None,
     dtype: torch.dtype | str | None = None,
     callback: Callable[[dict], Any] | None = None,
+    deepcache: DeepCache | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Sample ``num_samples`` images of ``H x W`` from noise; returns them in [0, 1].
 
     The device defaults to the model's; ``seed`` (or ``generator``) makes the start
     noise and the sampler's noise reproducible. ``noise`` gives the unit start noise
     ``(num_samples, C, H // F, W // F)`` instead. ``dtype`` is the compute precision
-    (``sgm.precision``); ``callback`` gets the sampler's per-step dictionary.
+    (``sgm.precision``); ``callback`` gets the sampler's per-step dictionary;
+    ``deepcache`` reuses the network's deep features between steps (``DeepCache``).
     """
     device = torch.device(device) if device is not None else model_device(model)
     generator = _generator(device, seed, generator)
     shape = (num_samples, C, H // F, W // F)
     if noise is not None and tuple(noise.shape) != shape:
         raise InputError(f"do_sample: noise must have shape {shape}, got {tuple(noise.shape)}")
-    with EngineRun(model, device, dtype) as run:
+    with EngineRun(model, device, dtype, deepcache=deepcache) as run:
         batch, c, uc = _conditioning(run, value_dict, num_samples, force_uc_zero_embeddings)
         extra = {k: batch[k] for k in (batch2model_input or [])}
         randn = _randn(shape, device, generator) if noise is None else noise.to(device)
@@ -184,6 +187,7 @@ def do_img2img(
     add_noise: bool = True,
     dtype: torch.dtype | str | None = None,
     callback: Callable[[dict], Any] | None = None,
+    deepcache: DeepCache | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Noise ``img`` (or its latents with ``skip_encode``) to the first sigma and denoise.
 
@@ -191,11 +195,11 @@ def do_img2img(
     model stopped by :class:`Txt2NoisyDiscretizationWrapper`) and only denoises them.
     A ``seed`` (or ``generator``) fixes everything random, the first stage's posterior
     sample included.
-    ``dtype`` and ``callback`` as in :func:`do_sample`.
+    ``dtype``, ``callback`` and ``deepcache`` as in :func:`do_sample`.
     """
     device = torch.device(device) if device is not None else model_device(model)
     generator = _generator(device, seed, generator)
-    with EngineRun(model, device, dtype) as run:
+    with EngineRun(model, device, dtype, deepcache=deepcache) as run:
         _, c, uc = _conditioning(run, value_dict, num_samples, force_uc_zero_embeddings)
         for k, v in (additional_kwargs or {}).items():
             c[k] = uc[k] = v

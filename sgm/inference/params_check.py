@@ -39,6 +39,8 @@ _RANGES: dict[str, tuple[type, float, float | None, bool]] = {
     "s_noise": (float, 0.0, None, True),
     "eta": (float, 0.0, None, True),
     "order": (int, 1, None, True),
+    "deepcache": (int, 0, None, True),
+    "deepcache_branch": (int, 0, None, True),
 }
 
 

@@ -8,6 +8,7 @@ from enum import Enum
 from typing import Any
 
 from ..errors import InputError
+from ..modules.diffusionmodules.deepcache import DeepCache
 from .params_check import check_sampling_params
 from .samplers import make_sampler
 
@@ -73,6 +74,8 @@ class SamplingParams:
     s_noise: float = 1.0
     eta: float = 1.0
     order: int = 4
+    deepcache: int = 0
+    deepcache_branch: int = 0
 
     def __post_init__(self) -> None:
         check_sampling_params(self)
@@ -96,6 +99,14 @@ def get_discretization_config(params: SamplingParams) -> dict[str, Any]:
         return {"target": target}
     sigmas = {"sigma_min": params.sigma_min, "sigma_max": params.sigma_max, "rho": params.rho}
     return {"target": target, "params": sigmas}
+
+
+def deepcache_of(params: SamplingParams) -> DeepCache | None:
+    """DeepCache settings of ``params`` (``deepcache``: one full step in that many; 0
+    or 1: off), None when off."""
+    if params.deepcache <= 1:
+        return None
+    return DeepCache(int(params.deepcache), int(params.deepcache_branch))
 
 
 def sampler_config(params: SamplingParams) -> dict[str, Any]:

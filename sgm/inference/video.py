@@ -16,6 +16,7 @@ import torch
 from ..config import load_configs
 from ..errors import ConfigError, InputError
 from ..models.engine_run import EngineRun, to_unit
+from ..modules.diffusionmodules.deepcache import DeepCache
 from ..output_files import write_new_file
 from .batch import get_batch, get_unique_embedder_keys_from_conditioner
 from .engines import check_checkpoint, load_engine
@@ -184,6 +185,7 @@ def sample_video(
     dtype: str | torch.dtype | None = None,
     callback: Callable[[dict], Any] | None = None,
     encoding_t: int | None = None,
+    deepcache: DeepCache | None = None,
 ) -> torch.Tensor:
     """Sample ``num_frames`` frames conditioned on ``value_dict``; ``(T, 3, H, W)`` in [0, 1].
 
@@ -193,7 +195,8 @@ def sample_video(
     precision ``dtype`` (default: the model's ``compute_dtype``, else fp16 on CUDA and
     float32 elsewhere); the first stage keeps float32 when its config says so.
     ``decoding_t`` / ``encoding_t`` frames are decoded / encoded at a time (the model's
-    settings are restored afterwards); ``callback`` gets the sampler's per-step dict.
+    settings are restored afterwards); ``callback`` gets the sampler's per-step dict;
+    ``deepcache`` reuses the network's deep features between steps (``DeepCache``).
     """
     if generator is None:
         generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
@@ -204,6 +207,7 @@ def sample_video(
         ema=False,
         decoding_t=decoding_t,
         encoding_t=encoding_t,
+        deepcache=deepcache,
     ) as run:
         return _sample_video(
             run, value_dict, num_frames, generator, replace_last_with_input, callback

@@ -28,6 +28,8 @@ import torch
 
 from .. import offload, precision
 from ..devices import device_of
+from ..modules.diffusionmodules import deepcache as feature_reuse
+from ..modules.diffusionmodules.deepcache import DeepCache
 
 Cond = dict[str, Any]
 Denoiser = Callable[..., torch.Tensor]
@@ -61,6 +63,8 @@ class EngineRun:
         decoding_t: latents decoded at a time (default: the engine's setting).
         encoding_t: conditioning frames encoded at a time by the embedders that take the
             setting (default: theirs).
+        deepcache: reuse the network's deep features between steps (``DeepCache``
+            settings; None: every step runs the whole network).
     """
 
     def __init__(
@@ -73,6 +77,7 @@ class EngineRun:
         ema: bool = True,
         decoding_t: int | None = None,
         encoding_t: int | None = None,
+        deepcache: DeepCache | None = None,
     ) -> None:
         self.engine = engine
         self.device = torch.device(device) if device is not None else engine_device(engine)
@@ -81,6 +86,9 @@ class EngineRun:
         self.ema = ema
         self.decoding_t = decoding_t
         self.encoding_t = encoding_t
+        self.deepcache = deepcache
+        if deepcache is not None:
+            deepcache.check_network(getattr(engine.model, "diffusion_model", engine.model))
         self._stack: contextlib.ExitStack | None = None
 
     # ------------------------------------------------------------------ the block
@@ -95,6 +103,7 @@ class EngineRun:
                 stack.enter_context(self.engine.ema_scope())
             stack.enter_context(offload.released(self.engine))
             stack.enter_context(self.chunking())
+            stack.enter_context(feature_reuse.enabled(self.deepcache))
         except BaseException:
             stack.close()
             raise

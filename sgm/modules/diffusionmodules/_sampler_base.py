@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ...util import default, instantiate_from_config
-from .. import run_cache
+from .. import run_cache, sampling_step
 
 logger = logging.getLogger(__name__)
 
@@ -221,11 +221,13 @@ class BaseDiffusionSampler:
                     schedule,
                     final[i],
                 )
-                if step_inputs is None:
-                    out = self.loop_step(step, x, denoiser, cond, uc, state, **denoiser_kwargs)
-                    x = out.x
-                else:
-                    out, x = self._reordered_step(step, x, step_inputs(i), state, denoiser_kwargs)
+                with sampling_step.at(i, num_sigmas - 1):
+                    if step_inputs is None:
+                        out = self.loop_step(step, x, denoiser, cond, uc, state, **denoiser_kwargs)
+                        x = out.x
+                    else:
+                        inputs = step_inputs(i)
+                        out, x = self._reordered_step(step, x, inputs, state, denoiser_kwargs)
                 if callback is not None:
                     sigma_hat = sigmas[i] * (out.gamma + 1)
                     callback(

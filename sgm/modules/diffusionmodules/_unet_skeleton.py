@@ -21,6 +21,7 @@ from torch import nn
 from ...errors import ConfigError, InputError
 from ..attention import SpatialTransformer
 from ..layers import conv_nd, linear, normalization, timestep_embedding, zero_module
+from . import deepcache
 from ._unet_blocks import (
     AttentionBlock,
     Downsample,
@@ -288,6 +289,10 @@ class UNetSkeleton(nn.Module):
     ) -> torch.Tensor:
         """Embed, then run the input blocks, the middle block and the output blocks."""
         emb = self._embedding(x, timesteps, y)
+        # TorchDynamo traces the plain network (reading the context variable breaks graphs)
+        reuse = None if torch.compiler.is_compiling() else deepcache.active()
+        if reuse is not None:
+            return deepcache.forward(self, reuse, x, emb, context, extras)
         skips = []
         h = x
         for module in self.input_blocks:
