@@ -13,6 +13,7 @@ AttributeError, ImportError or TypeError.
 from __future__ import annotations
 
 import ast
+import functools
 import gzip
 from pathlib import Path
 
@@ -32,6 +33,7 @@ GUARD_EXCEPTIONS = {
 }
 
 
+@functools.lru_cache(maxsize=None)
 def load_diff(path: Path = DIFF) -> tuple[set[str], set[str], str]:
     names, params, header = set(), set(), ""
     for line in gzip.decompress(path.read_bytes()).decode().splitlines():
@@ -95,23 +97,26 @@ def _guarded(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
     return False
 
 
-def torch_uses(source: str) -> list[tuple[str, int, tuple[str, ...], bool]]:
-    """(dotted torch path, line, keywords passed, guarded) for each torch reference."""
+def torch_uses(source: str, wanted=None) -> list[tuple[str, int, tuple[str, ...], bool]]:
+    """(dotted torch path, line, keywords passed, guarded) for each torch reference.
+
+    `wanted(path, keywords)`, when given, picks the references to return.
+    """
     tree = ast.parse(source)
     aliases = _aliases(tree)
     parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
-    uses = []
+    found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             if node.module == "torch" or node.module.startswith("torch."):
                 for a in node.names:
                     path = node.module if a.name == "*" else f"{node.module}.{a.name}"
-                    uses.append((path, node.lineno, (), _guarded(node, parents)))
+                    found.append((path, node, ()))
             continue
         if isinstance(node, ast.Import):
             for a in node.names:
                 if a.name.startswith("torch."):
-                    uses.append((a.name, node.lineno, (), _guarded(node, parents)))
+                    found.append((a.name, node, ()))
             continue
         if not isinstance(node, (ast.Attribute, ast.Name)):
             continue
@@ -127,8 +132,12 @@ def torch_uses(source: str) -> list[tuple[str, int, tuple[str, ...], bool]]:
         keywords = ()
         if isinstance(call, ast.Call) and call.func is node:
             keywords = tuple(k.arg for k in call.keywords if k.arg)
-        uses.append((path, node.lineno, keywords, _guarded(node, parents)))
-    return uses
+        found.append((path, node, keywords))
+    return [
+        (path, node.lineno, keywords, _guarded(node, parents))
+        for path, node, keywords in found
+        if wanted is None or wanted(path, keywords)
+    ]
 
 
 def newer_than_minimum(path: str, keywords, names: set[str], params: set[str]) -> list[str]:
@@ -145,12 +154,16 @@ def newer_than_minimum(path: str, keywords, names: set[str], params: set[str]) -
 
 def unguarded_new_uses(root: Path = ROOT) -> list[str]:
     names, params, _ = load_diff()
+
+    def is_new(path, keywords):
+        return bool(newer_than_minimum(path, keywords, names, params))
+
     problems = []
     for folder in SCANNED:
         for file in sorted((root / folder).rglob("*.py")):
-            for path, line, keywords, guarded in torch_uses(file.read_text()):
+            for path, line, keywords, guarded in torch_uses(file.read_text(), is_new):
                 new = newer_than_minimum(path, keywords, names, params)
-                if new and not guarded:
+                if not guarded:
                     rel = file.relative_to(root)
                     problems.append(f"{rel}:{line}: {', '.join(new)} is newer than torch {MINIMUM}")
     return problems
@@ -225,3 +238,18 @@ def test_scanner_sees_the_library(folder):
     paths = {u[0] for f in (ROOT / folder).rglob("*.py") for u in torch_uses(f.read_text())}
     assert "torch.no_grad" in paths or "torch.inference_mode" in paths
     assert any(p.startswith("torch.nn.functional.") for p in paths)
+
+
+def test_a_planted_new_api_use_is_reported_with_its_place(tmp_path):
+    (tmp_path / "sgm").mkdir()
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "sgm" / "m.py").write_text(
+        "import torch\n\n\ndef f(a, b):\n    return torch.nn.functional.linear_cross_entropy(a, b)\n"
+    )
+    (tmp_path / "benchmarks" / "ok.py").write_text(
+        "import torch\n\ntry:\n    f = torch.nn.functional.linear_cross_entropy\n"
+        "except AttributeError:\n    f = None\n"
+    )
+    assert unguarded_new_uses(tmp_path) == [
+        "sgm/m.py:5: torch.nn.functional.linear_cross_entropy is newer than torch 2.11"
+    ]
