@@ -112,7 +112,11 @@ fi
 if [[ $MODE == gpu ]]; then
   SIZE=(--gpu)
   LOWVRAM=(--gpu)
-  DEVICE="$("$PY" -c 'import torch; print(torch.cuda.get_device_name(0))' 2>/dev/null || echo GPU)"
+  if ! DEVICE="$("$PY" -c 'import torch; print(torch.cuda.get_device_name(0))' 2>/dev/null)"; then
+    say "device: no CUDA device for $PY's torch (--cpu-smoke runs the steps on the CPU)"
+    publish
+    exit 2
+  fi
 else
   SIZE=(--quick --in-memory --repeats 1)
   LOWVRAM=()
@@ -133,10 +137,11 @@ fits() {  # fits NAME LIMIT: true if LIMIT seconds are left in the budget
   fi
 }
 
+GPU_MARK='^\s*(@pytest\.mark\.gpu|pytestmark\b.*mark\.gpu)'
 gpu_tests() {  # the gpu-marked tests; on a CPU they are collected (imports checked) and skipped
   local limit=$((90 * SCALE)) files
   fits "gpu tests" "$limit" || return
-  mapfile -t files < <(grep -rl --include='test_*.py' 'pytest.mark.gpu' tests | sort)
+  mapfile -t files < <(grep -rlE --include='test_*.py' "$GPU_MARK" tests | sort)
   # -P: the installed sgm, not the checkout's folder, is the one imported.
   timeout --signal=INT --kill-after=10 "$limit" "$PY" -P -m pytest -q -p no:cacheprovider \
     -m gpu -ra "${files[@]}" > "$WORK/gpu_tests.log" 2>&1
