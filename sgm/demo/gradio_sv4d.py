@@ -93,7 +93,7 @@ class Sv4dApp:
     ) -> tuple[str, str]:
         """Sample; returns (SV3D views mp4, 3 x 3 grid mp4). Bad input raises ``SgmError``
         before a model is touched."""
-        from ..inference import sv4d, sv4d_cli, video_io
+        from ..inference import sv4d, sv4d_job, video_io
         from ..util import resolve_device
 
         if not video:
@@ -109,9 +109,9 @@ class Sv4dApp:
             raise CheckpointError(self.problem)
         if remove_bg:
             video_io.check_background_removal()
-        frames = sv4d_cli.read_input(str(video), sv4d.SV4D_FRAMES)
+        frames = sv4d_job.read_input(str(video), sv4d.SV4D_FRAMES)
         polars, azimuths = sv4d.orbit_rad(sv4d.SV3D_VIEWS, 10.0, None)
-        processed = sv4d_cli.prepare_input(frames, self.img_size, 0.917, bool(remove_bg))
+        processed = sv4d_job.prepare_input(frames, self.img_size, 0.917, bool(remove_bg))
         tensor = video_io.frames_to_tensor(processed)
         device = resolve_device(self.options.device)
         generator = torch.Generator().manual_seed(int(seed))
@@ -143,7 +143,7 @@ class Sv4dApp:
                 "_t000.mp4": ((torch.stack(first) + 1) / 2).clamp(0, 1),
                 "_grid.mp4": grid_video(grid),
             }
-            written = sv4d_cli.write_videos(
+            written = sv4d_job.write_videos(
                 Path(self.options.outputs) / "sv4d", videos, per_run=len(videos)
             )
         return str(written[0]), str(written[1])

@@ -1,0 +1,75 @@
+"""The flags both SV4D command lines take (``sample_4d``, ``sample_4d2``)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .. import cli
+
+
+def add_common_args(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
+    """The flags both SV4D scripts take, with the script's ``defaults``."""
+    p = parser
+    p.add_argument(
+        "--input_path",
+        default=defaults["input_path"],
+        help="a gif or mp4, a folder of jpg/png frames, or a glob pattern",
+    )
+    p.add_argument("--output_folder", type=cli.output_folder, default=defaults["output_folder"])
+    p.add_argument("--num_steps", type=cli.positive_int, default=defaults["num_steps"])
+    p.add_argument(
+        "--img_size",
+        type=cli.multiple_of(64),
+        default=576,
+        help="image resolution (a multiple of 64)",
+    )
+    p.add_argument("--seed", type=cli.non_negative_int, default=23)
+    p.add_argument(
+        "--encoding_t",
+        type=cli.positive_int,
+        default=8,
+        help="frames encoded at a time (lower it if memory runs out)",
+    )
+    p.add_argument(
+        "--decoding_t",
+        type=cli.positive_int,
+        default=4,
+        help="frames decoded at a time (lower it if memory runs out)",
+    )
+    p.add_argument(
+        "--elevations_deg",
+        type=cli.float_list,
+        default=defaults["elevations_deg"],
+        help="one elevation, or one per view",
+    )
+    p.add_argument(
+        "--azimuths_deg",
+        type=cli.float_list,
+        default=None,
+        help="one azimuth per view (default: the release's)",
+    )
+    p.add_argument(
+        "--image_frame_ratio",
+        type=cli.unit_interval,
+        default=defaults["image_frame_ratio"],
+        help="fraction of the frame the object fills",
+    )
+    p.add_argument("--verbose", type=cli.boolean, nargs="?", const=True, default=False)
+    p.add_argument(
+        "--remove_bg",
+        type=cli.boolean,
+        nargs="?",
+        const=True,
+        default=False,
+        help="cut the background out with rembg (extra: sgm[rembg])",
+    )
+    p.add_argument(
+        "--config",
+        type=cli.existing_file,
+        default=None,
+        help="model config (default: the release's)",
+    )
+    cli.add_device_args(p)
+    cli.add_compile_arg(p)
+    cli.add_lora_arg(p)
