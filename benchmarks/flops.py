@@ -45,12 +45,15 @@ def count(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-def _network_params(config: str) -> dict:
-    cfg = OmegaConf.load(os.path.join(ROOT, config))
+def _network_params(release: str) -> dict:
+    """The network params of a release's packaged config (``sgm.inference.releases``)."""
+    from sgm.inference.releases import config_path
+
+    cfg = OmegaConf.load(config_path(release))
     return OmegaConf.to_container(cfg.model.params.network_config.params)
 
 
-def image_unet(config: str, latent: int, context: int, adm: int | None, batch: int = 1):
+def image_unet(release: str, latent: int, context: int, adm: int | None, batch: int = 1):
     """sgm UNetModel and diffusers UNet2DConditionModel of a released image config."""
 
     def build():
@@ -59,7 +62,9 @@ def image_unet(config: str, latent: int, context: int, adm: int | None, batch: i
 
         from sgm.modules.diffusionmodules.openaimodel import UNetModel
 
-        cfg = OmegaConf.to_container(OmegaConf.load(os.path.join(ROOT, config)))
+        from sgm.inference.releases import config_path
+
+        cfg = OmegaConf.to_container(OmegaConf.load(config_path(release)))
         params = cfg["model"]["params"]["network_config"]["params"]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -87,7 +92,7 @@ def video_unet(frames: int, height: int, width: int):
 
         from sgm.modules.diffusionmodules.video_model import VideoUNet
 
-        params = _network_params("scripts/sampling/configs/svd.yaml")
+        params = _network_params("svd")
         params.update(use_checkpoint=False)
         mc, mult = params["model_channels"], params["channel_mult"]
         n = len(mult)
@@ -140,7 +145,9 @@ def vae_decoder(latent: int):
 
         from sgm.util import instantiate_from_config
 
-        cfg = OmegaConf.load(os.path.join(ROOT, "configs/inference/sd_xl_base.yaml"))
+        from sgm.inference.releases import config_path
+
+        cfg = OmegaConf.load(config_path("sdxl_base_1.0"))
         first_stage = cfg.model.params.first_stage_config
         ours = instantiate_from_config(first_stage).eval()
         plain = {"model": {"params": {"first_stage_config": OmegaConf.to_container(first_stage)}}}
@@ -158,12 +165,12 @@ def vae_decoder(latent: int):
 WORKLOADS = [
     Workload(
         "sd2.1 unet",
-        image_unet("configs/inference/sd_2_1_768.yaml", 96, 1024, None),
+        image_unet("sd2.1_768", 96, 1024, None),
         "768x768, batch 1",
     ),
     Workload(
         "sdxl unet",
-        image_unet("configs/inference/sd_xl_base.yaml", 128, 2048, 2816),
+        image_unet("sdxl_base_1.0", 128, 2048, 2816),
         "1024x1024, batch 1",
     ),
     Workload("svd-xt unet", video_unet(25, 72, 128), "25 frames 576x1024"),

@@ -32,6 +32,8 @@ import sgm  # noqa: F401  (must precede diffusers)
 import torch
 from omegaconf import OmegaConf
 
+from sgm.inference.releases import config_path
+
 from _pipeline import (
     child_report,
     compile_diffusers,
@@ -47,7 +49,7 @@ from _pipeline import (
 )
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-CONFIG = os.path.join(ROOT, "configs", "inference", "sd_xl_base.yaml")
+CONFIG = str(config_path("sdxl_base_1.0"))  # the release registry's packaged config
 PROMPT = "a photograph of an astronaut riding a horse on the moon"
 BIGG = "sgm-bench-bigg"
 # Scaled-down text towers: real depths, small widths.

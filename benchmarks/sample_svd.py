@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from sgm.inference.releases import config_path
+
 from _pipeline import (
     child_report,
     compile_diffusers,
@@ -52,7 +54,6 @@ from _pipeline import (
 )
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-CONFIGS = os.path.join(ROOT, "scripts", "sampling", "configs")
 VITH = "sgm-bench-vith"
 # ViT-H/14's structure (patch 14 at 224 px) at a small width and depth.
 VITH_ARCH = {
@@ -83,7 +84,7 @@ def register_image_tower(workdir: str) -> None:
 
 
 def make_config(args):
-    config = OmegaConf.load(os.path.join(CONFIGS, "svd_xt.yaml" if args.full else "svd.yaml"))
+    config = OmegaConf.load(config_path("svd_xt" if args.full else "svd"))
     params = config.model.params
     params.pop("ckpt_path", None)
     unet = params.network_config.params

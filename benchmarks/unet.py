@@ -28,7 +28,9 @@ import torch
 import torchvision  # noqa: F401
 from omegaconf import OmegaConf
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "inference", "sd_xl_base.yaml")
+from sgm.inference.releases import config_path
+
+CONFIG = str(config_path("sdxl_base_1.0"))
 
 
 def rss_bytes() -> int:

@@ -14,7 +14,6 @@ from __future__ import annotations
 # isort: skip_file
 
 import argparse
-import os
 import sys
 import warnings
 
@@ -24,11 +23,11 @@ import sgm  # noqa: F401  (must precede diffusers)
 import torch
 from omegaconf import OmegaConf
 
+from sgm.inference.releases import config_path
+
 from _common import interleaved, memory_in_fresh_process, print_summary, report_memory
 
-CONFIG = os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), "..", "configs", "inference", "sd_xl_base.yaml"
-)
+CONFIG = str(config_path("sdxl_base_1.0"))  # the release registry's packaged config
 
 
 def build(args):

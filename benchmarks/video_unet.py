@@ -23,10 +23,12 @@ import sgm  # noqa: F401  (must precede diffusers)
 import torch
 from omegaconf import OmegaConf
 
+from sgm.inference.releases import config_path
+
 from _common import interleaved, memory_in_fresh_process, print_summary, report_memory
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-CONFIG = os.path.join(ROOT, "scripts", "sampling", "configs", "svd.yaml")
+CONFIG = str(config_path("svd"))
 from sgm.convert.svd_keys import svd_unet_key_map as make_key_map  # noqa: E402
 
 TIME_EMBED_DIM = 256  # fps_id, motion_bucket_id, cond_aug: 3 x 256 = adm_in_channels
