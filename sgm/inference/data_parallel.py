@@ -231,9 +231,10 @@ def run_items(
         if bar is not None:
             bar.close()
     made_all = sum(s.made for s in statuses)
-    line = summary(statuses, len(pending) - made_all, len(items))
-    if line is not None:
-        raise RunFailed(line)
+    if not all(s.ok for s in statuses):
+        recorded = manifest.read()
+        missing = sum(1 for item in items if item.index not in recorded)
+        raise RunFailed(summary(statuses, missing, len(items)))
     if world.is_main:
         manifest.merge()
     return RunReport(made, made_all, done, len(items))

@@ -136,11 +136,9 @@ class RunStatus:
         return [statuses[r] for r in range(self.world_size)]
 
 
-def summary(statuses: list[RankStatus], missing: int, total: int) -> str | None:
-    """One line naming the dead and failed ranks (None when all finished)."""
+def summary(statuses: list[RankStatus], missing: int, total: int) -> str:
+    """One line naming the dead and failed ranks and what is left to make."""
     bad = [s for s in statuses if not s.ok]
-    if not bad:
-        return None
     parts = []
     for status in bad:
         if status.dead:
