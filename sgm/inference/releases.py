@@ -75,6 +75,9 @@ class Release:
     motion_bucket_id: int | None = None
     n_time: int | None = None  # SV4D: frames x views of one sampled window
     n_view: int | None = None
+    elevation_deg: float | None = None  # SV4D: default camera values
+    azimuths_deg: tuple[float, ...] | None = None
+    window_overlap: int | None = None  # SV4D: frames shared by consecutive windows
 
     @property
     def is_turbo(self) -> bool:
@@ -200,7 +203,15 @@ def _sv3d(name: str, keys: tuple[str, ...]) -> Release:
     )
 
 
-def _sv4d(name: str, steps: int, guider: str, scales: tuple[float, float], window) -> Release:
+def _sv4d(
+    name: str,
+    steps: int,
+    guider: str,
+    scales: tuple[float, float],
+    window: tuple[int, int],
+    camera: tuple[float, tuple[float, ...] | None],
+    overlap: int = 1,
+) -> Release:
     return Release(
         name,
         "sv4d",
@@ -220,6 +231,9 @@ def _sv4d(name: str, steps: int, guider: str, scales: tuple[float, float], windo
         cond_aug=0.0,
         n_time=window[0],
         n_view=window[1],
+        elevation_deg=camera[0],
+        azimuths_deg=camera[1],
+        window_overlap=overlap,
     )
 
 
@@ -304,10 +318,25 @@ _RELEASES = (
     _video("svd_xt_1_1", 25, 30, xt=True, decoding_t=7),
     _sv3d("sv3d_u", _SV3D_KEYS),
     _sv3d("sv3d_p", (*_SV3D_KEYS, "polars_rad", "azimuths_rad")),
-    _sv4d("sv4d", 20, "SpatiotemporalPredictionGuider", (2.0, 1.0), (5, 8)),
+    _sv4d("sv4d", 20, "SpatiotemporalPredictionGuider", (2.0, 1.0), (5, 8), (10.0, None)),
     # the original's 4-view script asks for min_cfg 2.0, which its linear guider ignores
-    _sv4d("sv4d2", 50, "LinearPredictionGuider", (2.0, 1.0), (12, 4)),
-    _sv4d("sv4d2_8views", 50, "SpatiotemporalPredictionGuider", (2.5, 1.5), (5, 8)),
+    _sv4d(
+        "sv4d2",
+        50,
+        "LinearPredictionGuider",
+        (2.0, 1.0),
+        (12, 4),
+        (0.0, (0, 60, 120, 180, 240)),
+        overlap=0,
+    ),
+    _sv4d(
+        "sv4d2_8views",
+        50,
+        "SpatiotemporalPredictionGuider",
+        (2.5, 1.5),
+        (5, 8),
+        (0.0, (0, 30, 75, 120, 165, 210, 255, 300, 330)),
+    ),
 )
 RELEASES: dict[str, Release] = {r.name: r for r in _RELEASES}
 

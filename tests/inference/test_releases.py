@@ -123,3 +123,20 @@ def test_unknown_names_list_the_known_ones():
         reg.releases("audio")
     with pytest.raises(InputError, match="unknown model_id"):
         reg.for_architecture("sdxl")
+
+
+def test_sv4d_releases_agree_with_the_sv4d_sampling_specs():
+    from sgm.inference.sv4d import SPECS
+
+    assert set(SPECS) == set(reg.names("sv4d"))
+    for name, spec in SPECS.items():
+        release = reg.get_release(name)
+        assert (release.n_time, release.n_view) == (spec.n_time, spec.n_view)
+        assert (release.guider, release.max_scale, release.min_scale) == (
+            spec.guider,
+            spec.max_scale,
+            spec.min_scale,
+        )
+        assert release.elevation_deg == spec.elevation_deg
+        assert release.azimuths_deg == spec.azimuths_deg
+        assert release.window_overlap == spec.window_overlap
