@@ -33,6 +33,7 @@ from .sampling_params import (  # noqa: F401  (importable from here)
     get_discretization_config,
     get_guider_config,
     get_sampler_config,
+    tome_of,
 )
 from .specs import (  # noqa: F401  (importable from here)
     SD_XL_BASE_RATIOS,
@@ -233,6 +234,7 @@ class SamplingPipeline:
             seed=seed,
             callback=callback,
             deepcache=deepcache_of(params),
+            tome=tome_of(params),
         )
 
     def _check(
@@ -284,6 +286,7 @@ class SamplingPipeline:
             seed=seed,
             callback=callback,
             deepcache=deepcache_of(params),
+            tome=tome_of(params),
         )
 
     def refiner(
@@ -332,6 +335,7 @@ class SamplingPipeline:
             add_noise=add_noise,
             callback=callback,
             deepcache=deepcache_of(params),
+            tome=tome_of(params),
         )
 
 

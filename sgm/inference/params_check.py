@@ -41,6 +41,8 @@ _RANGES: dict[str, tuple[type, float, float | None, bool]] = {
     "order": (int, 1, None, True),
     "deepcache": (int, 0, None, True),
     "deepcache_branch": (int, 0, None, True),
+    "tome": (float, 0.0, None, True),
+    "tome_max_downsample": (int, 1, 8, True),
 }
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..modules.diffusionmodules.deepcache import DeepCache
+from ..modules.token_merging import TokenMerging
 from .params_check import check_sampling_params
 from .samplers import make_sampler
 
@@ -76,6 +77,8 @@ class SamplingParams:
     order: int = 4
     deepcache: int = 0
     deepcache_branch: int = 0
+    tome: float = 0.0
+    tome_max_downsample: int = 1
 
     def __post_init__(self) -> None:
         check_sampling_params(self)
@@ -107,6 +110,14 @@ def deepcache_of(params: SamplingParams) -> DeepCache | None:
     if params.deepcache <= 1:
         return None
     return DeepCache(int(params.deepcache), int(params.deepcache_branch))
+
+
+def tome_of(params: SamplingParams) -> TokenMerging | None:
+    """Token merging settings of ``params`` (``tome``: the share of tokens merged; 0:
+    off), None when off."""
+    if params.tome == 0:
+        return None
+    return TokenMerging(float(params.tome), int(params.tome_max_downsample))
 
 
 def sampler_config(params: SamplingParams) -> dict[str, Any]:

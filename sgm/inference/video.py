@@ -17,6 +17,7 @@ from ..config import load_configs
 from ..errors import ConfigError, InputError
 from ..models.engine_run import EngineRun, to_unit
 from ..modules.diffusionmodules.deepcache import DeepCache
+from ..modules.token_merging import TokenMerging
 from ..output_files import write_new_file
 from .batch import get_batch, get_unique_embedder_keys_from_conditioner
 from .engines import check_checkpoint, load_engine
@@ -186,6 +187,7 @@ def sample_video(
     callback: Callable[[dict], Any] | None = None,
     encoding_t: int | None = None,
     deepcache: DeepCache | None = None,
+    tome: TokenMerging | None = None,
 ) -> torch.Tensor:
     """Sample ``num_frames`` frames conditioned on ``value_dict``; ``(T, 3, H, W)`` in [0, 1].
 
@@ -196,7 +198,8 @@ def sample_video(
     float32 elsewhere); the first stage keeps float32 when its config says so.
     ``decoding_t`` / ``encoding_t`` frames are decoded / encoded at a time (the model's
     settings are restored afterwards); ``callback`` gets the sampler's per-step dict;
-    ``deepcache`` reuses the network's deep features between steps (``DeepCache``).
+    ``deepcache`` reuses the network's deep features between steps (``DeepCache``),
+    ``tome`` merges tokens in its spatial transformer blocks (``TokenMerging``).
     """
     if generator is None:
         generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
@@ -208,6 +211,7 @@ def sample_video(
         decoding_t=decoding_t,
         encoding_t=encoding_t,
         deepcache=deepcache,
+        tome=tome,
     ) as run:
         return _sample_video(
             run, value_dict, num_frames, generator, replace_last_with_input, callback

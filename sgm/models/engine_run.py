@@ -28,8 +28,10 @@ import torch
 
 from .. import offload, precision
 from ..devices import device_of
+from ..modules import token_merging
 from ..modules.diffusionmodules import deepcache as feature_reuse
 from ..modules.diffusionmodules.deepcache import DeepCache
+from ..modules.token_merging import TokenMerging
 
 Cond = dict[str, Any]
 Denoiser = Callable[..., torch.Tensor]
@@ -65,6 +67,8 @@ class EngineRun:
             setting (default: theirs).
         deepcache: reuse the network's deep features between steps (``DeepCache``
             settings; None: every step runs the whole network).
+        tome: merge tokens in the network's transformer blocks (``TokenMerging``
+            settings; None: no merging).
     """
 
     def __init__(
@@ -78,6 +82,7 @@ class EngineRun:
         decoding_t: int | None = None,
         encoding_t: int | None = None,
         deepcache: DeepCache | None = None,
+        tome: TokenMerging | None = None,
     ) -> None:
         self.engine = engine
         self.device = torch.device(device) if device is not None else engine_device(engine)
@@ -87,8 +92,11 @@ class EngineRun:
         self.decoding_t = decoding_t
         self.encoding_t = encoding_t
         self.deepcache = deepcache
-        if deepcache is not None:
-            deepcache.check_network(getattr(engine.model, "diffusion_model", engine.model))
+        self.tome = tome
+        network = getattr(getattr(engine, "model", None), "diffusion_model", None)
+        for option in (deepcache, tome):
+            if option is not None:
+                option.check_network(network)
         self._stack: contextlib.ExitStack | None = None
 
     # ------------------------------------------------------------------ the block
@@ -104,6 +112,7 @@ class EngineRun:
             stack.enter_context(offload.released(self.engine))
             stack.enter_context(self.chunking())
             stack.enter_context(feature_reuse.enabled(self.deepcache))
+            stack.enter_context(token_merging.enabled(self.tome))
         except BaseException:
             stack.close()
             raise

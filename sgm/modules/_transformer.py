@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from . import token_merging
 from ._attention_layers import (
     CrossAttention,
     FeedForward,
@@ -95,6 +96,12 @@ class BasicTransformerBlock(nn.Module):
         )
 
     def _forward(self, x, context=None, additional_tokens=None, n_times_crossframe_attn_in_self=0):
+        # TorchDynamo traces the plain block (reading the context variable breaks graphs)
+        merging = None if torch.compiler.is_compiling() else token_merging.active()
+        if merging is not None:
+            return self._merged_forward(
+                merging, x, context, additional_tokens, n_times_crossframe_attn_in_self
+            )
         # Residual sums are added in place into the fresh layer outputs (saves one
         # activation-sized allocation each; autograd does not need those outputs).
         x = self.attn1(
@@ -107,6 +114,22 @@ class BasicTransformerBlock(nn.Module):
         ).add_(x)
         x = self.attn2(self.norm2(x), context=context, additional_tokens=additional_tokens).add_(x)
         return self.ff(self.norm3(x)).add_(x)
+
+    def _merged_forward(self, merging, x, context, additional_tokens, n_times_crossframe):
+        """:meth:`_forward` on merged tokens (``sgm.modules.token_merging``)."""
+        m_a, m_c, m_m, u_a, u_c, u_m = merging.plan(x)
+        x = u_a(
+            self.attn1(
+                m_a(self.norm1(x)),
+                context=context if self.disable_self_attn else None,
+                additional_tokens=additional_tokens,
+                n_times_crossframe_attn_in_self=0 if self.disable_self_attn else n_times_crossframe,
+            )
+        ).add_(x)
+        x = u_c(
+            self.attn2(m_c(self.norm2(x)), context=context, additional_tokens=additional_tokens)
+        ).add_(x)
+        return u_m(self.ff(m_m(self.norm3(x)))).add_(x)
 
 
 class BasicTransformerSingleLayerBlock(nn.Module):

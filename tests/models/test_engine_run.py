@@ -173,3 +173,38 @@ def test_step_inputs_equal_a_hand_written_alternating_loop():
         x[rows] = x_step
     assert torch.equal(got, x)
     assert not np.allclose(got.numpy(), sampler(denoiser_for(0.3), x0, cond, uc).numpy())
+
+
+def test_speedups_are_options_of_the_run(image_engine, video_engine):
+    """DeepCache and token merging reach the network through the run: a changed output
+    (each verified against its reference implementation in tests/modules), the same
+    output when off, and a one-line refusal of what the network cannot take."""
+    from sgm.errors import InputError
+    from sgm.inference.api import SamplingParams
+    from sgm.inference.helpers import do_sample
+    from sgm.inference.sampling_params import deepcache_of, get_sampler_config, tome_of
+    from sgm.inference.video import build_value_dict, sample_video
+    from sgm.modules.diffusionmodules.deepcache import DeepCache
+    from sgm.modules.token_merging import TokenMerging
+
+    params = SamplingParams(width=64, height=64, steps=4, sampler="EulerEDMSampler")
+    values = {"prompt": "a cat", "negative_prompt": ""}
+
+    def image(**kwargs):
+        sampler = get_sampler_config(params)
+        return do_sample(image_engine, sampler, values, 2, 64, 64, 4, 8, seed=3, **kwargs)
+
+    plain = image()
+    assert torch.equal(image(deepcache=None, tome=None), plain)
+    assert (image(deepcache=DeepCache(2)) - plain).abs().max() > 0
+    assert (image(tome=TokenMerging(0.5, max_downsample=8)) - plain).abs().max() > 0
+    assert deepcache_of(params) is None and tome_of(params) is None
+    assert deepcache_of(SamplingParams(deepcache=3)) == DeepCache(3)
+    with pytest.raises(InputError, match="branch 50 is too deep"):
+        image(deepcache=DeepCache(2, branch=50))
+
+    frames = build_value_dict(
+        torch.zeros(1, 3, 64, 64), 0.02, generator=torch.Generator().manual_seed(0)
+    )
+    video = sample_video(video_engine, frames, 3, seed=0, deepcache=DeepCache(2))
+    assert video.shape == (3, 3, 64, 64)

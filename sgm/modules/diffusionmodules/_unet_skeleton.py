@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError, InputError
+from .. import token_merging
 from ..attention import SpatialTransformer
 from ..layers import conv_nd, linear, normalization, timestep_embedding, zero_module
 from . import deepcache
@@ -259,6 +260,17 @@ class UNetSkeleton(nn.Module):
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
         return ch
 
+    def attention_downsamplings(self) -> set[int]:
+        """The downsampling factors at which the input blocks hold transformer blocks."""
+        levels, ds = set(), 1
+        for block in self.input_blocks:
+            for layer in block:
+                if isinstance(layer, Downsample):
+                    ds *= 2
+                elif isinstance(layer, SpatialTransformer):
+                    levels.add(ds)
+        return levels
+
     # ------------------------------------------------------------------ forward
 
     def _embedding(
@@ -290,7 +302,11 @@ class UNetSkeleton(nn.Module):
         """Embed, then run the input blocks, the middle block and the output blocks."""
         emb = self._embedding(x, timesteps, y)
         # TorchDynamo traces the plain network (reading the context variable breaks graphs)
-        reuse = None if torch.compiler.is_compiling() else deepcache.active()
+        compiling = torch.compiler.is_compiling()
+        merging = None if compiling else token_merging.active()
+        if merging is not None:  # merging reads the latents' size
+            merging.size = (x.shape[-2], x.shape[-1])
+        reuse = None if compiling else deepcache.active()
         if reuse is not None:
             return deepcache.forward(self, reuse, x, emb, context, extras)
         skips = []
