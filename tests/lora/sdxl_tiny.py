@@ -23,8 +23,9 @@ VISION = {"image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_
 def _register_archs(folder: Path) -> None:
     from open_clip.factory import add_model_config
 
-    config = {"embed_dim": 48, "vision_cfg": VISION, "text_cfg": TEXT}
-    (folder / "sgm-test-convert-bigg.json").write_text(json.dumps(config))
+    for name, width in (("sgm-test-convert-bigg", 48), ("sgm-test-convert-text", 32)):
+        config = {"embed_dim": width, "vision_cfg": VISION, "text_cfg": TEXT}
+        (folder / f"{name}.json").write_text(json.dumps(config))
     add_model_config(folder)
 
 
@@ -47,18 +48,20 @@ def _clip_l(folder: Path) -> Path:
     return folder
 
 
-def sdxl_files(folder: Path) -> tuple[Path, Path]:
-    """(config path, checkpoint path) of a tiny SDXL base engine with random weights."""
+def sdxl_files(folder: Path, family: str = "sdxl_base") -> tuple[Path, Path]:
+    """(config path, checkpoint path) of a tiny SDXL base (or SD 2.1: ``family="sd21"``)
+    engine with random weights."""
     from omegaconf import OmegaConf
     from safetensors.torch import save_file
 
     from sgm.convert._engine import build_engine, load_config
 
     _register_archs(folder)
-    config = OmegaConf.load(CONVERT / "configs" / "tiny_sdxl_base.yaml")
-    embedders = config.model.params.conditioner_config.params.emb_models
-    embedders[0].params.version = str(_clip_l(folder / "clip_l"))
-    config_path = folder / "tiny_sdxl_base.yaml"
+    config = OmegaConf.load(CONVERT / "configs" / f"tiny_{family}.yaml")
+    if family == "sdxl_base":
+        embedders = config.model.params.conditioner_config.params.emb_models
+        embedders[0].params.version = str(_clip_l(folder / "clip_l"))
+    config_path = folder / f"tiny_{family}.yaml"
     OmegaConf.save(config, config_path)
     engine = build_engine(load_config(config_path), device="cpu")
     randomize(engine, seed=1)
