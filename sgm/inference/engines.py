@@ -24,6 +24,7 @@ from ..errors import CheckpointError
 from ..lora import apply_lora_specs
 from ..models.engine_run import engine_device
 from ..modules.diffusionmodules.wrappers import compile_network
+from .checkpoint_fit import check_fits
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ def load_engine(
         check_checkpoint(ckpt, missing_hint)
     compute_dtype = precision.parse_dtype(dtype, device)
     model_config = config["model"] if "model" in config else config
+    if ckpt is not None:  # its keys and shapes against the config's, before the real build
+        check_fits(model_config, ckpt)
     with torch.device(build_on) if build_on is not None else contextlib.nullcontext():
         model = instantiate_from_config(model_config, key="model")
     if ckpt is not None:
