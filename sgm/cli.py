@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -217,16 +218,33 @@ def boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
 
 
+def input_folder(text: str) -> Path:
+    """A folder to read from: it may be absent (the command then says what it did not
+    find there), but it is not a file."""
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a file, not a folder")
+    return path
+
+
 def lora_arg(text: str) -> tuple[Path, float]:
-    """``PATH[:SCALE]``: a LoRA adapter file and its strength (default 1.0)."""
+    """``PATH[:SCALE]``: a LoRA adapter file and its strength (a finite number, default
+    1.0). A file whose own name holds the colon is taken whole."""
     path, scale = text, 1.0
     head, sep, tail = text.rpartition(":")
-    if sep and head and not tail.startswith(("/", "\\")):
+    if sep and head and not tail.startswith(("/", "\\")) and not Path(text).expanduser().exists():
         try:
             scale = float(tail)
-            path = head
         except ValueError:
-            pass
+            if Path(head).expanduser().is_file():
+                raise argparse.ArgumentTypeError(
+                    f"{text}: the scale {tail!r} after the file is not a number"
+                ) from None
+            scale = 1.0
+        else:
+            if not math.isfinite(scale):
+                raise argparse.ArgumentTypeError(f"{text}: the scale must be a finite number")
+            path = head
     return existing_file(path), scale
 
 

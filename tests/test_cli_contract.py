@@ -211,6 +211,22 @@ ROWS: list[tuple[str, str, list[str], str]] = [
     (IMAGE, "unknown flag", ["--stepz=3"], "--stepz=3"),
     (IMAGE, "file as folder", ["--output_folder={file}"], "{file}"),
     (IMAGE, "unavailable device", ["--device=cuda"], "--device"),
+    # the real culprit: a file given as the checkpoints folder, a LoRA scale that is no number
+    (IMAGE, "file as folder", ["--checkpoints={file}"], "{file} is a file, not a folder"),
+    (IMAGE, "wrong type", ["--lora={file}:abc"], "{file}:abc: the scale 'abc' after the file"),
+    (IMAGE, "out of range", ["--lora={file}:nan"], "{file}:nan: the scale must be a finite"),
+    (
+        VIDEO,
+        "wrong type",
+        ["--input_path={image}", "--lora={file}:abc"],
+        "{file}:abc: the scale 'abc' after the file",
+    ),
+    (
+        SV4D,
+        "wrong type",
+        ["--input_path={frames}", "--lora={file}:abc"],
+        "{file}:abc: the scale 'abc' after the file",
+    ),
     # ---------------------------------------------------------------- convert
     (
         CONVERT,

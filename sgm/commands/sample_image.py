@@ -24,6 +24,7 @@ from ..cli import (
     add_device_args,
     add_lora_arg,
     existing_file,
+    input_folder,
     non_negative_int,
     output_folder,
     positive_float,
@@ -66,7 +67,7 @@ def build_parser() -> ArgumentParser:
     )
     model.add_argument(
         "--checkpoints",
-        type=Path,
+        type=input_folder,
         default=Path("checkpoints"),
         help="folder holding the released checkpoint files",
     )
