@@ -18,12 +18,15 @@ from collections.abc import Sequence
 
 from sgm.cli import ArgumentParser, multiple_of, run
 from sgm.demo.gradio_launch import add_server_arguments, page_parser, serve
+from sgm.inference.releases import releases
+
+SV3D_VERSIONS = [r.name for r in releases("video") if r.is_sv3d]
 
 
 def build_parser() -> ArgumentParser:
     parser = page_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--img_size", type=multiple_of(64), default=576)
-    parser.add_argument("--sv3d_version", choices=("sv3d_u", "sv3d_p"), default="sv3d_u")
+    parser.add_argument("--sv3d_version", choices=SV3D_VERSIONS, default="sv3d_u")
     parser.add_argument(
         "--low_vram",
         action="store_true",

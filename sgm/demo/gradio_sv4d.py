@@ -12,10 +12,11 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError, InputError, SgmError
-from ..inference.releases import config_path, get_release
+from ..inference.releases import config_path, get_release, releases
 from .options import DemoOptions, missing_checkpoint, model_files
 
 TITLE = "Stable Video 4D: novel-view videos (SV4D)"
+SV3D_VERSIONS = tuple(r.name for r in releases("video") if r.is_sv3d)
 
 
 def grid_video(grid: list, rows: int = 3) -> torch.Tensor:
@@ -50,8 +51,9 @@ class Sv4dApp:
         from ..inference.sv4d import check_size
 
         check_size(img_size)
-        if sv3d_version not in ("sv3d_u", "sv3d_p"):
-            raise InputError(f"sv3d_version must be sv3d_u or sv3d_p, got {sv3d_version!r}")
+        if sv3d_version not in SV3D_VERSIONS:
+            known = " or ".join(SV3D_VERSIONS)
+            raise InputError(f"sv3d_version must be {known}, got {sv3d_version!r}")
         self.options, self.img_size, self.low_vram = options, img_size, low_vram
         self.sv3d_version = sv3d_version
         self.sv4d_files = _files("sv4d", options)
