@@ -116,9 +116,12 @@ class SamplingPipeline:
         self.specs = spec or getattr(self, "specs", None) or infer_spec(self.config, ckpt)
         half = self.dtype in precision.HALF_DTYPES
         self.use_fp16 = bool(use_fp16) and half and self.device.type != "cpu"
-        if use_fp16 and not self.use_fp16:
-            logger.info(
-                "use_fp16 ignored (%s on %s): weights stay float32", self.dtype, self.device
+        if use_fp16 and not self.use_fp16:  # news only where half precision was asked for
+            logger.log(
+                logging.INFO if half else logging.DEBUG,
+                "use_fp16 ignored (%s on %s): weights stay float32",
+                self.dtype,
+                self.device,
             )
         self.model = self._load_model()
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -352,7 +355,8 @@ def fit_and_test(opt: argparse.Namespace, built: Run) -> int:
     if opt.train:
         try:
             # Resuming reads the checkpoint as tensors and plain containers only.
-            trainer.fit(model, data, ckpt_path=paths.resume_ckpt, weights_only=True)
+            with _frozen_parts_expected(model):
+                trainer.fit(model, data, ckpt_path=paths.resume_ckpt, weights_only=True)
         except SIGTERMException:
             signum = signal_cb.received if signal_cb else None
             _report_stop(trainer, signum, paths)
@@ -363,6 +367,18 @@ def fit_and_test(opt: argparse.Namespace, built: Run) -> int:
     if not opt.no_test and not trainer.interrupted and _has_test_step(model):
         trainer.test(model, data)
     return 0
+
+
+@contextlib.contextmanager
+def _frozen_parts_expected(model: Any) -> Iterator[None]:
+    """Lightning warns about modules in eval mode when training starts; frozen parts (a
+    first stage, frozen embedders) are so by design: quiet while every such module has
+    no trainable parameter."""
+    with warnings.catch_warnings():
+        modules = [m for m in model.modules() if not m.training]
+        if all(not p.requires_grad for m in modules for p in m.parameters()):
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+        yield
 
 
 def _report_stop(trainer: Any, signum: int | None, paths: RunPaths) -> None:

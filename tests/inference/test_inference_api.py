@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
@@ -338,3 +339,16 @@ def test_get_input_image_tensor_crops_to_64_and_scales():
     resized = np.asarray(Image.fromarray(pixels).resize((128, 64)), dtype=np.float32)
     expected = torch.from_numpy(resized).permute(2, 0, 1)[None] / 127.5 - 1
     torch.testing.assert_close(out, expected)
+
+
+def test_use_fp16_is_news_only_where_half_precision_was_asked_for(tiny, caplog):
+    # The default use_fp16=True on a float32 CPU run is no news; bf16 on a CPU keeps the
+    # weights float32, which is.
+    config, ckpt = tiny
+    with caplog.at_level(logging.INFO, logger="sgm.inference.api"):
+        SamplingPipeline(config=config, ckpt=ckpt, device="cpu")
+    assert not [r for r in caplog.records if "use_fp16" in r.getMessage()]
+    with caplog.at_level(logging.INFO, logger="sgm.inference.api"):
+        SamplingPipeline(config=config, ckpt=ckpt, device="cpu", dtype="bf16")
+    news = [r for r in caplog.records if "use_fp16 ignored" in r.getMessage()]
+    assert [r.levelno for r in news] == [logging.INFO], news
