@@ -182,6 +182,7 @@ def _metadata(args: argparse.Namespace, job: Job) -> dict[str, str]:
     meta = {
         "negative_prompt": args.negative_prompt,
         "model": args.version,
+        "config": job.base.config,  # the files used, whatever --config / --ckpt named
         "checkpoint": job.base.ckpt.name,
         "width": job.width,
         "height": job.height,
@@ -200,6 +201,7 @@ def _metadata(args: argparse.Namespace, job: Job) -> dict[str, str]:
     if job.refiner is not None:
         meta.update(
             refiner=job.refiner.version,
+            refiner_config=job.refiner.config,
             refiner_checkpoint=job.refiner.ckpt.name,
             refiner_strength=args.refiner_strength,
         )

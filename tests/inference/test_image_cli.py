@@ -178,6 +178,8 @@ def test_txt2img_prompts_file_num_samples_metadata(cli, models, tmp_path, capsys
     ]
     assert texts[0]["model"] == "sdxl_base_1.0"
     assert texts[0]["checkpoint"] == "sd_xl_base_1.0.safetensors"
+    # the config actually used (here --config's tiny one), not the release's
+    assert texts[0]["config"] == str(models[1]["sdxl_base_1.0"])
     assert (texts[0]["sampler"], texts[0]["steps"], texts[0]["cfg_scale"]) == (
         "EulerEDMSampler",
         "3",
@@ -311,6 +313,7 @@ def test_refiner_hand_off(cli, models, tmp_path, capsys, sigmas_seen):
         "sd_xl_refiner_1.0.safetensors",
         "0.3",
     )
+    assert text["refiner_config"] == str(models[1]["sdxl_refiner_1.0"])
     # base and refiner together visit the 6-step schedule once each level
     np.testing.assert_allclose(sigmas_seen, ddpm_sigmas(6)[:-1], rtol=1e-5)
 
