@@ -61,6 +61,34 @@ def _output(folder: Path, world: World, fmt: str, ext: str, shard_size: int):
     return FolderOutput(folder, f".{ext}")
 
 
+def evaluate_in_halves(engine: torch.nn.Module) -> None:
+    """Make ``engine``'s denoiser run the guider's batch as two calls, on its first and its
+    second half (every tensor argument split by rows): in one process, the batches a
+    guidance-parallel pair gives the network."""
+    forward = engine.denoiser.forward
+
+    def halves(network, x, sigma, cond, **kwargs):
+        def half(value, i):
+            if not torch.is_tensor(value):
+                return value
+            rows = value.shape[0] // 2
+            return value[i * rows : (i + 1) * rows]
+
+        outs = [
+            forward(
+                network,
+                half(x, i),
+                half(sigma, i),
+                {k: half(v, i) for k, v in cond.items()},
+                **{k: half(v, i) for k, v in kwargs.items()},
+            )
+            for i in (0, 1)
+        ]
+        return torch.cat(outs)
+
+    engine.denoiser.forward = halves
+
+
 # ---------------------------------------------------------------------------- scenarios
 
 
@@ -97,15 +125,19 @@ def images(
     steps: int = 2,
     pairs: bool = False,
     tensors: str | None = None,
+    halves: bool = False,
     fail=None,
     **run,
 ) -> dict:
     """Text-to-image with the tiny SDXL-like engine at 16x16; with ``pairs``,
-    guidance-parallel. ``tensors``: a folder where rank 0 of each pair saves the latents."""
+    guidance-parallel. ``tensors``: a folder where rank 0 of each pair saves the latents;
+    ``halves``: the network sees the guider's batch in halves (:func:`evaluate_in_halves`)."""
     from sgm.inference.api import SamplingParams, SamplingPipeline
     from sgm.inference.cfg_parallel import SplitGuider, check_cfg_parallel, pair_group
 
     pipeline = SamplingPipeline(config=config, ckpt=ckpt, device="cpu", dtype="fp32")
+    if halves:
+        evaluate_in_halves(pipeline.model)
     params = SamplingParams(
         width=16, height=16, steps=steps, orig_width=16, orig_height=16, scale=3.0
     )
@@ -151,10 +183,12 @@ def videos(
     inputs: str,
     pairs: bool = False,
     tensors: str | None = None,
+    halves: bool = False,
     fmt: str = "files",
     **run,
 ) -> dict:
-    """Image-to-video with the tiny SVD engine (3 frames, 2 steps) on each input image."""
+    """Image-to-video with the tiny SVD engine (3 frames, 2 steps) on each input image;
+    ``tensors``, ``halves`` as in :func:`images` (the latents: the last step's)."""
     from open_clip.factory import add_model_config
 
     from sgm.inference.cfg_parallel import SplitGuider, check_cfg_parallel, pair_group
@@ -162,6 +196,8 @@ def videos(
 
     add_model_config(arch_dir)
     model = load_video_model(config, ckpt, "cpu", num_frames=3, num_steps=2, dtype="fp32")
+    if halves:
+        evaluate_in_halves(model)
     if pairs:
         check_cfg_parallel(world, model.sampler.guider)
         model.sampler.guider = SplitGuider(model.sampler.guider, pair_group(world), world.rank % 2)
@@ -176,9 +212,12 @@ def videos(
             cond = prepare_svd_image(image.convert("RGB"))
         generator = torch.Generator().manual_seed(item.seed)
         values = build_value_dict(cond, 0.02, generator=generator)
-        frames = sample_video(model, values, 3, generator=generator, decoding_t=2)
-        if tensors is not None and world.rank % 2 == 0:
-            torch.save(frames, Path(tensors, f"{item.index}.pt"))
+        steps: list[dict] = []
+        frames = sample_video(
+            model, values, 3, generator=generator, decoding_t=2, callback=steps.append
+        )
+        if tensors is not None and world.rank % 2 == 0:  # the last step's latents
+            torch.save(steps[-1]["denoised"], Path(tensors, f"{item.index}.pt"))
         return frames
 
     def encode(item: WorkItem, frames: torch.Tensor) -> bytes:
@@ -251,5 +290,11 @@ def launch(scenario: str, world_size: int, out: str | Path, **kwargs: Any) -> li
 
 
 def run_here(scenario: str, **kwargs: Any) -> dict:
-    """``scenario`` in this process, a world of one."""
-    return SCENARIOS[scenario](World(), **kwargs)
+    """``scenario`` in this process, a world of one, on 1 thread as every launched rank (a
+    CPU kernel's sums may round differently on another thread count)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return SCENARIOS[scenario](World(), **kwargs)
+    finally:
+        torch.set_num_threads(threads)

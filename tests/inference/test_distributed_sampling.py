@@ -121,14 +121,44 @@ def test_failing_rank_in_webdataset_run_and_resume_on_one_rank(tmp_path):
 # ---------------------------------------------------------------------------- tiny models
 
 
-def _close_to_scale(single_dir: Path, paired_dir: Path, count: int) -> None:
-    """Guidance-parallel samples equal the single-process ones within 1e-5 of the output
-    scale: the network sees batches of half the size, whose float sums may round apart."""
+def _close_to_scale(reference: Path, paired: Path, count: int, tolerance: float) -> None:
+    """Each sample within ``tolerance`` of the reference's scale (its largest magnitude)."""
     for index in range(count):
-        single = torch.load(single_dir / f"{index}.pt")
-        paired = torch.load(paired_dir / f"{index}.pt")
-        assert single.shape == paired.shape
-        assert (single - paired).abs().max() <= 1e-5 * single.abs().max()
+        expected = torch.load(reference / f"{index}.pt")
+        actual = torch.load(paired / f"{index}.pt")
+        assert expected.shape == actual.shape
+        assert (expected - actual).abs().max() <= tolerance * expected.abs().max()
+
+
+def _check_guidance_parallel(tmp_path: Path, scenario: str, count: int, **common) -> list:
+    """A guidance-parallel pair's latents against one process's: within 1e-5 of the output
+    scale of the single process whose network sees the guider's batch in the same two
+    halves; within 1e-3 of the batched one (a half batch's float sums round apart, at the
+    first step's noise scale: sigma_max 700 for SVD)."""
+    for name in ("batched", "halves", "pair"):
+        (tmp_path / name).mkdir()
+    run_here(scenario, folder=str(tmp_path / "o1"), tensors=str(tmp_path / "batched"), **common)
+    run_here(
+        scenario,
+        folder=str(tmp_path / "o2"),
+        tensors=str(tmp_path / "halves"),
+        halves=True,
+        **common,
+    )
+    reports = _ok(
+        launch(
+            scenario,
+            2,
+            tmp_path / "res",
+            folder=str(tmp_path / "cfg"),
+            pairs=True,
+            tensors=str(tmp_path / "pair"),
+            **common,
+        )
+    )
+    _close_to_scale(tmp_path / "halves", tmp_path / "pair", count, 1e-5)
+    _close_to_scale(tmp_path / "batched", tmp_path / "pair", count, 1e-3)
+    return reports
 
 
 @pytest.fixture(scope="module")
@@ -147,29 +177,21 @@ def image_model(tiny_clip_dir, tmp_path_factory):
     return str(folder / "config.yaml"), str(save_state(engine, folder / "tiny.safetensors"))
 
 
-def test_images_on_two_ranks_and_guidance_parallel(image_model, tmp_path):
+def test_images_on_two_ranks(image_model, tmp_path):
     config, ckpt = image_model
     common = dict(config=config, ckpt=ckpt, prompts=PROMPTS)
-    (tmp_path / "t1").mkdir()
-    (tmp_path / "t2").mkdir()
-    run_here("images", folder=str(tmp_path / "one"), tensors=str(tmp_path / "t1"), **common)
+    run_here("images", folder=str(tmp_path / "one"), **common)
     _ok(launch("images", 2, tmp_path / "res", folder=str(tmp_path / "two"), **common))
-    assert _files(tmp_path / "two") == _files(tmp_path / "one")
     assert len(_files(tmp_path / "one")) == 3
-    reports = _ok(
-        launch(
-            "images",
-            2,
-            tmp_path / "res",
-            folder=str(tmp_path / "cfg"),
-            pairs=True,
-            tensors=str(tmp_path / "t2"),
-            **common,
-        )
-    )
+    assert _files(tmp_path / "two") == _files(tmp_path / "one")
+
+
+def test_images_guidance_parallel(image_model, tmp_path):
+    config, ckpt = image_model
+    common = dict(config=config, ckpt=ckpt, prompts=PROMPTS)
+    reports = _check_guidance_parallel(tmp_path, "images", 3, **common)
     assert [r["made"] for r in reports] == [3, 0]  # the pair's first rank writes
-    _close_to_scale(tmp_path / "t1", tmp_path / "t2", 3)
-    assert sorted(_files(tmp_path / "cfg")) == sorted(_files(tmp_path / "one"))
+    assert sorted(_files(tmp_path / "cfg")) == [f"{i:09d}.png" for i in range(3)]
 
 
 def test_guidance_changes_the_tiny_image(image_model):
@@ -212,22 +234,14 @@ def video_model(video_arch_dir, tmp_path_factory):
     )
 
 
-def test_videos_on_two_ranks_and_guidance_parallel(video_model, tmp_path):
-    (tmp_path / "t1").mkdir()
-    (tmp_path / "t2").mkdir()
-    run_here("videos", folder=str(tmp_path / "one"), tensors=str(tmp_path / "t1"), **video_model)
+def test_videos_on_two_ranks(video_model, tmp_path):
+    run_here("videos", folder=str(tmp_path / "one"), **video_model)
     _ok(launch("videos", 2, tmp_path / "res", folder=str(tmp_path / "two"), **video_model))
     one = _files(tmp_path / "one", "*.mp4")
     assert len(one) == 3 and _files(tmp_path / "two", "*.mp4") == one
-    _ok(
-        launch(
-            "videos",
-            2,
-            tmp_path / "res",
-            folder=str(tmp_path / "cfg"),
-            pairs=True,
-            tensors=str(tmp_path / "t2"),
-            **video_model,
-        )
-    )
-    _close_to_scale(tmp_path / "t1", tmp_path / "t2", 3)
+
+
+def test_videos_guidance_parallel(video_model, tmp_path):
+    """LinearPredictionGuider (per-frame scales) split over a pair."""
+    _check_guidance_parallel(tmp_path, "videos", 3, **video_model)
+    assert len(_files(tmp_path / "cfg", "*.mp4")) == 3
