@@ -14,6 +14,7 @@ encoders) update the weights in place, reversibly (see ``_patch``)::
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -23,15 +24,17 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, InputError
-from . import _kohya, _patch
+from . import _fused, _kohya, _patch
 from ._config import (
     ATTENTION_PROJECTIONS,
     SPATIAL_ATTENTION,
     TEMPORAL_ATTENTION,
     LoraSettings,
     resolve_targets,
+    text_encoder_targets,
 )
-from ._files import AdapterPlan, export_adapter, plan_adapter, read, save_adapter
+from ._files import AdapterPlan, export_adapter, plan_adapter, read
+from ._kohya_names import text_embedders
 from ._layers import adapter_names, adapter_parameters, add_adapter, lora_layers
 from ._layers import merge as _merge
 from ._layers import remove as _remove_peft
@@ -69,7 +72,12 @@ def add_lora(
     settings = LoraSettings.from_config(config)
     network = network_of(model)
     targets = resolve_targets(network, settings)
+    texts = _text_roots(model, settings)  # checked before anything is wrapped
     add_adapter(network, targets, settings, name)
+    for prefix, embedder, names in texts:
+        add_adapter(embedder, names, settings, name)
+        names += _fused.add(embedder, settings.rank, settings.lora_alpha, name)
+        targets += [f"{prefix}.{n}" for n in names]
     if settings.init_from is not None:
         plan = _training_start(model, settings.init_from)
         if plan.settings.rank != settings.rank:
@@ -80,6 +88,24 @@ def add_lora(
         # same function as the file: (alpha / rank) * B here == (file alpha / rank) * B there
         _copy_weights(network, plan, name, plan.settings.lora_alpha / settings.lora_alpha)
     return targets
+
+
+def _text_roots(model: nn.Module, settings: LoraSettings) -> list:
+    """``(name, embedder, layer names)`` of the text encoders ``settings`` adapt."""
+    if not settings.text_encoders:
+        return []
+    texts = text_embedders(model)
+    if not texts:
+        raise ConfigError(
+            f"lora_config.text_encoders: {type(model).__name__} has no CLIP / open_clip "
+            "text encoder"
+        )
+    return [(n, e, text_encoder_targets(e)) for n, e in texts]
+
+
+def _roots(model: nn.Module) -> list[nn.Module]:
+    """The modules that hold peft adapters: the network, then the text encoders."""
+    return [network_of(model)] + [e for _, e in text_embedders(model)]
 
 
 def _training_start(model: nn.Module, path: str) -> AdapterPlan:
@@ -108,7 +134,9 @@ def _copy_weights(network: nn.Module, plan: AdapterPlan, name: str, b_factor: fl
 
 def lora_names(model: nn.Module) -> list[str]:
     """Names of every adapter on ``model`` (peft layers, then weight adapters)."""
-    names = adapter_names(network_of(model))
+    names: list[str] = []
+    for root in _roots(model):
+        names += [n for n in adapter_names(root) + _fused.names(root) if n not in names]
     return names + [n for n in _patch.names(model) if n not in names]
 
 
@@ -178,17 +206,23 @@ def save_lora(
     network and text-encoder adapters)."""
     if format not in FORMATS:
         raise ConfigError(f"LoRA format must be one of {list(FORMATS)}, got {format!r}")
-    if format == "diffusers":
-        return save_adapter(network_of(model), path, name)
     from safetensors.torch import save_file
 
     from ..output_files import write_new_file
-    from ._kohya_export import export_kohya
+    from ._kohya_export import diffusers_text_tensors, export_kohya
 
     path = Path(path)
     if path.suffix != ".safetensors":
         raise InputError(f"{path}: LoRA files are written as .safetensors")
-    tensors, header = export_kohya(model, name)
+    if format == "diffusers":
+        tensors, header = export_adapter(network_of(model), name)
+        text, meta = diffusers_text_tensors(model, name)
+        if text:
+            tensors |= text
+            config = json.loads(header["lora_adapter_metadata"]) | meta
+            header["lora_adapter_metadata"] = json.dumps(config, sort_keys=True)
+    else:
+        tensors, header = export_kohya(model, name)
     return write_new_file(lambda tmp: save_file(tensors, tmp, metadata=header), [path])
 
 
@@ -198,44 +232,54 @@ def lora_state_dict(model: nn.Module, name: str = "default") -> dict[str, torch.
 
 
 def lora_parameters(model: nn.Module, name: str | None = None) -> list[nn.Parameter]:
-    """The adapter weights (of adapter ``name``, or of all adapters)."""
-    return adapter_parameters(network_of(model), name)
+    """The adapter weights (of adapter ``name``, or of all adapters), network and text
+    encoders."""
+    return [
+        p
+        for root in _roots(model)
+        for p in adapter_parameters(root, name) + _fused.parameters(root, name)
+    ]
 
 
 def set_lora_scale(model: nn.Module, scale: float, name: str | None = None) -> None:
     """Strength of adapter ``name`` (all adapters when ``None``)."""
-    network = network_of(model)
-    if name is None or name in adapter_names(network):
-        _set_scale(network, scale, name)
+    for root in _roots(model):
+        if name is None or name in adapter_names(root):
+            _set_scale(root, scale, name)
+        _fused.set_strength(root, scale, name)
     _patch.set_strength(model, scale, name)
 
 
 def merge(model: nn.Module) -> None:
-    """Fold the peft adapters into the network weights (same outputs, no adapter cost);
-    adapters from kohya-layout files already live in the weights."""
-    _merge(network_of(model))
+    """Fold the peft adapters into the weights (same outputs, no adapter cost); adapters
+    from kohya-layout files already live in the weights."""
+    for root in _roots(model):
+        _merge(root)
 
 
 def unmerge(model: nn.Module) -> None:
     """Undo :func:`merge`."""
-    _unmerge(network_of(model))
+    for root in _roots(model):
+        _unmerge(root)
 
 
 def remove_lora(model: nn.Module, name: str | None = None) -> None:
     """Take adapter ``name`` (every adapter when ``None``) off ``model``: the weights it
     changed come back exactly."""
-    network = network_of(model)
-    for adapter in adapter_names(network):
-        if name is None or adapter == name:
-            _remove_peft(network, adapter)
+    for root in _roots(model):
+        for adapter in adapter_names(root):
+            if name is None or adapter == name:
+                _remove_peft(root, adapter)
+        _fused.remove(root, name)
     _patch.remove(model, name)
 
 
 def fuse_lora(model: nn.Module) -> None:
     """Make every adapter permanent: peft adapters merged and unwrapped, kohya-layout
     adapters kept in the weights without their undo copies. Keys are the base model's."""
-    network = network_of(model)
-    if adapter_names(network):
-        _merge(network)
-        _unwrap(network)
+    for root in _roots(model):
+        if adapter_names(root):
+            _merge(root)
+            _unwrap(root)
+        _fused.remove(root, keep=True)
     _patch.fuse(model)

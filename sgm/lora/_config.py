@@ -18,7 +18,12 @@ SPATIAL_ATTENTION = r".*transformer_blocks\.\d+\.attn[12]\.(to_q|to_k|to_v|to_ou
 TEMPORAL_ATTENTION = r".*time_stack\.\d+\.attn[12]\.(to_q|to_k|to_v|to_out\.0)"
 TEMPORAL_PARTS = ("time_stack", "time_mixer", "time_pos_embed")
 ADAPTABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-KEYS = ("rank", "alpha", "dropout", "target_modules", "temporal", "init_from")
+KEYS = ("rank", "alpha", "dropout", "target_modules", "temporal", "init_from", "text_encoders")
+# Text-encoder layers kohya's scripts train (attention projections and MLP): transformers
+# CLIP's q/k/v/out_proj and fc1/fc2; open_clip's c_fc/c_proj (its attention's fused
+# in_proj and out_proj get weight adapters, see _fused).
+CLIP_TEXT_LAYERS = r".*encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])"
+OPEN_CLIP_TEXT_LAYERS = r".*resblocks\.\d+\.mlp\.c_(fc|proj)"
 
 
 @dataclass(frozen=True)
@@ -31,7 +36,9 @@ class LoraSettings:
     projections ``to_q``/``to_k``/``to_v``/``to_out.0`` of the spatial transformers, and
     with ``temporal: true`` also those of the video UNet's temporal transformers.
     ``temporal: false`` keeps every temporal layer (``time_stack``, ``time_mixer``) out.
-    ``alpha`` defaults to ``rank`` (adapter scale 1).
+    ``alpha`` defaults to ``rank`` (adapter scale 1). ``text_encoders: true`` also puts
+    adapters (same rank and alpha) on the CLIP / open_clip text encoders of the engine:
+    attention projections and MLP layers, as kohya's scripts train them.
     """
 
     rank: int = 8
@@ -40,6 +47,7 @@ class LoraSettings:
     target_modules: tuple[str, ...] | None = None
     temporal: bool = False
     init_from: str | None = None
+    text_encoders: bool = False
     lora_alpha: float = field(init=False)
 
     def __post_init__(self) -> None:
@@ -49,6 +57,10 @@ class LoraSettings:
         if not alpha > 0:
             raise ConfigError(f"lora_config.alpha must be positive, got {self.alpha!r}")
         object.__setattr__(self, "lora_alpha", alpha)
+        if not isinstance(self.text_encoders, bool):
+            raise ConfigError(
+                f"lora_config.text_encoders must be true or false, got {self.text_encoders!r}"
+            )
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ConfigError(f"lora_config.dropout must be in [0, 1), got {self.dropout!r}")
         if self.target_modules is not None:
@@ -147,3 +159,19 @@ def resolve_targets(network: nn.Module, settings: LoraSettings) -> list[str]:
             )
         chosen += [n for n in found if n not in chosen]
     return chosen
+
+
+def text_encoder_targets(embedder: nn.Module) -> list[str]:
+    """Module names (inside ``embedder``) of the text-encoder layers that get adapters."""
+    pattern = CLIP_TEXT_LAYERS if hasattr(embedder, "transformer") else OPEN_CLIP_TEXT_LAYERS
+    names = [
+        n
+        for n, _ in embedder.named_modules()
+        if re.fullmatch(pattern, n) and ".lora_" not in n and ".base_layer" not in n
+    ]
+    if not names:
+        raise ConfigError(
+            f"lora_config.text_encoders: no attention or MLP layer found in "
+            f"{type(embedder).__name__}"
+        )
+    return names

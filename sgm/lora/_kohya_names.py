@@ -75,14 +75,15 @@ def _unet_targets(model: nn.Module, diffusers_names: bool) -> dict[str, Target]:
 
 def text_embedders(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``(name, embedder)`` of the CLIP / open_clip text encoders, in conditioner order."""
+    embedders = getattr(getattr(model, "conditioner", None), "embedders", None)
+    if not embedders:
+        return []
     from ..modules.encoders.modules import (
         FrozenCLIPEmbedder,
         FrozenOpenCLIPEmbedder,
         FrozenOpenCLIPEmbedder2,
     )
 
-    conditioner = getattr(model, "conditioner", None)
-    embedders = getattr(conditioner, "embedders", None) or []
     kinds = (FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder, FrozenOpenCLIPEmbedder2)
     return [
         (f"conditioner.embedders.{i}", e) for i, e in enumerate(embedders) if isinstance(e, kinds)

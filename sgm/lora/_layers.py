@@ -67,7 +67,8 @@ def activate_all(network: nn.Module) -> None:
         grads = {id(p): p.requires_grad for p in layer.parameters()}
         layer.set_adapter(list(layer.lora_A.keys()))
         for p in layer.parameters():
-            p.requires_grad_(grads[id(p)])
+            if id(p) in grads:  # (peft's MultiheadAttention layer may re-wrap its weights)
+                p.requires_grad_(grads[id(p)])
 
 
 def adapter_parameters(network: nn.Module, name: str | None = None) -> list[nn.Parameter]:

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError
 from . import FORMATS, add_lora, network_of, save_lora
+from ._kohya_names import text_embedders
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,9 @@ def attach_lora(engine: nn.Module, config: Any) -> None:
     for param in engine.parameters():
         param.requires_grad_(False)
     targets = add_lora(engine, config)
+    for _, embedder in text_embedders(engine):  # text-encoder adapters need gradients
+        if any(p.requires_grad for p in embedder.parameters()):
+            embedder.is_trainable = True
     engine.strict_loading = False  # checkpoints hold only the adapter
     count = sum(p.numel() for p in engine.parameters() if p.requires_grad)
     logger.info(

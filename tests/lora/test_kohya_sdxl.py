@@ -146,3 +146,82 @@ def test_bake_command_writes_the_released_keys_with_the_adapters_in(sdxl, tmp_pa
     with pytest.raises(SystemExit) as exit_:  # the output exists: nothing is overwritten
         main(argv)
     assert exit_.value.code == 2
+
+
+def _text_adapter_engine(config, ckpt):
+    """The engine with a trained-looking adapter on the network and both text encoders."""
+    from sgm.lora import lora_parameters
+    from sgm.lora.training import attach_lora
+
+    ours = engine(config, ckpt)
+    attach_lora(ours, {"rank": 4, "alpha": 2, "text_encoders": True})
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for p in lora_parameters(ours):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return ours.eval()
+
+
+def test_text_encoder_adapters_train_and_only_they_change(sdxl):
+    from sgm.lora import lora_parameters
+
+    config, ckpt, _, _ = sdxl
+    ours = engine(config, ckpt)
+    from sgm.lora.training import attach_lora
+
+    attach_lora(ours, {"rank": 4, "text_encoders": True})
+    adapter = {id(p) for p in lora_parameters(ours)}
+    trainable = [p for p in ours.parameters() if p.requires_grad]
+    assert trainable and {id(p) for p in trainable} == adapter
+    names = [n for n, p in ours.named_parameters() if p.requires_grad]
+    for part in (
+        "embedders.0.",
+        "in_proj_weight.0.lora_A",
+        "out_proj.parametrizations",
+        "c_fc.lora_A",
+    ):
+        assert any(part in n for n in names), part
+    before = {k: v.clone() for k, v in ours.state_dict().items()}
+    opt = torch.optim.SGD(trainable, lr=0.1)
+    batch = {
+        "txt": ["a red cube", "a dog"],
+        "original_size_as_tuple": torch.tensor([[64, 64], [64, 64]]),
+        "crop_coords_top_left": torch.zeros(2, 2),
+        "target_size_as_tuple": torch.tensor([[64, 64], [64, 64]]),
+    }
+    ours.train()
+    for _ in range(2):
+        cond = ours.conditioner(batch)
+        x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+        out = ours.model.diffusion_model(
+            x, torch.tensor([10, 500]), cond["crossattn"], cond["vector"]
+        )
+        opt.zero_grad()
+        (out - x).pow(2).mean().backward()
+        opt.step()
+    changed = {k for k, v in ours.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(".lora_" in k for k in changed)
+    assert any("embedders.0." in k for k in changed) and any("embedders.1." in k for k in changed)
+
+
+@pytest.mark.parametrize("format", ["kohya", "diffusers"])
+def test_text_encoder_adapters_export_for_diffusers(sdxl, tmp_path, format):
+    """Exports hold the text-encoder adapters: diffusers' load_lora_weights of the file
+    gives our adapted engine's outputs."""
+    from safetensors import safe_open
+
+    from sgm.lora import save_lora
+
+    config, ckpt, pipe_dir, _ = sdxl
+    ours = _text_adapter_engine(config, ckpt)
+    path = save_lora(ours, tmp_path / f"te.{format}.safetensors", format=format)
+    with safe_open(str(path), "pt") as f:
+        keys = list(f.keys())
+    if format == "kohya":
+        assert any(k.startswith("lora_te1_") for k in keys)
+        assert any(k.startswith("lora_te2_") and "_v_proj." in k for k in keys)
+    else:
+        assert any(k.startswith("text_encoder_2.") and ".v_proj." in k for k in keys)
+    pipe = _pipe(pipe_dir)
+    pipe.load_lora_weights(str(tmp_path), weight_name=path.name)
+    _close(_outputs(ours, pipe))
