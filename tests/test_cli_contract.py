@@ -450,3 +450,38 @@ def test_checkpoint_mismatch_report_is_shown_bounded(mismatched, tmp_path):
     verbose = _run_script(IMAGE, [*argv, "--verbose"], tmp_path)
     shown = [line.strip() for line in verbose.stderr.strip().splitlines()]
     assert verbose.returncode == 2 and shown[-len(expected) :] == expected, shown[-15:]
+
+
+def test_a_checkpoint_of_another_release_is_named_before_any_build(tmp_path):
+    # SD 2.1's layout (zeros, written sparsely) given to the SDXL base release: refused
+    # from the file's header with the report and the releases it fits.
+    import json
+    import math
+    import struct
+
+    from sgm.inference import checkpoint_fit
+
+    layouts = checkpoint_fit.stored_layouts()
+    shapes = checkpoint_fit._stored_shapes(layouts["configs"]["inference/sd_2_1.yaml"]["state"])
+    header, offset = {}, 0
+    for key, shape in shapes.items():
+        size = 2 * math.prod(shape)
+        header[key] = {
+            "dtype": "F16",
+            "shape": list(shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    path = tmp_path / "v2-1_512-ema-pruned.safetensors"
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", len(blob)) + blob)
+        handle.truncate(8 + len(blob) + offset)
+    result = _run_script(IMAGE, ["--version=sdxl_base_1.0", f"--ckpt={path}"], tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    (error,) = [line for line in lines if line.startswith("error:")]
+    assert f"{path} does not match DiffusionEngine" in error, error
+    assert "its keys and shapes are those of sd2.1, sd2.1_768, sd_turbo" in error, error
+    assert any(line.startswith("  model.diffusion_model.*: ") for line in lines), lines
