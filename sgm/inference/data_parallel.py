@@ -104,13 +104,31 @@ def _plan(
     return pending, stale
 
 
-def _plan_on_main(world, items, output, manifest, params, overwrite, status):
-    """Rank 0 plans, every rank gets the plan (or the same error)."""
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run still has to make (indices), and which of those replace an old output."""
+
+    pending: tuple[int, ...]
+    stale: frozenset[int]
+
+
+def plan_run(
+    items: Sequence[WorkItem],
+    output: ItemOutput,
+    params: Mapping[str, Any],
+    world: World,
+    *,
+    overwrite: bool = False,
+) -> RunPlan:
+    """Rank 0 reads the manifest and checks it against ``items`` and ``params``; every rank
+    gets the plan, or raises the same ``InputError``. Call it before loading a model, so a
+    refused manifest costs nothing (:func:`run_items` calls it when not given a plan)."""
     plan: Any = None
     if world.is_main:
         try:
-            plan = _plan(items, output, manifest, params, overwrite)
-            status.clear()
+            pending, stale = _plan(items, output, Manifest(output.folder), params, overwrite)
+            RunStatus(output.folder, 0, world.world_size).clear()
+            plan = RunPlan(tuple(pending), frozenset(stale))
         except SgmError as error:
             plan = str(error).split("\n")[0]
     plan = broadcast(plan)
@@ -191,25 +209,28 @@ def run_items(
     progress: bool = True,
     beat_s: float = 5.0,
     dead_after_s: float = 120.0,
+    plan: RunPlan | None = None,
 ) -> RunReport:
     """Make every item of ``items`` not made yet, this rank its share (see the module).
 
     ``make(item)`` samples one item (the same on every rank); ``encode(item, result)``
     gives its output's bytes. ``params``: every sampling parameter of the run (JSON
     values), recorded with each output and compared with an old manifest (``InputError``
-    naming the first that differs, unless ``overwrite``). Raises :class:`RunFailed` on
-    every rank when any rank failed or fell silent for ``dead_after_s`` seconds.
+    naming the first that differs, unless ``overwrite``); ``plan``: made by
+    :func:`plan_run` beforehand. Raises :class:`RunFailed` on every rank when any rank
+    failed or fell silent for ``dead_after_s`` seconds.
     """
     if pairs and world.world_size % 2:
         raise InputError(
             f"--cfg_parallel runs each image on 2 processes; the world size {world.world_size} "
             "is odd"
         )
+    if plan is None:
+        plan = plan_run(items, output, params, world, overwrite=overwrite)
     manifest = Manifest(output.folder)
     status = RunStatus(output.folder, world.rank, world.world_size, beat_s, dead_after_s)
-    pending_ids, stale = _plan_on_main(world, items, output, manifest, params, overwrite, status)
     by_index = {item.index: item for item in items}
-    pending = [by_index[i] for i in pending_ids]
+    pending = [by_index[i] for i in plan.pending]
     unit, units = (
         (world.rank // 2, world.world_size // 2) if pairs else (world.rank, world.world_size)
     )
@@ -220,7 +241,7 @@ def run_items(
     status.start()
     try:
         made, failure = _make_all(
-            mine, make, encode, output, manifest, params, set(stale), world, writer, bar
+            mine, make, encode, output, manifest, params, plan.stale, world, writer, bar
         )
         status.finish(not failure, made, failure)
         if failure and pairs:
