@@ -12,6 +12,7 @@ from torch import nn
 from ..util import default
 from . import run_cache
 from ._attention_backend import scaled_dot_product
+from .diffusionmodules import tgate
 
 
 def uniq(arr) -> list:
@@ -132,6 +133,27 @@ class CrossAttention(nn.Module):
         n_times_crossframe_attn_in_self: int = 0,
     ) -> torch.Tensor:
         """(B, N, query_dim), context (B, M, context_dim) -> (B, N, query_dim)."""
+        gate = None if torch.compiler.is_compiling() else tgate.active()
+        if gate is not None:  # T-GATE: computed, kept or reused as the step's plan says
+            return tgate.attend(
+                gate,
+                self,
+                x,
+                context,
+                lambda: self._attention(
+                    x, context, mask, additional_tokens, n_times_crossframe_attn_in_self
+                ),
+            )
+        return self._attention(x, context, mask, additional_tokens, n_times_crossframe_attn_in_self)
+
+    def _attention(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None,
+        mask: torch.Tensor | None,
+        additional_tokens: torch.Tensor | None,
+        n_times_crossframe_attn_in_self: int,
+    ) -> torch.Tensor:
         if additional_tokens is not None:
             n_extra = additional_tokens.shape[1]
             x = torch.cat([additional_tokens, x], dim=1)

@@ -20,6 +20,7 @@ import torch
 
 from ...util import default, instantiate_from_config
 from .. import run_cache, sampling_step
+from . import tgate
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +150,9 @@ class BaseDiffusionSampler:
         **kwargs: Any,
     ) -> torch.Tensor:
         """Guided denoised estimate at ``sigma``; ``kwargs`` go to the denoiser."""
+        gate = None if torch.compiler.is_compiling() else tgate.active()
+        if gate is not None:  # T-GATE: one unconditional pass per step after the gate
+            return tgate.denoise(gate, self.guider, x, denoiser, sigma, cond, uc, **kwargs)
         denoised = denoiser(*self.guider.prepare_inputs(x, sigma, cond, uc), **kwargs)
         return self.guider(denoised, sigma)
 
