@@ -36,7 +36,12 @@ logger = logging.getLogger(__name__)
 
 
 class RunFailed(SgmError, RuntimeError):
-    """A rank of the run failed or died; the outputs made so far are kept and recorded."""
+    """A rank of the run failed or died; the outputs made so far are kept and recorded.
+    ``reporter``: the lowest rank still alive, the one that says so."""
+
+    def __init__(self, message: str, reporter: int = 0) -> None:
+        super().__init__(message)
+        self.reporter = reporter
 
 
 class ItemOutput(Protocol):
@@ -255,7 +260,8 @@ def run_items(
     if not all(s.ok for s in statuses):
         recorded = manifest.read()
         missing = sum(1 for item in items if item.index not in recorded)
-        raise RunFailed(summary(statuses, missing, len(items)))
+        alive = [s.rank for s in statuses if not s.dead]
+        raise RunFailed(summary(statuses, missing, len(items)), min(alive, default=world.rank))
     if world.is_main:
         manifest.merge()
     return RunReport(made, made_all, done, len(items))
