@@ -170,7 +170,7 @@ row() {  # row NAME LIMIT_S FLOOR_KEY ARGS...: run one benchmark under a time li
       *) status="failed"; FAILED+=("$name"); tail -n 5 "$WORK/${log%.log}.err" ;;
     esac
     local ratio
-    ratio="$(grep -E '^ratio sgm/diffusers|^compute floor|^low-VRAM' "$WORK/$log" | tr '\n' ';' | sed 's/;$//')"
+    ratio="$(grep -E '^ratio sgm/diffusers|^compute floor|^low-VRAM' "$WORK/$log" | paste -sd '|' - | sed 's/|/; /g')"
     say "$name: $status in $((SECONDS - t0)) s${ratio:+: $ratio}"
   fi
   printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$status" "$floor" "$log" \
