@@ -172,7 +172,9 @@ class _Progress:
         self.bar.close()
 
 
-def _make_all(mine, make, encode, output, manifest, params, stale, world, writer, progress):
+def _make_all(
+    mine, make, encode, output, manifest, params, stale, world, writer, progress, on_done
+):
     """Make this rank's items; returns (made, failure message or ""). Outputs made before
     a failure are still written."""
     made, failure = 0, ""
@@ -190,6 +192,8 @@ def _make_all(mine, make, encode, output, manifest, params, stale, world, writer
                     replace=item.index in stale,
                 )
                 made += 1
+                if on_done is not None:
+                    on_done(item)
             if progress is not None:
                 progress.refresh()
     except Exception as error:  # noqa: BLE001 - any failure of an item ends this rank's share
@@ -215,6 +219,7 @@ def run_items(
     beat_s: float = 5.0,
     dead_after_s: float = 120.0,
     plan: RunPlan | None = None,
+    on_done: Callable[[WorkItem], None] | None = None,
 ) -> RunReport:
     """Make every item of ``items`` not made yet, this rank its share (see the module).
 
@@ -222,7 +227,8 @@ def run_items(
     gives its output's bytes. ``params``: every sampling parameter of the run (JSON
     values), recorded with each output and compared with an old manifest (``InputError``
     naming the first that differs, unless ``overwrite``); ``plan``: made by
-    :func:`plan_run` beforehand. Raises :class:`RunFailed` on every rank when any rank
+    :func:`plan_run` beforehand; ``on_done(item)``: called when this rank has handed an
+    item's output over (a shard output writes it when the shard is full). Raises :class:`RunFailed` on every rank when any rank
     failed or fell silent for ``dead_after_s`` seconds.
     """
     if pairs and world.world_size % 2:
@@ -246,7 +252,7 @@ def run_items(
     status.start()
     try:
         made, failure = _make_all(
-            mine, make, encode, output, manifest, params, plan.stale, world, writer, bar
+            mine, make, encode, output, manifest, params, plan.stale, world, writer, bar, on_done
         )
         status.finish(not failure, made, failure)
         if failure and pairs:
