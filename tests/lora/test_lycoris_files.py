@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from lora_tiny import unet, unet_inputs
+from lora_tiny import randomize, unet, unet_inputs
 from safetensors.torch import save_file
 
 from sgm.lora import load_lora, lora_names, remove_lora, set_lora_scale
@@ -133,3 +133,33 @@ def test_strength_several_files_and_removal(tmp_path):
     remove_lora(network)
     for key, value in network.state_dict().items():
         assert torch.equal(value, original[key]), key
+
+
+def test_video_unet_kohya_file_with_temporal_layers_equals_peft(tmp_path):
+    """SVD's network: kohya names of its own modules, temporal layers included."""
+    from test_lora_training import VIDEO
+
+    from sgm.util import instantiate_from_config
+
+    torch.manual_seed(0)
+    network = randomize(instantiate_from_config(VIDEO))
+    targets = [n for n, m in network.named_modules() if isinstance(m, torch.nn.Linear)]
+    targets = [n for n in targets if "time_stack" in n or "attn2.to_out" in n][:12]
+    assert any("time_stack" in n for n in targets)
+    twin = _peft_twin(network, peft.LoraConfig(r=2, lora_alpha=4.0, target_modules=targets))
+    path = _file(twin, ["lora_A", "lora_B"], lambda layer: 4.0, tmp_path / "svd.safetensors")
+    x = torch.randn(2, 8, 8, 8, generator=torch.Generator().manual_seed(2))
+    kwargs = dict(
+        context=torch.randn(2, 1, 32, generator=torch.Generator().manual_seed(3)),
+        y=torch.randn(2, 768, generator=torch.Generator().manual_seed(4)),
+        num_video_frames=2,
+        image_only_indicator=torch.zeros(1, 2),
+    )
+    t = torch.tensor([1.0, 2.0])
+    with torch.no_grad():
+        base = network(x, t, **kwargs)
+        load_lora(network, path)
+        ours, theirs = network(x, t, **kwargs), twin(x, t, **kwargs)
+    scale = float(theirs.abs().max())
+    torch.testing.assert_close(ours, theirs, atol=1e-5 * scale, rtol=0)
+    assert (ours - base).abs().max() > 1e-3 * scale
