@@ -148,6 +148,48 @@ def interleaved(
     return seconds, peaks
 
 
+def add_speedup_flags(parser: Any) -> None:
+    """--deepcache N, --deepcache-branch B, --tome RATIO, --tome-max-downsample D: time sgm
+    with the speed-up against sgm without it (no diffusers run)."""
+    parser.add_argument(
+        "--deepcache",
+        type=int,
+        default=0,
+        metavar="N",
+        help="time sgm with DeepCache (one full network step in N) against sgm without it",
+    )
+    parser.add_argument("--deepcache-branch", type=int, default=0, metavar="B")
+    parser.add_argument(
+        "--tome",
+        type=float,
+        default=0.0,
+        metavar="RATIO",
+        help="time sgm with token merging (share of tokens merged) against sgm without it",
+    )
+    parser.add_argument("--tome-max-downsample", type=int, default=1, metavar="D")
+
+
+def speedup_runs(args: Any, steps: int) -> tuple[str, dict[str, Any]] | None:
+    """(label, keyword arguments of sgm's sampling call) of the speed-ups the flags ask for,
+    or None."""
+    from sgm.modules.diffusionmodules.deepcache import DeepCache
+    from sgm.modules.token_merging import TokenMerging
+
+    kwargs: dict[str, Any] = {}
+    labels = []
+    if args.deepcache:
+        kwargs["deepcache"] = DeepCache(args.deepcache, args.deepcache_branch)
+        full = len(kwargs["deepcache"].full_steps(steps))
+        labels.append(
+            f"DeepCache interval {args.deepcache}, branch {args.deepcache_branch} "
+            f"({full} of {steps} steps whole)"
+        )
+    if args.tome:
+        kwargs["tome"] = TokenMerging(args.tome, args.tome_max_downsample)
+        labels.append(f"token merging {args.tome:g} (max downsample {args.tome_max_downsample})")
+    return (" + ".join(labels), kwargs) if kwargs else None
+
+
 def option_ratio(
     label: str,
     off: Callable[[], Any],

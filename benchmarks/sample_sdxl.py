@@ -39,11 +39,13 @@ from _pipeline import (
     compile_diffusers,
     diffusers_pipeline,
     interleaved,
+    add_speedup_flags,
     max_abs_diff,
     option_ratio,
     peak_in_fresh_process,
     peak_of_run,
     randomize,
+    speedup_runs,
     summary,
     without_run_cache,
 )
@@ -219,7 +221,7 @@ def make_runs(args, engine, pipe):
         captured["latents"] = kwargs["latents"]
         return kwargs
 
-    def run_sgm(deepcache=None):
+    def run_sgm(**speedups):
         return do_sample(
             engine,
             sampler,
@@ -233,7 +235,7 @@ def make_runs(args, engine, pipe):
             noise=noise.to(device),
             return_latents=True,
             dtype=args.sgm_dtype,
-            deepcache=deepcache,
+            **speedups,
         )
 
     def run_diffusers():
@@ -253,22 +255,6 @@ def make_runs(args, engine, pipe):
     if args.no_run_cache:
         run_sgm = without_run_cache(run_sgm)
     return {"sgm": run_sgm, "diffusers": run_diffusers}
-
-
-def run_deepcache(args, run_sgm) -> None:
-    """sgm with DeepCache against sgm without it: time ratio and PSNR."""
-    from sgm.modules.diffusionmodules.deepcache import DeepCache
-
-    options = DeepCache(args.deepcache, args.deepcache_branch)
-    full = len(options.full_steps(args.steps))
-    option_ratio(
-        f"DeepCache interval {args.deepcache}, branch {args.deepcache_branch} "
-        f"({full} of {args.steps} steps whole)",
-        run_sgm,
-        lambda: run_sgm(deepcache=options),
-        args.repeats,
-        torch.device(args.device),
-    )
 
 
 def check_same(runs, args) -> None:
@@ -322,14 +308,7 @@ def parse_args(argv=None):
         help="CPU: sgm computes in bfloat16 (autocast; first stage float32), "
         "diffusers stays float32 (the output check allows 5e-2)",
     )
-    parser.add_argument(
-        "--deepcache",
-        type=int,
-        default=0,
-        metavar="N",
-        help="time sgm with DeepCache (one full network step in N) against sgm without it",
-    )
-    parser.add_argument("--deepcache-branch", type=int, default=0, metavar="B")
+    add_speedup_flags(parser)
     parser.add_argument("--child", choices=["sgm", "diffusers"], help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -372,8 +351,11 @@ def main() -> None:
             f"{args.threads} threads, compile={args.compile}, median of {args.repeats}"
         )
         runs = make_runs(args, engine, pipe)
-        if args.deepcache:
-            run_deepcache(args, runs["sgm"])
+        speedup = speedup_runs(args, args.steps)
+        if speedup is not None:
+            label, kwargs = speedup
+            run = runs["sgm"]
+            option_ratio(label, run, lambda: run(**kwargs), args.repeats, torch.device(args.device))
             return
         check_same(runs, args)
         seconds, peaks = interleaved(runs, args.repeats, torch.device(args.device), warmup=0)

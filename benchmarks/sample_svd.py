@@ -44,11 +44,13 @@ from _pipeline import (
     compile_diffusers,
     diffusers_pipeline,
     interleaved,
+    add_speedup_flags,
     max_abs_diff,
     option_ratio,
     peak_in_fresh_process,
     peak_of_run,
     randomize,
+    speedup_runs,
     summary,
     without_run_cache,
 )
@@ -214,7 +216,7 @@ def make_runs(args, engine, pipe):
     if engine is not None:
         sigmas = engine.sampler.discretization(args.steps).tolist()
 
-        def run_sgm(deepcache=None):
+        def run_sgm(**speedups):
             gen = torch.Generator().manual_seed(SEED)
             values = build_value_dict(
                 image, COND_AUG, fps_id=FPS - 1, motion_bucket_id=MOTION, generator=gen
@@ -226,7 +228,7 @@ def make_runs(args, engine, pipe):
                 generator=gen,
                 decoding_t=args.frames,
                 dtype=args.sgm_dtype,
-                deepcache=deepcache,
+                **speedups,
             )
 
         runs["sgm"] = run_sgm
@@ -296,14 +298,7 @@ def parse_args(argv=None):
         help="CPU: sgm computes in bfloat16 (autocast; first stage float32), "
         "diffusers stays float32 (the output check allows 5e-2)",
     )
-    parser.add_argument(
-        "--deepcache",
-        type=int,
-        default=0,
-        metavar="N",
-        help="time sgm with DeepCache (one full network step in N) against sgm without it",
-    )
-    parser.add_argument("--deepcache-branch", type=int, default=0, metavar="B")
+    add_speedup_flags(parser)
     parser.add_argument("--child", choices=["sgm", "diffusers"], help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     parser.add_argument("--sigmas", type=json.loads, help=argparse.SUPPRESS)
@@ -353,19 +348,11 @@ def main() -> None:
             f"compile={args.compile}, median of {args.repeats}"
         )
         runs, sigmas = make_runs(args, engine, pipe)
-        if args.deepcache:
-            from sgm.modules.diffusionmodules.deepcache import DeepCache
-
-            options = DeepCache(args.deepcache, args.deepcache_branch)
-            full = len(options.full_steps(args.steps))
-            option_ratio(
-                f"DeepCache interval {args.deepcache}, branch {args.deepcache_branch} "
-                f"({full} of {args.steps} steps whole)",
-                runs["sgm"],
-                lambda: runs["sgm"](deepcache=options),
-                args.repeats,
-                torch.device(args.device),
-            )
+        speedup = speedup_runs(args, args.steps)
+        if speedup is not None:
+            label, kwargs = speedup
+            run = runs["sgm"]
+            option_ratio(label, run, lambda: run(**kwargs), args.repeats, torch.device(args.device))
             return
         ours, theirs = runs["sgm"](), runs["diffusers"]()
         diff, _ = max_abs_diff(ours, theirs)
