@@ -72,3 +72,21 @@ def test_loaded_for_sampling_gives_the_trained_outputs(trained):
 def test_unknown_format_is_refused(trained, tmp_path):
     with pytest.raises(ConfigError, match="format must be one of"):
         save_lora(trained[0], tmp_path / "x.safetensors", format="a1111")
+
+
+def test_lora_export_callback_writes_kohya_files(trained, tmp_path):
+    from types import SimpleNamespace
+
+    from sgm.lora.training import LoraExport
+
+    net, path = trained
+    export = LoraExport(every_n_train_steps=5, dirpath=str(tmp_path), format="kohya")
+    trainer = SimpleNamespace(is_global_zero=True, global_step=10)
+    export.on_train_batch_end(trainer, net)
+    assert [p.name for p in export.written] == ["step-0000010.kohya.safetensors"]
+    written, _ = _read(export.written[0])
+    original, _ = _read(path)
+    assert written.keys() == original.keys()
+    assert all(torch.equal(written[k], original[k]) for k in original)
+    with pytest.raises(ConfigError, match="LoraExport.format"):
+        LoraExport(format="comfy")
