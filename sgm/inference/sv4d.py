@@ -11,7 +11,7 @@ latents of the whole clip stay on the host::
     frames = video_io.frames_to_tensor(video_io.preprocess_frames(
         video_io.ping_pong(frames, 21), 576, 0.9))
     device = resolve_device("auto")          # sgm.util.resolve_device
-    model = load_video_model("scripts/sampling/configs/sv4d2.yaml",
+    model = load_video_model(releases.config_path("sv4d2"),  # sgm.inference.releases
                              "checkpoints/sv4d2.safetensors", device=device)
     polars, azimuths = sv4d.orbit_rad(5, 0.0, sv4d.SPECS["sv4d2"].azimuths_deg)
     grid = sv4d.sample_sv4d2(model, sv4d.SPECS["sv4d2"], frames, polars, azimuths,
