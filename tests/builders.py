@@ -22,6 +22,20 @@ _OPEN_CLIP_VISION = {"image_size": 224, "width": 64, "head_width": 32, "patch_si
 _OPEN_CLIP_TEXT = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4}
 
 
+def refuse_network(patch) -> None:
+    """Make opening a socket fail the test and keep the Hugging Face Hub offline, through
+    ``patch`` (a ``pytest.MonkeyPatch``)."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args!r}")
+
+    patch.setenv("HF_HUB_OFFLINE", "1")
+    patch.setattr(socket.socket, "connect", refuse)
+    patch.setattr(socket, "create_connection", refuse)
+    patch.setattr(socket, "getaddrinfo", refuse)
+
+
 def open_clip_arch(embed_dim: int = 32, text_layers: int = 3, vision_layers: int = 2) -> dict:
     """An open_clip model config (``add_model_config`` format) with toy towers."""
     return {

@@ -10,14 +10,13 @@ the converters, so a key that no converter reads shows up by name.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 
 import pytest
 import torch
-from builders import released_clip_text_model
+from builders import refuse_network, released_clip_text_model
 from omegaconf import OmegaConf
 from torch.utils._pytree import tree_leaves
 
@@ -134,15 +133,8 @@ def with_prefix(keys, prefix: str) -> set[str]:
 @pytest.fixture(scope="module")
 def offline():
     """Opening a socket fails the test; the Hub is offline."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args!r}")
-
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        patch.setattr(socket.socket, "connect", refuse)
-        patch.setattr(socket, "create_connection", refuse)
-        patch.setattr(socket, "getaddrinfo", refuse)
+        refuse_network(patch)
         yield
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 from _tiny_models import FAMILIES, randomize
-from builders import open_clip_arch, register_open_clip, write_tiny_clip
+from builders import open_clip_arch, refuse_network, register_open_clip, write_tiny_clip
 from omegaconf import OmegaConf
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -22,15 +21,8 @@ ARCHS = {
 def offline():
     """Opening a socket fails the test; the Hub is offline (per module: later test folders
     that serve pages on localhost must not inherit it)."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args!r}")
-
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        patch.setattr(socket.socket, "connect", refuse)
-        patch.setattr(socket, "create_connection", refuse)
-        patch.setattr(socket, "getaddrinfo", refuse)
+        refuse_network(patch)
         yield
 
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
-from builders import open_clip_arch, register_open_clip, write_tiny_clip
+from builders import open_clip_arch, refuse_network, register_open_clip, write_tiny_clip
 
 TINY_ARCHS = {
     "sgm-test-tiny": open_clip_arch(embed_dim=32, text_layers=3, vision_layers=2),
@@ -17,14 +15,7 @@ TINY_ARCHS = {
 @pytest.fixture
 def no_network(monkeypatch):
     """Any attempt to open a socket fails the test."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args!r}")
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    refuse_network(monkeypatch)
 
 
 @pytest.fixture(scope="session")
