@@ -154,6 +154,10 @@ def plan_file(model: nn.Module, path: str | os.PathLike) -> Plan:
     tensors, header = read(path)
     if _kohya.layout_of(list(tensors), str(path)) == "kohya":
         return _kohya.plan(model, path, tensors, header)
+    if any(k.startswith(("text_encoder.", "text_encoder_2.")) for k in tensors):
+        single = len(text_embedders(model)) == 1  # diffusers' files with text encoders
+        tensors = _kohya.from_diffusers(tensors, header, single)
+        return _kohya.plan(model, path, tensors, header)
     return plan_adapter(network_of(model), path, (tensors, header))
 
 

@@ -185,3 +185,37 @@ def plan(model: nn.Module, path: str | os.PathLike, tensors: dict, header: dict)
             )
         adapters.append(LayerAdapter(layer, kind, factors, alpha, dora, target))
     return Plan(path, adapters, header, made_for)
+
+
+DIFFUSERS_PREFIXES = {"unet.": UNET, "text_encoder.": "lora_te1_", "text_encoder_2.": "lora_te2_"}
+
+
+def from_diffusers(tensors: dict, header: dict, single_text_encoder: bool) -> dict:
+    """A diffusers-layout file that has text-encoder layers (``text_encoder.`` /
+    ``text_encoder_2.``), renamed to kohya's layout: ``lora_A`` -> ``lora_down``,
+    ``lora_B`` -> ``lora_up``, and an ``alpha`` per layer where the header's peft config
+    gives one (``<prefix>.lora_alpha``)."""
+    import json
+
+    try:
+        config = json.loads(header.get("lora_adapter_metadata", "{}"))
+    except ValueError:
+        config = {}
+    out = {}
+    for key, value in tensors.items():
+        prefix = next((p for p in DIFFUSERS_PREFIXES if key.startswith(p)), None)
+        if prefix is None or not key.endswith((".lora_A.weight", ".lora_B.weight")):
+            out[key] = value  # left for the checks to name
+            continue
+        kohya = DIFFUSERS_PREFIXES[prefix]
+        if kohya == "lora_te1_" and single_text_encoder:
+            kohya = "lora_te_"
+        path, part = key[len(prefix) : -len(".weight")].rsplit(".", 1)
+        if kohya != UNET and not path.startswith("text_model."):
+            path = "text_model." + path  # transformers' CLIP without the text_model level
+        layer = kohya + path.replace(".", "_")
+        out[f"{layer}.{'lora_down' if part == 'lora_A' else 'lora_up'}.weight"] = value
+        alpha = config.get(prefix + "lora_alpha")
+        if alpha is not None:
+            out[f"{layer}.alpha"] = torch.tensor(float(alpha))
+    return out

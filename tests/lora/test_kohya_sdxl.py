@@ -225,3 +225,18 @@ def test_text_encoder_adapters_export_for_diffusers(sdxl, tmp_path, format):
     pipe = _pipe(pipe_dir)
     pipe.load_lora_weights(str(tmp_path), weight_name=path.name)
     _close(_outputs(ours, pipe))
+
+
+@pytest.mark.parametrize("format", ["kohya", "diffusers"])
+def test_text_encoder_adapters_load_back_here(sdxl, tmp_path, format):
+    """Both exports, text encoders included, loaded on a fresh engine give the outputs of
+    the engine that holds the adapter."""
+    from sgm.lora import save_lora
+
+    config, ckpt, pipe_dir, _ = sdxl
+    ours = _text_adapter_engine(config, ckpt)
+    path = save_lora(ours, tmp_path / f"te.{format}.safetensors", format=format)
+    fresh = engine(config, ckpt)
+    load_lora(fresh, path)
+    pipe = _pipe(pipe_dir)  # only supplies the tokenizers' inputs: compare ours to ours
+    _close(list(zip((a for a, _ in _outputs(fresh, pipe)), (a for a, _ in _outputs(ours, pipe)))))
