@@ -133,16 +133,27 @@ class TGate:
 
     def check_network(self, network: Any) -> None:
         """``InputError`` unless ``network`` has cross-attention (a context to attend to
-        and attention layers)."""
+        and attention layers) and runs eagerly (a compiled forward traces the plain
+        attention, which would leave the passes after the gate without the prompt)."""
         name = type(network).__name__
         if not any(_is_attention(m) for m in network.modules()):
             raise InputError(f"tgate needs cross-attention; {name} has no attention layers")
         if getattr(network, "context_dim", None) is None:
             raise InputError(f"tgate needs cross-attention; {name} takes no context")
+        if _is_compiled(network.forward):
+            raise InputError(f"tgate needs an eager network; {name}'s forward is compiled")
 
 
 def _is_attention(module: torch.nn.Module) -> bool:
     return all(hasattr(module, n) for n in ("to_q", "to_k", "to_v", "to_out"))
+
+
+def _is_compiled(forward: Any) -> bool:
+    # torch.compile marks the function it returns; sgm's frozen forward holds one
+    return any(
+        hasattr(f, "_torchdynamo_orig_callable")
+        for f in (forward, getattr(forward, "_compiled", None))
+    )
 
 
 @dataclass
@@ -206,6 +217,11 @@ def denoise(
         run.kept.clear()
     if not guided:
         plan = Plan(plan.cross, plan.self_attn)
+    if not plan.guidance and not any(kind == "cross" for _, kind in run.kept):
+        raise InputError(
+            f"tgate kept no cross-attention at its gate (step {run.options.gate_step - 1}): "
+            "the network has none or runs compiled"
+        )
     run.plan = plan
     try:
         if plan.guidance:

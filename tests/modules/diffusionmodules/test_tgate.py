@@ -19,6 +19,7 @@ from sgm.modules._attention_layers import CrossAttention
 from sgm.modules.diffusionmodules import tgate
 from sgm.modules.diffusionmodules.sampling import EulerEDMSampler
 from sgm.modules.diffusionmodules.tgate import Plan, TGate
+from sgm.modules.diffusionmodules.wrappers import compile_network
 
 pytestmark = pytest.mark.parity
 
@@ -197,9 +198,11 @@ def test_the_unconditional_pass_after_the_gate():
     sees the state once, with the unconditional conditioning, and its output is the
     estimate (no guidance)."""
     seen, estimates = [], []
+    attention = CrossAttention(3, heads=1, dim_head=4)  # keeps its output at the gate
 
     def denoiser(x, sigma, cond):
         seen.append(tuple(cond["crossattn"][:, 0, 0].tolist()))
+        attention(torch.zeros(x.shape[0], 1, 3), context=cond["crossattn"])
         return x * 0.5 + cond["crossattn"][:, :1, :1, None]
 
     c, uc = {"crossattn": torch.ones(1, 2, 3)}, {"crossattn": torch.zeros(1, 2, 3)}
@@ -337,6 +340,20 @@ def test_a_gate_beyond_the_steps_is_refused_before_the_network_runs():
     TGate(5).check_sampler(_sampler(4), num_steps=5)
 
 
+def test_a_gate_that_kept_no_cross_attention_stops_the_run():
+    calls = []
+
+    def denoiser(x, sigma, cond):  # no attention layer: nothing kept at the gate
+        calls.append(x.shape[0])
+        return x
+
+    c = {"crossattn": torch.zeros(1, 2, 3)}
+    message = "^tgate kept no cross-attention at its gate \\(step 1\\): the network has none or runs compiled$"
+    with pytest.raises(InputError, match=message), tgate.enabled(TGate(2)):
+        _sampler(4)(denoiser, torch.randn(1, 4, 2, 2), c, c)
+    assert calls == [2, 2]  # refused before the unconditional pass
+
+
 def test_a_guider_without_halves_is_refused():
     message = "^tgate needs classifier-free guidance \\(VanillaCFG\\) or none; the sampler's guider is LinearPredictionGuider$"
     with pytest.raises(InputError, match=message):
@@ -361,3 +378,9 @@ def test_a_network_without_cross_attention_is_refused():
         InputError, match="^tgate needs cross-attention; Sequential takes no context$"
     ):
         TGate(3).check_network(torch.nn.Sequential(CrossAttention(8, heads=2, dim_head=4)))
+    for freeze in (False, True):
+        compiled = compile_network(build(SD21_TINY), freeze=freeze)  # compiles at its first call
+        with pytest.raises(
+            InputError, match="^tgate needs an eager network; UNetModel's forward is compiled$"
+        ):
+            TGate(3).check_network(compiled)
