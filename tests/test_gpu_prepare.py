@@ -210,13 +210,16 @@ def test_cpu_smoke_in_an_environment_of_the_image_packages(tmp_path):
     assert bare.returncode != 0 and "No module named 'diffusers'" in bare.stderr
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "OUT")}
     env["PYTHON"] = str(python)
+    # Generous limits: on a shared 2-core machine under load the compiled row's C++ builds
+    # alone took over 20 minutes; this checks that every step runs, not how fast.
+    env["CPU_SCALE"] = "20"
     run = subprocess.run(
         ["bash", str(BENCH / "gpu.sh"), "--cpu-smoke", str(tmp_path / "results")],
         capture_output=True,
         text=True,
         env=env,
         cwd=ROOT,
-        timeout=4500,
+        timeout=480 * 20 + 600,
     )
     summary = (tmp_path / "results" / "summary.txt").read_text()
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
