@@ -62,6 +62,8 @@ __all__ = [
     "remove_lora",
     "fuse_lora",
     "lora_names",
+    "plan_file",
+    "FORMATS",
 ]
 
 
