@@ -118,6 +118,14 @@ def unit_interval(text: str) -> float:
     return value
 
 
+def fraction(text: str) -> float:
+    """A number in [0, 1)."""
+    value = _number(text, float)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be in [0, 1)")
+    return value
+
+
 def multiple_of(factor: int) -> Callable[[str], int]:
     """A positive integer divisible by ``factor`` (e.g. image sizes: 64)."""
 
@@ -260,7 +268,8 @@ def add_device_args(parser: argparse.ArgumentParser, low_vram: bool = True) -> N
         "--dtype",
         choices=DTYPES,
         default="auto",
-        help="compute precision; auto: fp16 on CUDA, fp32 elsewhere",
+        help="compute precision; auto: fp16 on CUDA, bf16 on a CPU that computes it "
+        "natively (AMX, AVX-512 BF16), fp32 elsewhere",
     )
     if low_vram:
         parser.add_argument(

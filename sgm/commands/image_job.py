@@ -14,6 +14,7 @@ from ..errors import CheckpointError, InputError
 from ..inference.releases import config_path, get_release, releases
 from ..inference.sampling_params import Discretization, Sampler, SamplingParams
 from ..inference.specs import model_specs
+from .speedups import params_fields
 
 logger = logging.getLogger("simple_image_sample")
 
@@ -155,6 +156,10 @@ def validate(args: argparse.Namespace) -> Job:
             args.version,
             "no guidance" if turbo else "its negative text embedding is zero",
         )
+    check(
+        not (turbo and (args.deepcache or args.tome)),
+        f"--deepcache / --tome: {args.version} samples in 1 to 4 steps, with nothing to reuse or merge",
+    )
     params = SamplingParams(
         width=width,
         height=height,
@@ -165,6 +170,7 @@ def validate(args: argparse.Namespace) -> Job:
         img2img_strength=args.strength if image is not None else 1.0,
         orig_width=width,
         orig_height=height,
+        **params_fields(args),
     )
     if image is not None and image.size != (width, height):
         image = image.resize((width, height))

@@ -86,10 +86,9 @@ def sample(args: argparse.Namespace) -> list[Path]:
     sv4d_job.release(model)
     del model
 
-    first_frame = [grid[0][v] for v in range(N_VIEW + 1)]
     videos = {
         "_process_input.mp4": sv4d_job.uint8_video(processed),
-        "_t000.mp4": ((torch.stack(first_frame) + 1) / 2).clamp(0, 1),
+        "_t000.mp4": sv4d.first_frame_video(video, reference),
     }
     for v in range(1, N_VIEW + 1):
         videos[f"_v{v:03d}.mp4"] = sv4d.view_video(grid, v)

@@ -36,6 +36,7 @@ from ..cli import (
 from ..inference.sampling_params import Discretization, Sampler
 from ..inference.specs import SD_XL_BASE_RATIOS
 from .image_job import DEFAULT_PROMPT, REFINERS, TURBO, VERSIONS, sample, validate
+from .speedups import add_speedup_args
 
 __all__ = ["REFINERS", "TURBO", "VERSIONS", "build_parser", "main", "sample", "validate"]
 
@@ -173,6 +174,7 @@ def build_parser() -> ArgumentParser:
     add_device_args(out)
     add_compile_arg(out)
     add_lora_arg(out)
+    add_speedup_args(parser)
     out.add_argument("--verbose", action="store_true")
     return parser
 

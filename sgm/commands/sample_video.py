@@ -19,6 +19,7 @@ from typing import Any
 from .. import cli
 from ..errors import CheckpointError, InputError
 from ..inference.releases import checkpoint_path, config_path, get_release, names
+from .speedups import add_speedup_args, speedups
 
 logger = logging.getLogger("simple_video_sample")
 
@@ -85,11 +86,25 @@ def sample(
     low_vram: bool = False,
     lora: Sequence[tuple[str | Path, float]] = (),
     compile: bool = False,
+    deepcache: int | None = None,
+    deepcache_branch: int = 0,
+    tome: float | None = None,
+    tome_max_downsample: int = 1,
 ) -> list[str]:
     """Sample a video for each input image; returns the written mp4 paths.
 
     Everything is checked before the model loads; nothing is written for a failed input.
+    ``deepcache`` / ``tome`` (and their settings) turn on the speed-ups of
+    ``sgm.commands.speedups``.
     """
+    faster = speedups(
+        argparse.Namespace(
+            deepcache=deepcache,
+            deepcache_branch=deepcache_branch,
+            tome=tome,
+            tome_max_downsample=tome_max_downsample,
+        )
+    )
     _check_args(version, fps_id, motion_bucket_id)
     for name, value in (
         ("num_frames", num_frames),
@@ -161,6 +176,7 @@ def sample(
             generator=generator,
             decoding_t=decoding_t,
             replace_last_with_input=sv3d,
+            **faster,
         )
         frames = _watermark(frames)
         folder.mkdir(parents=True, exist_ok=True)
@@ -257,6 +273,7 @@ def get_parser() -> argparse.ArgumentParser:
     cli.add_device_args(p)
     cli.add_compile_arg(p)
     cli.add_lora_arg(p)
+    add_speedup_args(p)
     return p
 
 

@@ -140,9 +140,8 @@ class Sv4dApp:
                 int(decoding_t),
                 int(encoding_t),
             )
-            first = [grid[0][v] for v in range(len(grid[0]))]
             videos = {
-                "_t000.mp4": ((torch.stack(first) + 1) / 2).clamp(0, 1),
+                "_t000.mp4": sv4d.first_frame_video(tensor, reference),
                 "_grid.mp4": grid_video(grid),
             }
             written = sv4d_job.write_videos(

@@ -162,6 +162,48 @@ def test_sv4d_end_to_end_views_diagonal_and_same_seed(workdir, monkeypatch, caps
         assert _digest(folder / name) == _digest(folder / name.replace("000000", "000001"))
 
 
+def test_sv4d_frame_0_video_holds_sv3d_views(workdir, tmp_path, monkeypatch, capsys):
+    """The *_t000 video is the input frame and SV3D's views of it, exactly as the SV3D pass
+    made them, not frame 0 of the grid after the dense windows resampled its views."""
+    from sgm.inference import sv4d, sv4d_job
+
+    seen = {}
+    sv3d_reference, sample_sv4d = sv4d.sv3d_reference, sv4d.sample_sv4d
+
+    def spy_reference(model, image, *args, **kwargs):
+        seen["input"] = image.clone()
+        seen["reference"] = sv3d_reference(model, image, *args, **kwargs).clone()
+        return seen["reference"]
+
+    def spy_grid(*args, **kwargs):
+        seen["grid"] = sample_sv4d(*args, **kwargs)
+        return seen["grid"]
+
+    def keep_videos(folder, videos, per_run):
+        seen["videos"] = videos
+        return []
+
+    monkeypatch.setattr(sv4d, "sv3d_reference", spy_reference)
+    monkeypatch.setattr(sv4d, "sample_sv4d", spy_grid)
+    monkeypatch.setattr(sv4d_job, "write_videos", keep_videos)
+    args = [
+        f"--input_path={workdir / 'clip.gif'}",
+        f"--config={CONFIGS / 'sv4d_tiny.yaml'}",
+        f"--sv3d_config={CONFIGS / 'sv3d_u_tiny.yaml'}",
+        "--img_size=64",
+        "--num_steps=1",
+        "--device=cpu",
+        f"--output_folder={tmp_path / 'unused'}",
+    ]
+    code, _, err = _main(SV4D, args, workdir, monkeypatch, capsys)
+    assert code == 0, err
+    views = [seen["input"]] + [seen["reference"][v] for v in sv4d.SV4D_SUBSAMPLED_VIEWS[1:]]
+    expected = ((torch.stack(views).float() + 1) / 2).clamp(0, 1)
+    assert torch.equal(seen["videos"]["_t000.mp4"], expected)
+    after_windows = ((torch.stack(seen["grid"][0]) + 1) / 2).clamp(0, 1)
+    assert not torch.equal(after_windows[1:], expected[1:])  # the windows did change them
+
+
 @pytest.mark.parametrize("release,views", [("sv4d2", 4), ("sv4d2_8views", 8)])
 def test_sv4d2_end_to_end_views_and_same_seed(workdir, monkeypatch, capsys, release, views):
     args = [
