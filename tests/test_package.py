@@ -44,6 +44,8 @@ COMMANDS = {  # console script: module
     "sgm-detect": "detect",
     "sgm-pack-shards": "pack_shards",
     "sgm-train": "train",
+    "sgm-lora": "lora",
+    "sgm-cache-conditioning": "cache_conditioning",
 }
 
 # Run from the installed wheel: every release built on the meta device from its packaged

@@ -10,6 +10,8 @@ and runnable as ``python -m sgm.commands.<module>``; the scripts under ``scripts
 - ``detect``: ``sgm-detect``, ``scripts/demo/detect.py``
 - ``pack_shards``: ``sgm-pack-shards``, ``scripts/data/pack_shards.py``
 - ``train``: ``sgm-train``, ``main.py``
+- ``lora``: ``sgm-lora``, ``scripts/lora.py`` (inspect and bake adapter files)
+- ``cache_conditioning``: ``sgm-cache-conditioning``, ``scripts/data/cache_conditioning.py``
 
 Every one checks all its flags before loading a model or creating a folder; bad input
 prints one line and exits with status 2.

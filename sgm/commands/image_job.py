@@ -12,7 +12,13 @@ from typing import Any
 from ..cli import check, output_folder
 from ..errors import CheckpointError, InputError
 from ..inference.releases import config_path, get_release, releases
-from ..inference.sampling_params import Discretization, Sampler, SamplingParams
+from ..inference.sampling_params import (
+    Discretization,
+    Guider,
+    Sampler,
+    SamplingParams,
+    TimestepSpacing,
+)
 from ..inference.specs import model_specs
 from .speedups import params_fields
 
@@ -167,6 +173,8 @@ def validate(args: argparse.Namespace) -> Job:
         sampler=Sampler(args.sampler),
         discretization=Discretization(args.discretization),
         scale=args.cfg_scale,
+        guider=Guider.IDENTITY if args.sampler == Sampler.LCM.value else Guider.VANILLA,
+        timestep_spacing=TimestepSpacing(args.timestep_spacing),
         img2img_strength=args.strength if image is not None else 1.0,
         orig_width=width,
         orig_height=height,

@@ -33,7 +33,7 @@ from ..cli import (
     setup_logging,
     unit_interval,
 )
-from ..inference.sampling_params import Discretization, Sampler
+from ..inference.sampling_params import Discretization, Sampler, TimestepSpacing
 from ..inference.specs import SD_XL_BASE_RATIOS
 from .image_job import DEFAULT_PROMPT, REFINERS, TURBO, VERSIONS, sample, validate
 from .speedups import add_speedup_args
@@ -120,6 +120,13 @@ def build_parser() -> ArgumentParser:
         metavar="NAME",
         default=Discretization.LEGACY_DDPM.value,
         help=", ".join(discretizations),
+    )
+    sampling.add_argument(
+        "--timestep_spacing",
+        choices=[t.value for t in TimestepSpacing],
+        default=TimestepSpacing.ORIGINAL.value,
+        help="LegacyDDPMDiscretization's timesteps: the original's, or trailing (few-step "
+        "models such as SDXL-Lightning)",
     )
     sampling.add_argument(
         "--cfg_scale",

@@ -25,6 +25,7 @@ class Sampler(str, Enum):
     DPMPP2S_ANCESTRAL = "DPMPP2SAncestralSampler"
     DPMPP2M = "DPMPP2MSampler"
     LINEAR_MULTISTEP = "LinearMultistepSampler"
+    LCM = "LCMSampler"
 
 
 class Discretization(str, Enum):
@@ -32,6 +33,16 @@ class Discretization(str, Enum):
 
     LEGACY_DDPM = "LegacyDDPMDiscretization"
     EDM = "EDMDiscretization"
+    LCM = "LCMDiscretization"
+
+
+class TimestepSpacing(str, Enum):
+    """Which DDPM timesteps a legacy schedule of N steps visits: the original's, or
+    ``trailing`` (from the last timestep down, as few-step models such as SDXL-Lightning
+    were trained to use)."""
+
+    ORIGINAL = "original"
+    TRAILING = "trailing"
 
 
 class Guider(str, Enum):
@@ -79,6 +90,7 @@ class SamplingParams:
     deepcache_branch: int = 0
     tome: float = 0.0
     tome_max_downsample: int = 1
+    timestep_spacing: TimestepSpacing = TimestepSpacing.ORIGINAL
 
     def __post_init__(self) -> None:
         check_sampling_params(self)
@@ -97,9 +109,19 @@ def get_guider_config(params: SamplingParams) -> dict[str, Any]:
 def get_discretization_config(params: SamplingParams) -> dict[str, Any]:
     """Discretization config for ``params.discretization``."""
     discretization = Discretization(params.discretization)
+    spacing = TimestepSpacing(params.timestep_spacing)
+    if discretization is Discretization.LCM:
+        return {"target": f"{_DIFF}.distilled.{discretization.value}"}
     target = f"{_DIFF}.discretizer.{discretization.value}"
     if discretization is Discretization.LEGACY_DDPM:
-        return {"target": target}
+        if spacing is TimestepSpacing.ORIGINAL:
+            return {"target": target}
+        return {"target": target, "params": {"timestep_spacing": spacing.value}}
+    if spacing is not TimestepSpacing.ORIGINAL:
+        raise InputError(
+            f"timestep_spacing {spacing.value!r} applies to LegacyDDPMDiscretization only, "
+            f"not {discretization.value}"
+        )
     sigmas = {"sigma_min": params.sigma_min, "sigma_max": params.sigma_max, "rho": params.rho}
     return {"target": target, "params": sigmas}
 

@@ -42,6 +42,7 @@ from ._sampler_base import (  # noqa: F401  (public names of this module)
     StepInputs,
     StepResult,
 )
+from .distilled import LCMSampler  # noqa: F401  (few-step sampler, selectable by name here)
 from .sampling_utils import (
     dpmpp_2m_step,
     dpmpp_2s_midpoint,
