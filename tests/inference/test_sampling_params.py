@@ -85,3 +85,36 @@ def test_pipeline_checks_params_changed_after_construction():
         SamplingPipeline._check(pipeline, params)
     with pytest.raises(InputError, match="image of 40x64: .*multiples of 16"):
         SamplingPipeline._check(pipeline, SamplingParams(), torch.zeros(1, 3, 64, 40), sized=False)
+
+
+def test_few_step_samplers_are_selected_by_name():
+    """LCM and trailing timesteps reach the sampler from SamplingParams (their numbers are
+    checked against diffusers in tests/modules/diffusionmodules/test_distilled_sampling.py)."""
+    import torch
+
+    from sgm.errors import InputError
+    from sgm.inference.sampling_params import SamplingParams, get_sampler_config
+    from sgm.modules.diffusionmodules.discretizer import LegacyDDPMDiscretization
+    from sgm.modules.diffusionmodules.distilled import LCMDiscretization, LCMSampler
+
+    lcm = get_sampler_config(
+        SamplingParams(
+            sampler="LCMSampler",
+            discretization="LCMDiscretization",
+            guider="IdentityGuider",
+            steps=4,
+        )
+    )
+    assert isinstance(lcm, LCMSampler) and isinstance(lcm.discretization, LCMDiscretization)
+    assert torch.equal(lcm.discretization(4), LCMDiscretization()(4))
+    # 3 steps: where the original's spacing and the trailing one part
+    trailing = get_sampler_config(SamplingParams(timestep_spacing="trailing", steps=3))
+    assert torch.equal(
+        trailing.discretization(3), LegacyDDPMDiscretization(timestep_spacing="trailing")(3)
+    )
+    original = get_sampler_config(SamplingParams(steps=3)).discretization(3)
+    assert not torch.equal(trailing.discretization(3), original)
+    with pytest.raises(InputError, match="applies to LegacyDDPMDiscretization only"):
+        get_sampler_config(
+            SamplingParams(discretization="EDMDiscretization", timestep_spacing="trailing")
+        )
