@@ -54,6 +54,7 @@ class Job:
     refiner: Model | None = None
     init_image: Any = None
     meta: dict[str, str] = field(default_factory=dict)
+    entries: list[Any] = field(default_factory=list)  # the prompts file's lines (Prompt)
 
 
 def _model(version: str, ckpt: Path | None, config: Path | None, folder: Path) -> Model:
@@ -80,17 +81,14 @@ def _model(version: str, ckpt: Path | None, config: Path | None, folder: Path) -
     return Model(version, Path(config), Path(ckpt), spec, version in TURBO)
 
 
-def _prompts(args: argparse.Namespace) -> list[str]:
+def _prompts(args: argparse.Namespace) -> list[Any]:
+    """The prompts (``work_items.Prompt``): ``--prompt``, or every line of the file."""
+    from ..inference.work_items import Prompt, read_prompts_file
+
     if args.prompts_file is None:
-        return [DEFAULT_PROMPT if args.prompt is None else args.prompt]
+        return [Prompt(DEFAULT_PROMPT if args.prompt is None else args.prompt)]
     check(args.prompt is None, "give --prompt or --prompts_file, not both")
-    try:
-        lines = args.prompts_file.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"prompts file {args.prompts_file}: cannot read it ({error})") from None
-    prompts = [line.strip() for line in lines if line.strip()]
-    check(bool(prompts), f"prompts file {args.prompts_file} holds no prompt")
-    return prompts
+    return read_prompts_file(args.prompts_file)
 
 
 def _init_image(path: Path) -> Any:
@@ -141,7 +139,7 @@ def validate(args: argparse.Namespace) -> Job:
         args.refiner is None or args.init_image is None,
         "--refiner works with text-to-image only (leave out --init_image)",
     )
-    prompts = _prompts(args)
+    entries = _prompts(args)
     image = None if args.init_image is None else _init_image(args.init_image)
     base = _model(args.version, args.ckpt, args.config, args.checkpoints)
     refiner = None
@@ -187,7 +185,8 @@ def validate(args: argparse.Namespace) -> Job:
         output_folder(str(output))
     except argparse.ArgumentTypeError as error:
         raise InputError(f"output folder: {error}") from None
-    job = Job(base, prompts, width, height, params, output, refiner, image)
+    prompts = [entry.prompt for entry in entries]
+    job = Job(base, prompts, width, height, params, output, refiner, image, entries=entries)
     job.meta = _metadata(args, job)
     return job
 
@@ -224,7 +223,7 @@ def _metadata(args: argparse.Namespace, job: Job) -> dict[str, str]:
     return {k: str(v) for k, v in meta.items()}
 
 
-def _pipeline(model: Model, args: argparse.Namespace, lora: bool) -> Any:
+def _pipeline(model: Model, args: argparse.Namespace, lora: bool, device: Any = None) -> Any:
     from ..inference.api import SamplingPipeline
 
     options: dict[str, Any] = {}
@@ -234,7 +233,7 @@ def _pipeline(model: Model, args: argparse.Namespace, lora: bool) -> Any:
         config=str(model.config),
         ckpt=model.ckpt,
         spec=model.spec,
-        device=args.device,
+        device=args.device if device is None else device,
         dtype=args.dtype,
         offload=args.low_vram,
         compile_model=args.compile,

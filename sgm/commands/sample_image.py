@@ -17,6 +17,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ..cli import (
     ArgumentParser,
@@ -35,6 +36,7 @@ from ..cli import (
 )
 from ..inference.sampling_params import Discretization, Sampler, TimestepSpacing
 from ..inference.specs import SD_XL_BASE_RATIOS
+from .at_scale import add_scale_args, at_scale
 from .image_job import DEFAULT_PROMPT, REFINERS, TURBO, VERSIONS, sample, validate
 from .speedups import add_speedup_args
 
@@ -92,7 +94,9 @@ def build_parser() -> ArgumentParser:
     text.add_argument(
         "--prompts_file",
         type=existing_file,
-        help="a text file with one prompt a line (instead of --prompt)",
+        help="one prompt a line, or JSON lines with prompt and optionally negative_prompt, "
+        "seed, width, height (instead of --prompt); item k of the file (line x sample) is "
+        "<k:09d>.png with seed --seed + k, recorded in the folder's manifest.jsonl",
     )
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument(
@@ -183,13 +187,23 @@ def build_parser() -> ArgumentParser:
     add_lora_arg(out)
     add_speedup_args(parser)
     out.add_argument("--verbose", action="store_true")
+    add_scale_args(parser, "png")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    return run(lambda: sample(args), prog="simple_image_sample.py")
+    return run(lambda: _sample(args), prog="simple_image_sample.py")
+
+
+def _sample(args: argparse.Namespace) -> Any:
+    """:func:`sample`, or with a prompts file / under a launcher the run at scale."""
+    if not at_scale(args):
+        return sample(args)
+    from .image_at_scale import sample_at_scale
+
+    return sample_at_scale(args, validate(args))
 
 
 if __name__ == "__main__":

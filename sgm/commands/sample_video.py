@@ -10,15 +10,18 @@ Writes ``{count:06d}.mp4`` (and the processed input as ``{count:06d}.jpg``) to
 from __future__ import annotations
 
 import argparse
+import glob
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import cli
 from ..errors import CheckpointError, InputError
 from ..inference.releases import checkpoint_path, config_path, get_release, names
+from .at_scale import SCALE_FLAGS, add_scale_args, at_scale
 from .speedups import add_speedup_args, speedups
 
 logger = logging.getLogger("simple_video_sample")
@@ -64,6 +67,72 @@ def _save_input(image: Any, path: Path) -> None:
     Image.fromarray(array.byte().numpy()).save(path)
 
 
+@dataclass(frozen=True)
+class Settings:
+    """The checked flags of a run: the release's defaults filled in."""
+
+    release: Any
+    sv3d: bool
+    num_frames: int
+    num_steps: int
+    cond_aug: float
+    config: Path
+    ckpt: Path
+    folder: Path
+    polars: list[float] | None
+    azimuths: list[float] | None
+
+
+def resolve(
+    version: str,
+    num_frames: int | None,
+    num_steps: int | None,
+    decoding_t: int,
+    fps_id: int,
+    motion_bucket_id: int,
+    cond_aug: float,
+    config: str | None,
+    ckpt: str | None,
+    output_folder: str | None,
+    elevations_deg: float | Sequence[float] | None,
+    azimuths_deg: Sequence[float] | None,
+) -> Settings:
+    """Check the flags and fill in the release's defaults (``InputError`` /
+    ``CheckpointError`` before any model loads)."""
+    _check_args(version, fps_id, motion_bucket_id)
+    for name, value in (
+        ("num_frames", num_frames),
+        ("num_steps", num_steps),
+        ("decoding_t", decoding_t),
+    ):
+        if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
+            raise InputError(f"{name} must be a positive integer, got {value!r}")
+    release = get_release(version)
+    sv3d = release.is_sv3d
+    if sv3d:
+        if num_frames not in (None, release.num_frames):
+            logger.warning("%s always samples %d frames", version, release.num_frames)
+        num_frames, cond_aug = release.num_frames, release.cond_aug
+    num_frames = int(num_frames or release.num_frames)
+    num_steps = int(num_steps or release.num_steps)
+    config = Path(config) if config else config_path(release)
+    ckpt = Path(ckpt) if ckpt else checkpoint_path(release)
+    if not ckpt.is_file():
+        raise CheckpointError(
+            f"checkpoint not found: expected {ckpt} "
+            f"(download {ckpt.name} into checkpoints/ or pass --ckpt)"
+        )
+    folder = _checked_folder(output_folder or Path("outputs/simple_video_sample") / version)
+    polars = azimuths = None
+    if version == "sv3d_p":
+        from ..inference.video import sv3d_orbit
+
+        polars, azimuths = sv3d_orbit(num_frames, elevations_deg, azimuths_deg)
+    return Settings(
+        release, sv3d, num_frames, num_steps, cond_aug, config, ckpt, folder, polars, azimuths
+    )
+
+
 def sample(
     input_path: str = "assets/test_image.png",
     num_frames: int | None = None,
@@ -105,36 +174,23 @@ def sample(
             tome_max_downsample=tome_max_downsample,
         )
     )
-    _check_args(version, fps_id, motion_bucket_id)
-    for name, value in (
-        ("num_frames", num_frames),
-        ("num_steps", num_steps),
-        ("decoding_t", decoding_t),
-    ):
-        if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
-            raise InputError(f"{name} must be a positive integer, got {value!r}")
-    release = get_release(version)
-    sv3d = release.is_sv3d
-    if sv3d:
-        if num_frames not in (None, release.num_frames):
-            logger.warning("%s always samples %d frames", version, release.num_frames)
-        num_frames, cond_aug = release.num_frames, release.cond_aug
-    num_frames = int(num_frames or release.num_frames)
-    num_steps = int(num_steps or release.num_steps)
-    config = Path(config) if config else config_path(release)
-    ckpt = Path(ckpt) if ckpt else checkpoint_path(release)
-    if not ckpt.is_file():
-        raise CheckpointError(
-            f"checkpoint not found: expected {ckpt} "
-            f"(download {ckpt.name} into checkpoints/ or pass --ckpt)"
-        )
+    s = resolve(
+        version,
+        num_frames,
+        num_steps,
+        decoding_t,
+        fps_id,
+        motion_bucket_id,
+        cond_aug,
+        config,
+        ckpt,
+        output_folder,
+        elevations_deg,
+        azimuths_deg,
+    )
     inputs = _inputs(input_path)
-    folder = _checked_folder(output_folder or Path("outputs/simple_video_sample") / version)
-    polars = azimuths = None
-    if version == "sv3d_p":
-        from ..inference.video import sv3d_orbit
-
-        polars, azimuths = sv3d_orbit(num_frames, elevations_deg, azimuths_deg)
+    sv3d, num_frames, num_steps, cond_aug = s.sv3d, s.num_frames, s.num_steps, s.cond_aug
+    config, ckpt, folder, polars, azimuths = s.config, s.ckpt, s.folder, s.polars, s.azimuths
     import torch
 
     from ..devices import resolve_device
@@ -204,14 +260,19 @@ def _watermark(frames: Any) -> Any:
         return frames
 
 
+def _input_arg(text: str) -> Any:
+    """An existing file or folder, or a glob pattern (its matches are read later)."""
+    return text if glob.has_magic(text) else cli.existing_path(text)
+
+
 def get_parser() -> argparse.ArgumentParser:
     """The command line (the flags of ``sample``; ``--flag=value`` or ``--flag value``)."""
     p = cli.ArgumentParser(prog="simple_video_sample.py", description=__doc__.splitlines()[0])
     p.add_argument(
         "--input_path",
-        type=cli.existing_path,
+        type=_input_arg,
         default="assets/test_image.png",
-        help="an image, or a folder of images",
+        help="an image, a folder of images, or a glob ('inputs/**/*.png'; quote it)",
     )
     p.add_argument(
         "--num_frames",
@@ -274,7 +335,28 @@ def get_parser() -> argparse.ArgumentParser:
     cli.add_compile_arg(p)
     cli.add_lora_arg(p)
     add_speedup_args(p)
+    add_scale_args(p, "mp4")
     return p
+
+
+def _at_scale(args: argparse.Namespace) -> None:
+    from .video_at_scale import sample_at_scale
+
+    settings = resolve(
+        args.version,
+        args.num_frames,
+        args.num_steps,
+        args.decoding_t,
+        args.fps_id,
+        args.motion_bucket_id,
+        args.cond_aug,
+        args.config,
+        args.ckpt,
+        args.output_folder,
+        args.elevations_deg,
+        args.azimuths_deg,
+    )
+    sample_at_scale(args, settings, _watermark, speedups(args))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     cli.setup_logging(args.verbose)
     options = dict(vars(args))
     loras = options.pop("lora")
+    if at_scale(args) or glob.has_magic(str(args.input_path)):
+        return cli.run(lambda: _at_scale(args), prog="simple_video_sample.py")
+    for name in SCALE_FLAGS:
+        options.pop(name)
     return cli.run(
         lambda: print("\n".join(sample(**options, lora=loras))), prog="simple_video_sample.py"
     )

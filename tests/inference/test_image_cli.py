@@ -110,7 +110,8 @@ def _oracle_bits(path) -> list[int]:
 def _check_outputs(paths, out, count, size):
     from PIL import Image
 
-    assert len(paths) == count and sorted(paths) == sorted(str(p) for p in out.iterdir())
+    images = sorted(str(p) for p in out.glob("*.png"))
+    assert len(paths) == count and sorted(paths) == images
     for path in paths:
         with Image.open(path) as image:
             assert image.format == "PNG" and image.size == size
@@ -170,11 +171,12 @@ def test_txt2img_prompts_file_num_samples_metadata(cli, models, tmp_path, capsys
     )
     assert code == 0
     texts = list(_check_outputs(paths, out, 4, (320, 256)))
+    # item k of the file (line x sample) has seed --seed + k
     assert [(t["prompt"], t["seed"]) for t in texts] == [
         ("a red barn", "7"),
         ("a red barn", "8"),
-        ("a blue boat", "7"),
-        ("a blue boat", "8"),
+        ("a blue boat", "9"),
+        ("a blue boat", "10"),
     ]
     assert texts[0]["model"] == "sdxl_base_1.0"
     assert texts[0]["checkpoint"] == "sd_xl_base_1.0.safetensors"
