@@ -161,8 +161,14 @@ def validate(args: argparse.Namespace) -> Job:
             "no guidance" if turbo else "its negative text embedding is zero",
         )
     check(
-        not (turbo and (args.deepcache or args.tome)),
-        f"--deepcache / --tome: {args.version} samples in 1 to 4 steps, with nothing to reuse or merge",
+        not (turbo and (args.deepcache or args.tome or args.tgate)),
+        f"--deepcache / --tome / --tgate: {args.version} samples in 1 to 4 steps, "
+        "with nothing to reuse or merge",
+    )
+    check(not (args.deepcache and args.tgate), "--deepcache and --tgate cannot be combined")
+    check(
+        not args.tgate or args.tgate <= steps,
+        f"--tgate {args.tgate} is beyond the {steps} sampling steps",
     )
     params = SamplingParams(
         width=width,

@@ -185,7 +185,7 @@ def build_parser() -> ArgumentParser:
     add_device_args(out)
     add_compile_arg(out)
     add_lora_arg(out)
-    add_speedup_args(parser)
+    add_speedup_args(parser, tgate=True)
     out.add_argument("--verbose", action="store_true")
     add_scale_args(parser, "png")
     return parser

@@ -1,5 +1,6 @@
 """The sampling speed-up flags the image and video command lines share: ``--deepcache N``
-(DeepCache), ``--tome RATIO`` (token merging) and their settings; all off by default."""
+(DeepCache), ``--tome RATIO`` (token merging), ``--tgate STEP`` (T-GATE; image models with
+classifier-free guidance) and their settings; all off by default."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from typing import Any
 from ..cli import fraction, non_negative_int, positive_int
 
 
-def add_speedup_args(parser: argparse.ArgumentParser) -> None:
-    """The speed-up flags, in their own group."""
+def add_speedup_args(parser: argparse.ArgumentParser, tgate: bool = False) -> None:
+    """The speed-up flags, in their own group (``tgate``: with ``--tgate``)."""
     group = parser.add_argument_group(
         "speed-ups (off by default; each changes the output a little)"
     )
@@ -42,6 +43,14 @@ def add_speedup_args(parser: argparse.ArgumentParser) -> None:
         help="token merging: only in blocks downsampled at most D times (1, 2, 4 or 8; "
         "SDXL has attention from 2 on)",
     )
+    if tgate:
+        group.add_argument(
+            "--tgate",
+            type=positive_int,
+            metavar="STEP",
+            help="T-GATE: from this step on, reuse the cross-attention and run the network "
+            "once per step without guidance (not with --deepcache)",
+        )
 
 
 def speedups(args: argparse.Namespace) -> dict[str, Any]:
@@ -65,4 +74,5 @@ def params_fields(args: argparse.Namespace) -> dict[str, Any]:
         "deepcache_branch": args.deepcache_branch,
         "tome": args.tome or 0.0,
         "tome_max_downsample": args.tome_max_downsample,
+        "tgate": getattr(args, "tgate", None) or 0,
     }

@@ -33,6 +33,7 @@ from .sampling_params import (  # noqa: F401  (importable from here)
     get_discretization_config,
     get_guider_config,
     get_sampler_config,
+    tgate_of,
     tome_of,
 )
 from .specs import (  # noqa: F401  (importable from here)
@@ -238,6 +239,7 @@ class SamplingPipeline:
             callback=callback,
             deepcache=deepcache_of(params),
             tome=tome_of(params),
+            tgate=tgate_of(params),
         )
 
     def _check(
@@ -290,6 +292,7 @@ class SamplingPipeline:
             callback=callback,
             deepcache=deepcache_of(params),
             tome=tome_of(params),
+            tgate=tgate_of(params),
         )
 
     def refiner(
@@ -339,6 +342,7 @@ class SamplingPipeline:
             callback=callback,
             deepcache=deepcache_of(params),
             tome=tome_of(params),
+            tgate=tgate_of(params),
         )
 
 

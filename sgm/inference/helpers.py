@@ -21,6 +21,7 @@ from einops import rearrange
 from ..errors import InputError
 from ..models.engine_run import EngineRun, to_unit
 from ..modules.diffusionmodules.deepcache import DeepCache
+from ..modules.diffusionmodules.tgate import TGate
 from ..modules.token_merging import TokenMerging
 from ..output_files import write_new_file
 from ..util import append_dims
@@ -141,6 +142,7 @@ def do_sample(
     callback: Callable[[dict], Any] | None = None,
     deepcache: DeepCache | None = None,
     tome: TokenMerging | None = None,
+    tgate: TGate | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Sample ``num_samples`` images of ``H x W`` from noise; returns them in [0, 1].
 
@@ -149,14 +151,15 @@ def do_sample(
     ``(num_samples, C, H // F, W // F)`` instead. ``dtype`` is the compute precision
     (``sgm.precision``); ``callback`` gets the sampler's per-step dictionary;
     ``deepcache`` reuses the network's deep features between steps (``DeepCache``),
-    ``tome`` merges tokens in its transformer blocks (``TokenMerging``).
+    ``tome`` merges tokens in its transformer blocks (``TokenMerging``), ``tgate``
+    stops recomputing attention after its gate step (``TGate``).
     """
     device = torch.device(device) if device is not None else model_device(model)
     generator = _generator(device, seed, generator)
     shape = (num_samples, C, H // F, W // F)
     if noise is not None and tuple(noise.shape) != shape:
         raise InputError(f"do_sample: noise must have shape {shape}, got {tuple(noise.shape)}")
-    with EngineRun(model, device, dtype, deepcache=deepcache, tome=tome) as run:
+    with EngineRun(model, device, dtype, deepcache=deepcache, tome=tome, tgate=tgate) as run:
         batch, c, uc = _conditioning(run, value_dict, num_samples, force_uc_zero_embeddings)
         extra = {k: batch[k] for k in (batch2model_input or [])}
         randn = _randn(shape, device, generator) if noise is None else noise.to(device)
@@ -192,6 +195,7 @@ def do_img2img(
     callback: Callable[[dict], Any] | None = None,
     deepcache: DeepCache | None = None,
     tome: TokenMerging | None = None,
+    tgate: TGate | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Noise ``img`` (or its latents with ``skip_encode``) to the first sigma and denoise.
 
@@ -199,11 +203,11 @@ def do_img2img(
     model stopped by :class:`Txt2NoisyDiscretizationWrapper`) and only denoises them.
     A ``seed`` (or ``generator``) fixes everything random, the first stage's posterior
     sample included.
-    ``dtype``, ``callback``, ``deepcache`` and ``tome`` as in :func:`do_sample`.
+    ``dtype``, ``callback``, ``deepcache``, ``tome`` and ``tgate`` as in :func:`do_sample`.
     """
     device = torch.device(device) if device is not None else model_device(model)
     generator = _generator(device, seed, generator)
-    with EngineRun(model, device, dtype, deepcache=deepcache, tome=tome) as run:
+    with EngineRun(model, device, dtype, deepcache=deepcache, tome=tome, tgate=tgate) as run:
         _, c, uc = _conditioning(run, value_dict, num_samples, force_uc_zero_embeddings)
         for k, v in (additional_kwargs or {}).items():
             c[k] = uc[k] = v

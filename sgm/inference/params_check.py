@@ -43,6 +43,7 @@ _RANGES: dict[str, tuple[type, float, float | None, bool]] = {
     "deepcache_branch": (int, 0, None, True),
     "tome": (float, 0.0, None, True),
     "tome_max_downsample": (int, 1, 8, True),
+    "tgate": (int, 0, None, True),
 }
 
 

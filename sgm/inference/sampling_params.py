@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..modules.diffusionmodules.deepcache import DeepCache
+from ..modules.diffusionmodules.tgate import TGate
 from ..modules.token_merging import TokenMerging
 from .params_check import check_sampling_params
 from .samplers import make_sampler
@@ -90,6 +91,7 @@ class SamplingParams:
     deepcache_branch: int = 0
     tome: float = 0.0
     tome_max_downsample: int = 1
+    tgate: int = 0
     timestep_spacing: TimestepSpacing = TimestepSpacing.ORIGINAL
 
     def __post_init__(self) -> None:
@@ -140,6 +142,11 @@ def tome_of(params: SamplingParams) -> TokenMerging | None:
     if params.tome == 0:
         return None
     return TokenMerging(float(params.tome), int(params.tome_max_downsample))
+
+
+def tgate_of(params: SamplingParams) -> TGate | None:
+    """T-GATE settings of ``params`` (``tgate``: the gate step; 0: off), None when off."""
+    return TGate(int(params.tgate)) if params.tgate else None
 
 
 def sampler_config(params: SamplingParams) -> dict[str, Any]:

@@ -28,9 +28,12 @@ import torch
 
 from .. import offload, precision
 from ..devices import device_of
+from ..errors import InputError
 from ..modules import token_merging
 from ..modules.diffusionmodules import deepcache as feature_reuse
+from ..modules.diffusionmodules import tgate as attention_gate
 from ..modules.diffusionmodules.deepcache import DeepCache
+from ..modules.diffusionmodules.tgate import TGate
 from ..modules.token_merging import TokenMerging
 
 Cond = dict[str, Any]
@@ -69,6 +72,8 @@ class EngineRun:
             settings; None: every step runs the whole network).
         tome: merge tokens in the network's transformer blocks (``TokenMerging``
             settings; None: no merging).
+        tgate: stop recomputing attention after a gate step (``TGate`` settings; None:
+            every step computes it). Not with ``deepcache``.
     """
 
     def __init__(
@@ -83,6 +88,7 @@ class EngineRun:
         encoding_t: int | None = None,
         deepcache: DeepCache | None = None,
         tome: TokenMerging | None = None,
+        tgate: TGate | None = None,
     ) -> None:
         self.engine = engine
         self.device = torch.device(device) if device is not None else engine_device(engine)
@@ -93,8 +99,11 @@ class EngineRun:
         self.encoding_t = encoding_t
         self.deepcache = deepcache
         self.tome = tome
+        self.tgate = tgate
+        if deepcache is not None and tgate is not None:
+            raise InputError("DeepCache and T-GATE cannot be combined; choose one")
         network = getattr(getattr(engine, "model", None), "diffusion_model", None)
-        for option in (deepcache, tome):
+        for option in (deepcache, tome, tgate):
             if option is not None:
                 option.check_network(network)
         self._stack: contextlib.ExitStack | None = None
@@ -113,6 +122,7 @@ class EngineRun:
             stack.enter_context(self.chunking())
             stack.enter_context(feature_reuse.enabled(self.deepcache))
             stack.enter_context(token_merging.enabled(self.tome))
+            stack.enter_context(attention_gate.enabled(self.tgate))
         except BaseException:
             stack.close()
             raise
@@ -203,6 +213,8 @@ class EngineRun:
         """Latents from ``sampler`` started at ``noise`` (on the run's device); the
         denoiser defaults to :meth:`denoiser`. ``generator`` and ``callback`` reach samplers
         that take them; ``sampler_kwargs`` (e.g. ``step_inputs``) go to the sampler."""
+        if self.tgate is not None:
+            self.tgate.check_sampler(sampler, sampler_kwargs.get("num_steps"))
         kwargs = dict(sampler_kwargs)
         accepted = inspect.signature(sampler).parameters
         if generator is not None and "generator" in accepted:

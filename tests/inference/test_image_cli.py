@@ -191,6 +191,35 @@ def test_txt2img_prompts_file_num_samples_metadata(cli, models, tmp_path, capsys
     assert Path(paths[0]).name == "000000000.png"
 
 
+def test_speedup_flags_reach_the_network(cli, models, tmp_path, capsys):
+    """--deepcache and --tgate change the image (each is checked against its reference
+    implementation in tests/modules); --tome where the network has no attention at that
+    level is one line, exit 2, nothing written."""
+    from PIL import Image
+
+    base = ["--steps", "3", "--prompt", "a cat", "--width", "128", "--height", "128"]
+    arrays = {}
+    for name, extra in (
+        ("off", []),
+        ("deepcache", ["--deepcache", "2"]),
+        ("tgate", ["--tgate", "2"]),
+    ):
+        out = tmp_path / name
+        code, paths, err = _run(cli, capsys, _args(models, "sdxl_base_1.0", out, *base, *extra))
+        assert code == 0, err
+        arrays[name] = np.asarray(Image.open(paths[0]), dtype=np.int16)
+    assert np.abs(arrays["deepcache"] - arrays["off"]).max() > 0
+    assert np.abs(arrays["tgate"] - arrays["off"]).max() > 0
+    out = tmp_path / "tome"
+    code, paths, err = _run(
+        cli, capsys, _args(models, "sdxl_base_1.0", out, *base, "--tome", "0.5")
+    )
+    assert code == 2 and paths == []
+    assert "token merging at max_downsample 1 finds no transformer block" in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and not out.exists()  # (the text encoder's loading bar aside)
+
+
 def test_same_seed_same_bytes_and_never_overwrites(cli, models, tmp_path, capsys):
     argv = ["--steps", "2", "--prompt", "a cat", "--width", "256", "--height", "256"]
     _, first, _ = _run(
@@ -442,6 +471,12 @@ BAD = [
         lambda t: ["--version", "sd_turbo", "--init_image", str(t / "x.png")],
         "--init_image",
     ),
+    ("deepcache interval 0", lambda t: ["--deepcache", "0"], "--deepcache"),
+    ("tome ratio 1", lambda t: ["--tome", "1"], "--tome"),
+    ("tome ratio nan", lambda t: ["--tome", "nan"], "--tome"),
+    ("tgate beyond the steps", lambda t: ["--steps", "4", "--tgate", "9"], "--tgate 9"),
+    ("tgate with deepcache", lambda t: ["--tgate", "2", "--deepcache", "2"], "--tgate"),
+    ("turbo deepcache", lambda t: ["--version", "sdxl_turbo", "--deepcache", "2"], "sdxl_turbo"),
 ]
 
 
