@@ -115,6 +115,9 @@ class ImageRequest:
     order: int = 4
     refiner_strength: float = 0.15
     finish_with_refiner: bool = True
+    deepcache: int = 0
+    tgate: int = 0
+    tome: float = 0.0
 
 
 def _whole(name: str, value: Any, low: int) -> int:
@@ -152,7 +155,14 @@ def check_request(
         "s_noise",
         "eta",
         "order",
+        "deepcache",
+        "tgate",
+        "tome",
     )
+    if request.deepcache > 1 and request.tgate:
+        raise InputError("DeepCache and T-GATE cannot be combined; choose one")
+    if request.tgate and request.tgate > request.steps:
+        raise InputError(f"T-GATE gate step {request.tgate} is beyond the {request.steps} steps")
     values = {name: getattr(request, name) for name in fields}
     if image is not None:
         values["img2img_strength"] = float(request.strength)

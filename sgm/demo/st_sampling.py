@@ -122,6 +122,12 @@ def main(script: str | os.PathLike) -> None:
         request.finish_with_refiner = st.sidebar.checkbox(
             "Finish denoising with refiner", True, key="finish"
         )
+    with st.sidebar.expander("Speed-ups (off: 0)"):
+        request.deepcache = int(
+            st.number_input("DeepCache: one full step in N", 0, 10, 0, key="deepcache")
+        )
+        request.tgate = int(st.number_input("T-GATE: gate step", 0, 1000, 0, key="tgate"))
+        request.tome = float(st.slider("Token merging ratio", 0.0, 0.75, 0.0, 0.05, key="tome"))
     save = st.sidebar.checkbox("Save images locally", False, key="save")
 
     if not st.button("Sample", type="primary", disabled=bool(problems), key="sample"):

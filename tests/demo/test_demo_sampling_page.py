@@ -249,3 +249,43 @@ def test_check_request_names_the_field():
         check_request(ImageRequest(strength=0.0), image=object())
     with pytest.raises(InputError, match="refiner strength"):
         check_request(ImageRequest(refiner_strength=1.5), refiner=True)
+
+
+def test_speedups_on_the_page_match_the_library(monkeypatch, tiny_image_models):
+    """DeepCache set on the page gives the library's DeepCache sample; combining it with
+    T-GATE is refused on the page before sampling."""
+    from sgm.demo.image import ImageRequest, check_request, image_model, to_pil
+    from sgm.demo.options import demo_options
+    from sgm.inference.api import SamplingPipeline
+
+    media = capture_media(monkeypatch)
+    at = _app(monkeypatch, tiny_image_models).run()
+    at.selectbox(key="resolution").select("custom").run()
+    at.number_input(key="W").set_value(128)
+    at.number_input(key="H").set_value(128)
+    at.number_input(key="steps").set_value(4)
+    at.number_input(key="deepcache").set_value(2)
+    at.button(key="sample").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    options = demo_options(
+        environ={
+            "SGM_DEMO_CHECKPOINTS": str(tiny_image_models["checkpoints"]),
+            "SGM_DEMO_CONFIGS": str(tiny_image_models["configs"]),
+        }
+    )
+    model = image_model("SDXL-base-1.0", options)
+    pipe = SamplingPipeline(
+        config=str(model.files.config), ckpt=model.files.ckpt, spec=model.spec, device="cpu"
+    )
+    request = ImageRequest(width=128, height=128, steps=4, deepcache=2)
+    cached = pipe.text_to_image(check_request(request), request.prompt, seed=42)
+    plain = pipe.text_to_image(
+        check_request(ImageRequest(width=128, height=128, steps=4)), request.prompt, seed=42
+    )
+    assert not np.array_equal(np.asarray(to_pil(cached)[0]), np.asarray(to_pil(plain)[0]))
+    assert [image.tolist() for image in shown_images(media)] == [
+        np.asarray(to_pil(cached)[0]).tolist()
+    ]
+    at.number_input(key="tgate").set_value(2)
+    at.button(key="sample").click().run()
+    assert [e.value for e in at.error] == ["DeepCache and T-GATE cannot be combined; choose one"]
