@@ -149,8 +149,8 @@ def interleaved(
 
 
 def add_speedup_flags(parser: Any) -> None:
-    """--deepcache N, --deepcache-branch B, --tome RATIO, --tome-max-downsample D: time sgm
-    with the speed-up against sgm without it (no diffusers run)."""
+    """--deepcache N, --deepcache-branch B, --tome RATIO, --tome-max-downsample D, --tgate
+    STEP: time sgm with the speed-up against sgm without it (no diffusers run)."""
     parser.add_argument(
         "--deepcache",
         type=int,
@@ -167,12 +167,20 @@ def add_speedup_flags(parser: Any) -> None:
         help="time sgm with token merging (share of tokens merged) against sgm without it",
     )
     parser.add_argument("--tome-max-downsample", type=int, default=1, metavar="D")
+    parser.add_argument(
+        "--tgate",
+        type=int,
+        default=0,
+        metavar="STEP",
+        help="time sgm with T-GATE (gate step) against sgm without it (image runs)",
+    )
 
 
 def speedup_runs(args: Any, steps: int) -> tuple[str, dict[str, Any]] | None:
     """(label, keyword arguments of sgm's sampling call) of the speed-ups the flags ask for,
     or None."""
     from sgm.modules.diffusionmodules.deepcache import DeepCache
+    from sgm.modules.diffusionmodules.tgate import TGate
     from sgm.modules.token_merging import TokenMerging
 
     kwargs: dict[str, Any] = {}
@@ -187,6 +195,9 @@ def speedup_runs(args: Any, steps: int) -> tuple[str, dict[str, Any]] | None:
     if args.tome:
         kwargs["tome"] = TokenMerging(args.tome, args.tome_max_downsample)
         labels.append(f"token merging {args.tome:g} (max downsample {args.tome_max_downsample})")
+    if args.tgate:
+        kwargs["tgate"] = TGate(args.tgate)
+        labels.append(f"T-GATE gate step {args.tgate} of {steps}")
     return (" + ".join(labels), kwargs) if kwargs else None
 
 
