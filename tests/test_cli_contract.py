@@ -49,6 +49,8 @@ CONVERT = "scripts/convert.py"
 DETECT = "scripts/demo/detect.py"
 GRADIO = "scripts/demo/gradio_app.py"
 GRADIO_4D = "scripts/demo/gradio_app_sv4d.py"
+LORA = "scripts/lora.py"
+CACHE = "scripts/data/cache_conditioning.py"
 
 ROWS: list[tuple[str, str, list[str], str]] = [
     # ---------------------------------------------------------------- main.py
@@ -116,6 +118,21 @@ ROWS: list[tuple[str, str, list[str], str]] = [
         "weights only",
     ),
     (MAIN, "bad checkpoint", ["--resume", "{run}/code"], "arbitrary code"),
+    # ---------------------------------------------------------------- lora.py
+    (LORA, "missing path", ["inspect", "{missing}.safetensors"], "{missing}.safetensors"),
+    (LORA, "unknown flag", ["inspekt", "{file}"], "inspekt"),
+    (LORA, "bad checkpoint", ["inspect", "{file}"], "{file}"),
+    (
+        LORA,
+        "missing path",
+        ["bake", "--config", "{config}", "--ckpt", "{missing}.ckpt", "out.safetensors"],
+        "{missing}.ckpt",
+    ),
+    # ------------------------------------------------------ cache_conditioning
+    (CACHE, "missing path", ["--base", "{missing}.yaml", "--output", "cache"], "{missing}.yaml"),
+    (CACHE, "bad config", ["--base", "{bad_yaml}", "--output", "cache"], "{bad_yaml}"),
+    (CACHE, "file as folder", ["--base", "{config}", "--output", "{file}"], "{file}"),
+    (CACHE, "out of range", ["--base", "{config}", "--output", "c", "--limit", "0"], "--limit"),
     # ------------------------------------------------------ simple_video_sample
     (VIDEO, "missing path", ["--input_path={missing}.png"], "{missing}.png"),
     (
