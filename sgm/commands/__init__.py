@@ -12,6 +12,7 @@ and runnable as ``python -m sgm.commands.<module>``; the scripts under ``scripts
 - ``train``: ``sgm-train``, ``main.py``
 - ``lora``: ``sgm-lora``, ``scripts/lora.py`` (inspect and bake adapter files)
 - ``cache_conditioning``: ``sgm-cache-conditioning``, ``scripts/data/cache_conditioning.py``
+- ``tiny``: ``sgm-tiny``, ``scripts/tiny_model.py`` (tiny random-weight models of the releases)
 
 Every one checks all its flags before loading a model or creating a folder; bad input
 prints one line and exits with status 2.

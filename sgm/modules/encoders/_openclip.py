@@ -27,9 +27,14 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def _model_config(arch: str) -> dict[str, Any]:
+    """open_clip's config of a registered architecture name, or of a model config file
+    (``*.json``, open_clip's format) when ``arch`` is the path of one."""
     from open_clip.factory import get_model_config, list_models
 
-    config = get_model_config(str(arch))
+    if str(arch).endswith(".json") and Path(str(arch)).is_file():
+        config = _arch_file(Path(str(arch)))
+    else:
+        config = get_model_config(str(arch))
     if config is None:
         raise ConfigError(
             f"unknown open_clip architecture {arch!r}; known: {', '.join(list_models())}"
@@ -37,6 +42,20 @@ def _model_config(arch: str) -> dict[str, Any]:
     if config.pop("custom_text", False) or "hf_model_name" in config["text_cfg"]:
         raise ConfigError(f"open_clip architecture {arch!r} has a custom text tower")
     return copy.deepcopy(config)
+
+
+def _arch_file(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ConfigError(f"open_clip architecture file {path}: {error}") from None
+    if not isinstance(config, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= set(config):
+        raise ConfigError(
+            f"open_clip architecture file {path}: expected embed_dim, vision_cfg and text_cfg"
+        )
+    return config
 
 
 def causal_mask(n: int, device: torch.device) -> torch.Tensor:
