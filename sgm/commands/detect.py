@@ -3,17 +3,21 @@
     python scripts/demo/detect.py outputs/ "samples/*.png" photo.jpg
     sgm-detect outputs/                                      # the same, installed
 
-Takes files, folders (their images) and glob patterns. For each image it prints how many
-of the 48 watermark bits match and a verdict: up to 27 matching bits "not watermarked",
-up to 33 "partial match", up to 35 "likely watermarked", more "watermarked". Files that
-cannot be read (or are below 256x256 pixels) are reported and skipped. Ends with a
-summary line. Exit status: 0 when every file was checked, 1 when some could not be read,
-2 (before anything is read) when an argument names no file at all.
+Takes files, folders and glob patterns. A folder is searched with its subfolders (the
+image command line writes into ``<folder>/<version>/``), at most 8 levels deep and 10000
+images; a larger one is refused (name a subfolder or a glob). For each image it prints
+how many of the 48 watermark bits match and a verdict: up to 27 matching bits "not
+watermarked", up to 33 "partial match", up to 35 "likely watermarked", more
+"watermarked". Files that cannot be read (or are below 256x256 pixels) are reported and
+skipped. Ends with a summary line. Exit status: 0 when every file was checked, 1 when some
+could not be read (the others are still checked), 2 (before anything is read) when an
+argument names no file at all.
 """
 
 from __future__ import annotations
 
 import glob
+import os
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -25,6 +29,25 @@ from ..inference.watermark import VERDICTS, WATERMARK_BITS, detect_watermark
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 UNREADABLE = "unreadable"
+MAX_DEPTH = 8  # subfolder levels searched below a folder argument
+MAX_IMAGES = 10_000  # images one folder argument may hold
+
+
+def folder_images(folder: Path) -> list[Path] | None:
+    """The images in ``folder`` and its subfolders (hidden ones and symlinked folders
+    skipped, at most ``MAX_DEPTH`` levels down), sorted; None when there are more than
+    ``MAX_IMAGES``."""
+    images: list[Path] = []
+    for root, dirs, files in os.walk(folder):
+        depth = len(Path(root).relative_to(folder).parts)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if depth < MAX_DEPTH else []
+        for name in files:
+            path = Path(root) / name
+            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+                images.append(path)
+                if len(images) > MAX_IMAGES:
+                    return None
+    return sorted(images)
 
 
 def expand(patterns: Sequence[str]) -> Iterator[tuple[str, str | None]]:
@@ -33,11 +56,15 @@ def expand(patterns: Sequence[str]) -> Iterator[tuple[str, str | None]]:
     for pattern in patterns:
         path = Path(pattern).expanduser()
         if path.is_dir():
-            images = sorted(
-                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            )
+            images = folder_images(path)
+            if images is None:
+                yield (
+                    str(path),
+                    (f"folder holds more than {MAX_IMAGES} images; name a subfolder or a glob"),
+                )
+                continue
             if not images:
-                yield str(path), "folder holds no images"
+                yield str(path), f"folder holds no images (searched {MAX_DEPTH} levels deep)"
             for image in images:
                 yield str(image), None
         elif path.exists():
@@ -91,12 +118,16 @@ def detect(patterns: Sequence[str]) -> Counter:
     return counts
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "paths", nargs="+", metavar="PATH", help="image files, folders of images or glob patterns"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     unreadable = 0
 
