@@ -33,6 +33,26 @@ DTYPES = ("auto", "fp32", "fp16", "bf16")
 MAX_DETAIL_LINES = 8
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: X)`` to a flag's help, except where it says nothing or repeats
+    the help: required flags, flags without a default (None, False, empty), and help
+    text that already tells its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            action.required
+            or default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or (isinstance(default, (list, tuple)) and not default)
+            or "default" in text.lower()
+        ):
+            return text
+        return super()._get_help_string(action)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """``argparse`` that reports a bad command line in one line and exits with status 2.
 
@@ -41,7 +61,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:

@@ -39,8 +39,12 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument(
         "--limit", type=cli.positive_int, default=None, help="cache at most this many items"
     )
-    parser.add_argument("--per_shard", type=cli.positive_int, default=1000)
-    parser.add_argument("--device", type=cli.device_arg, default="cpu")
+    parser.add_argument(
+        "--per_shard", type=cli.positive_int, default=1000, help="items per cache shard"
+    )
+    parser.add_argument(
+        "--device", type=cli.device_arg, default="cpu", help="cpu, cuda, cuda:N or mps"
+    )
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     return parser
 

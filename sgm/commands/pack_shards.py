@@ -40,7 +40,12 @@ def build_parser() -> cli.ArgumentParser:
         action="store_true",
         help="pack videos (mp4, webm, mov, mkv, avi) instead of images",
     )
-    parser.add_argument("--max_samples_per_shard", type=cli.positive_int, default=1000)
+    parser.add_argument(
+        "--max_samples_per_shard",
+        type=cli.positive_int,
+        default=1000,
+        help="samples per shard at most",
+    )
     parser.add_argument(
         "--max_shard_mb",
         type=cli.positive_float,

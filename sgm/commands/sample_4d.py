@@ -109,7 +109,12 @@ def get_parser() -> argparse.ArgumentParser:
             "image_frame_ratio": 0.917,
         },
     )
-    p.add_argument("--sv3d_version", choices=SV3D_VERSIONS, default="sv3d_u")
+    p.add_argument(
+        "--sv3d_version",
+        choices=SV3D_VERSIONS,
+        default="sv3d_u",
+        help="the SV3D model that makes the first frame's views",
+    )
     p.add_argument("--fps_id", type=cli.non_negative_int, default=6, help="SV3D's fps_id")
     p.add_argument(
         "--motion_bucket_id", type=cli.non_negative_int, default=127, help="SV3D's motion_bucket_id"

@@ -82,7 +82,7 @@ def build_parser() -> ArgumentParser:
     model.add_argument(
         "--config",
         type=existing_file,
-        help="model config (default: the released one in configs/inference)",
+        help="model config (default: the released one in sgm/configs/inference/)",
     )
     text = parser.add_argument_group("prompts")
     text.add_argument("--prompt", help=f"the text prompt (if none: {DEFAULT_PROMPT!r})")
@@ -186,7 +186,7 @@ def build_parser() -> ArgumentParser:
     add_compile_arg(out)
     add_lora_arg(out)
     add_speedup_args(parser, tgate=True)
-    out.add_argument("--verbose", action="store_true")
+    out.add_argument("--verbose", action="store_true", help="debug logging")
     add_scale_args(parser, "png")
     return parser
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import cli
+from ..assets import example_input
 from ..errors import CheckpointError, InputError
 from ..inference.releases import checkpoint_path, config_path, get_release, names
 from .at_scale import SCALE_FLAGS, add_scale_args, at_scale
@@ -271,8 +272,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--input_path",
         type=_input_arg,
-        default="assets/test_image.png",
-        help="an image, a folder of images, or a glob ('inputs/**/*.png'; quote it)",
+        default=example_input("assets/test_image.png"),
+        help="an image, a folder of images, or a glob ('inputs/**/*.png'; quote it); "
+        "if not given, the example shipped with sgm",
     )
     p.add_argument(
         "--num_frames",
@@ -286,11 +288,18 @@ def get_parser() -> argparse.ArgumentParser:
         default=None,
         help="sampling steps (default: the version's)",
     )
-    p.add_argument("--version", choices=list(VERSIONS), default="svd")
-    p.add_argument("--fps_id", type=cli.non_negative_int, default=6)
-    p.add_argument("--motion_bucket_id", type=cli.non_negative_int, default=127)
-    p.add_argument("--cond_aug", type=cli.non_negative_float, default=0.02)
-    p.add_argument("--seed", type=cli.non_negative_int, default=23)
+    p.add_argument("--version", choices=list(VERSIONS), default="svd", help="the release")
+    p.add_argument("--fps_id", type=cli.non_negative_int, default=6, help="frame rate condition")
+    p.add_argument(
+        "--motion_bucket_id", type=cli.non_negative_int, default=127, help="motion condition"
+    )
+    p.add_argument(
+        "--cond_aug",
+        type=cli.non_negative_float,
+        default=0.02,
+        help="noise added to the conditioning image",
+    )
+    p.add_argument("--seed", type=cli.non_negative_int, default=23, help="random seed")
     p.add_argument(
         "--decoding_t", type=cli.positive_int, default=14, help="frames decoded at a time"
     )
@@ -318,7 +327,14 @@ def get_parser() -> argparse.ArgumentParser:
         default=None,
         help="sv3d: fraction of the frame the object fills",
     )
-    p.add_argument("--verbose", type=cli.boolean, nargs="?", const=True, default=False)
+    p.add_argument(
+        "--verbose",
+        type=cli.boolean,
+        nargs="?",
+        const=True,
+        default=False,
+        help="debug logging and sampler progress",
+    )
     p.add_argument(
         "--config",
         type=cli.existing_file,

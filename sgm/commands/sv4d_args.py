@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from .. import cli
+from ..assets import example_input
 
 
 def add_common_args(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
@@ -13,18 +14,26 @@ def add_common_args(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -
     p = parser
     p.add_argument(
         "--input_path",
-        default=defaults["input_path"],
-        help="a gif or mp4, a folder of jpg/png frames, or a glob pattern",
+        default=example_input(defaults["input_path"]),
+        help="a gif or mp4, a folder of jpg/png frames, or a glob pattern; if not given, the "
+        "example shipped with sgm",
     )
-    p.add_argument("--output_folder", type=cli.output_folder, default=defaults["output_folder"])
-    p.add_argument("--num_steps", type=cli.positive_int, default=defaults["num_steps"])
+    p.add_argument(
+        "--output_folder",
+        type=cli.output_folder,
+        default=defaults["output_folder"],
+        help="where the videos go",
+    )
+    p.add_argument(
+        "--num_steps", type=cli.positive_int, default=defaults["num_steps"], help="sampling steps"
+    )
     p.add_argument(
         "--img_size",
         type=cli.multiple_of(64),
         default=576,
         help="image resolution (a multiple of 64)",
     )
-    p.add_argument("--seed", type=cli.non_negative_int, default=23)
+    p.add_argument("--seed", type=cli.non_negative_int, default=23, help="random seed")
     p.add_argument(
         "--encoding_t",
         type=cli.positive_int,
@@ -55,7 +64,14 @@ def add_common_args(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -
         default=defaults["image_frame_ratio"],
         help="fraction of the frame the object fills",
     )
-    p.add_argument("--verbose", type=cli.boolean, nargs="?", const=True, default=False)
+    p.add_argument(
+        "--verbose",
+        type=cli.boolean,
+        nargs="?",
+        const=True,
+        default=False,
+        help="debug logging and sampler progress",
+    )
     p.add_argument(
         "--remove_bg",
         type=cli.boolean,
@@ -68,7 +84,7 @@ def add_common_args(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -
         "--config",
         type=cli.existing_file,
         default=None,
-        help="model config (default: the release's)",
+        help="model config (default: the release's, sgm/configs/sampling/<release>.yaml)",
     )
     cli.add_device_args(p)
     cli.add_compile_arg(p)

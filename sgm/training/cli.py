@@ -133,6 +133,7 @@ def _add_trainer_args(parser: argparse.ArgumentParser) -> None:
             type=_trainer_type(name),
             default=argparse.SUPPRESS,
             metavar="VALUE",
+            help=f"Trainer({name}=VALUE); replaces the config's lightning.trainer.{name}",
         )
 
 

@@ -186,6 +186,7 @@ def test_video_command_line_runs_on_a_tiny_model(tiny_dir, monkeypatch, capsys):
     assert len(videos) == 1 and _mp4_frames(videos[0]) == 4
 
 
+@pytest.mark.slow
 def test_sv4d2_command_line_runs_on_a_tiny_model(tiny_dir, monkeypatch, capsys):
     monkeypatch.chdir(tiny_dir)
     argv = [
