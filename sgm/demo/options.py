@@ -16,7 +16,10 @@ flag                environment variable    meaning
 ``--outputs``       ``SGM_DEMO_OUTPUTS``     where saved samples go (``outputs/demo``)
 ==================  ======================  ==============================================
 
-Nothing is downloaded: a missing file is reported by :func:`missing_checkpoint`.
+Nothing is downloaded: a missing file is reported by :func:`missing_checkpoint`, and the
+pages then show :data:`TINY_MODEL_HINT`: without the released weights, a page runs on tiny
+random-weight models written by ``sgm-tiny --release all --out tiny`` with
+``--checkpoints tiny --configs tiny/configs``.
 """
 
 from __future__ import annotations
@@ -180,6 +183,14 @@ def model_files(
     if not config.is_file():
         raise ConfigError(f"{label}: model config not found: {config}")
     return ModelFiles(label, config, ckpt, overridden)
+
+
+TINY_MODEL_HINT = (
+    "No weights at hand? Try the page with tiny random-weight models (noise pictures, "
+    "real plumbing): `sgm-tiny --release all --out tiny`, then start the page with "
+    "`-- --checkpoints tiny --configs tiny/configs` (or set "
+    f"{ENV['checkpoints']}=tiny {ENV['configs']}=tiny/configs)."
+)
 
 
 def missing_checkpoint(files: ModelFiles) -> str | None:

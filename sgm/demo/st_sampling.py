@@ -23,7 +23,7 @@ from .image import (
     load_pipeline,
     to_pil,
 )
-from .options import DemoOptions, missing_checkpoint
+from .options import TINY_MODEL_HINT, DemoOptions, missing_checkpoint
 from .st_common import cached_model, page_options, run_checked, sampler_widgets
 
 TITLE = "Stable Diffusion sampling"
@@ -95,6 +95,8 @@ def main(script: str | os.PathLike) -> None:
     problems = [m for m in map(missing_checkpoint, (m.files for m in models)) if m]
     for problem in problems:
         st.error(problem)
+    if problems:
+        st.info(TINY_MODEL_HINT)
 
     request = ImageRequest()
     base = models[0]

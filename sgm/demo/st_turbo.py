@@ -18,7 +18,7 @@ from .image import (
     to_pil,
     turbo_request,
 )
-from .options import DemoOptions, missing_checkpoint
+from .options import TINY_MODEL_HINT, DemoOptions, missing_checkpoint
 from .st_common import cached_model, page_options, run_checked
 
 TITLE = "SDXL-Turbo and SD-Turbo"
@@ -65,6 +65,7 @@ def main(script: str | os.PathLike) -> None:
     problem = missing_checkpoint(model.files)
     if problem:
         st.error(problem)
+        st.info(TINY_MODEL_HINT)
     side = st.sidebar
     width = int(side.number_input("Width", 64, 2048, model.spec.width, 64, key="W"))
     height = int(side.number_input("Height", 64, 2048, model.spec.height, 64, key="H"))

@@ -10,7 +10,7 @@ import streamlit as st
 
 from ..inference.helpers import model_device
 from ..output_files import write_new_file
-from .options import DemoOptions, missing_checkpoint
+from .options import TINY_MODEL_HINT, DemoOptions, missing_checkpoint
 from .orbit import draw_orbit, orbit
 from .st_common import cached_model, page_options, run_checked
 from .video import (
@@ -92,6 +92,7 @@ def main(script: str | os.PathLike) -> None:
     problem = missing_checkpoint(files)
     if problem:
         st.error(problem)
+        st.info(TINY_MODEL_HINT)
     request = _sidebar(version)
     upload = st.file_uploader("Input image", type=["png", "jpg", "jpeg", "webp"], key="image")
     if version == "sv3d_p":

@@ -252,9 +252,20 @@ def test_streamlit_image_page_runs_on_a_tiny_model(tiny_dir, monkeypatch, tmp_pa
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("SGM_DEMO_CONFIG", raising=False)
     monkeypatch.delenv("SGM_DEMO_CKPT", raising=False)
+    page_file = str(REPO / "scripts" / "demo" / "sampling.py")
+    # without weights the page says how to get tiny ones; its instructions are what follows
+    monkeypatch.setenv("SGM_DEMO_CHECKPOINTS", str(tmp_path / "no_weights"))
+    at = AppTest.from_file(page_file, default_timeout=120).run()
+    assert at.error and at.button(key="sample").disabled
+    (hint,) = [i.value for i in at.info]
+    assert "`sgm-tiny --release all --out tiny`" in hint
+    assert "`-- --checkpoints tiny --configs tiny/configs`" in hint
+    assert "SGM_DEMO_CHECKPOINTS=tiny SGM_DEMO_CONFIGS=tiny/configs" in hint
+    monkeypatch.setenv("SGM_DEMO_CHECKPOINTS", environ["SGM_DEMO_CHECKPOINTS"])
+    st.cache_resource.clear()
     media = capture_media(monkeypatch)
-    page = AppTest.from_file(str(REPO / "scripts" / "demo" / "sampling.py"), default_timeout=120)
-    at = page.run()
+    at = AppTest.from_file(page_file, default_timeout=120).run()
+    assert not at.info
     assert not at.exception and not at.error, [e.value for e in at.error]
     at.selectbox(key="resolution").select("custom").run()
     at.number_input(key="W").set_value(64)
