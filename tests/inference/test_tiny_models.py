@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,6 @@ from sgm.commands import tiny
 from sgm.inference.releases import config_path, get_release, names
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPTS = REPO / "scripts" / "sampling"
 
 
 def _run(module, argv, capsys):
@@ -26,13 +26,6 @@ def _run(module, argv, capsys):
         code = exit_info.code
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"_tiny_{name}", SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _targets(node) -> list[str]:
@@ -117,23 +110,53 @@ def test_open_clip_arch_file_is_open_clips_format(tmp_path, capsys):
     torch.testing.assert_close(pooled, expected, rtol=1e-5, atol=1e-5)
 
 
+def readme_commands() -> dict[str, list[str]]:
+    """The command lines of the README's "Try every command line ... without weights"
+    block: script path -> argv (the streamlit line left out)."""
+    import shlex
+
+    text = (REPO / "README.md").read_text()
+    start = text.index("### Try every command line in a minute without weights")
+    block = text[text.index("```bash\n", start) + 8 :]
+    block = block[: block.index("```")].replace("\\\n", " ")
+    commands = {}
+    for line in block.splitlines():
+        words = shlex.split(line, comments=True)
+        if words and words[0] == "python":
+            commands[words[1]] = words[2:]
+    return commands
+
+
+README = readme_commands()
+
+
+def _readme_run(script: str, cwd: Path, monkeypatch, capsys):
+    """Run the README's command line of ``script`` as written, from ``cwd``."""
+    spec = importlib.util.spec_from_file_location(f"_readme_{Path(script).stem}", REPO / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.chdir(cwd)
+    return _run(module, README[script], capsys)
+
+
+def test_readme_block_covers_every_sampling_command_line():
+    scripts = {f"scripts/sampling/{n}.py" for n in ("simple_image_sample", "simple_video_sample")}
+    scripts |= {f"scripts/sampling/simple_video_sample_4d{n}.py" for n in ("", "2")}
+    assert set(README) == scripts | {"scripts/tiny_model.py"}
+
+
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    """Tiny models of the releases the sampling tests use, and inputs."""
-    from PIL import Image, ImageDraw
-
+    """A folder where the README's tiny_model.py line ran (``tiny/``); the sampling lines
+    read the example inputs shipped with sgm from here (outside the checkout)."""
     root = tmp_path_factory.mktemp("tiny_models")
-    wanted = ["sdxl_base_1.0", "sdxl_refiner_1.0", "svd", "sv3d_u", "sv4d", "sv4d2"]
-    assert tiny.main(["--release", *wanted, "--out", str(root / "tiny")]) == 0
-    image = Image.new("RGB", (96, 80), "white")
-    ImageDraw.Draw(image).ellipse((30, 20, 60, 56), fill=(200, 30, 40))
-    image.save(root / "in.png")
-    frames = []
-    for i in range(8):
-        frame = Image.new("RGB", (96, 80), "white")
-        ImageDraw.Draw(frame).ellipse((30 + 2 * i, 20, 60 + 2 * i, 56), fill=(200, 30, 40))
-        frames.append(frame)
-    frames[0].save(root / "clip.gif", save_all=True, append_images=frames[1:], duration=100)
+    argv = README["scripts/tiny_model.py"]
+    cwd = Path.cwd()
+    os.chdir(root)
+    try:
+        assert tiny.main(argv) == 0
+    finally:
+        os.chdir(cwd)
     return root
 
 
@@ -146,85 +169,43 @@ def _mp4_frames(path: Path) -> int:
 def test_image_command_line_runs_on_a_tiny_model(tiny_dir, monkeypatch, capsys):
     from PIL import Image
 
-    monkeypatch.chdir(tiny_dir)
-    argv = [
-        "--version=sdxl_base_1.0",
-        "--config=tiny/sdxl_base_1.0.yaml",
-        "--checkpoints=tiny",
-        "--width=64",
-        "--height=64",
-        "--steps=2",
-        "--device=cpu",
-        "--refiner",
-        "--refiner_config=tiny/sdxl_refiner_1.0.yaml",
-    ]
-    code, out, err = _run(_script("simple_image_sample"), argv, capsys)
+    script = "scripts/sampling/simple_image_sample.py"
+    code, out, err = _readme_run(script, tiny_dir, monkeypatch, capsys)
     assert code == 0, err
     written = [tiny_dir / line for line in out.split() if line.endswith(".png")]
     assert written and all(p.is_file() for p in written)
+    assert written[0].parent == tiny_dir / "outputs" / "simple_image_sample" / "sdxl_base_1.0"
     with Image.open(written[0]) as image:
         assert image.size == (64, 64)
         assert np.asarray(image).std() > 0  # random weights, yet not a constant picture
 
 
 def test_video_command_line_runs_on_a_tiny_model(tiny_dir, monkeypatch, capsys):
-    monkeypatch.chdir(tiny_dir)
-    argv = [
-        "--input_path=in.png",
-        "--version=svd",
-        "--config=tiny/svd.yaml",
-        "--ckpt=tiny/svd.safetensors",
-        "--num_frames=4",
-        "--num_steps=2",
-        "--decoding_t=4",
-        "--device=cpu",
-        "--output_folder=out_svd",
-    ]
-    code, out, err = _run(_script("simple_video_sample"), argv, capsys)
+    script = "scripts/sampling/simple_video_sample.py"
+    code, out, err = _readme_run(script, tiny_dir, monkeypatch, capsys)
     assert code == 0, err
-    videos = sorted((tiny_dir / "out_svd").rglob("*.mp4"))
+    videos = sorted((tiny_dir / "outputs" / "simple_video_sample").rglob("*.mp4"))
     assert len(videos) == 1 and _mp4_frames(videos[0]) == 4
 
 
 @pytest.mark.slow
 def test_sv4d2_command_line_runs_on_a_tiny_model(tiny_dir, monkeypatch, capsys):
-    monkeypatch.chdir(tiny_dir)
-    argv = [
-        "--input_path=clip.gif",
-        "--config=tiny/sv4d2.yaml",
-        "--model_path=tiny/sv4d2.safetensors",
-        "--img_size=64",
-        "--num_steps=1",
-        "--n_frames=13",
-        "--device=cpu",
-        "--output_folder=out_4d2",
-    ]
-    code, out, err = _run(_script("simple_video_sample_4d2"), argv, capsys)
+    script = "scripts/sampling/simple_video_sample_4d2.py"
+    code, out, err = _readme_run(script, tiny_dir, monkeypatch, capsys)
     assert code == 0, err
-    videos = sorted((tiny_dir / "out_4d2").rglob("*.mp4"))
+    videos = sorted((tiny_dir / "outputs" / "sv4d2").rglob("*.mp4"))
     assert len(videos) == 5  # the processed input and 4 views
     assert all(_mp4_frames(v) == 13 for v in videos)
 
 
 @pytest.mark.slow
 def test_sv4d_command_line_runs_on_a_tiny_model(tiny_dir, monkeypatch, capsys):
-    monkeypatch.chdir(tiny_dir)
-    argv = [
-        "--input_path=clip.gif",
-        "--config=tiny/sv4d.yaml",
-        "--ckpt=tiny/sv4d.safetensors",
-        "--sv3d_config=tiny/sv3d_u.yaml",
-        "--sv3d_ckpt=tiny/sv3d_u.safetensors",
-        "--img_size=64",
-        "--num_steps=1",
-        "--device=cpu",
-        "--output_folder=out_4d",
-    ]
-    code, out, err = _run(_script("simple_video_sample_4d"), argv, capsys)
+    script = "scripts/sampling/simple_video_sample_4d.py"
+    code, out, err = _readme_run(script, tiny_dir, monkeypatch, capsys)
     assert code == 0, err
-    names_written = sorted(p.name for p in (tiny_dir / "out_4d").iterdir())
-    assert len(names_written) == 11  # input, frame 0, 8 views, diagonal
-    assert _mp4_frames(tiny_dir / "out_4d" / "000000_v001.mp4") == 21
+    written = sorted(p.name for p in (tiny_dir / "outputs" / "sv4d").iterdir())
+    assert len(written) == 11  # input, frame 0, 8 views, diagonal
+    assert _mp4_frames(tiny_dir / "outputs" / "sv4d" / "000000_v001.mp4") == 21
 
 
 def test_streamlit_image_page_runs_on_a_tiny_model(tiny_dir, monkeypatch, tmp_path):
