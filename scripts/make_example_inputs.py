@@ -2,6 +2,7 @@
 (``test_image.png``) and short clips of a ball rolling on white (``sv4d_videos/``).
 
     python scripts/make_example_inputs.py            # rewrites sgm/assets/*
+    python scripts/make_example_inputs.py --out elsewhere/
 
 Every pixel is drawn here (PIL shapes), so the files carry no third-party content.
 """
@@ -10,6 +11,8 @@ import sys
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+
+from sgm import cli
 
 ASSETS = Path(__file__).resolve().parents[1] / "sgm" / "assets"
 FRAMES = 21  # what SV4D reads
@@ -29,12 +32,22 @@ def ball(size: tuple[int, int], x: float, floor: bool) -> Image.Image:
     return image
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--out", type=cli.output_folder, default=ASSETS, help="folder to write the files into"
+    )
+    args = cli.parse(parser, argv)
+    return cli.run(lambda: write(args.out), prog="make_example_inputs.py")
+
+
+def write(out: Path) -> None:
     import imageio_ffmpeg
     import numpy as np
 
-    ball((256, 192), 0.5, floor=True).save(ASSETS / "test_image.png", optimize=True)
-    videos = ASSETS / "sv4d_videos"
+    out.mkdir(parents=True, exist_ok=True)
+    ball((256, 192), 0.5, floor=True).save(out / "test_image.png", optimize=True)
+    videos = out / "sv4d_videos"
     videos.mkdir(exist_ok=True)
     frames = [ball((128, 128), 0.3 + 0.4 * i / (FRAMES - 1), False) for i in range(FRAMES)]
     frames[0].save(
@@ -47,7 +60,6 @@ def main() -> int:
     for frame in frames:
         writer.send(np.ascontiguousarray(np.asarray(frame)))
     writer.close()
-    return 0
 
 
 if __name__ == "__main__":

@@ -51,6 +51,8 @@ GRADIO = "scripts/demo/gradio_app.py"
 GRADIO_4D = "scripts/demo/gradio_app_sv4d.py"
 LORA = "scripts/lora.py"
 CACHE = "scripts/data/cache_conditioning.py"
+TINY_MODEL = "scripts/tiny_model.py"
+EXAMPLES = "scripts/make_example_inputs.py"
 
 ROWS: list[tuple[str, str, list[str], str]] = [
     # ---------------------------------------------------------------- main.py
@@ -268,6 +270,16 @@ ROWS: list[tuple[str, str, list[str], str]] = [
     (DETECT, "missing path", ["{image}", "{missing}"], "{missing}"),
     (DETECT, "missing path", ["{image}", "{missing}/*.png"], "no file matches"),
     (DETECT, "unknown flag", ["--bogus", "{image}"], "--bogus"),
+    # ---------------------------------------------------------------- tiny_model.py
+    (TINY_MODEL, "unknown flag", ["--bogus", "--release", "sd2.1", "--out", "out"], "--bogus"),
+    (TINY_MODEL, "out of range", ["--release", "sd9", "--out", "out"], "sd9"),
+    (TINY_MODEL, "wrong type", ["--release", "sd2.1", "--out", "out", "--seed", "abc"], "--seed"),
+    (TINY_MODEL, "file as folder", ["--release", "sd2.1", "--out", "{file}"], "{file}"),
+    (TINY_MODEL, "file as folder", ["--release", "sd2.1", "--out", "{file}/tiny"], "{file}"),
+    # ---------------------------------------------------------------- make_example_inputs.py
+    (EXAMPLES, "unknown flag", ["--bogus"], "--bogus"),
+    (EXAMPLES, "file as folder", ["--out", "{file}"], "{file}"),
+    (EXAMPLES, "file as folder", ["--out", "{file}/assets"], "{file}"),
     # ------------------------------------------- demo/gradio_app (must not start serving)
     (GRADIO, "wrong type", ["--port=abc"], "--port"),
     (GRADIO, "out of range", ["--num_steps=0"], "--num_steps"),

@@ -32,7 +32,12 @@ def build_parser() -> cli.ArgumentParser:
         metavar="NAME",
         help=f"release(s) to write a tiny model of, or all: {', '.join(names())}",
     )
-    parser.add_argument("--out", required=True, help="folder to write into (created if missing)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=cli.output_folder,
+        help="folder to write into (created if missing)",
+    )
     parser.add_argument(
         "--seed", type=cli.non_negative_int, default=0, help="seed of the random weights"
     )
@@ -50,8 +55,6 @@ def write(args: argparse.Namespace) -> None:
 
     chosen = names() if "all" in args.release else list(dict.fromkeys(args.release))
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is not a folder")
     if not args.overwrite:
         for name in chosen:
             for path in tiny_paths(name, out):
