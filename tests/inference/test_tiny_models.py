@@ -265,3 +265,14 @@ def test_streamlit_image_page_runs_on_a_tiny_model(tiny_dir, monkeypatch, tmp_pa
     request = ImageRequest(prompt="a red cube", width=64, height=64, steps=2)
     expected = generate(pipe, request)["samples"]
     assert np.array_equal(shown, np.asarray(to_pil(expected)[0]))
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"embed_dim": 32}', "[1, 2]"])
+def test_a_bad_open_clip_arch_file_is_a_config_error_naming_it(tmp_path, text):
+    from sgm.errors import ConfigError
+    from sgm.modules.encoders.modules import FrozenOpenCLIPEmbedder
+
+    arch = tmp_path / "arch.json"
+    arch.write_text(text)
+    with pytest.raises(ConfigError, match="open_clip architecture file .*arch.json"):
+        FrozenOpenCLIPEmbedder(arch=str(arch), version=None)
