@@ -212,7 +212,8 @@ class EngineRun:
     ) -> torch.Tensor:
         """Latents from ``sampler`` started at ``noise`` (on the run's device); the
         denoiser defaults to :meth:`denoiser`. ``generator`` and ``callback`` reach samplers
-        that take them; ``sampler_kwargs`` (e.g. ``step_inputs``) go to the sampler."""
+        that take them; ``sampler_kwargs`` go to the sampler, except ``step_inputs``, which
+        runs the sampler's ``sample_steps`` loop instead."""
         if self.tgate is not None:
             self.tgate.check_sampler(sampler, sampler_kwargs.get("num_steps"))
         kwargs = dict(sampler_kwargs)
@@ -222,6 +223,9 @@ class EngineRun:
         if callback is not None:
             kwargs["callback"] = callback
         x = noise.to(self.device)
+        step_inputs = kwargs.pop("step_inputs", None)
+        if step_inputs is not None:
+            return sampler.sample_steps(step_inputs, x, cond=c, uc=uc, **kwargs)
         return sampler(denoiser or self.denoiser(), x, cond=c, uc=uc, **kwargs)
 
     # ------------------------------------------------------------------ first stage

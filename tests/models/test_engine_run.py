@@ -158,7 +158,7 @@ def test_step_inputs_equal_a_hand_written_alternating_loop():
         StepInputs(denoiser_for(0.3), cond, uc),
     )
     x0 = torch.randn(6, 2, 3, 3, generator=torch.Generator().manual_seed(0))
-    got = sampler(denoiser_for(0.3), x0, cond, uc, step_inputs=lambda i: inputs[i % 2])
+    got = sampler.sample_steps(lambda i: inputs[i % 2], x0, cond, uc)
 
     sigmas = sampler.discretization(5)
     x = x0 * torch.sqrt(1.0 + sigmas[0] ** 2.0)

@@ -201,14 +201,42 @@ class BaseDiffusionSampler:
         num_steps: int | None = None,
         generator: torch.Generator | None = None,
         callback: Callback | None = None,
-        step_inputs: Callable[[int], StepInputs] | None = None,
         **denoiser_kwargs: Any,
     ) -> torch.Tensor:
-        """Sample from unit noise ``x``; returns a new tensor.
+        """Sample from unit noise ``x``; returns a new tensor."""
+        return self._loop(
+            denoiser, x, cond, uc, num_steps, generator, callback, None, denoiser_kwargs
+        )
 
-        ``step_inputs(i)``, when given, replaces the denoiser and the conditioning of step
-        ``i`` and may reorder the rows that step sees (:class:`StepInputs`).
-        """
+    def sample_steps(
+        self,
+        step_inputs: Callable[[int], StepInputs],
+        x: torch.Tensor,
+        cond: Cond,
+        uc: Cond | None = None,
+        num_steps: int | None = None,
+        generator: torch.Generator | None = None,
+        callback: Callback | None = None,
+        **denoiser_kwargs: Any,
+    ) -> torch.Tensor:
+        """:meth:`__call__`'s loop where ``step_inputs(i)`` gives step ``i``'s denoiser and
+        conditioning and may reorder the rows that step sees (:class:`StepInputs`)."""
+        first = step_inputs(0)
+        return self._loop(
+            first.denoiser,
+            x,
+            cond,
+            uc,
+            num_steps,
+            generator,
+            callback,
+            step_inputs,
+            denoiser_kwargs,
+        )
+
+    def _loop(
+        self, denoiser, x, cond, uc, num_steps, generator, callback, step_inputs, denoiser_kwargs
+    ):
         with self.generator_scope(generator), run_cache.sampling_run():
             x, s_in, sigmas, num_sigmas, cond, uc = self.prepare_sampling_loop(
                 x, cond, uc, num_steps
