@@ -87,7 +87,7 @@ def rank_device(world: World, device: str | torch.device = "auto") -> torch.devi
             "most as many processes per node as there are devices"
         )
     torch.cuda.set_device(world.local_rank)
-    return torch.device("cuda", world.local_rank)
+    return torch.device(chosen.type, world.local_rank)
 
 
 def backend_for(device: torch.device) -> str:
