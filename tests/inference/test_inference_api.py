@@ -10,7 +10,7 @@ import pytest
 import torch
 from builders import build_engine, save_state, tiny_image_config, write_tiny_model
 
-from sgm.errors import CheckpointError, InputError
+from sgm.errors import CheckpointError, ConfigError, InputError
 from sgm.inference import api
 from sgm.inference.api import (
     Discretization,
@@ -251,11 +251,11 @@ def test_a_device_that_is_no_device_name_is_an_input_error(tiny, device):
 
 def test_sampler_builders_cover_every_enum():
     for sampler in Sampler:
+        # LCM needs the DDPM timesteps of its own schedule (EDM is refused: see below)
+        schedule = Discretization.LCM if sampler is Sampler.LCM else Discretization.EDM
         for guider in Guider:
             built = api.get_sampler_config(
-                SamplingParams(
-                    sampler=sampler, guider=guider, steps=5, discretization=Discretization.EDM
-                )
+                SamplingParams(sampler=sampler, guider=guider, steps=5, discretization=schedule)
             )
             assert type(built).__name__ == sampler.value
             assert type(built.guider).__name__ == guider.value
@@ -269,6 +269,10 @@ def test_sampler_builders_cover_every_enum():
     sigmas = built.discretization(5)
     np.testing.assert_allclose(sigmas[:-1].numpy(), closed, rtol=1e-5)
     assert isinstance(built.discretization, EDMDiscretization)
+    with pytest.raises(ConfigError, match="LCMSampler needs a DDPM discretization"):
+        api.get_sampler_config(
+            SamplingParams(sampler=Sampler.LCM, discretization=Discretization.EDM, steps=5)
+        )
 
 
 def test_perform_save_locally_never_overwrites(tmp_path):
