@@ -2,6 +2,7 @@
 tiny models most tests share (built by tests/builders.py)."""
 
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -45,6 +46,16 @@ def video_arch_dir(tmp_path_factory):
     from builders import register_video_arch
 
     return register_video_arch(tmp_path_factory.mktemp("video_open_clip"))
+
+
+@pytest.fixture(autouse=True)
+def _main_module_restored():
+    """Streamlit's test runner installs its own ``__main__`` module and leaves it there;
+    a later test that spawns processes would then re-run a demo page in every child."""
+    main = sys.modules.get("__main__")
+    yield
+    if main is not None:
+        sys.modules["__main__"] = main
 
 
 def pytest_collection_modifyitems(config, items):
