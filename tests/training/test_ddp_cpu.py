@@ -16,6 +16,23 @@ TINY = str(ROOT / "tests" / "configs" / "tiny_train.yaml")
 def test_ddp_two_cpu_processes_agree(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "tests" / "helpers")}
     env.pop("SGM_RUN_NOW", None)
+    # a launcher's variables left by an earlier test would make the run wait for ranks
+    for name in (
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "LOCAL_WORLD_SIZE",
+        "NODE_RANK",
+        "GROUP_RANK",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "TORCHELASTIC_RUN_ID",
+        "SLURM_PROCID",
+        "SLURM_NTASKS",
+        "SLURM_LOCALID",
+        "SLURM_JOB_ID",
+    ):
+        env.pop(name, None)
     out = subprocess.run(
         [
             sys.executable,
