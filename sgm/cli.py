@@ -20,12 +20,19 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+# the path types live beside; command lines take them from here
+from sgm.cli_paths import dangling_symlink as dangling_symlink
+from sgm.cli_paths import existing_file as existing_file
+from sgm.cli_paths import existing_path as existing_path
+from sgm.cli_paths import input_folder as input_folder
+from sgm.cli_paths import new_output as new_output
+from sgm.cli_paths import output_folder as output_folder
+from sgm.cli_paths import refuse_dangling as refuse_dangling
 from sgm.errors import InputError, SgmError
 
 DTYPES = ("auto", "fp32", "fp16", "bf16")
@@ -90,12 +97,22 @@ class ArgumentParser(argparse.ArgumentParser):
 # --------------------------------------------------------------------------- argument types
 
 
+# Seeds reach NumPy (``np.random.seed``) and Lightning's ``seed_everything``, which take
+# 0 .. 2**32 - 1; torch would take more, but one range holds everywhere.
+MAX_SEED = 2**32 - 1
+# TCP ports a server can listen on.
+MAX_PORT = 65535
+
+
 def _number(text: str, kind: type) -> Any:
     try:
-        return kind(text)
+        value = kind(text)
     except ValueError:
         name = "an integer" if kind is int else "a number"
         raise argparse.ArgumentTypeError(f"{text!r} is not {name}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
 
 
 def positive_int(text: str) -> int:
@@ -146,6 +163,22 @@ def fraction(text: str) -> float:
     return value
 
 
+def seed(text: str) -> int:
+    """A random seed: an integer in 0 .. 2**32 - 1 (what NumPy and Lightning take)."""
+    value = _number(text, int)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{value} is outside the seeds 0 .. 2**32 - 1")
+    return value
+
+
+def port(text: str) -> int:
+    """A TCP port: an integer in 1 .. 65535."""
+    value = _number(text, int)
+    if not 1 <= value <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (1 .. {MAX_PORT})")
+    return value
+
+
 def multiple_of(factor: int) -> Callable[[str], int]:
     """A positive integer divisible by ``factor`` (e.g. image sizes: 64)."""
 
@@ -157,41 +190,6 @@ def multiple_of(factor: int) -> Callable[[str], int]:
 
     parse.__name__ = f"multiple of {factor}"
     return parse
-
-
-def existing_file(text: str) -> Path:
-    """A path to a readable file."""
-    path = Path(text).expanduser()
-    if not path.exists():
-        raise argparse.ArgumentTypeError(f"{path} does not exist")
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f"{path} is not a file")
-    if not os.access(path, os.R_OK):
-        raise argparse.ArgumentTypeError(f"{path} is not readable")
-    return path
-
-
-def existing_path(text: str) -> Path:
-    """A file or folder that exists."""
-    path = Path(text).expanduser()
-    if not path.exists():
-        raise argparse.ArgumentTypeError(f"{path} does not exist")
-    return path
-
-
-def output_folder(text: str) -> Path:
-    """A folder to write into: it may not exist yet (it is created when the first file is
-    written), but it may not be a file, nor lie below a file, nor be unwritable."""
-    path = Path(text).expanduser()
-    for parent in (path, *path.parents):
-        if parent.exists():
-            if not parent.is_dir():
-                what = "is a file" if parent == path else f"lies below the file {parent}"
-                raise argparse.ArgumentTypeError(f"{path} {what}, not a folder")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise argparse.ArgumentTypeError(f"{parent} is not writable")
-            break
-    return path
 
 
 def device_arg(text: str) -> str:
@@ -233,6 +231,9 @@ def float_list(text: str) -> float | list[float]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number or a list of numbers") from None
     if not values:
         raise argparse.ArgumentTypeError(f"{text!r} holds no numbers")
+    bad = [p.strip() for p, v in zip(parts, values) if not math.isfinite(v)]
+    if bad:
+        raise argparse.ArgumentTypeError(f"{bad[0]!r} in {text!r} is not a finite number")
     return values[0] if len(values) == 1 and "," not in text else values
 
 
@@ -244,15 +245,6 @@ def boolean(text: str) -> bool:
     if lowered in ("false", "no", "0"):
         return False
     raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
-
-
-def input_folder(text: str) -> Path:
-    """A folder to read from: it may be absent (the command then says what it did not
-    find there), but it is not a file."""
-    path = Path(text).expanduser()
-    if path.exists() and not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{path} is a file, not a folder")
-    return path
 
 
 def lora_arg(text: str) -> tuple[Path, float]:

@@ -112,10 +112,12 @@ def _fast_dev_run(value: Any) -> Any:
 
 def _clip(value: Any) -> Any:
     if value is None or (
-        isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and 0 <= value < float("inf")
     ):
         return value
-    raise ValueError("expected a number >= 0")
+    raise ValueError("expected a finite number >= 0")
 
 
 def _choice(*options: Any) -> Callable[[Any], Any]:

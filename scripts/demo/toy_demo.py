@@ -23,7 +23,7 @@ def get_parser() -> argparse.ArgumentParser:
 
     p = cli.ArgumentParser(prog="toy_demo.py", description=__doc__.splitlines()[0])
     p.add_argument("--config", type=cli.existing_file, default=str(CONFIG), help="training config")
-    p.add_argument("--minutes", type=cli.positive_float, default=5.0, help="training time budget")
+    p.add_argument("--minutes", type=_minutes, default=5.0, help="training time budget")
     p.add_argument("--max-steps", type=cli.positive_int, default=1500, help="training step budget")
     p.add_argument(
         "--per-class", type=cli.positive_int, default=10, help="samples per class (grid row)"
@@ -40,7 +40,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--logdir", type=cli.output_folder, default="logs", help="folder of training run folders"
     )
-    p.add_argument("--seed", type=cli.non_negative_int, default=23)
+    p.add_argument("--seed", type=cli.seed, default=23, help="random seed")
     p.add_argument("--upscale", type=cli.positive_int, default=4, help="pixel size in the PNG")
     p.add_argument(
         "--checkpoint",
@@ -52,6 +52,19 @@ def get_parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", metavar="key=value", help="config overrides, as for main.py"
     )
     return p
+
+
+MAX_MINUTES = 60 * 24 * 365  # a year: Lightning's max_time takes DD:HH:MM:SS
+
+
+def _minutes(text: str) -> float:
+    """A training time budget in minutes: > 0, at most a year."""
+    from sgm import cli
+
+    value = cli.positive_float(text)
+    if value > MAX_MINUTES:
+        raise argparse.ArgumentTypeError(f"{value:g} is more than a year ({MAX_MINUTES} minutes)")
+    return value
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -74,7 +87,8 @@ def _overrides(args: argparse.Namespace, extra: list[str]) -> list[str]:
 
 def _time_limit(minutes: float) -> str:
     seconds = max(int(minutes * 60), 1)
-    return f"00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+    days, hours = seconds // 86400, seconds % 86400 // 3600
+    return f"{days:02d}:{hours:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def train_or_load(args: argparse.Namespace, extra: list[str]):

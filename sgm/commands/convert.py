@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..cli import ArgumentParser, existing_file, run, setup_logging
+from ..cli import ArgumentParser, existing_file, new_output, run, setup_logging
 
 
 def diffusers_folder(text: str) -> Path:
@@ -31,11 +31,9 @@ def diffusers_folder(text: str) -> Path:
 
 
 def new_path(text: str) -> Path:
-    """A path that does not exist yet (nothing is overwritten)."""
-    path = Path(text).expanduser()
-    if path.exists() or path.is_symlink():
-        raise argparse.ArgumentTypeError(f"{path} exists; nothing is overwritten")
-    return path
+    """A path that does not exist yet (nothing is overwritten), in a folder that can take
+    it (``sgm.cli.new_output``: a symlink to nothing is refused by name)."""
+    return new_output(text)
 
 
 def new_safetensors(text: str) -> Path:

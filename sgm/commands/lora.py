@@ -23,16 +23,23 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..cli import ArgumentParser, add_lora_arg, check, existing_file, parse, run, setup_logging
+from ..cli import (
+    ArgumentParser,
+    add_lora_arg,
+    check,
+    existing_file,
+    new_output,
+    parse,
+    run,
+    setup_logging,
+)
 
 logger = logging.getLogger(__name__)
 
 
 def new_safetensors(text: str) -> Path:
     """A new ``.safetensors`` path (nothing is overwritten)."""
-    path = Path(text).expanduser()
-    if path.exists() or path.is_symlink():
-        raise argparse.ArgumentTypeError(f"{path} exists; nothing is overwritten")
+    path = new_output(text)
     if path.suffix != ".safetensors":
         raise argparse.ArgumentTypeError(f"{path}: the output must end in .safetensors")
     return path

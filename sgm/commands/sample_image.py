@@ -26,11 +26,11 @@ from ..cli import (
     add_lora_arg,
     existing_file,
     input_folder,
-    non_negative_int,
     output_folder,
     positive_float,
     positive_int,
     run,
+    seed,
     setup_logging,
     unit_interval,
 )
@@ -140,7 +140,7 @@ def build_parser() -> ArgumentParser:
     )
     sampling.add_argument(
         "--seed",
-        type=non_negative_int,
+        type=seed,
         default=42,
         help="seed of the first image of each prompt (then +1, +2, ...)",
     )

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import cli
+from .. import values as checks
 from ..assets import example_input
 from ..errors import CheckpointError, InputError
 from ..inference.releases import checkpoint_path, config_path, get_release, names
@@ -101,13 +102,14 @@ def resolve(
     """Check the flags and fill in the release's defaults (``InputError`` /
     ``CheckpointError`` before any model loads)."""
     _check_args(version, fps_id, motion_bucket_id)
-    for name, value in (
-        ("num_frames", num_frames),
-        ("num_steps", num_steps),
-        ("decoding_t", decoding_t),
-    ):
-        if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
-            raise InputError(f"{name} must be a positive integer, got {value!r}")
+    sizes = {"num_frames": num_frames, "num_steps": num_steps, "decoding_t": decoding_t}
+    for name, value in sizes.items():
+        if value is not None:
+            checks.whole(name, value, 1)
+    checks.finite("cond_aug", cond_aug, low=0.0)
+    for name, angles in (("elevations_deg", elevations_deg), ("azimuths_deg", azimuths_deg)):
+        many = angles if isinstance(angles, (list, tuple)) or angles is None else [angles]
+        checks.finite_list(name, many or [])
     release = get_release(version)
     sv3d = release.is_sv3d
     if sv3d:
@@ -123,7 +125,8 @@ def resolve(
             f"checkpoint not found: expected {ckpt} "
             f"(download {ckpt.name} into checkpoints/ or pass --ckpt)"
         )
-    folder = _checked_folder(output_folder or Path("outputs/simple_video_sample") / version)
+    default = Path("outputs/simple_video_sample", version)
+    folder = _checked_folder(default if output_folder is None else output_folder)
     polars = azimuths = None
     if version == "sv3d_p":
         from ..inference.video import sv3d_orbit
@@ -167,6 +170,7 @@ def sample(
     ``deepcache`` / ``tome`` (and their settings) turn on the speed-ups of
     ``sgm.commands.speedups``.
     """
+    checks.seed(seed)
     faster = speedups(
         argparse.Namespace(
             deepcache=deepcache,
@@ -299,7 +303,7 @@ def get_parser() -> argparse.ArgumentParser:
         default=0.02,
         help="noise added to the conditioning image",
     )
-    p.add_argument("--seed", type=cli.non_negative_int, default=23, help="random seed")
+    p.add_argument("--seed", type=cli.seed, default=23, help="random seed")
     p.add_argument(
         "--decoding_t", type=cli.positive_int, default=14, help="frames decoded at a time"
     )

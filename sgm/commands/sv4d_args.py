@@ -33,7 +33,7 @@ def add_common_args(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -
         default=576,
         help="image resolution (a multiple of 64)",
     )
-    p.add_argument("--seed", type=cli.non_negative_int, default=23, help="random seed")
+    p.add_argument("--seed", type=cli.seed, default=23, help="random seed")
     p.add_argument(
         "--encoding_t",
         type=cli.positive_int,

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from ..cli import ArgumentParser, positive_int
+from ..cli import ArgumentParser, port
 from .options import DemoOptions, add_page_arguments, demo_options
 
 
@@ -20,7 +20,7 @@ def page_parser(description: str) -> ArgumentParser:
 
 def add_server_arguments(parser: ArgumentParser) -> None:
     parser.add_argument("--server_name", default="127.0.0.1")
-    parser.add_argument("--port", type=positive_int, default=7860)
+    parser.add_argument("--port", type=port, default=7860, help="TCP port, 1 .. 65535")
     parser.add_argument(
         "--share",
         action="store_true",

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from .. import values
 from ..errors import CheckpointError, InputError, SgmError
 from ..inference.releases import config_path, get_release, releases
 from .options import DemoOptions, missing_checkpoint, model_files
@@ -100,13 +101,10 @@ class Sv4dApp:
 
         if not video:
             raise InputError("no input video: upload a gif or mp4 first")
-        for name, value in (
-            ("num_steps", num_steps),
-            ("encoding_t", encoding_t),
-            ("decoding_t", decoding_t),
-        ):
-            if int(value) < 1:
-                raise InputError(f"{name} must be at least 1, got {value}")
+        seed = values.seed(seed)
+        num_steps = values.whole("num_steps", num_steps, 1)
+        encoding_t = values.whole("encoding_t", encoding_t, 1)
+        decoding_t = values.whole("decoding_t", decoding_t, 1)
         if self.problem:
             raise CheckpointError(self.problem)
         if remove_bg:
@@ -159,9 +157,7 @@ def build_demo(app: Sv4dApp) -> Any:
         video: Any, seed: float, steps: float, encoding_t: float, decoding_t: float, remove_bg: bool
     ) -> tuple:
         try:
-            return app.sample(
-                video, int(seed), int(steps), int(encoding_t), int(decoding_t), bool(remove_bg)
-            )
+            return app.sample(video, seed, steps, encoding_t, decoding_t, bool(remove_bg))
         except SgmError as error:
             raise gr.Error(str(error)) from None
 

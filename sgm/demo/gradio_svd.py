@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from .. import values
 from ..errors import SgmError
 from .options import DemoOptions, missing_checkpoint
 from .video import (
@@ -25,7 +26,7 @@ from .video import (
 
 VERSION = "svd_xt_1_1"
 TITLE = "Stable Video Diffusion: image to video (SVD-XT 1.1)"
-MAX_SEED = 2**63 - 1
+MAX_SEED = 2**32 - 1  # what NumPy and Lightning take (sgm.cli.MAX_SEED)
 
 
 class SvdApp:
@@ -87,9 +88,9 @@ class SvdApp:
         request = VideoRequest(
             **{
                 **self.base.__dict__,
-                "seed": int(seed),
-                "motion_bucket_id": int(motion_bucket_id),
-                "fps": int(fps_id) + 1,
+                "seed": values.seed(seed),
+                "motion_bucket_id": values.whole("motion bucket id", motion_bucket_id, 0),
+                "fps": values.whole("fps_id", fps_id, 0) + 1,
             }
         )
         check_video_request(request)

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from .. import values
 from ..errors import InputError
 from ..inference.api import (
     SD_XL_BASE_RATIOS,
@@ -120,20 +121,20 @@ class ImageRequest:
     tome: float = 0.0
 
 
-def _whole(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or int(value) != value or value < low:
-        raise InputError(f"{name} must be a whole number >= {low}, got {value!r}")
-    return int(value)
-
-
 def check_request(
     request: ImageRequest, image: Any = None, refiner: bool = False
 ) -> SamplingParams:
     """The ``SamplingParams`` of a valid request, else an ``InputError`` naming the field."""
-    _whole("seed", request.seed, 0)
-    _whole("number of samples", request.num_samples, 1)
+    values.seed(request.seed)
+    values.whole("number of samples", request.num_samples, 1)
     if not isinstance(request.prompt, str):
         raise InputError("prompt must be text")
+    for name in ("width", "height", "steps", "order", "deepcache", "tgate"):
+        values.whole(name, getattr(request, name), 0)
+    for name in ("scale", "strength", "refiner_strength", "sigma_min", "sigma_max", "rho"):
+        values.finite(name, getattr(request, name))
+    for name in ("s_churn", "s_tmin", "s_tmax", "s_noise", "eta", "tome"):
+        values.finite(name, getattr(request, name))
     if image is not None and not 0.0 < float(request.strength) <= 1.0:
         raise InputError(f"img2img strength must be in (0, 1], got {request.strength!r}")
     if refiner and not 0.0 < float(request.refiner_strength) <= 1.0:
@@ -163,10 +164,10 @@ def check_request(
         raise InputError("DeepCache and T-GATE cannot be combined; choose one")
     if request.tgate and request.tgate > request.steps:
         raise InputError(f"T-GATE gate step {request.tgate} is beyond the {request.steps} steps")
-    values = {name: getattr(request, name) for name in fields}
+    chosen = {name: getattr(request, name) for name in fields}
     if image is not None:
-        values["img2img_strength"] = float(request.strength)
-    return SamplingParams(**values, orig_width=request.width, orig_height=request.height)
+        chosen["img2img_strength"] = float(request.strength)
+    return SamplingParams(**chosen, orig_width=request.width, orig_height=request.height)
 
 
 def init_image_tensor(image: Any, device: Any = "cpu") -> torch.Tensor:

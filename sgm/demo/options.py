@@ -118,6 +118,8 @@ def demo_options(
         value = getattr(args, name, None)
         if value is None and environ.get(variable):
             value = environ[variable]
+        if value is not None and name != "device" and not str(value).strip():
+            raise InputError(f"{name}: the path is empty (set by --{name} / {variable})")
         if value is not None:
             values[name] = value if name == "device" else Path(value)
     if "device" in values:
@@ -127,6 +129,10 @@ def demo_options(
         folder = getattr(options, name)
         if folder is not None and folder.exists() and not folder.is_dir():
             raise InputError(f"{name} folder {folder} is a file")
+    if options.configs is not None and not any(options.configs.glob("*.yaml")):
+        # a missing or empty --configs folder would silently mean the released configs
+        what = "holds no .yaml config" if options.configs.is_dir() else "does not exist"
+        raise ConfigError(f"configs folder {options.configs} {what} (set by --configs)")
     if options.config is not None and not options.config.is_file():
         raise ConfigError(f"model config not found: {options.config}")
     _check_outputs(options.outputs)

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import values
 from ..errors import InputError
 from ..inference.video import sv3d_orbit
 
@@ -23,9 +24,11 @@ def dynamic_elevations(
     """Elevations (degrees) that wander smoothly around ``elevation_deg`` over one turn
     (a few random low-frequency sinusoids, periodic), equal to ``elevation_deg`` at the
     last frame (the input view) and kept inside (-90, 90)."""
-    if not -90.0 < float(elevation_deg) < 90.0:
-        raise InputError(f"elevation must be in (-90, 90) degrees, got {elevation_deg}")
-    rng = np.random.RandomState(int(seed))
+    _check_elevation(elevation_deg)
+    num_frames = values.whole("number of frames", num_frames, 1)
+    amplitude_deg = values.finite("amplitude_deg", amplitude_deg, low=0.0)
+    components = values.whole("components", components, 1)
+    rng = np.random.RandomState(values.seed(seed))
     phase = np.linspace(0.0, 2 * math.pi, num_frames + 1)[1:]
     wave = np.zeros(num_frames)
     for k in range(1, components + 1):
@@ -41,12 +44,18 @@ def orbit(
 ) -> tuple[list[float], list[float]]:
     """``(polars_rad, azimuths_rad)`` of the SV3D_p conditioning (``sv3d_orbit``): a full
     turn ending at the input view, at a fixed or a dynamic elevation."""
-    elevations: Any = float(elevation_deg)
+    elevations: Any = _check_elevation(elevation_deg)
+    num_frames = values.whole("number of frames", num_frames, 1)
     if dynamic:
         elevations = dynamic_elevations(num_frames, elevation_deg, seed)
-    elif not -90.0 < elevations < 90.0:
-        raise InputError(f"elevation must be in (-90, 90) degrees, got {elevation_deg}")
     return sv3d_orbit(num_frames, elevations)
+
+
+def _check_elevation(elevation_deg: Any) -> float:
+    elevation = values.finite("elevation_deg", elevation_deg)
+    if not -90.0 < elevation < 90.0:
+        raise InputError(f"elevation must be in (-90, 90) degrees, got {elevation_deg}")
+    return elevation
 
 
 def camera_positions(polars_rad: Sequence[float], azimuths_rad: Sequence[float]) -> np.ndarray:

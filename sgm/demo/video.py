@@ -3,7 +3,6 @@ requests, input fitting, sampling and mp4 output (through ``sgm.inference.video`
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 import torch
 
+from .. import values
 from ..errors import InputError
 from ..inference.releases import config_path, get_release, releases
 from .options import DemoOptions, ModelFiles, model_files
@@ -70,41 +70,31 @@ class VideoRequest:
     azimuths_rad: list[float] | None = field(default=None, repr=False)
 
 
-def _whole(name: str, value: Any, low: int, high: int | None = None) -> int:
-    if (
-        isinstance(value, bool)
-        or int(value) != value
-        or value < low
-        or (high is not None and value > high)
-    ):
-        bounds = f"in {low}..{high}" if high is not None else f">= {low}"
-        raise InputError(f"{name} must be a whole number {bounds}, got {value!r}")
-    return int(value)
-
-
 def check_video_request(request: VideoRequest) -> VideoRequest:
     """The request if every value is usable, else an ``InputError`` naming the field."""
     if request.version not in VIDEO_VERSIONS:
         raise InputError(f"unknown video model {request.version!r}")
     for name in ("width", "height"):
-        value = _whole(name, getattr(request, name), 64)
+        value = values.whole(name, getattr(request, name), 64)
         if value % 64:
             raise InputError(f"{name} {value} is not a multiple of 64")
-    _whole("number of frames", request.frames, 1)
-    _whole("steps", request.steps, 1)
-    _whole("fps", request.fps, 1)
-    _whole("motion bucket id", request.motion_bucket_id, 0, 1023)
-    _whole("seed", request.seed, 0)
-    _whole("decoding_t", request.decoding_t, 1)
-    if not math.isfinite(float(request.cond_aug)) or request.cond_aug < 0:
-        raise InputError(f"cond_aug must be >= 0, got {request.cond_aug!r}")
+    values.whole("number of frames", request.frames, 1)
+    values.whole("steps", request.steps, 1)
+    values.whole("fps", request.fps, 1)
+    values.whole("motion bucket id", request.motion_bucket_id, 0, 1023)
+    values.seed(request.seed)
+    values.whole("decoding_t", request.decoding_t, 1)
+    values.finite("cond_aug", request.cond_aug, low=0.0)
+    elevation = values.finite("elevation_deg", request.elevation_deg)
     if request.version == "sv3d_p":
-        if not -90.0 < float(request.elevation_deg) < 90.0:
+        if not -90.0 < elevation < 90.0:
             raise InputError(f"elevation must be in (-90, 90) degrees, got {request.elevation_deg}")
         for name in ("polars_rad", "azimuths_rad"):
-            values = getattr(request, name)
-            if values is not None and len(values) != request.frames:
-                raise InputError(f"{name} needs {request.frames} values, got {len(values)}")
+            angles = getattr(request, name)
+            if angles is not None and len(angles) != request.frames:
+                raise InputError(f"{name} needs {request.frames} values, got {len(angles)}")
+            if angles is not None:
+                values.finite_list(name, angles)
     return request
 
 

@@ -16,6 +16,7 @@ from typing import Any, get_type_hints
 from ..errors import InputError
 
 LATENT_FACTOR = 8  # every released image autoencoder downsamples by 8
+TOME_DOWNSAMPLES = (1, 2, 4, 8)  # the UNet's downsampling levels token merging can stop at
 
 # field: (kind, low, high, low inclusive); high None: no upper bound.
 _RANGES: dict[str, tuple[type, float, float | None, bool]] = {
@@ -91,6 +92,14 @@ def check_sampling_params(params: Any, multiple: int = LATENT_FACTOR) -> None:
                 f"SamplingParams.{name}={value}: must be a multiple of {multiple} "
                 f"(e.g. {max(multiple, round(value / multiple) * multiple)})"
             )
+    if not params.tome < 1:
+        raise InputError(f"SamplingParams.tome={params.tome!r}: must be in [0, 1)")
+    if params.tome_max_downsample not in TOME_DOWNSAMPLES:
+        choices = ", ".join(map(str, TOME_DOWNSAMPLES))
+        raise InputError(
+            f"SamplingParams.tome_max_downsample={params.tome_max_downsample!r}: "
+            f"expected one of {choices}"
+        )
     if params.sigma_max <= params.sigma_min:
         raise InputError(
             f"SamplingParams.sigma_max={params.sigma_max!r} must be above "

@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from .. import config_trainer as trainer_args
-from ..cli import ArgumentParser, existing_file, output_folder
+from ..cli import ArgumentParser, existing_file, output_folder, seed
 from ..errors import ConfigError, SgmError
 from .paths import RUN_ENV as RUN_ENV
 from .paths import RunPaths as RunPaths
@@ -60,7 +60,7 @@ def get_parser() -> argparse.ArgumentParser:
     _flag(p, "--no-test", default=False, help="skip testing after training")
     p.add_argument("-p", "--project", help="name of a new or path to an existing project")
     _flag(p, "-d", "--debug", default=False, help="post-mortem debugging, offline wandb")
-    p.add_argument("-s", "--seed", type=_seed, default=23, help="seed for seed_everything")
+    p.add_argument("-s", "--seed", type=seed, default=23, help="seed for seed_everything")
     p.add_argument("-f", "--postfix", default="", help="postfix for the default name")
     p.add_argument("--projectname", default="stablediffusion", help="wandb project")
     p.add_argument(
@@ -85,16 +85,6 @@ def get_parser() -> argparse.ArgumentParser:
     )
     _add_trainer_args(p)
     return p
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"{value} is outside 0 .. 2**32 - 1")
-    return value
 
 
 def _yaml_value(text: str) -> Any:

@@ -18,6 +18,7 @@ from ..config import instantiate_from_config, load_configs
 from ..config_overrides import KNOWN_SECTIONS
 from ..devices import accelerator_type
 from ..errors import ConfigError
+from ..values import check_learning_rate
 from .paths import RunPaths, exit_code_for, resolve_paths
 
 logger = logging.getLogger("sgm.main")
@@ -263,6 +264,7 @@ def build(opt: argparse.Namespace, overrides: list[str]) -> Run:
     if not paths.base:
         raise ConfigError("no config given: pass --base config.yaml (or --resume a run)")
     config = load_configs(paths.base, overrides, sections=KNOWN_SECTIONS)
+    check_learning_rate(config)
     lightning_config = config.pop("lightning", OmegaConf.create())
     for key in ("model",) + (("data",) if opt.train else ()):
         if key not in config:
@@ -278,6 +280,9 @@ def build(opt: argparse.Namespace, overrides: list[str]) -> Run:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     pl.seed_everything(opt.seed, workers=True)
+    # The data first: its checks (shard patterns, unreadable shards) are cheap, and a bad
+    # data config then stops the run before the model is built.
+    data = instantiate_from_config(config.data, key="data") if "data" in config else None
     model = instantiate_from_config(config.model, key="model")
     logger_cfg = _logger_config(opt, paths, lightning_config)
     run_logger = False
@@ -301,7 +306,6 @@ def build(opt: argparse.Namespace, overrides: list[str]) -> Run:
     except (TypeError, ValueError, MisconfigurationException) as error:
         raise ConfigError(f"lightning.trainer: {error}") from None
     trainer.logdir = paths.logdir
-    data = instantiate_from_config(config.data, key="data") if "data" in config else None
     set_learning_rate(model, config, trainer_cfg, opt.scale_lr)
     return Run(trainer, model, data, paths, callbacks, config)
 
