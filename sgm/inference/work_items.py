@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from ..cli import MAX_SEED
 from ..errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -76,6 +77,8 @@ def _int_field(path: Path, number: int, key: str, value: Any, least: int) -> int
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
         kind = "a positive" if least > 0 else "a non-negative"
         raise _line_error(path, number, f"{key!r} must be {kind} integer, got {value!r}")
+    if key == "seed" and value > MAX_SEED:
+        raise _line_error(path, number, f"'seed' {value} is outside the seeds 0 .. 2**32 - 1")
     return value
 
 
