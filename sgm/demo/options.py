@@ -65,6 +65,15 @@ class ModelFiles:
     ckpt_overridden: bool = False
 
 
+def _path(text: str) -> Path:
+    """A path flag's value; an empty one is refused (it would mean the current folder)."""
+    import argparse
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the path is empty")
+    return Path(text)
+
+
 def _parser(prog: str) -> Any:
     from ..cli import ArgumentParser
 
@@ -73,12 +82,12 @@ def _parser(prog: str) -> Any:
             raise InputError(f"{prog}: {message}")
 
     parser = PageParser(prog=prog, description="sgm demo page")
-    parser.add_argument("--checkpoints", type=Path, help=f"env {ENV['checkpoints']}")
-    parser.add_argument("--configs", type=Path, help=f"env {ENV['configs']}")
-    parser.add_argument("--config", type=Path, help=f"env {ENV['config']}")
-    parser.add_argument("--ckpt", type=Path, help=f"env {ENV['ckpt']}")
+    parser.add_argument("--checkpoints", type=_path, help=f"env {ENV['checkpoints']}")
+    parser.add_argument("--configs", type=_path, help=f"env {ENV['configs']}")
+    parser.add_argument("--config", type=_path, help=f"env {ENV['config']}")
+    parser.add_argument("--ckpt", type=_path, help=f"env {ENV['ckpt']}")
     parser.add_argument("--device", help=f"env {ENV['device']}")
-    parser.add_argument("--outputs", type=Path, help=f"env {ENV['outputs']}")
+    parser.add_argument("--outputs", type=_path, help=f"env {ENV['outputs']}")
     return parser
 
 
