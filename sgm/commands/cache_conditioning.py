@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import cli
+from ..errors import ConfigError, InputError
 
 
 def build_parser() -> cli.ArgumentParser:
@@ -50,8 +51,10 @@ def build_parser() -> cli.ArgumentParser:
 
 
 def cache(args: argparse.Namespace) -> None:
+    import itertools
+
     import torch
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
     from ..config import load_configs
     from ..data._webdataset import build_loader
@@ -59,12 +62,25 @@ def cache(args: argparse.Namespace) -> None:
     from ..util import instantiate_from_config
 
     config = load_configs(args.base, list(args.overrides))
-    pipeline = OmegaConf.to_container(config.data.params.train.datapipeline, resolve=True)
+    train = OmegaConf.select(config, "data.params.train.datapipeline")
+    if not isinstance(train, DictConfig):
+        raise ConfigError(
+            "data.params.train.datapipeline: the config has no webdataset training "
+            f"datapipeline to cache (got {train!r})"
+        )
+    pipeline = OmegaConf.to_container(train, resolve=True)
     pipeline["pipeline_config"] = {"resampled": False, "shardshuffle": False}
     model_params = OmegaConf.to_container(config.model.params, resolve=True)
-    engine = instantiate_from_config(config.model, key="model").to(torch.device(args.device))
+    # The shards are checked, and the first item read, before the model is built: bad
+    # data stops the command at once.
     loader = build_loader(pipeline, {"batch_size": 1, "num_workers": 0}, where="data.params.train")
-    out = write_cache(engine, model_params, loader, args.output, args.limit, args.per_shard)
+    batches = iter(loader)
+    first = next(batches, None)
+    if first is None:
+        raise InputError(f"data.params.train.datapipeline.urls: no items in {pipeline['urls']!r}")
+    engine = instantiate_from_config(config.model, key="model").to(torch.device(args.device))
+    items = itertools.chain([first], batches)
+    out = write_cache(engine, model_params, items, args.output, args.limit, args.per_shard)
     print(f"wrote the cache into {out}")
 
 

@@ -77,11 +77,27 @@ def pack(args: argparse.Namespace) -> None:
         progress=not args.quiet,
     )
     if not report.samples:
-        raise InputError(f"no readable files in {args.source} ({len(report.skipped)} skipped)")
+        raise InputError(_nothing_packed(args, report.skipped))
     print(
         f"wrote {report.samples} samples into {len(report.shards)} shard(s) in "
         f"{args.output}; skipped {len(report.skipped)} file(s)"
     )
+
+
+def _nothing_packed(args: argparse.Namespace, skipped: list) -> str:
+    """Why nothing was packed: the causes of the skips, captions missing named first."""
+    no_caption = [path for path, reason in skipped if "no caption file" in reason]
+    if no_caption:
+        names = ", ".join(f"{p.name} (no {p.stem}.{args.caption_ext})" for p in no_caption[:3])
+        more = f" and {len(no_caption) - 3} more" if len(no_caption) > 3 else ""
+        others = len(skipped) - len(no_caption)
+        rest = f"; {others} other file(s) unreadable" if others else ""
+        return (
+            f"captions missing in {args.source}: {len(no_caption)} image(s) have no caption "
+            f"file beside them: {names}{more}{rest}"
+        )
+    first = f"; first: {skipped[0][1]}" if skipped else ""
+    return f"no readable files in {args.source} ({len(skipped)} skipped{first})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,20 +23,29 @@ from typing import Any
 import pytorch_lightning as pl
 
 from ..errors import ConfigError
-from ._webdataset import build_loader
+from ._webdataset import build_loader, check_loader, expand_urls
 
 logger = logging.getLogger(__name__)
 
 
 def _split(name: str, config: Any) -> dict:
-    """The split's config, checked: a mapping with ``datapipeline`` and ``loader``."""
+    """The split's config, checked: a mapping with ``datapipeline`` and ``loader``, its
+    loader keys known, its shard patterns matching readable tar shards (so a bad data
+    config stops a run before the model is built)."""
+    where = f"data.params.{name}"
     if not isinstance(config, Mapping):
-        raise ConfigError(f"data.params.{name}: expected a mapping, got {config!r}")
+        raise ConfigError(f"{where}: expected a mapping, got {config!r}")
     for key in ("datapipeline", "loader"):
         if key not in config:
             raise ConfigError(
-                f"data.params.{name}: missing key {key!r} (expected 'datapipeline' and 'loader')"
+                f"{where}: missing key {key!r} (expected 'datapipeline' and 'loader')"
             )
+    if not isinstance(config["datapipeline"], Mapping):
+        raise ConfigError(
+            f"{where}.datapipeline: expected a mapping, got {config['datapipeline']!r}"
+        )
+    check_loader(config["loader"], where)
+    expand_urls(config["datapipeline"].get("urls"), where)
     return dict(config)
 
 

@@ -10,6 +10,7 @@ import torch
 
 from ..config import instantiate_from_config
 from ..errors import InputError
+from .image_caption import missing_field
 
 
 def _image_hw(image: Any) -> tuple[int, int]:
@@ -25,10 +26,7 @@ def _image_hw(image: Any) -> tuple[int, int]:
 
 def _get(sample: Mapping, key: str) -> Any:
     if key not in sample:
-        raise InputError(
-            f"sample {sample.get('__key__', '?')!r} has no key {key!r}; "
-            f"it has {sorted(k for k in sample if not k.startswith('__'))}"
-        )
+        raise missing_field(sample, key)
     return sample[key]
 
 

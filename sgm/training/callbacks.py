@@ -121,6 +121,24 @@ class SignalCheckpoint(pl.Callback):
         self._saved_step = trainer.global_step
         trainer.should_stop = True
 
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        """Lightning stops fit with ``SIGTERMException`` where the signal finds it: during
+        validation, or between a step's ``on_train_batch_end`` and the next step. The
+        checkpoint of the last finished step is written there too."""
+        from pytorch_lightning.trainer.states import TrainerFn
+        from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+        if not (isinstance(exception, SIGTERMException) or trainer.received_sigterm):
+            return
+        if self.received is None:
+            self.received = int(signal.SIGTERM)
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        if fitting and trainer.global_step > 0 and self._saved_step != trainer.global_step:
+            save_checkpoint(trainer, self.path)
+            self._saved_step = trainer.global_step
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._saved_step != trainer.global_step:
             save_checkpoint(trainer, self.path)

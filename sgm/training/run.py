@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -269,6 +270,9 @@ def build(opt: argparse.Namespace, overrides: list[str]) -> Run:
     for key in ("model",) + (("data",) if opt.train else ()):
         if key not in config:
             raise ConfigError(f"the merged config has no {key!r} section")
+    # The data first: its checks (shard patterns, unreadable shards) are cheap, and a bad
+    # data config then stops the run before anything else is set up or built.
+    data = instantiate_from_config(config.data, key="data") if "data" in config else None
     trainer_cfg = trainer_settings(lightning_config, opt)
     lightning_config.trainer = trainer_cfg
 
@@ -280,9 +284,6 @@ def build(opt: argparse.Namespace, overrides: list[str]) -> Run:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     pl.seed_everything(opt.seed, workers=True)
-    # The data first: its checks (shard patterns, unreadable shards) are cheap, and a bad
-    # data config then stops the run before the model is built.
-    data = instantiate_from_config(config.data, key="data") if "data" in config else None
     model = instantiate_from_config(config.model, key="model")
     logger_cfg = _logger_config(opt, paths, lightning_config)
     run_logger = False
@@ -368,6 +369,9 @@ def fit_and_test(opt: argparse.Namespace, built: Run) -> int:
         if signal_cb is not None and signal_cb.received is not None:
             _report_stop(trainer, signal_cb.received, paths)
             return exit_code_for(signal_cb.received)
+        if trainer.received_sigterm:  # arrived after the last step: the run is whole
+            _report_stop(trainer, int(signal.SIGTERM), paths)
+            return exit_code_for(int(signal.SIGTERM))
     if not opt.no_test and not trainer.interrupted and _has_test_step(model):
         trainer.test(model, data)
     return 0
