@@ -83,15 +83,49 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _read_safetensors_header(path: Path) -> list[str]:
-    from safetensors import SafetensorError, safe_open
+    return list(safetensors_header(path))
 
+
+MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit
+
+
+def safetensors_header(path: str | os.PathLike) -> dict[str, dict]:
+    """The tensors of a ``.safetensors`` file (key -> its header entry: ``dtype``,
+    ``shape``, ``data_offsets``), read from its header alone and checked against the
+    file's size: a truncated or corrupt file raises ``CheckpointError`` naming it."""
+    import json
+    import struct
+
+    path = Path(path)
+    bad = f"{path}: not a readable safetensors file (truncated or corrupt?)"
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            return list(handle.keys())
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{bad}: {size} bytes")
+            (length,) = struct.unpack("<Q", head)
+            if length > min(size - 8, MAX_HEADER_BYTES):
+                raise CheckpointError(f"{bad}: its header claims {length} bytes")
+            raw = handle.read(length)
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot be read: {error.strerror or error}") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+        entries = {k: v for k, v in header.items() if k != "__metadata__"}
+        end = 0
+        for entry in entries.values():
+            if not all(isinstance(n, int) and n >= 0 for n in entry["shape"]):
+                raise ValueError("a shape that is not a list of sizes")
+            end = max(end, *(int(n) for n in entry["data_offsets"]))
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise CheckpointError(f"{bad}: {type(error).__name__} in its header") from None
+    data = size - 8 - length
+    if end > data:
         raise CheckpointError(
-            f"{path}: not a readable safetensors file (truncated or corrupt?): {error}"
-        ) from None
+            f"{bad}: its header needs {end} bytes of tensor data, the file holds {data}"
+        )
+    return entries
 
 
 # Messages of torch's weights-only unpickler that mean "this file asks to import or call
@@ -111,11 +145,11 @@ def _load_pickle(path: Path, mmap: bool = False) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
-        if any(marker in _first_line(error) for marker in CODE_MARKERS):
+        if any(marker in _first_line(error) for marker in CODE_MARKERS) and _well_formed(path):
             raise CheckpointError(
-                f"{path}: refused to load: the file holds Python objects beyond "
-                "tensors and plain containers, and loading them would run arbitrary "
-                "code. Convert it to .safetensors, or re-save only its state_dict."
+                f"{path}: holds Python objects beyond tensors and plain containers, "
+                "which would run arbitrary code when loaded; refused to load it. "
+                "Convert it to .safetensors, or re-save only its state_dict."
             ) from None
         raise CheckpointError(
             f"{path}: not a readable checkpoint (truncated or corrupt?): {_first_line(error)}"
@@ -135,6 +169,38 @@ def _load_pickle(path: Path, mmap: bool = False) -> object:
         ) from None
 
 
+MAX_PICKLE_BYTES = 64 * 2**20  # the pickles of a checkpoint; its tensors lie beside them
+
+
+def _well_formed(path: Path) -> bool:
+    """Whether the pickles of ``path`` parse from start to end (every opcode known, each
+    stream ending in STOP): only then does a refused global mean the file asks to run
+    code, rather than damaged bytes that happen to read as such a request."""
+    import io
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if n.rsplit("/", 1)[-1] == "data.pkl"]
+                if len(names) != 1 or archive.getinfo(names[0]).file_size > MAX_PICKLE_BYTES:
+                    return False
+                streams, count = io.BytesIO(archive.read(names[0])), 1
+        else:  # the older format: magic number, protocol, system info, then the data
+            with open(path, "rb") as handle:
+                streams, count = io.BytesIO(handle.read(MAX_PICKLE_BYTES)), 4
+        size = len(streams.getbuffer())
+        for _ in range(count):
+            for _op in pickletools.genops(streams):
+                pass
+            if streams.tell() >= size:
+                break
+        return True
+    except Exception:  # noqa: BLE001  (any failure to parse: damaged bytes)
+        return False
+
+
 def _first_line(error: BaseException) -> str:
     """The reason inside torch's wordy messages: the unpickler's own error, else the
     first sentence (never torch's advice to load with ``weights_only=False``)."""
@@ -145,6 +211,32 @@ def _first_line(error: BaseException) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     first = lines[0] if lines else type(error).__name__
     return first.split(". ")[0].rstrip(".")
+
+
+def check_weights_file(path: str | os.PathLike) -> None:
+    """Check, without reading its tensors, that ``path`` is a whole weights file that can
+    be loaded: a ``.safetensors`` header that its data covers, or a pickle that reads
+    with tensors and plain containers only (memory-mapped; nothing in it runs).
+    ``CheckpointError`` names the file: missing, truncated, corrupt, or asking to run
+    code. Files of other suffixes are not checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix in SAFETENSORS_SUFFIXES:
+        safetensors_header(path)
+    elif suffix in PICKLE_SUFFIXES:
+        _load_pickle(path, mmap=True)
+
+
+def check_weights_folder(folder: str | os.PathLike) -> None:
+    """:func:`check_weights_file` for every weights file in ``folder`` and below (a
+    diffusers or Hugging Face model folder), so that a damaged one is named itself rather
+    than through the loader that would read the folder."""
+    folder = Path(folder)
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() in SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES and path.is_file():
+            check_weights_file(path)
 
 
 TRAINING_STATE_KEYS = ("state_dict", "optimizer_states", "loops")

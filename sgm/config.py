@@ -31,11 +31,15 @@ from .targets import get_obj_from_str
 
 __all__ = [
     "SPECIAL_CONFIG_VALUES",
+    "check_text_file",
     "get_configs_path",
     "get_obj_from_str",
     "instantiate_from_config",
     "load_configs",
     "load_partial_from_config",
+    "load_yaml",
+    "read_text_file",
+    "text_problem",
     "to_plain",
 ]
 
@@ -201,18 +205,10 @@ def load_configs(
     """
     from omegaconf import DictConfig, OmegaConf
     from omegaconf.errors import OmegaConfBaseException
-    from yaml import YAMLError
 
     configs = []
     for path in paths:
-        if not Path(path).is_file():
-            what = "is a folder, not a config file" if Path(path).is_dir() else "not found"
-            raise ConfigError(f"config file {what}: {path}")
-        try:
-            loaded = OmegaConf.load(path)
-        except (YAMLError, OmegaConfBaseException, UnicodeDecodeError) as error:
-            first = (str(error).splitlines() or [""])[0]
-            raise ConfigError(f"{path}: not valid YAML: {first}") from None
+        loaded = load_yaml(path)
         if not isinstance(loaded, DictConfig):
             raise ConfigError(
                 f"{path}: the top level must be a mapping of sections (model, data, "
@@ -225,6 +221,82 @@ def load_configs(
         first = (str(error).splitlines() or [""])[0]
         raise ConfigError(f"cannot merge {', '.join(map(str, paths))}: {first}") from None
     return apply_overrides(merged, overrides, sections)
+
+
+def text_problem(data: bytes, line: int = 1) -> str | None:
+    """Why ``data`` is not UTF-8 text (the first undecodable or NUL byte and its line,
+    counted from ``line``), or None when it is."""
+    nul = data.find(b"\0")
+    try:
+        data[: nul if nul >= 0 else None].decode("utf-8")
+    except UnicodeDecodeError as error:
+        where = error.start
+        what = f"byte 0x{data[where]:02x}"
+    else:
+        if nul < 0:
+            return None
+        where, what = nul, "a NUL byte"
+    return f"{what} at line {line + data.count(NEWLINE, 0, where)}"
+
+
+_CHUNK = 2**20
+NEWLINE = b"\n"
+
+
+def check_text_file(path: str | os.PathLike, error: type[Exception] = ConfigError) -> None:
+    """``error`` naming ``path`` unless the file is UTF-8 text without NUL bytes (read in
+    pieces: a large binary file stops at its first bad byte)."""
+    import codecs
+
+    decoder, line = codecs.getincrementaldecoder("utf-8")(), 1
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(_CHUNK):
+                try:
+                    decoder.decode(chunk)
+                    bad = b"\0" in chunk
+                except UnicodeDecodeError:
+                    bad = True
+                if bad:
+                    reason = text_problem(chunk, line) or f"a bad byte after line {line}"
+                    raise error(f"{path}: not UTF-8 text ({reason})")
+                line += chunk.count(b"\n")
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise error(f"{path}: not UTF-8 text (it ends inside a character)") from None
+    except OSError as failure:
+        raise error(f"{path}: cannot be read: {failure.strerror or failure}") from None
+
+
+def read_text_file(path: str | os.PathLike, error: type[Exception] = ConfigError) -> str:
+    """The text of ``path``; ``error`` naming it when it is unreadable or not UTF-8 text
+    (undecodable or NUL bytes), with the line of the first bad byte."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as failure:
+        raise error(f"{path}: cannot be read: {failure.strerror or failure}") from None
+    reason = text_problem(data)
+    if reason is not None:
+        raise error(f"{path}: not UTF-8 text ({reason})")
+    return data.decode("utf-8")
+
+
+def load_yaml(path: str | os.PathLike) -> Any:
+    """The OmegaConf of the YAML file ``path``; ``ConfigError`` naming it when it is
+    missing, not UTF-8 text, or not YAML."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+    from yaml import YAMLError
+
+    if not Path(path).is_file():
+        what = "is a folder, not a config file" if Path(path).is_dir() else "not found"
+        raise ConfigError(f"config file {what}: {path}")
+    check_text_file(path)
+    try:
+        return OmegaConf.load(path)
+    except (YAMLError, OmegaConfBaseException, UnicodeDecodeError) as error:
+        first = (str(error).splitlines() or [""])[0]
+        raise ConfigError(f"{path}: not valid YAML: {first}") from None
 
 
 def get_configs_path() -> str:

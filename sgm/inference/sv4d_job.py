@@ -31,19 +31,14 @@ def check_checkpoint(path: str | os.PathLike, flag: str = "--ckpt") -> Path:
         raise CheckpointError(
             f"checkpoint not found: {path} (put {path.name} in {path.parent}/ or pass {flag})"
         )
-    if path.suffix.lower() == ".safetensors":
-        from safetensors import SafetensorError, safe_open
+    from ..checkpoint import check_weights_file, safetensors_header
 
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                if not list(handle.keys()):
-                    raise CheckpointError(f"{path}: the checkpoint holds no tensors")
-        except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-            reason = " ".join(str(error).split())[:120]
-            raise CheckpointError(
-                f"{path}: not a readable safetensors file (truncated or corrupt?): {reason}; "
-                f"replace it with the released {path.name}"
-            ) from None
+    try:
+        check_weights_file(path)
+    except CheckpointError as error:
+        raise CheckpointError(f"{error}; replace it with the released {path.name}") from None
+    if path.suffix.lower() == ".safetensors" and not safetensors_header(path):
+        raise CheckpointError(f"{path}: the checkpoint holds no tensors")
     return path
 
 
@@ -51,6 +46,9 @@ def load_config(path: str | os.PathLike) -> Any:
     """The OmegaConf of ``path`` (a ``ConfigError`` naming it when it does not parse)."""
     from omegaconf import OmegaConf
 
+    from ..config import check_text_file
+
+    check_text_file(path)
     try:
         return OmegaConf.load(path)
     except Exception as error:  # noqa: BLE001  (any parse error: bad file)

@@ -121,8 +121,12 @@ def read_prompts_file(path: str | os.PathLike) -> list[Prompt]:
     for number, raw in enumerate(data.split(b"\n"), start=1):
         try:
             text = raw.decode("utf-8").strip()
+            if "\0" in text:
+                raise _line_error(path, number, "not UTF-8 text (a NUL byte)")
         except UnicodeDecodeError as error:
-            raise _line_error(path, number, f"not UTF-8 (byte {error.start + 1})") from None
+            raise _line_error(
+                path, number, f"not UTF-8 text (byte {error.start + 1} is 0x{raw[error.start]:02x})"
+            ) from None
         if number == 1:
             text = text.lstrip("\ufeff")
         if not text:
