@@ -8,8 +8,9 @@ image command line writes into ``<folder>/<version>/``), at most 8 levels deep a
 images; a larger one is refused (name a subfolder or a glob). For each image it prints
 how many of the 48 watermark bits match and a verdict: up to 27 matching bits "not
 watermarked", up to 33 "partial match", up to 35 "likely watermarked", more
-"watermarked". Files that cannot be read (or are below 256x256 pixels) are reported and
-skipped. Ends with a summary line. Exit status: 0 when every file was checked, 1 when some
+"watermarked". Files that cannot be read (or are below 256x256 pixels, or whose header
+claims more than ``sgm.image_files.MAX_PIXELS`` pixels) are reported and skipped. Ends
+with a summary line. Exit status: 0 when every file was checked, 1 when some
 could not be read (the others are still checked), 2 (before anything is read) when an
 argument names no file at all.
 """
@@ -83,9 +84,10 @@ def check_file(path: str) -> tuple[int, str]:
     """``(matching bits, verdict)`` of one image file; raises OSError/ValueError when it
     cannot be read or is too small."""
     import numpy as np
-    from PIL import Image
 
-    with Image.open(path) as image:
+    from ..image_files import opened_image
+
+    with opened_image(path) as image:  # a header claiming too many pixels: not decoded
         rgb = np.asarray(image.convert("RGB"))
     return detect_watermark(rgb)
 
@@ -105,7 +107,8 @@ def detect(patterns: Sequence[str]) -> Counter:
             try:
                 matches, verdict = check_file(path)
             except (OSError, ValueError) as error:
-                problem = " ".join(str(error).split()) or type(error).__name__
+                reason = getattr(error, "reason", error)  # ImageTooLarge: without the path
+                problem = " ".join(str(reason).split()) or type(error).__name__
         if problem is not None:
             counts[UNREADABLE] += 1
             print(f"{path}: {UNREADABLE} ({problem})", flush=True)

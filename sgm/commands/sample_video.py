@@ -33,17 +33,24 @@ VERSIONS = names("video")  # the video releases of sgm.inference.releases
 
 
 def _inputs(input_path: str) -> list[Path]:
+    """The input images; each file's header is read (a size above
+    ``sgm.image_files.MAX_PIXELS``, or no image at all, is refused naming the file)."""
+    from ..image_files import check_image_file
+
     path = Path(input_path)
     if path.is_file():
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             raise InputError(f"input {path} is not a {'/'.join(IMAGE_SUFFIXES)} image")
-        return [path]
-    if path.is_dir():
+        files = [path]
+    elif path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise InputError(f"folder {path} holds no {'/'.join(IMAGE_SUFFIXES)} images")
-        return files
-    raise InputError(f"input_path not found: {path}")
+    else:
+        raise InputError(f"input_path not found: {path}")
+    for file in files:
+        check_image_file(file, f"input image {file}")
+    return files
 
 
 def _check_args(version: str, fps_id: int, motion_bucket_id: int) -> None:
@@ -179,6 +186,7 @@ def sample(
             tome_max_downsample=tome_max_downsample,
         )
     )
+    inputs = _inputs(input_path)  # before the checkpoint: input problems come first
     s = resolve(
         version,
         num_frames,
@@ -193,7 +201,6 @@ def sample(
         elevations_deg,
         azimuths_deg,
     )
-    inputs = _inputs(input_path)
     sv3d, num_frames, num_steps, cond_aug = s.sv3d, s.num_frames, s.num_steps, s.cond_aug
     config, ckpt, folder, polars, azimuths = s.config, s.ckpt, s.folder, s.polars, s.azimuths
     import torch

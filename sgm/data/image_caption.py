@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import io
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import InputError
+from ..image_files import ImageTooLarge, check_size, opened_image
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
@@ -50,8 +51,11 @@ def _pil(image: Any, sample: Mapping, field: str) -> Any:
 
     if isinstance(image, (bytes, bytearray)):
         try:
-            image = Image.open(io.BytesIO(image))
-            image.load()
+            with opened_image(io.BytesIO(image), f"{where(sample)}: field {field!r}") as opened:
+                opened.load()
+                image = opened.copy()
+        except InputError:
+            raise
         except Exception as error:  # noqa: BLE001 - any decoder failure names the sample
             raise InputError(
                 f"{where(sample)}: field {field!r} is not a readable image ({error})"
@@ -61,7 +65,49 @@ def _pil(image: Any, sample: Mapping, field: str) -> Any:
             f"{where(sample)}: field {field!r} holds {type(image).__name__}, "
             "not an image (decode with 'pil' or leave it as bytes)"
         )
+    check_size(*image.size, f"{where(sample)}: field {field!r}")
     return image.convert("RGB")
+
+
+def guarded_decoder(decoder: Any) -> Callable[[str, Any], Any]:
+    """A webdataset decoder (an image spec such as ``"pil"``, or a ``(key, data)``
+    function) that first reads the header of every image field: one claiming more than
+    ``sgm.image_files.MAX_PIXELS`` pixels raises ``ImageTooLarge`` and is not decoded (the
+    pipeline's handler then warns, naming the shard and sample, and skips it, as for any
+    sample that cannot be decoded)."""
+    import re
+
+    import webdataset as wds
+
+    handler = wds.autodecode.imagehandler(decoder) if isinstance(decoder, str) else decoder
+    extensions = set(wds.autodecode.IMAGE_EXTENSIONS) | set(IMAGE_KEYS)
+
+    def decode(key: str, data: Any) -> Any:
+        if isinstance(data, (bytes, bytearray)) and re.sub(r".*[.]", "", key).lower() in extensions:
+            try:
+                with opened_image(io.BytesIO(data), f"field {key!r}"):
+                    pass
+            except ImageTooLarge:
+                raise
+            except Exception:  # noqa: BLE001, S110 - the decoder itself says what is wrong
+                pass
+        return handler(key, data)
+
+    return decode
+
+
+def skip_undecodable(error: BaseException) -> bool:
+    """The pipeline's decode handler: a sample that cannot be decoded (or whose image
+    claims too many pixels) is skipped with a warning naming its shard, sample, field
+    and the cause; returns True (go on)."""
+    import warnings
+
+    cause = error.__cause__ or error
+    reason = " ".join(str(cause).split()) or type(cause).__name__
+    url, key, field = (getattr(error, name, None) for name in ("url", "key", "k"))
+    where_ = f"shard {url or '?'}, sample {key or '?'!r}" + (f", field {field!r}" if field else "")
+    warnings.warn(f"{where_}: skipped, not decodable ({reason[:300]})", stacklevel=2)
+    return True
 
 
 def resize_crop(

@@ -2,7 +2,8 @@
 
 Each sample is ``<key>.<ext>`` (the file's bytes, unchanged), ``<key>.txt`` (the caption
 from the same-name ``.txt`` beside it, if any) and ``<key>.json`` (its relative path and
-size; for videos fps and frame count). Unreadable files are reported and skipped. Shards
+size; for videos fps and frame count). Unreadable files, and images whose header claims
+more than ``sgm.image_files.MAX_PIXELS`` pixels, are reported and skipped. Shards
 are ``<prefix>-000000.tar``, ... , each written to a temporary file and published whole;
 existing shards are never replaced.
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..image_files import ImageTooLarge, check_size, opened_image
 from ..output_files import write_new_file
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -40,19 +42,20 @@ def find_media(source: Path, videos: bool) -> list[Path]:
     return sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in exts)
 
 
-def _image_info(data: bytes) -> dict[str, Any]:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as image:
+def _image_info(data: bytes, path: Path) -> dict[str, Any]:
+    # the size the header claims is checked before decoding (sgm.image_files.MAX_PIXELS)
+    with opened_image(io.BytesIO(data), str(path)) as image:
         image.load()
         return {"width": image.width, "height": image.height}
 
 
-def _video_info(data: bytes) -> dict[str, Any]:
+def _video_info(data: bytes, path: Path) -> dict[str, Any]:
     import av
 
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.video[0]
+        context = stream.codec_context
+        check_size(context.width, context.height, str(path))  # before the first frame
         first = next(container.decode(stream))
         return {
             "width": first.width,
@@ -66,7 +69,9 @@ def read_sample(path: Path, source: Path, videos: bool, caption_ext: str) -> dic
     """The tar members of one sample (without key); raises ``InputError`` if unreadable."""
     try:
         data = path.read_bytes()
-        info = _video_info(data) if videos else _image_info(data)
+        info = _video_info(data, path) if videos else _image_info(data, path)
+    except ImageTooLarge:
+        raise
     except Exception as error:  # noqa: BLE001 - whatever the decoder says, the file is skipped
         raise InputError(f"{path}: unreadable ({type(error).__name__}: {error})") from None
     info["path"] = str(path.relative_to(source))

@@ -128,7 +128,8 @@ def build_demo(app: SvdApp) -> Any:
             gr.Markdown(f"**{app.problem}**", elem_id="missing-checkpoint")
         with gr.Row():
             with gr.Column():
-                image = gr.Image(label="Upload your image", type="pil")
+                # a file path: the handlers read it, its header's size checked first
+                image = gr.Image(label="Upload your image", type="filepath")
                 generate = gr.Button("Generate", variant="primary")
             video = gr.Video(label="Generated video")
         with gr.Accordion("Advanced options", open=False):

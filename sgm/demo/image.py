@@ -173,20 +173,16 @@ def check_request(
 def init_image_tensor(image: Any, device: Any = "cpu") -> torch.Tensor:
     """An uploaded image (file-like, path or PIL) as ``(1, 3, H, W)`` in [-1, 1], sides cut
     to multiples of 64; an unreadable file is an ``InputError``."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
+    from ..image_files import check_size, read_image
     from ..inference.helpers import get_input_image_tensor
 
     if image is None:
         raise InputError("img2img needs an input image: upload one first")
-    if not isinstance(image, Image.Image):
-        name = getattr(image, "name", image)
-        try:
-            with Image.open(image) as opened:
-                opened.load()
-                image = opened.convert("RGB")
-        except (OSError, UnidentifiedImageError, ValueError) as error:
-            raise InputError(f"input image {name}: not a readable image ({error})") from None
+    if not isinstance(image, Image.Image):  # its header's size is checked before decoding
+        image = read_image(image, f"input image {getattr(image, 'name', image)}").convert("RGB")
+    check_size(*image.size, "input image")
     return get_input_image_tensor(image, device)
 
 

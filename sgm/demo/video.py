@@ -100,19 +100,17 @@ def check_video_request(request: VideoRequest) -> VideoRequest:
 
 def open_image(image: Any) -> Any:
     """An uploaded file, path or PIL image as a PIL image; unreadable -> ``InputError``."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
+
+    from ..image_files import check_size, read_image
 
     if image is None:
         raise InputError("no input image: upload one first")
     if isinstance(image, Image.Image):
+        check_size(*image.size, "input image")
         return image
-    name = getattr(image, "name", image)
-    try:
-        with Image.open(image) as opened:
-            opened.load()
-            return opened.copy()
-    except (OSError, UnidentifiedImageError, ValueError) as error:
-        raise InputError(f"input image {name}: not a readable image ({error})") from None
+    # the size the file's header claims is checked before decoding
+    return read_image(image, f"input image {getattr(image, 'name', image)}")
 
 
 def fit_image(image: Any, width: int, height: int) -> Any:

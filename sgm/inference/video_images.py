@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..image_files import read_image
 
 logger = logging.getLogger(__name__)
 
@@ -30,12 +31,7 @@ def _open(image: Any) -> Any:
     path = Path(image)
     if not path.is_file():
         raise InputError(f"input image not found: {path}")
-    try:
-        with Image.open(path) as opened:
-            opened.load()
-            return opened.copy()
-    except OSError as error:
-        raise InputError(f"cannot read image {path}: {error}") from None
+    return read_image(path, f"input image {path}")
 
 
 def prepare_svd_image(image: Any, multiple: int = 64) -> torch.Tensor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..image_files import check_size, opened_image, too_large
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +38,29 @@ def _is_pattern(text: str) -> bool:
 
 def check_video_path(input_path: str | os.PathLike) -> None:
     """Raise ``InputError`` unless ``input_path`` names a gif/mp4 file, a folder holding
-    jpg/jpeg/png frames, or a glob pattern that matches files."""
-    _sources(str(input_path))
+    jpg/jpeg/png frames, or a glob pattern that matches files; a gif or frame whose header
+    claims more than ``sgm.image_files.MAX_PIXELS`` pixels is refused, naming it, and
+    one that is no image at all too (headers only: nothing is decoded here)."""
+    kind, files = _sources(str(input_path))
+    if kind == "frames" or files[0].suffix.lower() == ".gif":
+        for file in files:
+            _header_size(file, input_path)
+
+
+def _reason(error: BaseException) -> str:
+    return (" ".join(str(error).split()) or type(error).__name__)[:200]
+
+
+def _header_size(file: Path, input_path: str | os.PathLike) -> tuple[int, int]:
+    """``(width, height)`` from the header of an image file; ``InputError`` when it claims
+    too many pixels (naming the file) or is no image (naming the input)."""
+    try:
+        with opened_image(file) as image:
+            return image.size
+    except InputError:
+        raise
+    except Exception as error:  # noqa: BLE001 - whatever Pillow says, the input is unreadable
+        raise InputError(f"cannot decode input {input_path}: {_reason(error)}") from None
 
 
 def _sources(text: str) -> tuple[str, list[Path]]:
@@ -74,11 +97,14 @@ def _normalise_mode(image: Any) -> Any:
 
 
 def _read_gif(path: Path, n_frames: int) -> list[Any]:
-    from PIL import Image, ImageSequence
+    from PIL import ImageSequence
 
-    with Image.open(path) as video:
+    with opened_image(path) as video:
+        width, height = video.size
+        check_size(width, height, str(path), frames=min(n_frames, getattr(video, "n_frames", 1)))
         frames = []
         for frame in ImageSequence.Iterator(video):
+            check_size(*frame.size, str(path))  # a later frame may widen the screen
             frames.append(frame.convert("RGBA"))
             if len(frames) == n_frames:
                 break
@@ -93,6 +119,11 @@ def _read_mp4(path: Path, n_frames: int) -> list[Any]:
     try:
         meta = next(reader)
         width, height = meta["size"]
+        count = n_frames
+        duration, fps = meta.get("duration"), meta.get("fps")
+        if duration and fps and math.isfinite(duration * fps):
+            count = max(1, min(n_frames, math.ceil(duration * fps)))
+        check_size(width, height, str(path), frames=count)  # before any frame is decoded
         frames = []
         for data in reader:
             array = np.frombuffer(data, np.uint8).reshape(height, width, 3)
@@ -109,7 +140,9 @@ def read_frames(input_path: str | os.PathLike, n_frames: int) -> list[Any]:
     of jpg/jpeg/png frames (sorted by name) or a glob pattern.
 
     Raises ``InputError`` naming the input when it does not exist, cannot be decoded,
-    holds no frames, or holds frames of different sizes.
+    holds no frames, or holds frames of different sizes; and naming the file when a
+    frame claims more than ``sgm.image_files.MAX_PIXELS`` pixels, or the frames read
+    more than ``MAX_SEQUENCE_PIXELS`` together (sizes are checked before decoding).
     """
     from PIL import Image
 
@@ -120,14 +153,24 @@ def read_frames(input_path: str | os.PathLike, n_frames: int) -> list[Any]:
         elif kind == "video":
             frames = _read_mp4(files[0], n_frames)
         else:
+            files = files[:n_frames]
+            sizes = [_header_size(file, input_path) for file in files]
+            if len(set(sizes)) > 1:
+                raise InputError(
+                    f"input {input_path}: frames differ in size ({sorted(set(sizes))})"
+                )
+            check_size(*sizes[0], str(input_path), frames=len(files))
             frames = []
-            for file in files[:n_frames]:
-                with Image.open(file) as image:
+            for file in files:
+                with opened_image(file) as image:
                     image.load()
                     frames.append(_normalise_mode(image.copy()))
+    except InputError:
+        raise
+    except Image.DecompressionBombError as error:
+        raise too_large(error, str(files[0] if kind == "video" else input_path)) from None
     except (OSError, RuntimeError, ValueError, StopIteration, SyntaxError) as error:
-        reason = " ".join(str(error).split()) or type(error).__name__
-        raise InputError(f"cannot decode input {input_path}: {reason[:200]}") from None
+        raise InputError(f"cannot decode input {input_path}: {_reason(error)}") from None
     if not frames:
         raise InputError(f"input {input_path} holds no frames")
     sizes = {frame.size for frame in frames}
