@@ -92,14 +92,9 @@ def _prompts(args: argparse.Namespace) -> list[Any]:
 
 
 def _init_image(path: Path) -> Any:
-    from PIL import Image, UnidentifiedImageError
+    from ..image_files import read_image  # the header's size is checked before decoding
 
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError) as error:
-        raise InputError(f"init image {path}: not a readable image ({error})") from None
+    return read_image(path, f"init image {path}").convert("RGB")
 
 
 def _size(args: argparse.Namespace, model: Model, image: Any) -> tuple[int, int]:
