@@ -265,7 +265,15 @@ def lora_arg(text: str) -> tuple[Path, float]:
             if not math.isfinite(scale):
                 raise argparse.ArgumentTypeError(f"{text}: the scale must be a finite number")
             path = head
-    return existing_file(path), scale
+    path = existing_file(path)
+    from .checkpoint import check_weights_file
+    from .errors import CheckpointError
+
+    try:  # whole, and safe to read (no pickle that runs code), before any model is built
+        check_weights_file(path)
+    except CheckpointError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return path, scale
 
 
 # --------------------------------------------------------------------------- common flags

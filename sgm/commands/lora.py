@@ -82,12 +82,14 @@ def bake(
     ``(adapter file, scale)`` of ``loras`` folded in; same keys and dtypes as ``ckpt``."""
     from safetensors.torch import save_file
 
-    from ..checkpoint import load_state_dict, load_state_dict_into
+    from ..checkpoint import check_weights_file, load_state_dict, load_state_dict_into
     from ..convert._engine import build_engine, load_config
     from ..lora import apply_lora_specs, fuse_lora, plan_file
     from ..output_files import write_new_file
 
     check(bool(loras), "bake needs at least one --lora PATH[:SCALE]")
+    for path in (ckpt, *(p for p, _ in loras)):  # whole and safe to read, before any build
+        check_weights_file(path)
     engine = build_engine(load_config(config), device="cpu")
     base = load_state_dict(ckpt)
     load_state_dict_into(engine, base, strict=True, source=str(ckpt))

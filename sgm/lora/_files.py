@@ -101,13 +101,23 @@ class AdapterPlan:
 
 
 def read(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
-    """The tensors and header of a ``.safetensors`` adapter file (``CheckpointError`` for
-    a missing, truncated or unreadable one)."""
+    """The tensors and header of an adapter file: ``.safetensors``, or a pickled state dict
+    (``.pt``/``.ckpt``/``.bin``, read with tensors and plain containers only; it has no
+    header). ``CheckpointError`` names a missing, truncated or unreadable file, and a
+    pickle that would run code."""
     from safetensors import SafetensorError
     from safetensors.torch import safe_open
 
+    from ..checkpoint import PICKLE_SUFFIXES, load_state_dict, safetensors_header
+
     if not Path(path).is_file():
         raise CheckpointError(f"LoRA file not found: {path}")
+    if Path(path).suffix.lower() in PICKLE_SUFFIXES:
+        return load_state_dict(path), {}
+    try:
+        safetensors_header(path)
+    except CheckpointError as error:
+        raise CheckpointError(str(error).replace(" safetensors", " .safetensors")) from None
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
