@@ -62,9 +62,12 @@ def save_component(
 def read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"{path} not found")
+    from ..config import read_text_file
+
+    text = read_text_file(path, InputError)  # one line naming a file that is not text
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
         raise InputError(f"{path}: not readable JSON: {error}") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a JSON object")

@@ -62,12 +62,18 @@ def to_diffusers(
     with the config's sigmas, and ``model_index.json``. ``output`` must not exist; it
     appears complete or not at all.
     """
-    from ..checkpoint import compare_state_dict, load_state_dict, remap_legacy_keys
+    from ..checkpoint import (
+        check_weights_file,
+        compare_state_dict,
+        load_state_dict,
+        remap_legacy_keys,
+    )
 
     checkpoint, output = Path(checkpoint), Path(output)
     check_new_output(output, "output folder")
     if not checkpoint.is_file():
         raise InputError(f"checkpoint not found: {checkpoint}")
+    check_weights_file(checkpoint)  # whole, and no pickle that runs code: before any build
     cfg = load_config(config)
     engine = build_engine(cfg)
     params = engine_params(cfg)

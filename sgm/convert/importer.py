@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import check_weights_folder
 from ..errors import CheckpointError, InputError
 from ..inference.releases import config_path
 from ._components import PIPELINES, Component, layout
@@ -162,6 +163,9 @@ def to_sgm(
         raise InputError(f"{output}: the output must be a .safetensors file")
     check_new_output(output, "output file")
     read_json(folder / "model_index.json")
+    # Every weights file is whole and safe to read (a damaged one is named itself, not
+    # through the library that would load its folder), before anything is built.
+    check_weights_folder(folder)
     cfg = load_config(config if config is not None else released_config(folder))
     state, unplaced = import_state(folder, cfg)
     if unplaced:
