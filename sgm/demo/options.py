@@ -149,7 +149,26 @@ def demo_options(
         raise InputError(f"checkpoint not found: {options.ckpt} (set by --ckpt / {ENV['ckpt']})")
     if strict and "checkpoints" in values and not options.checkpoints.is_dir():
         raise InputError(f"checkpoints folder not found: {options.checkpoints}")
+    if strict:
+        _check_files(options, "checkpoints" in values)
     return options
+
+
+def _check_files(options: DemoOptions, folder: bool) -> None:
+    """A server's files are whole and safe to read before it starts: the config is text,
+    and the checkpoint (or every weights file in ``--checkpoints``) is neither truncated
+    nor a pickle that would run code."""
+    from ..checkpoint import check_weights_file
+    from ..config import check_text_file
+
+    if options.config is not None:
+        check_text_file(options.config)
+    if options.ckpt is not None:
+        check_weights_file(options.ckpt)
+    if folder:
+        for path in sorted(options.checkpoints.iterdir()):
+            if path.is_file():
+                check_weights_file(path)
 
 
 def _check_outputs(folder: Path) -> None:
