@@ -10,12 +10,17 @@ needs an accelerator. Checkpoints are sharded (a folder per checkpoint, written 
 process) and resume with ``--resume`` / ``ckpt_path`` as usual. EMA and a single process
 are refused.
 
-``DEEPSPEED_ZERO2`` / ``DEEPSPEED_ZERO3``: Lightning's DeepSpeed presets for CUDA machines
-with ``deepspeed`` installed (``lightning.strategy: deepspeed_stage_2``).
+``lightning.strategy: {target: sgm.training.strategies.deepspeed_zero, params: {stage: 2}}``
+(or 3): DeepSpeed's ZeRO under Lightning's ``DeepSpeedStrategy``, for CUDA machines with
+``deepspeed`` installed; stage 2 shards gradients and optimizer state, stage 3 the
+parameters too. Where DeepSpeed cannot run it is refused in one line before the model is
+built, naming FSDP2 as the alternative; EMA is refused with stage 3 (the parameters it
+would copy are partitioned).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import types
 from typing import Any
@@ -27,9 +32,6 @@ from torch import nn
 from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
-
-DEEPSPEED_ZERO2 = "deepspeed_stage_2"
-DEEPSPEED_ZERO3 = "deepspeed_stage_3"
 
 
 def network_blocks(network: nn.Module) -> list[nn.Module]:
@@ -99,3 +101,48 @@ class FSDP2(ModelParallelStrategy):
                 logger.info("FSDP2: engine sharded over %d processes", mesh.size())
 
             model.configure_model = types.MethodType(configure_model, model)
+
+
+def deepspeed_zero(
+    stage: int = 2,
+    offload_optimizer: bool = False,
+    offload_parameters: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """Lightning's ``DeepSpeedStrategy`` at ZeRO ``stage`` 2 or 3 (``offload_*``: keep
+    the optimizer state / parameters in host memory), checked first: DeepSpeed needs its
+    package and CUDA, and stage 3 cannot keep an EMA of partitioned parameters."""
+    if stage not in (2, 3):
+        raise ConfigError(f"lightning.strategy deepspeed_zero: stage {stage!r} must be 2 or 3")
+    if offload_parameters and stage != 3:
+        raise ConfigError("lightning.strategy deepspeed_zero: offload_parameters needs stage 3")
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError(
+            "lightning.strategy deepspeed_zero needs the deepspeed package (pip install "
+            "deepspeed) and CUDA; without them use sgm.training.strategies.FSDP2"
+        )
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            "lightning.strategy deepspeed_zero needs CUDA, which this machine does not have; "
+            "use sgm.training.strategies.FSDP2 (it runs on CPUs with gloo)"
+        )
+    from pytorch_lightning.strategies import DeepSpeedStrategy
+
+    class DeepSpeedZeRO(DeepSpeedStrategy):
+        def connect(self, model: Any) -> None:
+            if stage == 3 and getattr(model, "use_ema", False):
+                raise ConfigError(
+                    "DeepSpeed ZeRO stage 3 with model.params.use_ema: true is not supported "
+                    "(the EMA would copy partitioned parameters); set use_ema: false or use "
+                    "stage 2"
+                )
+            super().connect(model)
+
+    return DeepSpeedZeRO(
+        stage=stage,
+        offload_optimizer=offload_optimizer,
+        offload_parameters=offload_parameters,
+        **kwargs,
+    )

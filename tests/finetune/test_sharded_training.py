@@ -63,3 +63,40 @@ def test_fsdp2_with_ema_is_refused():
     model, _ = _engine(use_ema=True)
     with pytest.raises(ConfigError, match="FSDP2 with model.params.use_ema: true is not supported"):
         shard_engine(model, mesh=None)
+
+
+FINETUNE = "sgm/configs/example_training/finetune"
+
+
+def test_the_fsdp_add_on_builds_fsdp2_without_ema():
+    base = OmegaConf.load("tests/configs/tiny_train.yaml")
+    cfg = OmegaConf.merge(base, OmegaConf.load(f"{FINETUNE}/fsdp.yaml"))
+    assert cfg.model.params.use_ema is False and cfg.lightning.trainer.devices == 2
+    strategy = instantiate_from_config(cfg.lightning.strategy)
+    assert isinstance(strategy, FSDP2) and strategy.reshard_after_forward
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_the_deepspeed_add_ons_build_zero_or_say_why_not(stage):
+    import importlib.util
+
+    cfg = OmegaConf.load(f"{FINETUNE}/deepspeed_zero{stage}.yaml")
+    assert cfg.model.params.use_ema is False
+    if importlib.util.find_spec("deepspeed") and torch.cuda.is_available():
+        strategy = instantiate_from_config(cfg.lightning.strategy)
+        assert strategy.config["zero_optimization"]["stage"] == stage
+        return
+    missing = "deepspeed package" if not importlib.util.find_spec("deepspeed") else "CUDA"
+    with pytest.raises(ConfigError, match=f"deepspeed_zero needs .*{missing}.*FSDP2"):
+        instantiate_from_config(cfg.lightning.strategy)
+
+
+@pytest.mark.parametrize(
+    "params, culprit",
+    [({"stage": 1}, "stage 1 must be 2 or 3"), ({"offload_parameters": True}, "needs stage 3")],
+)
+def test_impossible_deepspeed_settings_are_refused(params, culprit):
+    from sgm.training.strategies import deepspeed_zero
+
+    with pytest.raises(ConfigError, match=culprit):
+        deepspeed_zero(**params)
