@@ -239,6 +239,37 @@ def check_weights_folder(folder: str | os.PathLike) -> None:
             check_weights_file(path)
 
 
+CONFIG_CHECKPOINT_KEYS = ("ckpt_path", "ckpt_engine")
+
+
+def check_config_checkpoints(config: object, where: str = "") -> None:
+    """:func:`check_weights_file` for every checkpoint a config names
+    (``CONFIG_CHECKPOINT_KEYS``, e.g. ``model.params.ckpt_path``), so that a fine-tuning
+    run refuses a truncated file or a pickle that would run code before anything is built.
+    ``CheckpointError`` names the file and the config key."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(config, (DictConfig, ListConfig)):
+        config = OmegaConf.to_container(config, resolve=False)
+    for key, value in _config_entries(config, where):
+        if key.rsplit(".", 1)[-1] in CONFIG_CHECKPOINT_KEYS and isinstance(value, str):
+            try:
+                check_weights_file(value)
+            except CheckpointError as error:
+                raise CheckpointError(f"{key}: {error}") from None
+
+
+def _config_entries(node: object, where: str) -> Iterable[tuple[str, object]]:
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            name = f"{where}.{key}" if where else str(key)
+            yield name, value
+            yield from _config_entries(value, name)
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _config_entries(value, f"{where}[{index}]")
+
+
 TRAINING_STATE_KEYS = ("state_dict", "optimizer_states", "loops")
 
 

@@ -266,6 +266,9 @@ def build(opt: argparse.Namespace, overrides: list[str]) -> Run:
         raise ConfigError("no config given: pass --base config.yaml (or --resume a run)")
     config = load_configs(paths.base, overrides, sections=KNOWN_SECTIONS)
     check_learning_rate(config)
+    from ..checkpoint import check_config_checkpoints
+
+    check_config_checkpoints(config.get("model"), "model")  # whole, and no code, first
     lightning_config = config.pop("lightning", OmegaConf.create())
     for key in ("model",) + (("data",) if opt.train else ()):
         if key not in config:
