@@ -62,6 +62,9 @@ def cache(args: argparse.Namespace) -> None:
     from ..util import instantiate_from_config
 
     config = load_configs(args.base, list(args.overrides))
+    from ..checkpoint import check_config_checkpoints
+
+    check_config_checkpoints(config.get("model"), "model")  # whole, and no code, first
     train = OmegaConf.select(config, "data.params.train.datapipeline")
     if not isinstance(train, DictConfig):
         raise ConfigError(
