@@ -102,7 +102,12 @@ def read_meta(path: str | Path) -> dict:
             f"model.params.cache.path {path}: no {META} (not a conditioning cache; make one "
             "with scripts/data/cache_conditioning.py)"
         )
-    return json.loads(meta_path.read_text())
+    from ..config import read_text_file
+
+    try:
+        return json.loads(read_text_file(meta_path))
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{meta_path}: not readable JSON: {error}") from None
 
 
 def check_configs(meta: Mapping, first_stage_config: Any, emb_models: Sequence, size) -> None:
@@ -162,9 +167,9 @@ class DiffusionEngineFromCache(DiffusionEngine):
     def _stand_ins(self, conditioner: dict, emb_models: list) -> dict:
         uncond = {}
         if (self.cache_path / UNCOND).is_file():
-            from safetensors.torch import load_file
+            from ..checkpoint import load_state_dict  # a truncated file is named
 
-            uncond = load_file(str(self.cache_path / UNCOND))
+            uncond = load_state_dict(self.cache_path / UNCOND)
         models = []
         for index, config in enumerate(emb_models):
             if str(index) not in self.cache_meta["embedders"]:
