@@ -107,8 +107,8 @@ def test_validation_defaults_to_train_and_bad_configs(shards):
         StableDataModuleFromConfig(train={"loader": {"batch_size": 1}})
     bad = _config(shards, 0)
     bad["datapipeline"]["urls"] = [str(shards / "missing-{0..1}.tar")]
-    with pytest.raises(ConfigError, match="shard not found"):
-        StableDataModuleFromConfig(train=bad).train_dataloader()
+    with pytest.raises(ConfigError, match="matches no file"):
+        StableDataModuleFromConfig(train=bad)  # refused up front, before any loader
 
 
 def test_importing_sgm_data_needs_no_optional_package():
