@@ -61,6 +61,7 @@ def _model(version: str, ckpt: Path | None, config: Path | None, folder: Path) -
     """The config and checkpoint of ``version``; a missing checkpoint is an error here."""
     from omegaconf import OmegaConf
 
+    from ..config import check_text_file
     from ..errors import ConfigError
     from ..inference.specs import infer_spec
 
@@ -73,6 +74,7 @@ def _model(version: str, ckpt: Path | None, config: Path | None, folder: Path) -
                 f"{version}: checkpoint {spec.ckpt} not found in {folder} (put it there, or "
                 "pass --checkpoints / --ckpt)"
             )
+    check_text_file(config)
     try:
         factor = infer_spec(OmegaConf.load(config), ckpt).factor
     except Exception as error:  # a config that does not describe an image model
