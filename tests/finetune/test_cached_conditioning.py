@@ -93,6 +93,14 @@ def test_loss_from_cached_shards_equals_the_loss_from_raw_shards(name, clip_dir,
         expected = _loss(engine, raw_batch, seed)
         got = _loss(cached, cached_batch, seed)
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    engine.eval(), cached.eval()
+    with torch.no_grad():  # the conditioning itself, not only a loss that may hide it
+        torch.manual_seed(0)
+        raw_cond = engine.conditioner(dict(raw_batch))
+        torch.manual_seed(0)
+        cached_cond = cached.conditioner(dict(cached_batch))
+    for key, value in raw_cond.items():
+        torch.testing.assert_close(cached_cond[key], value, atol=1e-5, rtol=0, msg=key)
     assert _loss(cached, cached_batch, 0) != _loss(cached, cached_batch, 1)  # draws matter
 
 
@@ -136,3 +144,39 @@ def test_a_cache_made_with_another_vae_encoder_or_resolution_is_refused(clip_dir
     other_cfg, _ = _raw_setup("sdxl_base", clip_dir, tmp_path, seed=1)  # other weights
     with pytest.raises(ConfigError, match=r"another first stage \(VAE\): .* other first_stage"):
         _cached_engine(other_cfg, folder)
+
+
+def test_svd_loss_from_cached_shards_equals_the_loss_from_raw_shards(clip_dir, tmp_path):
+    # SVD: the clip's frames become latents, the conditioning frame's CLIP embedding and
+    # VAE latent (with its per-clip cond_aug noise, drawn once) are cached with it.
+    from finetune_tiny import tiny_video_config, write_video_shard
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    write_video_shard(shards / "000000.tar", [6, 7, 5], fps=12, motion=[20, 90, 160])
+    cfg = tiny_video_config(shards)
+    # the clip mapper's draws (start frame, crop, cond_aug) repeat: the raw pass draws
+    # what the caching pass drew and stored
+    cfg.data.params.train.datapipeline.postprocessors[0].params.seed = 0
+    torch.manual_seed(0)
+    engine = instantiate_from_config(cfg.model, key="model")
+    folder = _cache(cfg, engine, tmp_path / "cache")
+    cached = _cached_engine(cfg, folder)
+    assert cached.first_stage_model is None
+    frozen = [type(e).__name__ for e in cached.conditioner.embedders]
+    assert frozen.count("CachedEmbedding") >= 2, frozen  # CLIP image and VAE-latent embedders
+    raw_batch = next(iter(_items(cfg, 2)))
+    cached_batch = _cached_batch(folder, 2)
+    assert cached_batch["num_video_frames"] == 3
+    for seed in range(2):
+        expected = _loss(engine, raw_batch, seed)
+        got = _loss(cached, cached_batch, seed)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    engine.eval(), cached.eval()
+    with torch.no_grad():  # the conditioning itself, not only a loss that may hide it
+        torch.manual_seed(0)
+        raw_cond = engine.conditioner(dict(raw_batch))
+        torch.manual_seed(0)
+        cached_cond = cached.conditioner(dict(cached_batch))
+    for key, value in raw_cond.items():
+        torch.testing.assert_close(cached_cond[key], value, atol=1e-5, rtol=0, msg=key)
