@@ -64,8 +64,10 @@ def test_output_folder_that_is_a_file(tmp_path, capsys):
 
 
 def test_lora_scale_and_defaults(tmp_path):
+    from safetensors.torch import save_file
+
     adapter = tmp_path / "a.lora.safetensors"
-    adapter.write_bytes(b"")
+    save_file({"lora_unet_out.lora_down.weight": torch.zeros(1, 2)}, str(adapter))
     args = _parser().parse_args(["--lora", f"{adapter}:0.25", "--lora", str(adapter)])
     assert args.lora == [(adapter, 0.25), (adapter, 1.0)]
     assert args.device == "cpu" and args.dtype == "auto" and args.low_vram is False
