@@ -5,7 +5,8 @@
     python scripts/data/pack_shards.py my_videos/ shards/ --videos   # clip.mp4 (+ clip.txt)
 
 Writes shards/shard-000000.tar, ... (existing shards are never replaced). Unreadable files,
-and images without a caption file, are reported and skipped.
+and images without a caption file or whose caption is not UTF-8 text, are reported and
+skipped.
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ def pack(args: argparse.Namespace) -> None:
 
 
 def _nothing_packed(args: argparse.Namespace, skipped: list) -> str:
-    """Why nothing was packed: the causes of the skips, captions missing named first."""
+    """Why nothing was packed: the causes of the skips, captions missing named first, then
+    captions that are not text."""
     no_caption = [path for path, reason in skipped if "no caption file" in reason]
     if no_caption:
         names = ", ".join(f"{p.name} (no {p.stem}.{args.caption_ext})" for p in no_caption[:3])
@@ -95,6 +97,14 @@ def _nothing_packed(args: argparse.Namespace, skipped: list) -> str:
         return (
             f"captions missing in {args.source}: {len(no_caption)} image(s) have no caption "
             f"file beside them: {names}{more}{rest}"
+        )
+    not_text = [reason for _, reason in skipped if "not UTF-8 text" in reason]
+    if not_text:
+        others = len(skipped) - len(not_text)
+        rest = f"; {others} other file(s) unreadable" if others else ""
+        return (
+            f"captions not text in {args.source}: {len(not_text)} caption file(s) are not "
+            f"UTF-8 text; first: {not_text[0]}{rest}"
         )
     first = f"; first: {skipped[0][1]}" if skipped else ""
     return f"no readable files in {args.source} ({len(skipped)} skipped{first})"

@@ -2,8 +2,9 @@
 
 Each sample is ``<key>.<ext>`` (the file's bytes, unchanged), ``<key>.txt`` (the caption
 from the same-name ``.txt`` beside it, if any) and ``<key>.json`` (its relative path and
-size; for videos fps and frame count). Unreadable files, and images whose header claims
-more than ``sgm.image_files.MAX_PIXELS`` pixels, are reported and skipped. Shards
+size; for videos fps and frame count). Unreadable files, captions that are not UTF-8
+text, and images whose header claims more than ``sgm.image_files.MAX_PIXELS`` pixels,
+are reported and skipped. Shards
 are ``<prefix>-000000.tar``, ... , each written to a temporary file and published whole;
 existing shards are never replaced.
 """
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import read_text_file
 from ..errors import InputError
 from ..image_files import ImageTooLarge, check_size, opened_image
 from ..output_files import write_new_file
@@ -81,7 +83,8 @@ def read_sample(path: Path, source: Path, videos: bool, caption_ext: str) -> dic
     }
     caption = path.with_suffix("." + caption_ext)
     if caption.is_file():
-        members[caption_ext] = caption.read_bytes()
+        # a caption is text: a binary or non-UTF-8 file is named (and the sample skipped)
+        members[caption_ext] = read_text_file(caption, InputError).encode("utf-8")
     elif not videos:
         raise InputError(f"{path}: no caption file {caption.name}")
     return members
