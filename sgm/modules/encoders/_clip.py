@@ -66,13 +66,18 @@ def _text_config(version: str) -> Any:
 
 def build_clip_text_model(version: str, init_device: torch.device) -> Any:
     """transformers ``CLIPTextModel`` for ``version``: weights from a local folder if it
-    has them, else random (to be filled by the model checkpoint)."""
+    has them (each weights file in it checked whole first: ``CheckpointError`` names a
+    truncated one or a pickle that would run code), else random (to be filled by the
+    model checkpoint)."""
     from transformers import CLIPTextModel
 
     config = _text_config(version)
     path = Path(version)
     has_weights = path.is_dir() and any((path / f).is_file() for f in WEIGHT_FILES)
     if has_weights and init_device.type != "meta":
+        from ...checkpoint import check_weights_folder
+
+        check_weights_folder(path)  # a truncated or code-running file is named itself
         model = CLIPTextModel.from_pretrained(str(path), config=config, local_files_only=True).to(
             init_device
         )

@@ -36,11 +36,15 @@ def _local_folder(version: str, what: str) -> Path:
 
 
 def build_t5_encoder(path: Path, init_device: torch.device):
-    """transformers ``T5EncoderModel`` from a local folder (random if it has no weights)."""
+    """transformers ``T5EncoderModel`` from a local folder (random if it has no weights);
+    each weights file in it is checked whole first (``CheckpointError`` names it)."""
     from transformers import T5Config, T5EncoderModel
 
     has_weights = any((path / f).is_file() for f in WEIGHT_FILES)
     if has_weights and init_device.type != "meta":
+        from ...checkpoint import check_weights_folder
+
+        check_weights_folder(path)  # a truncated or code-running file is named itself
         return T5EncoderModel.from_pretrained(str(path), local_files_only=True).to(init_device)
     config = T5Config.from_pretrained(str(path), local_files_only=True)
     with building_on(init_device):
