@@ -28,6 +28,7 @@ import torch
 
 from ..config import instantiate_from_config
 from ..errors import ConfigError, InputError
+from ..image_files import ImageTooLarge, check_size
 from .image_caption import _size, missing_field, where
 
 VIDEO_KEYS = ("mp4", "webm", "mkv", "mov", "avi")
@@ -55,8 +56,13 @@ def decode_frames(
     """``num_frames`` RGB frames (T, H, W, 3) ``1/fps`` seconds apart; and the source fps.
 
     When the container states its frame count, decoding stops after the last frame used.
+    The frame size the stream claims, and the frames held at once, are checked against
+    ``sgm.image_files`` limits (``MAX_PIXELS`` a frame, ``MAX_SEQUENCE_PIXELS`` the frames
+    held) before they are decoded: an ``ImageTooLarge`` names the shard, sample, field and
+    the claimed size.
     """
     av = _av()
+    name = f"{where(sample)}: field {field!r}"
     try:
         with av.open(io.BytesIO(data)) as container:
             stream = container.streams.video[0]
@@ -67,11 +73,20 @@ def decode_frames(
             start = None
             if total >= needed:
                 start = rng.randint(0, total - needed) if random_start else 0
+            context = stream.codec_context
+            size = (context.width, context.height)
+            held = needed if start is None else start + needed
+            check_size(*size, name, frames=held)  # before the first frame is decoded
             frames = []
             for frame in container.decode(stream):
+                if (frame.width, frame.height) != size or start is None:
+                    size = (frame.width, frame.height)  # what it decodes to, checked too
+                    check_size(*size, name, frames=max(held, len(frames) + 1))
                 frames.append(frame.to_ndarray(format="rgb24"))
                 if start is not None and len(frames) >= start + needed:
                     break
+    except ImageTooLarge:
+        raise
     except (av.error.FFmpegError, IndexError, ValueError) as error:
         raise InputError(
             f"{where(sample)}: field {field!r} is not a readable video ({error})"

@@ -319,3 +319,54 @@ def test_image_caption_sample_refuses_undecoded_huge_image_naming_the_sample():
     message = str(error.value)
     assert message.startswith("shard shard-000000.tar, sample 's001': field 'png': the header")
     assert "9000x9000" in message
+
+
+def _mp4(frames: int, size: tuple[int, int] = (48, 64)) -> bytes:
+    """A small mp4 (``size``: height, width) written with PyAV."""
+    import av
+    import numpy as np
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("mpeg4", rate=8)
+        stream.height, stream.width = size
+        stream.pix_fmt = "yuv420p"
+        for k in range(frames):
+            array = np.full((*size, 3), 8 * k, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def test_training_video_frame_size_is_checked_before_decoding(monkeypatch):
+    pytest.importorskip("av")
+    from sgm.data.video_clips import VideoClipSample
+
+    sample = {"__key__": "clip7", "__url__": "videos-000000.tar", "mp4": _mp4(6)}
+    monkeypatch.setattr(image_files, "MAX_PIXELS", 32 * 32)
+    with pytest.raises(InputError) as error:
+        VideoClipSample(num_frames=2, fps=8, size=16, seed=0)(dict(sample))
+    message = str(error.value)
+    assert message.startswith("shard videos-000000.tar, sample 'clip7': field 'mp4': ")
+    assert "the header claims 64x48 pixels (3,072)" in message and "not decoded" in message
+    assert "\n" not in message
+    monkeypatch.setattr(image_files, "MAX_PIXELS", 64 * 48)  # the limit is inclusive
+    clip = VideoClipSample(num_frames=2, fps=8, size=16, seed=0)(dict(sample))
+    assert clip["frames"].shape[0] == 2
+
+
+def test_training_video_frames_held_at_once_are_held_to_the_sequence_limit(monkeypatch):
+    pytest.importorskip("av")
+    from sgm.data.video_clips import VideoClipSample
+
+    sample = {"__key__": "clip8", "__url__": "videos-000001.tar", "mp4": _mp4(6)}
+    monkeypatch.setattr(image_files, "MAX_SEQUENCE_PIXELS", 64 * 48 * 3)
+    clip = VideoClipSample(num_frames=3, fps=8, size=16, random_start=False, seed=0)
+    assert clip(dict(sample))["frames"].shape[0] == 3
+    with pytest.raises(InputError) as error:
+        VideoClipSample(num_frames=4, fps=8, size=16, random_start=False, seed=0)(dict(sample))
+    message = str(error.value)
+    assert message.startswith("shard videos-000001.tar, sample 'clip8': field 'mp4': 4 frames")
+    assert "64x48 pixels" in message
