@@ -21,6 +21,7 @@ from .. import cli
 from ..inference import sv4d_job
 from ..inference.releases import checkpoint_path, config_path, get_release, releases
 from .sv4d_args import add_common_args
+from .video_args import add_motion_args
 
 logger = logging.getLogger("simple_video_sample_4d")
 
@@ -115,13 +116,7 @@ def get_parser() -> argparse.ArgumentParser:
         default="sv3d_u",
         help="the SV3D model that makes the first frame's views",
     )
-    p.add_argument("--fps_id", type=cli.non_negative_int, default=6, help="SV3D's fps_id")
-    p.add_argument(
-        "--motion_bucket_id", type=cli.non_negative_int, default=127, help="SV3D's motion_bucket_id"
-    )
-    p.add_argument(
-        "--cond_aug", type=cli.non_negative_float, default=1e-5, help="SV3D's conditioning noise"
-    )
+    add_motion_args(p, cond_aug=1e-5, whose="SV3D's ")
     p.add_argument(
         "--ckpt", default=None, help="SV4D checkpoint (default: checkpoints/sv4d.safetensors)"
     )

@@ -25,6 +25,7 @@ from ..errors import CheckpointError, InputError
 from ..inference.releases import checkpoint_path, config_path, get_release, names
 from .at_scale import SCALE_FLAGS, add_scale_args, at_scale
 from .speedups import add_speedup_args, speedups
+from .video_args import add_camera_args, add_motion_args, add_verbose_arg
 
 logger = logging.getLogger("simple_video_sample")
 
@@ -300,16 +301,7 @@ def get_parser() -> argparse.ArgumentParser:
         help="sampling steps (default: the version's)",
     )
     p.add_argument("--version", choices=list(VERSIONS), default="svd", help="the release")
-    p.add_argument("--fps_id", type=cli.non_negative_int, default=6, help="frame rate condition")
-    p.add_argument(
-        "--motion_bucket_id", type=cli.non_negative_int, default=127, help="motion condition"
-    )
-    p.add_argument(
-        "--cond_aug",
-        type=cli.non_negative_float,
-        default=0.02,
-        help="noise added to the conditioning image",
-    )
+    add_motion_args(p, cond_aug=0.02)
     p.add_argument("--seed", type=cli.seed, default=23, help="random seed")
     p.add_argument(
         "--decoding_t", type=cli.positive_int, default=14, help="frames decoded at a time"
@@ -320,32 +312,8 @@ def get_parser() -> argparse.ArgumentParser:
         default=None,
         help="default: outputs/simple_video_sample/<version>",
     )
-    p.add_argument(
-        "--elevations_deg",
-        type=cli.float_list,
-        default=10.0,
-        help="sv3d_p: one elevation, or one per frame",
-    )
-    p.add_argument(
-        "--azimuths_deg",
-        type=cli.float_list,
-        default=None,
-        help="sv3d_p: one azimuth per frame (default: an even orbit)",
-    )
-    p.add_argument(
-        "--image_frame_ratio",
-        type=cli.unit_interval,
-        default=None,
-        help="sv3d: fraction of the frame the object fills",
-    )
-    p.add_argument(
-        "--verbose",
-        type=cli.boolean,
-        nargs="?",
-        const=True,
-        default=False,
-        help="debug logging and sampler progress",
-    )
+    add_camera_args(p, elevations=10.0, image_frame_ratio=None, per="frame", which="sv3d: ")
+    add_verbose_arg(p)
     p.add_argument(
         "--config",
         type=cli.existing_file,

@@ -7,6 +7,7 @@ from typing import Any
 
 from .. import cli
 from ..assets import example_input
+from .video_args import add_camera_args, add_verbose_arg
 
 
 def add_common_args(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
@@ -46,32 +47,10 @@ def add_common_args(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -
         default=4,
         help="frames decoded at a time (lower it if memory runs out)",
     )
-    p.add_argument(
-        "--elevations_deg",
-        type=cli.float_list,
-        default=defaults["elevations_deg"],
-        help="one elevation, or one per view",
+    add_camera_args(
+        p, elevations=defaults["elevations_deg"], image_frame_ratio=defaults["image_frame_ratio"]
     )
-    p.add_argument(
-        "--azimuths_deg",
-        type=cli.float_list,
-        default=None,
-        help="one azimuth per view (default: the release's)",
-    )
-    p.add_argument(
-        "--image_frame_ratio",
-        type=cli.unit_interval,
-        default=defaults["image_frame_ratio"],
-        help="fraction of the frame the object fills",
-    )
-    p.add_argument(
-        "--verbose",
-        type=cli.boolean,
-        nargs="?",
-        const=True,
-        default=False,
-        help="debug logging and sampler progress",
-    )
+    add_verbose_arg(p)
     p.add_argument(
         "--remove_bg",
         type=cli.boolean,

@@ -33,13 +33,12 @@ from ..checkpoint import (
     OPTIONAL_KEY_SUFFIXES,
     PICKLE_SUFFIXES,
     SAFETENSORS_SUFFIXES,
-    _load_pickle,
-    _unwrap,
     compare_shapes,
     load_state_dict,
     remap_legacy_keys,
     safetensors_header,
 )
+from ..checkpoint_files import read_pickled_state
 from ..config import instantiate_from_config
 from ..errors import CheckpointError
 
@@ -60,7 +59,7 @@ def checkpoint_shapes(path: str | os.PathLike) -> Shapes:
     if suffix in SAFETENSORS_SUFFIXES:
         return _safetensors_shapes(path)
     if suffix in PICKLE_SUFFIXES:
-        state = _unwrap(_load_pickle(path, mmap=True), path)
+        state = read_pickled_state(path)
     else:
         state = load_state_dict(path)  # its error: an unsupported format
     return {k: tuple(v.shape) for k, v in state.items()}

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import glob
+import logging
 import os
 from dataclasses import dataclass
 
 from ..errors import CheckpointError, ConfigError
+
+logger = logging.getLogger("sgm.main")
 
 # Every process of a run (DDP workers included) reads the run's start time from here.
 RUN_ENV = "SGM_RUN_NOW"
@@ -100,3 +103,21 @@ def resolve_paths(opt: argparse.Namespace) -> RunPaths:
 def exit_code_for(signum: int | None) -> int:
     """Exit code after a signal-requested stop: 128 + the signal number."""
     return 128 + int(signum) if signum else 0
+
+
+def remove_failed_run(logdir: str, existed: bool) -> None:
+    """Remove what a failed run created: its whole folder if it was new and holds no
+    checkpoint, else only the empty folders inside it."""
+    import shutil
+    from pathlib import Path
+
+    root = Path(logdir)
+    if not root.is_dir():
+        return
+    if not existed and not any(root.rglob("*.ckpt")):
+        shutil.rmtree(root, ignore_errors=True)
+        logger.info("Removed %s: the run failed before its first checkpoint", root)
+        return
+    for folder in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()

@@ -20,7 +20,7 @@ from ..config_overrides import KNOWN_SECTIONS
 from ..devices import accelerator_type
 from ..errors import ConfigError
 from ..values import check_learning_rate
-from .paths import RunPaths, exit_code_for, resolve_paths
+from .paths import RunPaths, exit_code_for, remove_failed_run, resolve_paths
 
 logger = logging.getLogger("sgm.main")
 
@@ -286,6 +286,8 @@ def build(opt: argparse.Namespace, overrides: list[str]) -> Run:
     if opt.enable_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    # The strategy next: one that cannot run here (DeepSpeed without CUDA) says so first.
+    strategy = _strategy(lightning_config, trainer_cfg)
     pl.seed_everything(opt.seed, workers=True)
     model = instantiate_from_config(config.model, key="model")
     logger_cfg = _logger_config(opt, paths, lightning_config)
@@ -302,7 +304,6 @@ def build(opt: argparse.Namespace, overrides: list[str]) -> Run:
         bar = progress_bar()
         if bar is not None and not any(isinstance(c, ProgressBar) for c in callbacks):
             callbacks.append(bar)
-    strategy = _strategy(lightning_config, trainer_cfg)
     try:
         trainer = pl.Trainer(
             **trainer_cfg, logger=run_logger, callbacks=callbacks, strategy=strategy
@@ -330,24 +331,6 @@ def fit_or_clean_up(opt: argparse.Namespace, built: Run) -> int:
     finally:
         if code != 0 and built.trainer.is_global_zero:
             remove_failed_run(built.paths.logdir, existed)
-
-
-def remove_failed_run(logdir: str, existed: bool) -> None:
-    """Remove what a failed run created: its whole folder if it was new and holds no
-    checkpoint, else only the empty folders inside it."""
-    import shutil
-    from pathlib import Path
-
-    root = Path(logdir)
-    if not root.is_dir():
-        return
-    if not existed and not any(root.rglob("*.ckpt")):
-        shutil.rmtree(root, ignore_errors=True)
-        logger.info("Removed %s: the run failed before its first checkpoint", root)
-        return
-    for folder in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
-        if not any(folder.iterdir()):
-            folder.rmdir()
 
 
 def fit_and_test(opt: argparse.Namespace, built: Run) -> int:
