@@ -17,8 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..cli import positive_int
-from ..errors import SgmError
+from ..cli import MAX_SEED, positive_int
+from ..errors import InputError, SgmError
 from ..inference.distributed import World, launcher_world, process_group, rank_device
 from ..inference.work_items import WorkItem
 
@@ -67,6 +67,21 @@ def at_scale(args: argparse.Namespace, world: World | None = None) -> bool:
         or args.output_format == "wds"
         or args.overwrite
     )
+
+
+def check_seeds(items: Sequence[WorkItem], seed: int, what: str, extra: int = 0) -> None:
+    """``InputError`` naming ``--seed`` and the last seed the run would need when the
+    seeds of ``items`` (``seed`` + their index; ``extra`` more where one item draws from
+    seeds after its own, as Turbo's steps do) pass ``MAX_SEED`` (2**32 - 1, the last seed
+    NumPy takes): a valid start seed can still run out over many items. ``what``: the
+    items, for the message ("image", "video")."""
+    last = max((item.seed for item in items), default=seed) + extra
+    if last > MAX_SEED:
+        raise InputError(
+            f"--seed {seed}: this run's {len(items)} {what}(s) need seeds up to {last}, "
+            f"past the last seed {MAX_SEED} (2**32 - 1); lower --seed to at most "
+            f"{MAX_SEED - (last - seed)}"
+        )
 
 
 def check_world(args: argparse.Namespace, guided: bool) -> World:

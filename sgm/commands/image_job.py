@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..cli import check, output_folder
+from ..cli import MAX_SEED, check, output_folder
 from ..errors import CheckpointError, InputError
 from ..inference.releases import config_path, get_release, releases
 from ..inference.sampling_params import (
@@ -59,11 +59,11 @@ class Job:
 
 def _model(version: str, ckpt: Path | None, config: Path | None, folder: Path) -> Model:
     """The config and checkpoint of ``version``; a missing checkpoint is an error here."""
-    from omegaconf import OmegaConf
-
-    from ..config import check_text_file
+    from ..checkpoint import check_weights_file
+    from ..config import load_yaml
     from ..errors import ConfigError
     from ..inference.specs import infer_spec
+    from ..inference.tiny_models import check_local_encoders
 
     spec = model_specs[VERSIONS[version]]
     config = config or config_path(version)
@@ -74,9 +74,11 @@ def _model(version: str, ckpt: Path | None, config: Path | None, folder: Path) -
                 f"{version}: checkpoint {spec.ckpt} not found in {folder} (put it there, or "
                 "pass --checkpoints / --ckpt)"
             )
-    check_text_file(config)
+    tree = load_yaml(config)  # UTF-8 text and YAML, or ConfigError naming it
+    check_weights_file(ckpt)  # whole (a --checkpoints folder's file too), before any build
+    check_local_encoders(tree)  # the encoders' own weights (a tiny model's clip_text/)
     try:
-        factor = infer_spec(OmegaConf.load(config), ckpt).factor
+        factor = infer_spec(tree, ckpt).factor
     except Exception as error:  # a config that does not describe an image model
         raise ConfigError(f"{config}: not an image model config ({error})") from None
     spec = replace(spec, factor=factor, ckpt=str(ckpt), config=str(config))
@@ -91,6 +93,29 @@ def _prompts(args: argparse.Namespace) -> list[Any]:
         return [Prompt(DEFAULT_PROMPT if args.prompt is None else args.prompt)]
     check(args.prompt is None, "give --prompt or --prompts_file, not both")
     return read_prompts_file(args.prompts_file)
+
+
+def _check_seeds(args: argparse.Namespace, entries: list[Any], extra: int) -> None:
+    """Every image's seed is one the backend takes: ``--seed`` + its index (image ``k`` of
+    the only prompt, or item ``k`` of the prompts file), or its line's own seed + its
+    sample; ``extra``: the seeds after its own an image draws from (Turbo: one a step).
+    The run is refused up front, naming the last seed it would need."""
+    from ..inference.work_items import prompt_items
+    from .at_scale import check_seeds
+
+    n = args.num_samples
+    for number, entry in enumerate(entries, start=1):
+        last = (entry.seed or 0) + n - 1 + extra
+        check(
+            entry.seed is None or last <= MAX_SEED,
+            f"prompt {number} ({entry.prompt[:40]!r}): its 'seed' {entry.seed} over "
+            f"--num_samples {n} needs seeds up to {last}, past the last seed {MAX_SEED} "
+            "(2**32 - 1)",
+        )
+    items = prompt_items(entries, n, args.seed)
+    counted = [item for item in items if entries[item.index // n].seed is None]
+    if counted:
+        check_seeds(counted, args.seed, "image", extra)
 
 
 def _init_image(path: Path) -> Any:
@@ -137,6 +162,7 @@ def validate(args: argparse.Namespace) -> Job:
         "--refiner works with text-to-image only (leave out --init_image)",
     )
     entries = _prompts(args)
+    _check_seeds(args, entries, steps if turbo else 0)
     image = None if args.init_image is None else _init_image(args.init_image)
     base = _model(args.version, args.ckpt, args.config, args.checkpoints)
     refiner = None

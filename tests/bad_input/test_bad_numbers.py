@@ -9,6 +9,7 @@ import argparse
 import math
 
 import pytest
+import torch
 from cli_contract_support import (
     GRADIO,
     GRADIO_4D,
@@ -28,15 +29,29 @@ from sgm.errors import ConfigError, InputError
 
 NAN, INF = float("nan"), float("inf")
 TOO_BIG = str(2**32)  # one past the last seed NumPy and seed_everything take
+LAST = 2**32 - 1  # the last seed
 CONFIG = ["--base", "{config}", "--logdir", "logs"]
 
 
 @pytest.fixture(scope="module")
 def extra_materials(tmp_path_factory) -> dict[str, str]:
+    from safetensors.torch import save_file
+
     folder = tmp_path_factory.mktemp("numbers")
     prompts = folder / "prompts.jsonl"
     prompts.write_text('{"prompt": "a fox", "seed": 4294967296}\n')
-    return {"big_seed_prompts": str(prompts)}
+    three = folder / "three.txt"
+    three.write_text("a fox\nan owl\na hare\n")
+    last_seed = folder / "last_seed.jsonl"
+    last_seed.write_text(f'{{"prompt": "a fox", "seed": {LAST}}}\n')
+    weights = folder / "weights.safetensors"
+    save_file({"w": torch.ones(2, 2)}, str(weights))
+    return {
+        "big_seed_prompts": str(prompts),
+        "three_prompts": str(three),
+        "last_seed_prompts": str(last_seed),
+        "weights": str(weights),
+    }
 
 
 ROWS: list[tuple[str, str, list[str], str]] = [
@@ -50,7 +65,38 @@ ROWS: list[tuple[str, str, list[str], str]] = [
     # ---------------------------------------------------------------- beyond backend
     (IMAGE, "beyond backend", [f"--seed={TOO_BIG}"], "--seed"),
     (IMAGE, "beyond backend", ["--prompts_file={big_seed_prompts}"], "'seed' 4294967296"),
+    # a valid start seed whose later items' seeds (seed + k) pass the last seed
+    (
+        IMAGE,
+        "beyond backend",
+        [f"--seed={LAST}", "--num_samples=2"],
+        f"--seed {LAST}: this run's 2 image(s) need seeds up to {LAST + 1}",
+    ),
+    (
+        IMAGE,
+        "beyond backend",
+        ["--prompts_file={three_prompts}", f"--seed={LAST - 1}"],
+        f"--seed {LAST - 1}: this run's 3 image(s) need seeds up to {LAST + 1}",
+    ),
+    (
+        IMAGE,
+        "beyond backend",
+        ["--prompts_file={last_seed_prompts}", "--num_samples=3"],
+        f"prompt 1 ('a fox'): its 'seed' {LAST} over --num_samples 3 needs seeds up to {LAST + 2}",
+    ),
+    (  # Turbo draws one more seed a step
+        IMAGE,
+        "beyond backend",
+        ["--version=sd_turbo", f"--seed={LAST}"],
+        f"--seed {LAST}: this run's 1 image(s) need seeds up to {LAST + 1}",
+    ),
     (VIDEO, "beyond backend", ["--input_path={image}", f"--seed={TOO_BIG}"], "--seed"),
+    (
+        VIDEO,
+        "beyond backend",
+        ["--input_path={frames}/*.png", "--ckpt={weights}", f"--seed={LAST - 1}"],
+        f"--seed {LAST - 1}: this run's 3 video(s) need seeds up to {LAST + 1}",
+    ),
     (SV4D, "beyond backend", ["--input_path={frames}", f"--seed={TOO_BIG}"], "--seed"),
     (SV4D2, "beyond backend", ["--input_path={frames}", f"--seed={TOO_BIG}"], "--seed"),
     (TOY, "beyond backend", ["--seed", TOO_BIG], "--seed"),
@@ -195,3 +241,17 @@ def test_trainer_gradient_clip_refuses_inf():
     assert check_value("gradient_clip_val", 1.0) == 1.0
     with pytest.raises(ValueError, match="finite"):
         check_value("gradient_clip_val", math.inf)
+
+
+def test_seeds_over_a_run_are_checked_up_to_the_last_one():
+    from sgm.commands.at_scale import check_seeds
+    from sgm.inference.work_items import input_items, prompt_items
+
+    last = cli.MAX_SEED
+    check_seeds(input_items(["a.png", "b.png"], seed=last - 1), last - 1, "video")
+    check_seeds(prompt_items([], seed=last), last, "image")  # no item takes --seed
+    with pytest.raises(InputError, match=f"--seed {last - 1}: .* up to {last + 1},") as error:
+        check_seeds(input_items(["a.png", "b.png", "c.png"], seed=last - 1), last - 1, "video")
+    assert f"lower --seed to at most {last - 2}" in str(error.value)
+    with pytest.raises(InputError, match=f"up to {last + 4},"):  # 4 Turbo steps after it
+        check_seeds(input_items(["a.png"], seed=last), last, "image", extra=4)
