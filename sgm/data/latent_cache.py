@@ -186,22 +186,48 @@ def _write_uncond(engine: Any, emb_models: list, cached: list[int], output: Path
 
 
 class CachedSample:
-    """Postprocessor: a cached shard sample -> its tensors and values."""
+    """Postprocessor: a cached shard sample -> its tensors and values. A member that does
+    not read (a truncated or corrupt ``.safetensors``, a ``.json`` that is not JSON) is an
+    ``InputError`` naming the shard, the sample and the member."""
 
     def __call__(self, sample: dict) -> dict:
+        from safetensors import SafetensorError
         from safetensors.torch import load
 
+        where = f"{sample.get('__url__')}, sample {sample.get('__key__')!r}"
         if "safetensors" not in sample:
+            raise InputError(f"{where}: no 'safetensors' member (not a conditioning cache shard)")
+        try:
+            out = load(bytes(sample["safetensors"]))
+        except (SafetensorError, ValueError, RuntimeError) as error:
             raise InputError(
-                f"{sample.get('__url__')}, sample {sample.get('__key__')!r}: no "
-                "'safetensors' member (not a conditioning cache shard)"
-            )
-        out = load(bytes(sample["safetensors"]))
+                f"{where}: member {_member(sample, 'safetensors')} is not a readable "
+                f"safetensors file (truncated or corrupt?): {_first(error)}"
+            ) from None
         values = sample.get("json") or {}
         if isinstance(values, (bytes, bytearray)):
-            values = json.loads(values)
+            try:
+                values = json.loads(values)
+            except ValueError as error:
+                raise InputError(
+                    f"{where}: member {_member(sample, 'json')} is not JSON: {_first(error)}"
+                ) from None
+        if not isinstance(values, dict):
+            raise InputError(
+                f"{where}: member {_member(sample, 'json')} holds "
+                f"{type(values).__name__}, not a JSON object"
+            )
         out.update(values)
         return out
+
+
+def _member(sample: dict, ext: str) -> str:
+    return f"'{sample.get('__key__')}.{ext}'"
+
+
+def _first(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 class FlattenCached:

@@ -20,6 +20,7 @@ from cli_contract_support import (
     IMAGE,
     LORA,
     MAIN,
+    PACK,
     ROOT,
     SV4D,
     SV4D2,
@@ -39,6 +40,9 @@ TRUNCATED = "not a readable safetensors file (truncated or corrupt?)"
 NOT_TEXT = "not UTF-8 text"
 UNET = "unet/diffusion_pytorch_model.safetensors"
 TINY_CKPT = "v2-1_512-ema-pruned.safetensors"  # the tiny SD 2.1's file, its release name
+CLIP_WEIGHTS = "clip_text/model.safetensors"  # weights in a tiny model's CLIP text folder
+BINARY = b"a fox\n\xff\xfe\x00 in the snow\n"
+MIXED = {"a": b"a fox\n", "b": BINARY, "c": b"an owl\n"}
 
 
 class _Code:
@@ -59,6 +63,7 @@ def _code_pickle(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def extra_materials(tmp_path_factory) -> dict[str, str]:
+    from PIL import Image
     from safetensors.torch import save_file
 
     from sgm.convert import to_diffusers
@@ -80,6 +85,20 @@ def extra_materials(tmp_path_factory) -> dict[str, str]:
     config, ckpt = write_tiny_release("sd2.1", tmp / "tiny")
     shutil.copytree(tmp / "tiny", tmp / "tiny_cut")
     _truncate(tmp / "tiny_cut" / TINY_CKPT)
+    # tiny SDXL folders (its first text encoder reads clip_text/) whose CLIP text folder
+    # holds weights: cut in half, a code pickle
+    write_tiny_release("sdxl_base_1.0", tmp / "tiny_xl")
+    _tiny_copy(tmp / "tiny_xl", tmp / "tiny_clip_cut")
+    save_file({"w": torch.ones(64, 64)}, str(tmp / "tiny_clip_cut" / CLIP_WEIGHTS))
+    _truncate(tmp / "tiny_clip_cut" / CLIP_WEIGHTS)
+    _tiny_copy(tmp / "tiny_xl", tmp / "tiny_clip_code")
+    _code_pickle(tmp / "tiny_clip_code" / "clip_text" / "pytorch_model.bin")
+    # image folders for pack_shards: every caption binary; one binary among good ones
+    for name, captions in (("captions_binary", {"a": BINARY}), ("captions_mixed", MIXED)):
+        (tmp / name).mkdir()
+        for stem, text in captions.items():
+            Image.new("RGB", (16, 16), (20, 90, 200)).save(tmp / name / f"{stem}.png")
+            (tmp / name / f"{stem}.txt").write_bytes(text)
     # diffusers folders: one with its UNet weights cut, one whose text encoder is a code pickle
     to_diffusers(ckpt, config, tmp / "diffusers")
     shutil.copytree(tmp / "diffusers", tmp / "diffusers_cut")
@@ -103,10 +122,33 @@ def extra_materials(tmp_path_factory) -> dict[str, str]:
         "diffusers_cut": str(tmp / "diffusers_cut"),
         "diffusers_code": str(tmp / "diffusers_code"),
         "sv4d2_config": str(ROOT / "sgm" / "configs" / "sampling" / "sv4d2.yaml"),
+        "tiny_xl": str(tmp / "tiny_xl"),
+        "tiny_clip_cut": str(tmp / "tiny_clip_cut"),
+        "tiny_clip_code": str(tmp / "tiny_clip_code"),
+        "captions_binary": str(tmp / "captions_binary"),
+        "captions_mixed": str(tmp / "captions_mixed"),
     }
 
 
+def _tiny_copy(folder: Path, copy: Path) -> None:
+    """A copy of a tiny model folder whose config reads the copy's own text encoders."""
+    shutil.copytree(folder, copy)
+    for config in copy.rglob("*.yaml"):
+        config.write_text(config.read_text().replace(f"{folder}/", f"{copy}/"))
+
+
 TINY = ["--version=sd2.1", "--config={tiny}/sd2.1.yaml"]
+
+
+def _tiny_xl(folder: str) -> list[str]:
+    """The image command line's flags for the tiny SDXL folder ``{folder}``."""
+    return [
+        "--version=sdxl_base_1.0",
+        f"--config={{{folder}}}/sdxl_base_1.0.yaml",
+        f"--checkpoints={{{folder}}}",
+    ]
+
+
 VIDEO_IN = ["--input_path={image}"]
 SV4D_IN = ["--input_path={frames}"]
 TRAIN = ["--base", "{config}", "--logdir", "logs"]
@@ -119,6 +161,12 @@ ROWS: list[tuple[str, str, list[str], str]] = [
         "truncated in folder",
         ["--version=sd2.1", "--config={tiny_cut}/sd2.1.yaml", "--checkpoints={tiny_cut}"],
         f"{{tiny_cut}}/{TINY_CKPT}: {TRUNCATED}",
+    ),
+    (
+        IMAGE,
+        "truncated in folder",
+        _tiny_xl("tiny_clip_cut"),
+        f"{{tiny_clip_cut}}/{CLIP_WEIGHTS}: {TRUNCATED}",
     ),
     (IMAGE, "truncated in folder", ["--ckpt={cut}"], f"{{cut}}: {TRUNCATED}"),
     (VIDEO, "truncated in folder", [*VIDEO_IN, "--ckpt={cut}"], f"{{cut}}: {TRUNCATED}"),
@@ -147,6 +195,12 @@ ROWS: list[tuple[str, str, list[str], str]] = [
     # ------------------------------------------------------------ code pickle
     (IMAGE, "code pickle", ["--ckpt={code_ckpt}"], f"{{code_ckpt}}: {CODE}"),
     (IMAGE, "code pickle", [*TINY, "--checkpoints={tiny}", "--lora={code_pt}"], CODE),
+    (
+        IMAGE,
+        "code pickle",
+        _tiny_xl("tiny_clip_code"),
+        f"{{tiny_clip_code}}/clip_text/pytorch_model.bin: {CODE}",
+    ),
     (VIDEO, "code pickle", [*VIDEO_IN, "--ckpt={code_ckpt}"], f"{{code_ckpt}}: {CODE}"),
     (VIDEO, "code pickle", [*VIDEO_IN, "--lora={code_bin}"], f"{{code_bin}}: {CODE}"),
     (SV4D, "code pickle", [*SV4D_IN, "--ckpt={code_pt}"], f"{{code_pt}}: {CODE}"),
@@ -254,6 +308,12 @@ ROWS: list[tuple[str, str, list[str], str]] = [
         f"{{nul_yaml}}: {NOT_TEXT}",
     ),
     (GRADIO, "not text", ["--config={binary_yaml}"], f"{{binary_yaml}}: {NOT_TEXT}"),
+    (
+        PACK,
+        "not text",
+        ["{captions_binary}", "out", "--quiet"],
+        f"{{captions_binary}}/a.txt: {NOT_TEXT} (byte 0xff at line 2)",
+    ),
 ]
 
 
@@ -352,3 +412,99 @@ def test_prompts_files_with_nul_bytes_are_not_text(tmp_path):
     path.write_bytes(b"a fox\nan owl\x00\n")
     with pytest.raises(InputError, match=f"{path}, line 2: not UTF-8 text"):
         read_prompts_file(path)
+
+
+def test_pack_skips_a_caption_that_is_not_text_naming_it(materials, tmp_path, capsys):
+    import tarfile
+
+    from sgm.commands.pack_shards import main
+
+    source = Path(materials["captions_mixed"])
+    assert main([str(source), str(tmp_path / "shards"), "--quiet"]) == 0
+    printed = capsys.readouterr()
+    out = printed.out + printed.err
+    assert "Traceback" not in out
+    assert f"{source / 'b.txt'}: {NOT_TEXT} (byte 0xff at line 2)" in out
+    assert "wrote 2 samples" in out and "skipped 1 file(s)" in out
+    with tarfile.open(tmp_path / "shards" / "shard-000000.tar") as tar:
+        captions = [tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith("txt")]
+    assert captions == [b"a fox\n", b"an owl\n"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "code"])
+def test_a_local_clip_folder_names_its_damaged_weights_file(tmp_path, damage, capsys):
+    from builders import write_tiny_clip
+
+    from sgm.modules.encoders.modules import FrozenCLIPEmbedder
+
+    folder = write_tiny_clip(tmp_path / "clip")
+    FrozenCLIPEmbedder(version=str(folder))  # whole: it loads
+    weights = folder / "model.safetensors"
+    if damage == "truncated":
+        _truncate(weights)
+        culprit = f"{weights}: {TRUNCATED}"
+    else:
+        weights.unlink()
+        culprit = f"{_code_pickle(folder / 'pytorch_model.bin')}: {CODE}"
+    with pytest.raises(CheckpointError, match=re.escape(culprit)):
+        FrozenCLIPEmbedder(version=str(folder))
+    assert "this must never run" not in capsys.readouterr().out
+
+
+def test_local_encoders_of_a_config_are_checked_whole(materials):
+    from omegaconf import OmegaConf
+
+    from sgm.inference.tiny_models import check_local_encoders
+
+    check_local_encoders(OmegaConf.load(Path(materials["tiny"]) / "sd2.1.yaml"))
+    check_local_encoders(OmegaConf.load(Path(materials["tiny_xl"]) / "sdxl_base_1.0.yaml"))
+    cut = Path(materials["tiny_clip_cut"])
+    with pytest.raises(CheckpointError, match=re.escape(f"{cut / CLIP_WEIGHTS}: {TRUNCATED}")):
+        check_local_encoders(OmegaConf.load(cut / "sdxl_base_1.0.yaml"))
+
+
+def _cache_shard(path: Path, member: bytes) -> Path:
+    import json
+
+    from sgm.data.shard_writer import write_shard
+
+    values = json.dumps({"txt": "a fox"}).encode()
+    return write_shard(path, [("000000", {"safetensors": member, "json": values})])
+
+
+def _cached_items(shard: Path) -> list:
+    from sgm.data._webdataset import build_loader
+
+    pipeline = {
+        "urls": [str(shard)],
+        "decoders": ["pil"],
+        "postprocessors": [{"target": "sgm.data.latent_cache.CachedSample"}],
+        "pipeline_config": {"resampled": False, "shardshuffle": False},
+    }
+    return list(build_loader(pipeline, {"batch_size": 1}))
+
+
+def test_a_cache_shard_member_that_is_cut_is_named(tmp_path):
+    from safetensors.torch import save
+
+    whole = save({"cached_latent": torch.ones(4, 8, 8)})
+    (batch,) = _cached_items(_cache_shard(tmp_path / "whole.tar", whole))
+    assert batch["cached_latent"].shape == (1, 4, 8, 8) and batch["txt"] == ["a fox"]
+    shard = _cache_shard(tmp_path / "cache-000000.tar", whole[: len(whole) // 2])
+    with pytest.raises(InputError) as error:
+        _cached_items(shard)
+    message = str(error.value)
+    assert message.startswith(f"{shard}, sample '000000': member '000000.safetensors' is not")
+    assert "truncated or corrupt?" in message and "\n" not in message
+
+
+def test_a_truncated_cache_shard_is_named(tmp_path):
+    from safetensors.torch import save
+
+    whole = save({"cached_latent": torch.ones(4, 64, 64)})
+    shard = _cache_shard(tmp_path / "cache-000000.tar", whole)
+    data = shard.read_bytes()
+    for cut in (len(data) // 2 + 100, (len(data) // 2) // 512 * 512):  # mid-block, at a block
+        shard.write_bytes(data[:cut])
+        with pytest.raises(InputError, match=re.escape(str(shard))):
+            _cached_items(shard)
