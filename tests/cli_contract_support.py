@@ -65,7 +65,7 @@ TINY_MODEL = "scripts/tiny_model.py"
 EXAMPLES = "scripts/make_example_inputs.py"
 
 # Rows that only make sense on a machine without the named hardware.
-NEEDS_NO_CUDA = ("--accelerator", "accelerator=cuda", "--device=cuda")
+NEEDS_NO_CUDA = ("--accelerator", "accelerator=cuda", "--device=cuda", "deepspeed_zero")
 # Streamlit pages show bad input in the page rather than exiting; their page tests cover it.
 STREAMLIT_PAGES = (
     "scripts/demo/sampling.py",

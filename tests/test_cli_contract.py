@@ -40,6 +40,8 @@ from cli_contract_support import (
     row_id,
 )
 
+ZERO2 = ROOT / "sgm/configs/example_training/finetune/deepspeed_zero2.yaml"
+
 ROWS: list[tuple[str, str, list[str], str]] = [
     # ---------------------------------------------------------------- main.py
     (MAIN, "missing path", ["--base", "{missing}.yaml"], "{missing}.yaml"),
@@ -93,6 +95,12 @@ ROWS: list[tuple[str, str, list[str], str]] = [
         "unavailable device",
         ["--base", "{config}", "--logdir", "logs", "lightning.trainer.accelerator=cuda"],
         "accelerator",
+    ),
+    (
+        MAIN,
+        "unavailable device",
+        ["--base", "{config}", str(ZERO2), "--logdir", "logs"],
+        "deepspeed_zero needs",
     ),
     (MAIN, "bad config", ["--base", "{list_yaml}"], "{list_yaml}"),
     (MAIN, "bad config", ["--base", "{bad_yaml}"], "{bad_yaml}"),

@@ -195,12 +195,17 @@ def build_callbacks(
     ]
 
 
-def _strategy(lightning_config: DictConfig, trainer: dict) -> Any:
-    if "strategy" in lightning_config:
-        strategy = lightning_config.strategy
-        if isinstance(strategy, str):
-            return strategy
-        return instantiate_from_config(strategy, key="lightning.strategy")
+def _configured_strategy(lightning_config: DictConfig) -> Any:
+    """``lightning.strategy`` (a name, or built from its config), else None."""
+    strategy = lightning_config.get("strategy")
+    if strategy is None or isinstance(strategy, str):
+        return strategy
+    return instantiate_from_config(strategy, key="lightning.strategy")
+
+
+def _strategy(configured: Any, trainer: dict) -> Any:
+    if configured is not None:
+        return configured
     if "strategy" in trainer:
         return trainer.pop("strategy")
     if _world_size(trainer) > 1:
@@ -276,6 +281,8 @@ def build(opt: argparse.Namespace, overrides: list[str]) -> Run:
     # The data first: its checks (shard patterns, unreadable shards) are cheap, and a bad
     # data config then stops the run before anything else is set up or built.
     data = instantiate_from_config(config.data, key="data") if "data" in config else None
+    # A strategy that cannot run here (DeepSpeed without CUDA) says so before anything else.
+    configured = _configured_strategy(lightning_config)
     trainer_cfg = trainer_settings(lightning_config, opt)
     lightning_config.trainer = trainer_cfg
 
@@ -286,8 +293,7 @@ def build(opt: argparse.Namespace, overrides: list[str]) -> Run:
     if opt.enable_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    # The strategy next: one that cannot run here (DeepSpeed without CUDA) says so first.
-    strategy = _strategy(lightning_config, trainer_cfg)
+    strategy = _strategy(configured, trainer_cfg)
     pl.seed_everything(opt.seed, workers=True)
     model = instantiate_from_config(config.model, key="model")
     logger_cfg = _logger_config(opt, paths, lightning_config)
