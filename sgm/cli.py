@@ -337,14 +337,34 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived (``kill``, SLURM, Kubernetes): raised where the command is, so its
+    ``finally`` blocks run (temporary files removed, process groups left) as for Ctrl-C."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> NoReturn:
+    raise Terminated(signum)
+
+
 def run(work: Callable[[], Any], prog: str | None = None) -> int:
     """Call ``work()``; a library error becomes one line on stderr and exit status 2.
 
-    Ctrl-C returns 130. Anything else is a bug and keeps its traceback.
+    Ctrl-C returns 130, SIGTERM 143 (both after the work's clean-up ran). Anything else
+    is a bug and keeps its traceback.
     """
+    import signal
+    import threading
+
     prog = prog or Path(sys.argv[0]).name
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         work()
+    except Terminated:
+        print(f"{prog}: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except SgmError as error:
         message = " ".join(str(error).split("\n")[0].split())
         print(f"error: {prog}: {message}", file=sys.stderr)
@@ -354,6 +374,9 @@ def run(work: Callable[[], Any], prog: str | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

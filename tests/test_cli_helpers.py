@@ -125,3 +125,32 @@ def test_non_negative_float():
     for bad in ("-0.1", "nan", "x"):
         with pytest.raises(argparse.ArgumentTypeError):
             cli.non_negative_float(bad)
+
+
+def test_sigterm_ends_a_command_after_its_clean_up(tmp_path):
+    # SIGTERM mid-write: the command's finally blocks run (no temporary file is left
+    # beside the outputs), it exits 143 with one line, and the handler is put back.
+    import subprocess
+    import sys
+
+    script = f"""
+import os, signal, sys, time
+from pathlib import Path
+from sgm import cli
+from sgm.output_files import write_new_file
+
+def write(tmp):
+    Path(tmp).write_bytes(b"partial")
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+
+code = cli.run(lambda: write_new_file(write, [Path({str(tmp_path)!r}) / "out.png"]), prog="tool")
+assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+sys.exit(code)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 143, result.stderr
+    assert result.stderr.strip() == "tool: terminated"
+    assert list(tmp_path.iterdir()) == []
