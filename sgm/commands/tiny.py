@@ -38,9 +38,7 @@ def build_parser() -> cli.ArgumentParser:
         type=cli.output_folder,
         help="folder to write into (created if missing)",
     )
-    parser.add_argument(
-        "--seed", type=cli.seed, default=0, help="seed of the random weights"
-    )
+    parser.add_argument("--seed", type=cli.seed, default=0, help="seed of the random weights")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace a tiny model already in --out"
     )
