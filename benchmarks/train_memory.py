@@ -194,6 +194,23 @@ class StateOfAdafactor(torch.optim.Optimizer):
         return loss
 
 
+class PeakTracker(MemTracker):
+    """``MemTracker`` keeping the step's overall peak only: the per-module peaks it
+    also keeps cost a pass over every module after every op (hours for a
+    released-size UNet's thousands of modules and tens of thousands of ops)."""
+
+    def _update_peak_stats(self, peak_state) -> None:
+        for device, snapshot in self._curr_mem_snap.items():
+            if self._peak_mem.get(device, 0) < snapshot["Total"]:
+                self._peak_mem[device] = snapshot["Total"]
+                self._peak_mem_snap[device] = dict(snapshot)
+
+    def _track_module_params_and_buffers(self, module, install_grad_hooks: bool = True):
+        # No gradient hooks: they only relabel a gradient's bytes (already counted when
+        # backward made them) and cannot be put on frozen parameters (LoRA, temporal).
+        return super()._track_module_params_and_buffers(module, install_grad_hooks=False)
+
+
 OPTIMIZERS = {
     "adamw": {"target": "torch.optim.AdamW", "params": {"foreach": False}},
     "adafactor": {"target": f"{__name__}.StateOfAdafactor"},
@@ -240,16 +257,27 @@ def build(setup: Setup, levers: Levers, tiny: dict | None = None) -> torch.nn.Mo
         torch.set_default_dtype(torch.bfloat16)
     try:
         net = instantiate_from_config(network_config(setup, levers.ckpt, tiny))
+        if levers.train == "lora":
+            net.requires_grad_(False)
+            _add_lora_in_place(net, bool(setup.frames))
     finally:
         torch.set_default_dtype(dtype)
-    if levers.train == "lora":
-        from sgm.lora import add_lora
-
-        net.requires_grad_(False)
-        add_lora(net, {"rank": 16, "alpha": 16, "temporal": bool(setup.frames)})
-    elif levers.train == "temporal":
+    if levers.train == "temporal":
         select_trainable(net, [n for n, _ in net.named_parameters()], TEMPORAL_PATTERNS)
     return net
+
+
+def _add_lora_in_place(net: torch.nn.Module, temporal: bool) -> None:
+    """Rank-16 LoRA on the attention projections, made in the weights' dtype (the
+    default dtype while building) on the weights' (fake) device. peft then moves each
+    adapter with ``Module.to``, a conversion that fake parameters refuse (they cannot be
+    swapped); with dtype and device already theirs, those moves are skipped."""
+    from unittest import mock
+
+    from sgm.lora import add_lora
+
+    with mock.patch.object(torch.nn.Module, "to", lambda module, *args, **kwargs: module):
+        add_lora(net, {"rank": 16, "alpha": 16, "temporal": temporal})
 
 
 def optimizer(net: torch.nn.Module, levers: Levers) -> torch.optim.Optimizer:
@@ -304,7 +332,7 @@ def estimate(setup: Setup, levers: Levers, tiny: dict | None = None, latent=None
         context = (setup.context[0], tiny["context_dim"]) if tiny else None
         adm = tiny.get("adm_in_channels") if tiny else None
         create_state(net, opt)
-        tracker = MemTracker()
+        tracker = PeakTracker()
         tracker.track_external(net, opt, *getattr(opt, "inner", []))
         with tracker:
             batch = inputs(setup, latent or setup.latent, adm, context, _dtype(levers))
