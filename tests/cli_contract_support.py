@@ -139,6 +139,48 @@ def row_id(row: tuple[str, str, list[str], str]) -> str:
     return f"{Path(script).stem}:{kind}:{' '.join(argv)[:50]}"
 
 
+class _RowServer:
+    """``tests/cli_row_server.py``, started once: it imports torch and sgm, then forks a
+    child per script run (a second instead of two per row). ``SGM_ROWS_SUBPROCESS=1``,
+    or a platform without ``fork``, runs each row as its own process instead."""
+
+    process: subprocess.Popen | None = None
+
+    @classmethod
+    def run(cls, script: str, argv: list[str], cwd: Path, env: dict) -> dict:
+        import json
+
+        if cls.process is None or cls.process.poll() is not None:
+            cls.process = subprocess.Popen(
+                [sys.executable, str(ROOT / "tests" / "cli_row_server.py")],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env={**os.environ, "OMP_NUM_THREADS": "1"},
+            )
+        request = {"script": script, "argv": argv, "cwd": str(cwd), "env": env, "timeout": 120}
+        cls.process.stdin.write(json.dumps(request) + "\n")
+        cls.process.stdin.flush()
+        return json.loads(cls.process.stdout.readline())
+
+
+def run_script(script: str, argv: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    """``python SCRIPT ARGV`` in ``cwd`` with ``env``: its exit status and output."""
+    if sys.platform == "linux" and os.environ.get("SGM_ROWS_SUBPROCESS") != "1":
+        done = _RowServer.run(script, argv, cwd, env)
+        return subprocess.CompletedProcess(
+            [script, *argv], done["returncode"], done["stdout"], done["stderr"]
+        )
+    return subprocess.run(
+        [sys.executable, script, *argv],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def check_row(row: tuple[str, str, list[str], str], materials: dict[str, str], cwd: Path) -> None:
     """Run one row in the empty folder ``cwd`` and assert the contract."""
     import pytest
@@ -154,14 +196,7 @@ def check_row(row: tuple[str, str, list[str], str], materials: dict[str, str], c
     before, materials_before = _tree(cwd), _tree(watched)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("SGM_RUN_NOW", None)
-    result = subprocess.run(
-        [sys.executable, str(ROOT / script), *argv],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_script(str(ROOT / script), argv, cwd, env)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
     assert "Traceback" not in result.stderr + result.stdout
