@@ -1,5 +1,6 @@
 """Every training config under configs/example_training/ (toy, imagenet, txt2img) builds."""
 
+import tarfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -84,5 +85,6 @@ def test_latent_config_builds_on_meta(path, tmp_path):
     assert sd["first_stage_model.encoder.conv_in.weight"].shape == (128, 3, 3, 3)
     assert sd["denoiser.sigmas"].shape == (1000,)
     assert model.scale_factor == pytest.approx(0.13025)
+    tarfile.open(tmp_path / "000000.tar", "w").close()  # an empty shard: shards are checked
     data = instantiate_from_config(cfg.data, key="data")
     assert data.train_config["loader"]["batch_size"] == 64
