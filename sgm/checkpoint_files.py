@@ -8,7 +8,7 @@ import os
 import pickle
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import CheckpointError
 
@@ -226,6 +226,7 @@ def check_config_checkpoints(config: object, where: str = "") -> None:
                 check_weights_file(value)
             except CheckpointError as error:
                 raise CheckpointError(f"{key}: {error}") from None
+    check_local_encoders(config)
 
 
 def _config_entries(node: object, where: str) -> Iterable[tuple[str, object]]:
@@ -297,3 +298,51 @@ def read_pickled_state(path: str | os.PathLike, mmap: bool = True) -> dict[str, 
     allows (its tensors are then read only when touched)."""
     path = Path(path)
     return _unwrap(_load_pickle(path, mmap=mmap), path)
+
+
+ENCODER_TARGETS = "sgm.modules.encoders."
+
+
+def check_local_encoders(config: Any) -> None:
+    """Check whole, before any model is built, the local weights the encoders of
+    ``config`` (an ``OmegaConf`` config or a plain tree) will read: every weights file in a
+    ``version`` folder (a CLIP or T5 text model in the Hugging Face layout, as the tiny
+    models' ``clip_text/``) and a ``version`` weights file (open_clip).
+    ``CheckpointError`` names the damaged file itself (truncated, or a pickle that would
+    run code). Versions that are architecture names are not files and are skipped."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(config, (DictConfig, ListConfig)):
+        config = OmegaConf.to_container(config, resolve=False)
+    for version in _encoder_versions(config):
+        path = Path(version)
+        if path.is_dir():
+            check_weights_folder(path)
+        elif path.is_file():
+            check_weights_file(path)
+
+
+def _encoder_versions(node: Any) -> list[str]:
+    if isinstance(node, list):
+        return [v for item in node for v in _encoder_versions(item)]
+    if not isinstance(node, dict):
+        return []
+    found = []
+    params = node.get("params")
+    if str(node.get("target", "")).startswith(ENCODER_TARGETS) and isinstance(params, dict):
+        version = params.get("version")
+        if isinstance(version, str) and version:
+            found.append(version)
+    for value in node.values():
+        found.extend(_encoder_versions(value))
+    return found
+
+
+def check_model_files(config: str | os.PathLike, ckpt: str | os.PathLike) -> None:
+    """Before a model is built: its checkpoint and the local weights its config's encoders
+    read, each whole and free of pickled code (``CheckpointError`` naming the file); the
+    config must be UTF-8 YAML (``ConfigError`` naming it)."""
+    from .config import load_yaml
+
+    check_weights_file(ckpt)
+    check_local_encoders(load_yaml(config))

@@ -59,11 +59,10 @@ class Job:
 
 def _model(version: str, ckpt: Path | None, config: Path | None, folder: Path) -> Model:
     """The config and checkpoint of ``version``; a missing checkpoint is an error here."""
-    from ..checkpoint import check_weights_file
+    from ..checkpoint_files import check_local_encoders, check_weights_file
     from ..config import load_yaml
     from ..errors import ConfigError
     from ..inference.specs import infer_spec
-    from ..inference.tiny_models import check_local_encoders
 
     spec = model_specs[VERSIONS[version]]
     config = config or config_path(version)

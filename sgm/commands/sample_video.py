@@ -21,6 +21,7 @@ from typing import Any
 from .. import cli
 from .. import values as checks
 from ..assets import example_input
+from ..checkpoint_files import check_model_files
 from ..errors import CheckpointError, InputError
 from ..inference.releases import checkpoint_path, config_path, get_release, names
 from .at_scale import SCALE_FLAGS, add_scale_args, at_scale
@@ -133,6 +134,7 @@ def resolve(
             f"checkpoint not found: expected {ckpt} "
             f"(download {ckpt.name} into checkpoints/ or pass --ckpt)"
         )
+    check_model_files(config, ckpt)  # whole, no pickled code, local encoders too
     default = Path("outputs/simple_video_sample", version)
     folder = _checked_folder(default if output_folder is None else output_folder)
     polars = azimuths = None

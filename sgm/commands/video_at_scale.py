@@ -37,7 +37,6 @@ def sample_at_scale(
     world = check_world(args, guided=True)
     items = input_items(find_images(args.input_path), seed=args.seed)
     check_seeds(items, args.seed, "video")  # before the model loads
-    _check_weights(settings)
     s = settings
     params = {
         "version": args.version,
@@ -102,14 +101,3 @@ def sample_at_scale(
         return mp4_bytes(frames, fps=args.fps_id + 1)
 
     return run(args, world, items, params, s.folder, "mp4", load, encode)
-
-
-def _check_weights(settings: Any) -> None:
-    """The checkpoint and the config's local encoder weights, each whole (a damaged file
-    named itself), before the model loads."""
-    from ..checkpoint import check_weights_file
-    from ..config import load_yaml
-    from ..inference.tiny_models import check_local_encoders
-
-    check_weights_file(settings.ckpt)
-    check_local_encoders(load_yaml(settings.config))

@@ -185,43 +185,6 @@ def write_text_encoders(folder: str | os.PathLike) -> None:
     (folder / OPEN_CLIP_FILE).write_text(json.dumps(OPEN_CLIP_ARCH, indent=2) + "\n")
 
 
-def check_local_encoders(config: Any) -> None:
-    """Check whole, before any model is built, the local weights the encoders of
-    ``config`` (an ``OmegaConf`` config or a plain tree) will read: every weights file in a
-    ``version`` folder (a CLIP or T5 text model in the Hugging Face layout, as the tiny
-    models' ``clip_text/``) and a ``version`` weights file (open_clip).
-    ``CheckpointError`` names the damaged file itself (truncated, or a pickle that would
-    run code). Versions that are architecture names are not files and are skipped."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    from ..checkpoint import check_weights_file, check_weights_folder
-
-    if isinstance(config, (DictConfig, ListConfig)):
-        config = OmegaConf.to_container(config, resolve=False)
-    for version in _encoder_versions(config):
-        path = Path(version)
-        if path.is_dir():
-            check_weights_folder(path)
-        elif path.is_file():
-            check_weights_file(path)
-
-
-def _encoder_versions(node: Any) -> list[str]:
-    if isinstance(node, list):
-        return [v for item in node for v in _encoder_versions(item)]
-    if not isinstance(node, dict):
-        return []
-    found = []
-    params = node.get("params")
-    if str(node.get("target", "")).startswith(_ENCODERS) and isinstance(params, dict):
-        version = params.get("version")
-        if isinstance(version, str) and version:
-            found.append(version)
-    for value in node.values():
-        found.extend(_encoder_versions(value))
-    return found
-
-
 def tiny_paths(release: str | Release, folder: str | os.PathLike) -> tuple[Path, Path]:
     """(config, checkpoint) paths the tiny model of ``release`` has in ``folder``."""
     release = get_release(release)

@@ -454,13 +454,22 @@ def test_a_local_clip_folder_names_its_damaged_weights_file(tmp_path, damage, ca
 def test_local_encoders_of_a_config_are_checked_whole(materials):
     from omegaconf import OmegaConf
 
-    from sgm.inference.tiny_models import check_local_encoders
+    from sgm.checkpoint_files import check_local_encoders
 
     check_local_encoders(OmegaConf.load(Path(materials["tiny"]) / "sd2.1.yaml"))
     check_local_encoders(OmegaConf.load(Path(materials["tiny_xl"]) / "sdxl_base_1.0.yaml"))
     cut = Path(materials["tiny_clip_cut"])
     with pytest.raises(CheckpointError, match=re.escape(f"{cut / CLIP_WEIGHTS}: {TRUNCATED}")):
         check_local_encoders(OmegaConf.load(cut / "sdxl_base_1.0.yaml"))
+    # main.py and cache_conditioning check a training config's files with these too
+    from sgm.checkpoint_files import check_config_checkpoints, check_model_files
+
+    config = OmegaConf.load(cut / "sdxl_base_1.0.yaml")
+    with pytest.raises(CheckpointError, match=re.escape(f"{cut / CLIP_WEIGHTS}: {TRUNCATED}")):
+        check_config_checkpoints(config.model, "model")
+    # and the video / image command lines with the checkpoint first
+    with pytest.raises(CheckpointError, match=re.escape(f"{cut / CLIP_WEIGHTS}: {TRUNCATED}")):
+        check_model_files(cut / "sdxl_base_1.0.yaml", next(cut.glob("*.safetensors")))
 
 
 def _cache_shard(path: Path, member: bytes) -> Path:
