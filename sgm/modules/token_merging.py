@@ -17,15 +17,15 @@ merge of a run, so a seeded run is reproducible. Nothing changes unless a run en
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..errors import InputError
+from .run_scope import RunScope
 
 Merge = Callable[[torch.Tensor], torch.Tensor]
 
@@ -193,22 +193,19 @@ def bipartite_merge(
     return merge, unmerge
 
 
-_ACTIVE: contextvars.ContextVar[_Run | None] = contextvars.ContextVar(
-    "sgm_token_merging", default=None
-)
+def _made(options: TokenMerging) -> _Run | None:
+    return None if options.ratio == 0 else _Run(options)
 
 
-@contextlib.contextmanager
-def enabled(options: TokenMerging | None) -> Iterator[None]:
+_SCOPE: RunScope[_Run] = RunScope("sgm_token_merging", _made)
+
+
+def enabled(options: TokenMerging | None) -> contextlib.AbstractContextManager[None]:
     """Transformer blocks called inside the block merge tokens as ``options`` say (None:
     no merging)."""
-    token = _ACTIVE.set(None if options is None or options.ratio == 0 else _Run(options))
-    try:
-        yield
-    finally:
-        _ACTIVE.reset(token)
+    return _SCOPE.enabled(options)
 
 
 def active() -> _Run | None:
     """The token merging run in effect, if any."""
-    return _ACTIVE.get()
+    return _SCOPE.active()

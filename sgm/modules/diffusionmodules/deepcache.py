@@ -21,10 +21,8 @@ sampling loop always runs whole. Nothing changes unless a run enables it::
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import functools
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +31,7 @@ import torch
 
 from ...errors import InputError
 from .. import sampling_step
+from ..run_scope import RunScope
 from ._unet_blocks import call_layer
 
 
@@ -125,26 +124,18 @@ class _Run:
     checked: set[int] = field(default_factory=set)
 
 
-_ACTIVE: contextvars.ContextVar[_Run | None] = contextvars.ContextVar("sgm_deepcache", default=None)
+_SCOPE: RunScope[_Run] = RunScope("sgm_deepcache", _Run, clear=lambda run: run.features.clear())
 
 
-@contextlib.contextmanager
-def enabled(options: DeepCache | None) -> Iterator[None]:
+def enabled(options: DeepCache | None) -> contextlib.AbstractContextManager[None]:
     """UNets called inside the block reuse their deep features as ``options`` say (None:
     no reuse). The kept features are dropped on leaving."""
-    run = None if options is None else _Run(options)
-    token = _ACTIVE.set(run)
-    try:
-        yield
-    finally:
-        _ACTIVE.reset(token)
-        if run is not None:
-            run.features.clear()
+    return _SCOPE.enabled(options)
 
 
 def active() -> _Run | None:
     """The DeepCache run in effect, if any."""
-    return _ACTIVE.get()
+    return _SCOPE.active()
 
 
 def forward(

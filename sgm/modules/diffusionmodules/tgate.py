@@ -28,8 +28,7 @@ outside a sampling loop computes everything. Nothing changes unless a run enable
 from __future__ import annotations
 
 import contextlib
-import contextvars
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -38,6 +37,7 @@ import torch
 
 from ...errors import InputError
 from .. import sampling_step
+from ..run_scope import RunScope
 from .guiders import GUIDED_KEYS, IdentityGuider, VanillaCFG
 
 Action = Literal["compute", "cache", "reuse"]
@@ -164,26 +164,18 @@ class _Run:
     checked: set[int] = field(default_factory=set)
 
 
-_ACTIVE: contextvars.ContextVar[_Run | None] = contextvars.ContextVar("sgm_tgate", default=None)
+_SCOPE: RunScope[_Run] = RunScope("sgm_tgate", _Run, clear=lambda run: run.kept.clear())
 
 
-@contextlib.contextmanager
-def enabled(options: TGate | None) -> Iterator[None]:
+def enabled(options: TGate | None) -> contextlib.AbstractContextManager[None]:
     """Sampling runs inside the block follow ``options`` (None: no gate). The kept
     attention outputs are dropped on leaving."""
-    run = None if options is None else _Run(options)
-    token = _ACTIVE.set(run)
-    try:
-        yield
-    finally:
-        _ACTIVE.reset(token)
-        if run is not None:
-            run.kept.clear()
+    return _SCOPE.enabled(options)
 
 
 def active() -> _Run | None:
     """The T-GATE run in effect, if any."""
-    return _ACTIVE.get()
+    return _SCOPE.active()
 
 
 def unconditional(cond: Mapping[str, Any], uc: Mapping[str, Any]) -> dict[str, Any]:
