@@ -276,6 +276,12 @@ ROWS: list[tuple[str, str, list[str], str]] = [
         f"{{binary_yaml}}: {NOT_TEXT}",
     ),
     (SV4D, "not text", [*SV4D_IN, "--config={nul_yaml}"], f"{{nul_yaml}}: {NOT_TEXT}"),
+    (
+        VIDEO,
+        "not text",
+        ["--input_path={image}", "--config={nul_yaml}", "--ckpt={file}"],
+        f"{{nul_yaml}}: {NOT_TEXT}",
+    ),
     (SV4D2, "not text", [*SV4D_IN, "--config={binary_yaml}"], f"{{binary_yaml}}: {NOT_TEXT}"),
     (MAIN, "not text", ["--base", "{binary_yaml}"], f"{{binary_yaml}}: {NOT_TEXT}"),
     (MAIN, "not text", ["--base", "{nul_yaml}"], f"{{nul_yaml}}: {NOT_TEXT} (a NUL byte"),
