@@ -134,9 +134,9 @@ def resolve(
             f"checkpoint not found: expected {ckpt} "
             f"(download {ckpt.name} into checkpoints/ or pass --ckpt)"
         )
-    check_model_files(config, ckpt)  # whole, no pickled code, local encoders too
     default = Path("outputs/simple_video_sample", version)
     folder = _checked_folder(default if output_folder is None else output_folder)
+    check_model_files(config, ckpt)  # whole, no pickled code, local encoders too (after the flags)
     polars = azimuths = None
     if version == "sv3d_p":
         from ..inference.video import sv3d_orbit
