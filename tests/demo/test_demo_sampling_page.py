@@ -81,9 +81,7 @@ def _decode_bits(path) -> list[int]:
 def test_txt2img_shows_and_saves_the_library_sample(monkeypatch, tmp_path, tiny_image_models):
     from PIL import Image
 
-    from sgm.demo.image import ImageRequest, check_request, image_model, to_pil
-    from sgm.demo.options import demo_options
-    from sgm.inference.api import SamplingPipeline
+    from sgm.demo.image import ImageRequest, check_request, to_pil
     from sgm.inference.helpers import embed_watermark
     from sgm.inference.watermark import WATERMARK_BITS
 
@@ -108,16 +106,7 @@ def test_txt2img_shows_and_saves_the_library_sample(monkeypatch, tmp_path, tiny_
     assert _decode_bits(saved[0]) == WATERMARK_BITS
 
     # the same request through the library gives the same picture (up to the watermark)
-    options = demo_options(
-        environ={
-            "SGM_DEMO_CHECKPOINTS": str(tiny_image_models["checkpoints"]),
-            "SGM_DEMO_CONFIGS": str(tiny_image_models["configs"]),
-        }
-    )
-    model = image_model("SDXL-base-1.0", options)
-    pipe = SamplingPipeline(
-        config=str(model.files.config), ckpt=model.files.ckpt, spec=model.spec, device="cpu"
-    )
+    (pipe,) = _pipelines(tiny_image_models, "SDXL-base-1.0")
     params = check_request(ImageRequest(prompt="a red cube", width=256, height=256, steps=3))
     sample = pipe.text_to_image(params, "a red cube", seed=42)
     assert [image.tolist() for image in shown_images(media)] == [
@@ -254,9 +243,7 @@ def test_check_request_names_the_field():
 def test_speedups_on_the_page_match_the_library(monkeypatch, tiny_image_models):
     """DeepCache set on the page gives the library's DeepCache sample; combining it with
     T-GATE is refused on the page before sampling."""
-    from sgm.demo.image import ImageRequest, check_request, image_model, to_pil
-    from sgm.demo.options import demo_options
-    from sgm.inference.api import SamplingPipeline
+    from sgm.demo.image import ImageRequest, check_request, to_pil
 
     media = capture_media(monkeypatch)
     at = _app(monkeypatch, tiny_image_models).run()
@@ -267,16 +254,7 @@ def test_speedups_on_the_page_match_the_library(monkeypatch, tiny_image_models):
     at.number_input(key="deepcache").set_value(2)
     at.button(key="sample").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
-    options = demo_options(
-        environ={
-            "SGM_DEMO_CHECKPOINTS": str(tiny_image_models["checkpoints"]),
-            "SGM_DEMO_CONFIGS": str(tiny_image_models["configs"]),
-        }
-    )
-    model = image_model("SDXL-base-1.0", options)
-    pipe = SamplingPipeline(
-        config=str(model.files.config), ckpt=model.files.ckpt, spec=model.spec, device="cpu"
-    )
+    (pipe,) = _pipelines(tiny_image_models, "SDXL-base-1.0")
     request = ImageRequest(width=128, height=128, steps=4, deepcache=2)
     cached = pipe.text_to_image(check_request(request), request.prompt, seed=42)
     plain = pipe.text_to_image(

@@ -76,6 +76,23 @@ def _loss(engine, batch, seed):
         return engine.shared_step(dict(batch))[0]
 
 
+def _assert_same_as_raw(engine, raw_batch, cached, cached_batch, seeds: int) -> None:
+    """The loss for each of ``seeds`` seeds, and the conditioning itself (not only a loss
+    that may hide it), equal from the raw and the cached batch."""
+    for seed in range(seeds):
+        expected = _loss(engine, raw_batch, seed)
+        got = _loss(cached, cached_batch, seed)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    engine.eval(), cached.eval()
+    with torch.no_grad():
+        torch.manual_seed(0)
+        raw_cond = engine.conditioner(dict(raw_batch))
+        torch.manual_seed(0)
+        cached_cond = cached.conditioner(dict(cached_batch))
+    for key, value in raw_cond.items():
+        torch.testing.assert_close(cached_cond[key], value, atol=1e-5, rtol=0, msg=key)
+
+
 @pytest.mark.parametrize("name", ["sdxl_base", "sd_2_1"])
 def test_loss_from_cached_shards_equals_the_loss_from_raw_shards(name, clip_dir, tmp_path):
     cfg, engine = _raw_setup(name, clip_dir, tmp_path)
@@ -91,18 +108,7 @@ def test_loss_from_cached_shards_equals_the_loss_from_raw_shards(name, clip_dir,
         assert (type(built).__name__ == "CachedEmbedding") == (not emb.get("is_trainable"))
     raw_batch = next(iter(_items(cfg, 3)))
     cached_batch = _cached_batch(folder, 3)
-    for seed in range(3):
-        expected = _loss(engine, raw_batch, seed)
-        got = _loss(cached, cached_batch, seed)
-        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
-    engine.eval(), cached.eval()
-    with torch.no_grad():  # the conditioning itself, not only a loss that may hide it
-        torch.manual_seed(0)
-        raw_cond = engine.conditioner(dict(raw_batch))
-        torch.manual_seed(0)
-        cached_cond = cached.conditioner(dict(cached_batch))
-    for key, value in raw_cond.items():
-        torch.testing.assert_close(cached_cond[key], value, atol=1e-5, rtol=0, msg=key)
+    _assert_same_as_raw(engine, raw_batch, cached, cached_batch, seeds=3)
     assert _loss(cached, cached_batch, 0) != _loss(cached, cached_batch, 1)  # draws matter
 
 
@@ -170,15 +176,4 @@ def test_svd_loss_from_cached_shards_equals_the_loss_from_raw_shards(clip_dir, t
     raw_batch = next(iter(_items(cfg, 2)))
     cached_batch = _cached_batch(folder, 2)
     assert cached_batch["num_video_frames"] == 3
-    for seed in range(2):
-        expected = _loss(engine, raw_batch, seed)
-        got = _loss(cached, cached_batch, seed)
-        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
-    engine.eval(), cached.eval()
-    with torch.no_grad():  # the conditioning itself, not only a loss that may hide it
-        torch.manual_seed(0)
-        raw_cond = engine.conditioner(dict(raw_batch))
-        torch.manual_seed(0)
-        cached_cond = cached.conditioner(dict(cached_batch))
-    for key, value in raw_cond.items():
-        torch.testing.assert_close(cached_cond[key], value, atol=1e-5, rtol=0, msg=key)
+    _assert_same_as_raw(engine, raw_batch, cached, cached_batch, seeds=2)

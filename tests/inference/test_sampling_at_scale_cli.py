@@ -74,32 +74,21 @@ def test_image_script_under_torchrun_matches_one_process(sd21, tmp_path):
     common = ["--prompts_file", str(prompts), "--steps", "2", "--seed", "10"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    two = subprocess.run(
-        [
-            *torchrun,
-            "--nproc_per_node=2",
-            str(IMAGE_SCRIPT),
-            *_image_args(sd21, tmp_path / "two", *common),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert two.returncode == 0, two.stderr[-3000:]
-    one = subprocess.run(
-        [
-            *torchrun,
-            "--nproc_per_node=1",
-            str(IMAGE_SCRIPT),
-            *_image_args(sd21, tmp_path / "one", *common),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert one.returncode == 0, one.stderr[-3000:]
+    runs = {}
+    for name, processes in (("two", 2), ("one", 1)):
+        runs[name] = run = subprocess.run(
+            [
+                *torchrun,
+                f"--nproc_per_node={processes}",
+                str(IMAGE_SCRIPT),
+                *_image_args(sd21, tmp_path / name, *common),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
     made = _pngs(tmp_path / "two")
     assert list(made) == ["000000000.png", "000000001.png", "000000002.png"]
     assert made == _pngs(tmp_path / "one")
@@ -113,7 +102,9 @@ def test_image_script_under_torchrun_matches_one_process(sd21, tmp_path):
     ]
     assert records[0]["params"]["steps"] == "2" and records[0]["params"]["model"] == "sd2.1"
     # every rank printed the files it wrote
-    printed = sorted(Path(line).name for line in two.stdout.split() if line.endswith(".png"))
+    printed = sorted(
+        Path(line).name for line in runs["two"].stdout.split() if line.endswith(".png")
+    )
     assert printed == list(made)
 
 
